@@ -1,0 +1,188 @@
+"""Wrapping any NNX model: layer replacement by path, user-id routing, merging, adding users.
+
+User-id mechanism. Every adapted layer owns a non-trainable :class:`UserIds` variable. The
+context manager :func:`colora_users` writes the batch's ids into all of them, runs the body,
+and restores the previous (empty) value on exit::
+
+    with colora_users(model, user_ids):
+        logits = model(tokens)          # the model's own __call__, unchanged
+
+Because the ids live in an ``nnx.Variable`` (model state, not a Python attribute), this works
+inside ``nnx.jit`` / ``nnx.grad`` / ``nnx.value_and_grad`` when the model is passed to the
+transformed function as an argument (the usual NNX rule for mutating state); the context must
+be entered inside the transformed function, as in :func:`colora_jax.nnx.train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import typing as tp
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Int
+
+from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, check_user_ids
+
+__all__ = [
+    "colora_users",
+    "adapted_layers",
+    "apply_colora",
+    "apply_lora_bank",
+    "merge",
+    "add_users",
+    "path_name",
+    "replace_layers",
+]
+
+Adapted = (CoLoRALinear, LoRABankLinear)
+M = tp.TypeVar("M", bound=nnx.Module)
+
+
+def path_name(path: tuple[tp.Any, ...]) -> str:
+    """A module path as a dotted name, e.g. ``("blocks", 0, "mlp", "up") -> "blocks.0.mlp.up"``."""
+    return ".".join(str(p) for p in path)
+
+
+def adapted_layers(model: nnx.Module) -> list[tuple[str, CoLoRALinear | LoRABankLinear]]:
+    """All adapted layers of ``model`` as ``(dotted path, layer)``, in graph order."""
+    return [(path_name(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, Adapted)]
+
+
+def _linear_paths(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Linear]]:
+    """Paths of the ``nnx.Linear`` layers not already inside an adapted layer."""
+    inside = {path_name(p) for p, m in nnx.iter_graph(model) if isinstance(m, Adapted)}
+    out = []
+    for p, m in nnx.iter_graph(model):
+        if isinstance(m, nnx.Linear) and not any(path_name(p).startswith(q + ".") for q in inside):
+            out.append((p, m))
+    return out
+
+
+def _matches(name: str, targets: tp.Sequence[str]) -> bool:
+    """PEFT-style ``target_modules``: a target equals the last path component, or is a regex
+    that matches the whole dotted path (``re.fullmatch``)."""
+    last = name.rsplit(".", 1)[-1]
+    return any(t == last or re.fullmatch(t, name) for t in targets)
+
+
+def _set_child(model: nnx.Module, path: tuple[tp.Any, ...], new: nnx.Module) -> None:
+    parent = model
+    for p in path[:-1]:
+        parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    if isinstance(path[-1], int):
+        parent[path[-1]] = new
+    else:
+        setattr(parent, path[-1], new)
+
+
+def replace_layers(
+    model: M, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Linear, str], nnx.Module]
+) -> M:
+    """Replace, in place, each ``nnx.Linear`` whose path matches ``targets`` by ``build(linear, dotted_path)``.
+
+    Raises:
+      ValueError: if no Linear matches; the message lists the Linear paths that exist.
+    """
+    if isinstance(targets, str):
+        targets = (targets,)
+    linears = _linear_paths(model)
+    chosen = [(p, m) for p, m in linears if _matches(path_name(p), targets)]
+    if not chosen:
+        names = ", ".join(path_name(p) for p, _ in linears) or "(none)"
+        raise ValueError(
+            f"targets {list(targets)} match no nnx.Linear layer. Linear layers in this model: {names}."
+            " Use a last path component (e.g. 'up') or a regex over the dotted path (e.g. r'blocks\\.0\\..*')"
+        )
+    for p, m in chosen:
+        _set_child(model, p, build(m, path_name(p)))
+    return model
+
+
+def apply_colora(
+    model: M, *, users: int, rank: int, targets: tp.Sequence[str] | str, rngs: nnx.Rngs
+) -> M:
+    """Wrap every ``nnx.Linear`` matching ``targets`` in a :class:`CoLoRALinear` (in place).
+
+    Args:
+      model: any NNX module; its ``__call__`` is not touched (route ids with :func:`colora_users`).
+      users: size of each layer's personal bank.
+      rank: shared rank ``r``.
+      targets: names of the last path component, or regexes over the dotted path.
+      rngs: keys for the random ``V`` of each layer.
+
+    Returns:
+      ``model`` (mutated), whose output equals the original's for every user at initialization.
+    """
+    return replace_layers(model, targets, lambda lin, _: CoLoRALinear(lin, users=users, rank=rank, rngs=rngs))
+
+
+def apply_lora_bank(
+    model: M, *, users: int, rank: int, targets: tp.Sequence[str] | str, rngs: nnx.Rngs
+) -> M:
+    """Wrap every matching ``nnx.Linear`` in a :class:`LoRABankLinear` (one LoRA per user)."""
+    return replace_layers(model, targets, lambda lin, _: LoRABankLinear(lin, users=users, rank=rank, rngs=rngs))
+
+
+@contextlib.contextmanager
+def colora_users(model: nnx.Module, user_ids: Int[Array, " batch"]) -> tp.Iterator[nnx.Module]:
+    """Route ``user_ids`` (one per example) to every adapted layer of ``model`` inside the block.
+
+    Concrete ids are checked against each bank (``ValueError`` if out of range). Traced ids (under
+    ``jit``) cannot be checked; an out-of-range id then yields NaN outputs for its example.
+    """
+    layers = [m for _, m in adapted_layers(model)]
+    if not layers:
+        raise ValueError("model has no CoLoRA / LoRA-bank layers: call apply_colora first")
+    user_ids = jnp.asarray(user_ids)
+    for m in layers:
+        check_user_ids(user_ids, m.users)
+    previous = [m.user_ids[...] for m in layers]
+    for m in layers:
+        m.user_ids.set_value(user_ids)
+    try:
+        yield model
+    finally:
+        for m, old in zip(layers, previous):
+            m.user_ids.set_value(old)
+
+
+def merge(model: M, user: int) -> M:
+    """A plain copy of ``model`` for one user: each adapted layer becomes an ``nnx.Linear`` whose
+    kernel is ``K + V S_user^T U^T`` (CoLoRA) or ``K + A_user B_user`` (LoRA bank), i.e.
+    ``W_0 + U S_user V^T`` in the math's orientation. ``model`` itself is not modified."""
+    check_user_ids(jnp.asarray([user]), min(m.users for _, m in adapted_layers(model)))
+    merged = nnx.clone(model)
+    for path, layer in [(p, m) for p, m in nnx.iter_graph(merged) if isinstance(m, Adapted)]:
+        plain = nnx.clone(layer.base)
+        plain.kernel[...] = plain.kernel[...] + layer.delta_kernel(user).astype(plain.kernel[...].dtype)
+        _set_child(merged, path, plain)
+    return merged
+
+
+def add_users(model: M, count: int) -> tuple[M, Int[Array, " count"]]:
+    """Grow every personal bank by ``count`` users, in place; returns the model and the new ids.
+
+    New CoLoRA users start at ``S = I`` (the shared adapter as is); new LoRA-bank users start at
+    ``A`` of user 0 and ``B = 0`` (the base). Fit them with ``wrt=PersonalParam`` and only their
+    data: the shared factors and the other users' rows receive zero gradient.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    layers = [m for _, m in adapted_layers(model)]
+    if not layers:
+        raise ValueError("model has no adapted layers: call apply_colora first")
+    old = layers[0].users
+    for m in layers:
+        if isinstance(m, CoLoRALinear):
+            eye = jnp.broadcast_to(jnp.eye(m.rank, dtype=m.personal[...].dtype), (count, m.rank, m.rank))
+            m.personal = PersonalParam(jnp.concatenate([m.personal[...], eye]))
+        else:
+            a, b = m.lora_a[...], m.lora_b[...]
+            m.lora_a = PersonalParam(jnp.concatenate([a, jnp.broadcast_to(a[:1], (count, *a.shape[1:]))]))
+            m.lora_b = PersonalParam(jnp.concatenate([b, jnp.zeros((count, *b.shape[1:]), b.dtype)]))
+        m.users = m.users + count
+    return model, jnp.arange(old, old + count)
+
