@@ -1,0 +1,129 @@
+"""Shared pieces of the ``colora`` command line: flags, config building, output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from colora_jax._src.config import ALGORITHMS, MODELS, PERSONAL_MEANS, PERSONALS, FitConfig, ProblemConfig
+
+
+class UsageError(Exception):
+    """A user's mistake on the command line: reported in one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def add_problem_flags(p: argparse.ArgumentParser, **defaults) -> None:
+    """Flags describing the planted problem (``ProblemConfig``) and the trials."""
+    d = ProblemConfig()
+    g = p.add_argument_group("problem")
+    g.add_argument("--model", choices=MODELS, default=defaults.get("model", d.model),
+                   help="regression: y = W_i x + e (vector output); sensing: y = <X, W_i> + e")
+    g.add_argument("--users", type=_positive_int, default=defaults.get("users", d.users), help="number of users k")
+    g.add_argument("--d-out", type=_positive_int, default=defaults.get("d_out", d.d_out), help="output dimension")
+    g.add_argument("--d-in", type=_positive_int, default=defaults.get("d_in", d.d_in), help="input dimension")
+    g.add_argument("--rank", type=_positive_int, default=defaults.get("rank", d.rank), help="adapter rank r")
+    g.add_argument("--samples", type=_positive_int, default=defaults.get("samples", d.samples),
+                   help="training samples per user")
+    g.add_argument("--test-samples", type=int, default=d.test_samples, help="held-out samples per user")
+    g.add_argument("--noise", type=_finite_float, default=d.noise, help="noise standard deviation")
+    g.add_argument("--task-angle", type=_finite_float, default=d.task_angle,
+                   help="principal angle (radians, in [0, pi/2]) between each user's subspaces and the shared ones")
+    g.add_argument("--deviation", type=_finite_float, default=d.deviation,
+                   help="relative Frobenius size of a personal full-rank term added to each W_i*")
+    g.add_argument("--personal", choices=PERSONALS, default=d.personal,
+                   help="personal part of the truth and of the fit: full r x r or diagonal")
+    g.add_argument("--condition", type=_finite_float, default=d.condition, help="condition number of each S_i*")
+    g.add_argument("--personal-mean", choices=PERSONAL_MEANS, default=d.personal_mean,
+                   help="'zero' re-centres the S_i* to average zero")
+    g.add_argument("--x64", action="store_true", help="float64 throughout (default float32)")
+    g.add_argument("--trials", type=_positive_int, default=defaults.get("trials", 10), help="independent trials")
+    g.add_argument("--seed", type=int, default=0, help="PRNG seed of the experiment")
+
+
+def add_fit_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the CoLoRA estimator (``FitConfig``)."""
+    d = FitConfig()
+    g = p.add_argument_group("estimator")
+    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm,
+                   help="altmin: exact blocks; altgd: exact S, gradient steps on U, V; adam: joint")
+    g.add_argument("--iters", type=_positive_int, default=d.iters, help="iteration budget")
+    g.add_argument("--tol", type=_finite_float, default=d.tol, help="stop when the relative decrease < tol")
+    g.add_argument("--init", choices=("spectral", "random"), default=d.init, help="initialization of U, V")
+    g.add_argument("--step-size", type=_finite_float, default=d.step_size, help="altgd step, times 1/L")
+    g.add_argument("--learning-rate", type=_finite_float, default=d.learning_rate, help="adam learning rate")
+
+
+def problem_config(args) -> ProblemConfig:
+    return ProblemConfig(
+        model=args.model, users=args.users, d_out=args.d_out, d_in=args.d_in, rank=args.rank,
+        samples=args.samples, test_samples=args.test_samples, noise=args.noise,
+        task_angle=args.task_angle, deviation=args.deviation, personal=args.personal,
+        condition=args.condition, personal_mean=args.personal_mean, x64=args.x64,
+    ).validate()
+
+
+def fit_config(args) -> FitConfig:
+    return FitConfig(
+        rank=args.rank, personal=args.personal, algorithm=args.algorithm, iters=args.iters,
+        tol=args.tol, init=args.init, step_size=args.step_size, learning_rate=args.learning_rate,
+    ).validate()
+
+
+def to_jsonable(x):
+    """Floats with NaN/inf as null, NumPy scalars and arrays as Python numbers and lists."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return to_jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def print_json(obj) -> None:
+    json.dump(to_jsonable(obj), sys.stdout, indent=None)
+    sys.stdout.write("\n")
+
+
+def progress(total: int, desc: str, enabled: bool):
+    """A tqdm progress bar on stderr (silent when disabled or when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="trial", disable=None if enabled else True, file=sys.stderr)

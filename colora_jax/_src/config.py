@@ -1,0 +1,128 @@
+"""Frozen configuration objects: one for the planted problem, one for the estimator.
+
+Both are hashable, so they can be passed to ``jax.jit`` as static arguments; every field
+is documented where it is declared. ``validate`` methods raise ``ValueError`` with a message
+that says what to change; they run at trace time (shapes and static numbers only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+
+Model = Literal["regression", "sensing"]
+Personal = Literal["full", "diag"]
+Algorithm = Literal["altmin", "altgd", "adam"]
+
+MODELS: tuple[str, ...] = ("regression", "sensing")
+PERSONALS: tuple[str, ...] = ("full", "diag")
+ALGORITHMS: tuple[str, ...] = ("altmin", "altgd", "adam")
+PERSONAL_MEANS: tuple[str, ...] = ("random", "zero")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+def min_samples(model: str, rank: int, personal: str) -> int:
+    """Fewest samples per user for which the personal (S-step) least squares is determined.
+
+    The S-step of user i solves for ``r**2`` numbers (``r`` when diagonal). In the sensing
+    model each sample is one scalar equation, so it needs ``n >= r**2`` (``n >= r``). In the
+    regression model each sample gives ``d_out`` equations and the normal matrix is
+    ``V^T X_i^T X_i V`` (r x r), which is invertible once ``n >= r`` (``n >= 1`` when diagonal).
+    """
+    if model == "sensing":
+        return rank * rank if personal == "full" else rank
+    return rank if personal == "full" else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemConfig:
+    """A planted heterogeneous linear-regression problem, ``W_i* = U_i* S_i* V_i*^T (+ D_i)``."""
+
+    model: str = "sensing"  # "regression": y = W_i x + e in R^{d_out}; "sensing": y = <X, W_i> + e
+    users: int = 50  # k, number of users (tasks)
+    d_out: int = 20  # output dimension (rows of W_i)
+    d_in: int = 20  # input dimension (columns of W_i)
+    rank: int = 2  # r, rank of the shared adapter
+    samples: int = 80  # n, training samples per user
+    test_samples: int = 50  # held-out samples per user, for prediction error
+    noise: float = 0.0  # standard deviation of the additive Gaussian noise e
+    task_angle: float = 0.0  # principal angle (radians) between U_i*, V_i* and the shared U*, V*
+    deviation: float = 0.0  # relative Frobenius size of a personal full-rank term D_i
+    personal: str = "full"  # truth's personal part: "full" r x r or "diag" (r numbers)
+    condition: float = 1.0  # condition number of each S_i* (singular values geometric in [1/c, 1])
+    personal_mean: str = "random"  # "random": S_i* i.i.d.; "zero": S_i* re-centred to average 0
+    x64: bool = False  # generate (and then fit) in float64
+
+    @property
+    def dtype(self):
+        return jnp.float64 if self.x64 else jnp.float32
+
+    def validate(self) -> "ProblemConfig":
+        """Check the static configuration; returns self so calls can be chained."""
+        _choice("model", self.model, MODELS)
+        _choice("personal", self.personal, PERSONALS)
+        _choice("personal_mean", self.personal_mean, PERSONAL_MEANS)
+        for name in ("users", "d_out", "d_in", "rank", "samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.test_samples < 0:
+            raise ValueError(f"test_samples must be >= 0, got {self.test_samples}")
+        if self.rank > min(self.d_out, self.d_in):
+            raise ValueError(
+                f"rank {self.rank} is larger than min(d_out, d_in) = {min(self.d_out, self.d_in)}:"
+                " choose rank <= both dimensions"
+            )
+        if self.task_angle != 0.0 and 2 * self.rank > min(self.d_out, self.d_in):
+            raise ValueError(
+                f"task_angle > 0 tilts each user's rank-{self.rank} subspace into its complement,"
+                f" which needs 2*rank <= min(d_out, d_in) = {min(self.d_out, self.d_in)}:"
+                " lower the rank or use task_angle 0"
+            )
+        if not 0.0 <= self.task_angle <= jnp.pi / 2:
+            raise ValueError(f"task_angle must lie in [0, pi/2] radians, got {self.task_angle}")
+        if self.deviation < 0 or self.noise < 0:
+            raise ValueError("deviation and noise must be >= 0")
+        if not self.condition >= 1.0:
+            raise ValueError(f"condition must be >= 1, got {self.condition}")
+        need = min_samples(self.model, self.rank, self.personal)
+        if self.samples < need:
+            raise ValueError(
+                f"samples={self.samples} per user is too few for the personal solve of the"
+                f" {self.model} model with a {self.personal} rank-{self.rank} personal part:"
+                f" use samples >= {need}"
+            )
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """How to estimate the shared factors U, V and the personal S_i."""
+
+    rank: int = 2  # r, rank of the fitted shared adapter
+    personal: str = "full"  # fitted personal part: "full" r x r or "diag"
+    algorithm: str = "altmin"  # "altmin" exact blocks; "altgd" exact S, gradient U/V; "adam" joint
+    iters: int = 100  # iteration budget (an iteration = S-, U- and V-step, or one optimizer step)
+    tol: float = 1e-7  # stop when the objective's relative decrease falls below tol
+    init: str = "spectral"  # "spectral" (second-moment) or "random" orthonormal U, V
+    step_size: float = 0.5  # altgd: step = step_size / L with L the isotropic-design Lipschitz bound
+    learning_rate: float = 1e-2  # adam: optax.adam learning rate
+
+    def validate(self) -> "FitConfig":
+        _choice("personal", self.personal, PERSONALS)
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("init", self.init, ("spectral", "random"))
+        if self.rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {self.rank}")
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        if not self.step_size > 0 or not self.learning_rate > 0:
+            raise ValueError("step_size and learning_rate must be > 0")
+        return self
