@@ -203,9 +203,27 @@ class LoRABankLinear(nnx.Module):
     For an example of user ``i``: ``y = x K + b + (x A_i) B_i`` with ``A_i: (d_in, r)`` random and
     ``B_i: (r, d_out)`` zero at initialization. In the math's notation ``W_i = W_0 + B_i^T A_i^T``.
     Both banks are :class:`PersonalParam`: nothing is shared between users.
+
+    Args:
+      base: the layer to adapt.
+      users: number of LoRAs in the bank.
+      rank: ``r`` of every LoRA.
+      rngs: source of the key for ``A``'s initialization (unused when ``initial_factors`` is given).
+      initial_factors: optional ``(A, B)`` of shapes ``(d_in, r)``, ``(r, d_out)`` given to every
+        user, e.g. a FedAvg-trained shared LoRA before local fine-tuning.
+      dtype: compute dtype (``None``: promote inputs and parameters).
     """
 
-    def __init__(self, base: nnx.Linear, *, users: int, rank: int, rngs: nnx.Rngs, dtype: tp.Any = None):
+    def __init__(
+        self,
+        base: nnx.Linear,
+        *,
+        users: int,
+        rank: int,
+        rngs: nnx.Rngs | None = None,
+        initial_factors: tuple[Float[Array, "d_in r"], Float[Array, "r d_out"]] | None = None,
+        dtype: tp.Any = None,
+    ):
         if not isinstance(base, nnx.Linear):
             raise ValueError(f"LoRABankLinear wraps an nnx.Linear, got {type(base).__name__}")
         _check_rank(base, rank)
@@ -215,9 +233,19 @@ class LoRABankLinear(nnx.Module):
         self.users = users
         self.rank = rank
         self.dtype = dtype
-        a = jax.random.normal(rngs.params(), (d_in, rank), pdtype) / jnp.sqrt(jnp.asarray(d_in, pdtype))
+        if initial_factors is None:
+            if rngs is None:
+                raise ValueError("LoRABankLinear needs rngs (for a random A) or explicit initial_factors")
+            a = jax.random.normal(rngs.params(), (d_in, rank), pdtype) / jnp.sqrt(jnp.asarray(d_in, pdtype))
+            b = jnp.zeros((rank, d_out), pdtype)
+        else:
+            a, b = (jnp.asarray(f, pdtype) for f in initial_factors)
+            if a.shape != (d_in, rank) or b.shape != (rank, d_out):
+                raise ValueError(
+                    f"initial_factors must have shapes A {(d_in, rank)} and B {(rank, d_out)}, got {a.shape} and {b.shape}"
+                )
         self.lora_a = PersonalParam(jnp.broadcast_to(a, (users, d_in, rank)))
-        self.lora_b = PersonalParam(jnp.zeros((users, rank, d_out), pdtype))
+        self.lora_b = PersonalParam(jnp.broadcast_to(b, (users, rank, d_out)))
         self.user_ids = UserIds(_empty_ids())
 
     def delta_kernel(self, user: int | Int[Array, ""]) -> Float[Array, "d_in d_out"]:
