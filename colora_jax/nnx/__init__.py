@@ -15,6 +15,25 @@ from colora_jax.nnx._models import Transformer
 from colora_jax.nnx._models import TransformerConfig
 from colora_jax.nnx._peft import export_peft
 from colora_jax.nnx._peft import import_peft
+from colora_jax.nnx._tasks import CharVocab
+from colora_jax.nnx._tasks import PlantedTeacher
+from colora_jax.nnx._tasks import TeacherConfig
+from colora_jax.nnx._tasks import load_roles
+from colora_jax.nnx._tasks import planted_teacher
+from colora_jax.nnx._tasks import role_windows
+from colora_jax.nnx._train import METHODS
+from colora_jax.nnx._train import SCHEMES
+from colora_jax.nnx._train import Examples
+from colora_jax.nnx._train import MethodConfig
+from colora_jax.nnx._train import TrainConfig
+from colora_jax.nnx._train import count_parameters
+from colora_jax.nnx._train import fit_method
+from colora_jax.nnx._train import logit_mse
+from colora_jax.nnx._train import next_token_loss
+from colora_jax.nnx._train import per_user_mean
+from colora_jax.nnx._train import predict
+from colora_jax.nnx._train import pretrain
+from colora_jax.nnx._train import train
 from colora_jax.nnx._wrap import add_users
 from colora_jax.nnx._wrap import adapted_layers
 from colora_jax.nnx._wrap import apply_colora
@@ -23,21 +42,40 @@ from colora_jax.nnx._wrap import colora_users
 from colora_jax.nnx._wrap import merge
 
 __all__ = [
+    "adapted_layers",
+    "add_users",
+    "apply_colora",
+    "apply_lora_bank",
+    "CharVocab",
+    "colora_users",
     "CoLoRALinear",
+    "count_parameters",
+    "Examples",
+    "export_peft",
+    "fit_method",
+    "import_peft",
+    "load_roles",
+    "logit_mse",
     "LoRABankLinear",
+    "merge",
+    "MethodConfig",
+    "METHODS",
+    "next_token_loss",
+    "per_user_mean",
     "PersonalParam",
+    "planted_teacher",
+    "PlantedTeacher",
+    "predict",
+    "pretrain",
+    "restore_adapter",
+    "role_windows",
+    "save_adapter",
+    "SCHEMES",
     "SharedParam",
+    "TeacherConfig",
+    "train",
+    "TrainConfig",
     "Transformer",
     "TransformerConfig",
     "UserIds",
-    "add_users",
-    "adapted_layers",
-    "apply_colora",
-    "apply_lora_bank",
-    "colora_users",
-    "export_peft",
-    "import_peft",
-    "merge",
-    "restore_adapter",
-    "save_adapter",
 ]

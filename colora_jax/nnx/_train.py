@@ -41,6 +41,7 @@ __all__ = [
     "SCHEMES",
     "METHODS",
     "train",
+    "pretrain",
     "predict",
     "per_user_mean",
     "count_parameters",
@@ -197,6 +198,41 @@ def _federated(model, data, tx, config, key, run) -> None:
             )
         nnx.update(model, shared)
         nnx.update(model, personal)
+
+
+@nnx.jit(static_argnames=("loss_fn",))
+def _pretrain_step(model, optimizer, inputs, targets, loss_fn):
+    def objective(model):
+        return jnp.mean(loss_fn(model(inputs), targets))
+
+    loss, grads = nnx.value_and_grad(objective)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def pretrain(
+    model: nnx.Module,
+    inputs: Int[Array, "n t"],
+    targets: Array,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    steps: int,
+    batch_size: int,
+    key: Array,
+    progress: bool = True,
+) -> list[float]:
+    """Train every ``nnx.Param`` of a plain (un-adapted) model, in place; returns the losses."""
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    losses: list[float] = []
+    with tqdm(total=steps, desc="pretrain", disable=None if progress else True, leave=False) as bar:
+        for k in jax.random.split(key, steps):
+            pick = jax.random.randint(k, (batch_size,), 0, inputs.shape[0])
+            losses.append(float(_pretrain_step(model, optimizer, inputs[pick], targets[pick], loss_fn)))
+            bar.update(1)
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    return losses
 
 
 @nnx.jit
