@@ -111,46 +111,34 @@ def run_cell(config: Config, base: nnx.Module, samples: int, angle: float, key, 
             "trainable_parameters": params, "subspace_distance": distance}
 
 
-def plot(results: dict, config: Config, path: str) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+def plot(results: dict, config: dict, path: str) -> None:
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.3))
     markers = dict(zip(cn.METHODS, "osd^v"))
-    for ax, sweep, key, xlabel in (
-        (axes[0], results["samples_sweep"], "samples", "training sequences per user"),
-        (axes[1], results["angle_sweep"], "task_angle", "task angle (radians)"),
-    ):
+    sweeps = (
+        (results["samples_sweep"], "samples", "training sequences per user", f"task angle {config['angle_grid'][0]}"),
+        (results["angle_sweep"], "task_angle", "task angle (radians)", f"{config['samples_at']} sequences per user"),
+    )
+    for ax, (sweep, key, xlabel, title) in zip(axes[:2], sweeps):
         xs = [c[key] for c in sweep]
         for m in cn.METHODS:
             per_user = np.array([c["relative_loss"][m] for c in sweep])
-            ax.errorbar(xs, per_user.mean(1), yerr=per_user.std(1), marker=markers[m], capsize=3,
-                        label=f"{m} ({sweep[0]['trainable_parameters'][m]} params)")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out loss / frozen base's (mean ± sd over users)")
-        ax.set_yscale("log")
+            mid, lo, hi = per_user.mean(1), np.percentile(per_user, 25, 1), np.percentile(per_user, 75, 1)
+            ax.errorbar(xs, mid, yerr=[mid - np.minimum(lo, mid), np.maximum(hi, mid) - mid], marker=markers[m],
+                        capsize=3, label=f"{m} ({sweep[0]['trainable_parameters'][m]} params)")
+        ax.set(xlabel=xlabel, ylabel="held-out loss / frozen base's\n(mean over users, bars: 25-75%)", yscale="log", title=title)
         ax.grid(alpha=0.3)
     axes[0].set_xscale("log", base=2)
-    axes[0].set_title(f"task angle {config.angle_grid[0]}")
-    axes[1].set_title(f"{config.samples_at} sequences per user")
     axes[0].legend(fontsize=8)
-    ax = axes[2]
-    for factor, style in (("U", "-o"), ("V", "--s")):
-        xs = [c["task_angle"] for c in results["angle_sweep"]]
-        ys = [np.mean([d[factor] for d in c["subspace_distance"].values()]) for c in results["angle_sweep"]]
-        ax.plot(xs, ys, style, label=f"{factor}, {config.samples_at} seq/user, vs task angle")
-    ax.set_xlabel("task angle (radians)")
-    ax.set_ylabel("sin(largest principal angle) to planted, mean over layers")
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
-    top = ax.twiny()
-    for factor, style in (("U", ":o"), ("V", ":s")):
-        xs = [c["samples"] for c in results["samples_sweep"]]
-        ys = [np.mean([d[factor] for d in c["subspace_distance"].values()]) for c in results["samples_sweep"]]
-        top.plot(xs, ys, style, color="tab:red" if factor == "U" else "tab:purple", label=f"{factor}, angle 0, vs samples (top axis)")
-    top.set_xscale("log", base=2)
-    top.set_xlabel("training sequences per user (dotted)")
-    lines = ax.get_legend_handles_labels()
-    lines2 = top.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
-    ax.set_title("CoLoRA shared-factor recovery")
+    for ax, (sweep, key, xlabel, title) in zip(axes[2:], sweeps):
+        xs = [c[key] for c in sweep]
+        for factor, style in (("U", "-o"), ("V", "--s")):
+            ys = [np.mean([d[factor] for d in c["subspace_distance"].values()]) for c in sweep]
+            ax.plot(xs, ys, style, label=f"shared {factor}")
+        ax.set(xlabel=xlabel, ylabel="sin(largest principal angle) to planted\n(CoLoRA, mean over layers)",
+               ylim=(0, 1.05), title=f"recovery, {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[2].set_xscale("log", base=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -161,7 +149,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the whole pipeline in seconds")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--out", default="figures", help="directory for the PNG and JSON")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON in --out")
     args = parser.parse_args()
+    if args.plot_only:
+        with open(os.path.join(args.out, f"{NAME}.json")) as f:
+            record = json.load(f)
+        plot(record["results"], record["config"], os.path.join(args.out, f"{NAME}.png"))
+        return
     config = SMOKE if args.smoke else Config()
     start = time.time()
     key = jax.random.key(config.seed)
@@ -194,7 +188,7 @@ def main() -> None:
     }
     with open(os.path.join(args.out, f"{NAME}.json"), "w") as f:
         json.dump(record, f, indent=1)
-    plot(results, config, os.path.join(args.out, f"{NAME}.png"))
+    plot(results, dataclasses.asdict(config), os.path.join(args.out, f"{NAME}.png"))
     for c in results["samples_sweep"] + results["angle_sweep"]:
         summary = "  ".join(f"{m}={np.mean(c['relative_loss'][m]):.3f}" for m in cn.METHODS)
         print(f"n={c['samples']:3d} angle={c['task_angle']:.2f}  relative loss: {summary}")
