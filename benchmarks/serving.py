@@ -47,7 +47,7 @@ class Config:
     batch: int = 1024  # sequences per forward pass (>= the largest N)
     distinct_users: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)  # N
     warmup: int = 2  # untimed calls before measuring
-    repeats: int = 7  # timed calls; the median is reported
+    repeats: int = 15  # timed calls per N, interleaved across N; the median is reported
 
 
 SMOKE = Config(
@@ -81,18 +81,18 @@ def throughput(config: Config, kind: str, key) -> dict[int, float]:
             return model(tokens)
 
     tokens = jax.random.randint(key, (config.batch, config.model.seq_len), 0, config.model.vocab)
-    out = {}
+    ids = {n: jnp.arange(config.batch) % n for n in config.distinct_users}
     for n in config.distinct_users:
-        ids = jnp.arange(config.batch) % n
         for _ in range(config.warmup):
-            forward(state, tokens, ids).block_until_ready()
-        times = []
-        for _ in range(config.repeats):
+            forward(state, tokens, ids[n]).block_until_ready()
+    # Interleave the N values in every repetition so that load drifts hit all of them alike.
+    times: dict[int, list[float]] = {n: [] for n in config.distinct_users}
+    for _ in range(config.repeats):
+        for n in config.distinct_users:
             t = time.perf_counter()
-            forward(state, tokens, ids).block_until_ready()
-            times.append(time.perf_counter() - t)
-        out[n] = tokens.size / statistics.median(times)
-    return out
+            forward(state, tokens, ids[n]).block_until_ready()
+            times[n].append(time.perf_counter() - t)
+    return {n: tokens.size / statistics.median(t) for n, t in times.items()}
 
 
 def plot(record: dict, path: str) -> None:
