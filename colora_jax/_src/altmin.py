@@ -99,7 +99,7 @@ def check_finite(obs: Observations) -> None:
 def _normalize_U(U, S, diag):
     if diag:
         n = jnp.linalg.norm(U, axis=0)
-        return U / n, S * n[:, None]
+        return U / n[None, :], S * n[None, :, None]
     Q, R = qr_positive(U)
     return Q, jnp.einsum("ab,kbc->kac", R, S)
 
@@ -107,7 +107,7 @@ def _normalize_U(U, S, diag):
 def _normalize_V(V, S, diag):
     if diag:
         n = jnp.linalg.norm(V, axis=0)
-        return V / n, S * n[None, :]
+        return V / n[None, :], S * n[None, None, :]
     Q, R = qr_positive(V)
     return Q, jnp.einsum("kab,cb->kac", S, R)
 
@@ -148,13 +148,14 @@ def _altgd_step(d, params, aux, diag, axis_name, step_size):
 
 
 def _joint_step(d, params, opt_state, optimizer, count, diag, axis_name):
-    mask = jnp.eye(params.S.shape[-1], dtype=params.S.dtype) if diag else 1.0
+    mask = jnp.eye(params.S.shape[-1], dtype=params.S.dtype)[None] if diag else 1.0
 
     def loss(p):
         return blocks.sum_squares(d, p.U, p.V, p.S * mask, axis_name) / count
 
     grads = jax.grad(loss)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes its int step count with floats
+        updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     params = params._replace(S=params.S * mask)
     return params, opt_state, blocks.sum_squares(d, params.U, params.V, params.S, axis_name)
@@ -258,5 +259,6 @@ def fit(
     state = (jnp.asarray(0), params, aux, buffers, buffers[0][0] <= floor)
     iterations, params, _, buffers, done = jax.lax.while_loop(cond, body, state)
     finite = jnp.all(jnp.isfinite(observations.X)) & jnp.all(jnp.isfinite(observations.Y))
+    finite = blocks.pool((~finite).astype(jnp.int32), axis_name) == 0  # every shard's data finite
     trace = Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
     return params, trace

@@ -86,7 +86,7 @@ def predict(W: Float[Array, "d_out d_in"], X: Float[Array, "n ..."], model: str)
 def _orthonormal(key: PRNGKeyArray, rows: int, cols: int, dtype) -> Float[Array, "rows cols"]:
     """A Haar-distributed orthonormal basis (QR of a Gaussian with the sign of diag(R) fixed)."""
     q, r = jnp.linalg.qr(jax.random.normal(key, (rows, cols), dtype))
-    return q * jnp.sign(jnp.diagonal(r))
+    return q * jnp.sign(jnp.diagonal(r))[None, :]
 
 
 def tilt(key: PRNGKeyArray, base: Float[Array, "d r"], angle) -> Float[Array, "d r"]:
@@ -125,7 +125,7 @@ def personal_matrices(key: PRNGKeyArray, config: ProblemConfig) -> Float[Array, 
         perm = jax.vmap(lambda kk: jax.random.permutation(kk, sigma))(jax.random.split(kb, k))
         s = jax.vmap(jnp.diag)(signs * perm)
     if config.personal_mean == "zero":
-        s = s - jnp.mean(s, axis=0)
+        s = s - jnp.mean(s, axis=0, keepdims=True)
     return s
 
 

@@ -30,4 +30,4 @@ def qr_positive(A: Float[Array, "d r"]) -> tuple[Float[Array, "d r"], Float[Arra
     """Thin QR with ``diag(R) >= 0`` (a unique gauge, continuous in ``A``)."""
     q, r = jnp.linalg.qr(A)
     s = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(A.dtype)
-    return q * s, r * s[:, None]
+    return q * s[None, :], r * s[:, None]

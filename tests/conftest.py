@@ -1,0 +1,36 @@
+"""Shared test settings.
+
+Core tests run under strict dtype promotion and raising rank promotion (the numerics must
+not rely on implicit casts or broadcasting), via the ``strict_numerics`` fixture. Float64
+checks use ``jax.enable_x64(True)`` locally, so other modules keep JAX's defaults.
+"""
+
+import os
+
+import jax
+import pytest
+from hypothesis import settings
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+settings.register_profile("colora", deadline=None, max_examples=8, derandomize=False, print_blob=True)
+settings.load_profile("colora")
+
+
+@pytest.fixture
+def strict_numerics():
+    with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+        yield
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def tolerance(dtype) -> float:
+    """A tolerance tied to the precision in use: sqrt(eps) (float32 ~ 3e-4, float64 ~ 1.5e-8)."""
+    import numpy as np
+
+    return float(np.sqrt(np.finfo(dtype).eps))

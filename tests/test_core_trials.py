@@ -1,0 +1,49 @@
+"""Many trials as one compiled vmapped call: batched equals looped, and no recompilation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import colora_jax as cj
+from colora_jax._src.trials import trial_keys
+
+pytestmark = pytest.mark.usefixtures("strict_numerics")
+
+PC = cj.ProblemConfig(model="sensing", users=8, d_out=6, d_in=5, rank=2, samples=12, test_samples=5, noise=0.01)
+FC = cj.FitConfig(iters=25)
+
+
+def test_batched_trials_equal_looped_trials():
+    fc = cj.FitConfig(iters=20, tol=0.0)  # a fixed budget: a tolerance stop could flip on rounding
+    key = jax.random.key(11)
+    batched = cj.run_trials(key, PC, fc, 4, batch=3)  # two calls, the second one padded
+    one = jax.jit(lambda k: cj.trial(k, PC, fc))
+    for t, k in enumerate(trial_keys(key, 0, 4)):
+        looped = one(k)
+        np.testing.assert_allclose(batched.evaluation.rel_error[t], looped.evaluation.rel_error, rtol=1e-4)
+        np.testing.assert_allclose(batched.trace.objective[t], looped.trace.objective, rtol=1e-4)
+        assert batched.trace.iterations[t] == looped.trace.iterations
+
+
+def test_second_call_does_not_recompile():
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+    )
+    cj.run_trials(jax.random.key(0), PC, FC, 3, batch=3)
+    before = len(compiles)
+    again = cj.run_trials(jax.random.key(1), PC, FC, 3, batch=3)
+    assert len(compiles) == before, "a second run with the same shapes must reuse the executable"
+    assert again.evaluation.rel_error.shape == (3,)
+
+
+def test_evaluation_of_the_truth_is_exact():
+    p = cj.generate(jax.random.key(0), PC)
+    ev = cj.evaluate(p.truth.W, p, p.truth.U, p.truth.V)
+    assert float(ev.rel_error) == 0.0 and float(jnp.max(ev.per_user_rel_error)) == 0.0
+    assert float(ev.subspace_distance_U) < 1e-6
+    # held-out error of the truth is the noise variance (statistically, few samples)
+    assert 0.2 * PC.noise**2 < float(ev.test_mse) < 3 * PC.noise**2
+    noshared = cj.evaluate(p.truth.W, p)
+    assert np.isnan(noshared.subspace_distance_U)
