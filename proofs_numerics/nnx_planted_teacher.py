@@ -64,9 +64,9 @@ class Config:
 SMOKE = Config(
     model=cn.TransformerConfig(vocab=16, seq_len=8, width=16, depth=1, heads=2),
     users=4,
-    samples_grid=(1, 4),
-    angle_grid=(0.0, 0.4),
-    samples_at=1,
+    samples_grid=(2,),
+    angle_grid=(0.0,),
+    samples_at=2,
     steps=20,
     finetune_steps=10,
     local_steps=5,
