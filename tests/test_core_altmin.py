@@ -62,6 +62,16 @@ def test_gradient_variants_recover(algorithm):
     assert float(cj.relative_error(est.W, p.truth.W)) < 1e-3
 
 
+def test_joint_training_takes_any_optax_optimizer():
+    import optax
+
+    p = problem("sensing", 4)
+    fc = cj.FitConfig(algorithm="adam", iters=1500)
+    est, trace = jax.jit(lambda o: cj.fit(o, fc, optimizer=optax.sgd(0.05, momentum=0.9)))(p.train)
+    assert float(cj.relative_error(est.W, p.truth.W)) < 1e-3
+    assert float(trace.objective[int(trace.iterations)]) < 1e-6 * float(trace.objective[0])
+
+
 @pytest.mark.parametrize("model", ["regression", "sensing"])
 @pytest.mark.parametrize("personal", ["full", "diag"])
 @given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 10.0))
