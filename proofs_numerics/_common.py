@@ -1,0 +1,122 @@
+"""Scaffolding shared by the proof scripts: flags, sweeps, fitted rates, the JSON record, PASS/FAIL.
+
+Every script ``python -m proofs_numerics.NAME [--smoke] [--fresh] [--no-progress] [--out DIR]``
+writes ``DIR/NAME.png`` and ``DIR/NAME.json`` (default ``figures/``); the JSON holds
+``claim``, ``passed``, ``measured``, ``config`` (the resolved frozen dataclass), ``smoke``,
+``seed``, ``code_version``, ``device``, ``seconds``, ``figure`` and ``results`` (the data the
+figure shows). Sweeps resume from ``results/NAME.jsonl`` (``results/smoke/`` for ``--smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from colora_jax._src.commands.common import to_jsonable
+from colora_jax._src.provenance import code_version, device_info
+from colora_jax._src.sweep import Cell, SweepResult, run_cell, sweep
+
+SUCCESS = 1e-3  # exact recovery: stacked relative error ||W_hat - W*||_F / ||W*||_F <= 1e-3 (the CLI default)
+
+
+def arguments(doc: str) -> argparse.Namespace:
+    """The common flags of every proof script."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny configuration: the whole pipeline in seconds (CI)")
+    p.add_argument("--fresh", action="store_true", help="recompute every sweep cell (ignore results/NAME.jsonl)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--out", default="figures", help="directory for NAME.png and NAME.json (default figures/)")
+    p.add_argument("--results", default="results", help="directory of the resumable sweep files")
+    return p.parse_args()
+
+
+def run_sweep(name: str, cells, args, compute=run_cell, tag: str = "") -> SweepResult:
+    """``sweep`` over ``cells`` with the script's results file and flags."""
+    folder = os.path.join(args.results, "smoke") if args.smoke else args.results
+    return sweep(cells, compute, path=os.path.join(folder, f"{name}.jsonl"), tag=tag, fresh=args.fresh,
+                 progress=not args.no_progress, desc=name)
+
+
+def with_trace(cell: Cell) -> dict:
+    """Per-cell computation keeping each trial's per-iteration trace."""
+    return run_cell(cell, trace=True)
+
+
+def dof_sensing(users: int, d_out: int, d_in: int, rank: int) -> float:
+    """Degrees of freedom per user, ``m*(k) = r^2 + r (d_out + d_in - 2 r) / k``.
+
+    In the sensing model each sample is one scalar equation, so ``m*(k)`` is the fewest
+    samples per user that can determine the k users' ``U S_i V^T``.
+    """
+    return rank**2 + rank * (d_out + d_in - 2 * rank) / users
+
+
+def dof_regression(users: int, d_in: int, rank: int) -> float:
+    """Fewest samples per user that can determine the users' ``U S_i V^T`` in the regression model.
+
+    ``U`` is the column space of any user's outputs (``n >= r``); given ``U``, the equations
+    ``U^T y_ij = S_i V^T x_ij`` are ``r`` per sample, against ``r (d_in - r)`` unknowns in
+    span(V) and ``r^2`` per user: ``k n r >= r (d_in - r) + k r^2``, i.e. ``n >= r + (d_in - r) / k``.
+    (The plain count ``m*(k) / d_out`` is lower but not attainable: the ``d_out`` outputs of a
+    sample all see the input through the same r-dimensional projection ``V^T x``.)
+    """
+    return rank + (d_in - rank) / users
+
+
+def sample_grid(minimum: int, reference: float, lo: float, hi: float, count: int) -> list[int]:
+    """``count`` distinct integers near ``reference * geomspace(lo, hi)``, all ``>= minimum``."""
+    grid = []
+    for x in reference * np.geomspace(lo, hi, count):
+        grid.append(max(int(round(x)), minimum, grid[-1] + 1 if grid else minimum))
+    return grid
+
+
+def threshold(x, probability, level: float = 0.5) -> float:
+    """Where ``probability`` first crosses ``level`` (interpolated in log x); inf if never, x[0] if at once."""
+    x, p = np.asarray(x, float), np.asarray(probability, float)
+    above = np.nonzero(p >= level)[0]
+    if above.size == 0:
+        return float("inf")
+    i = above[0]
+    if i == 0:
+        return float(x[0])
+    t = (level - p[i - 1]) / (p[i] - p[i - 1])
+    return float(np.exp(np.log(x[i - 1]) + t * (np.log(x[i]) - np.log(x[i - 1]))))
+
+
+def loglog_fit(x, y) -> tuple[float, float]:
+    """Least-squares ``log10 y = slope log10 x + intercept``; returns ``(slope, intercept)``."""
+    slope, intercept = np.polyfit(np.log10(np.asarray(x, float)), np.log10(np.asarray(y, float)), 1)
+    return float(slope), float(intercept)
+
+
+def finish(name: str, args, config, *, claim: str, passed: bool, measured: dict, results: dict, started: float,
+           figure: str, extra: dict | None = None) -> dict:
+    """Write ``NAME.json`` next to the figure and print the claim with PASS/FAIL and the measured figures."""
+    record = {
+        "name": name, "claim": claim, "passed": bool(passed), "measured": measured,
+        "config": dataclasses.asdict(config), "smoke": args.smoke, "seed": config.seed,
+        "code_version": code_version(), "device": device_info(), "seconds": round(time.time() - started, 1),
+        "figure": os.path.relpath(figure), "results": results, **(extra or {}),
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(to_jsonable(record), f, indent=1)
+    summary = ", ".join(f"{k}={_short(v)}" for k, v in measured.items())
+    print(f"{'PASS' if passed else 'FAIL'}: {claim}  [{summary}; {record['seconds']} s]", flush=True)
+    return record
+
+
+def _short(v):
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(str(_short(x)) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+    return str(v)
