@@ -8,6 +8,20 @@ from colora_jax._src.altmin import Estimate as Estimate
 from colora_jax._src.altmin import Trace as Trace
 from colora_jax._src.altmin import check_observations as check_observations
 from colora_jax._src.altmin import fit as fit
+from colora_jax._src.baselines import FEDREP_SYNTHETIC as FEDREP_SYNTHETIC
+from colora_jax._src.baselines import FederatedConfig as FederatedConfig
+from colora_jax._src.baselines import LoRAFactors as LoRAFactors
+from colora_jax._src.baselines import METHODS as METHODS
+from colora_jax._src.baselines import MethodFit as MethodFit
+from colora_jax._src.baselines import SharedInputConfig as SharedInputConfig
+from colora_jax._src.baselines import federated_lora as federated_lora
+from colora_jax._src.baselines import fit_method as fit_method
+from colora_jax._src.baselines import generate_problem as generate_problem
+from colora_jax._src.baselines import generate_shared_input as generate_shared_input
+from colora_jax._src.baselines import method_trial as method_trial
+from colora_jax._src.baselines import method_trial_fn as method_trial_fn
+from colora_jax._src.baselines import one_sided_fit as one_sided_fit
+from colora_jax._src.baselines import parameter_counts as parameter_counts
 from colora_jax._src.blocks import input_step as input_step
 from colora_jax._src.blocks import output_step as output_step
 from colora_jax._src.blocks import personal_step as personal_step
@@ -46,11 +60,17 @@ __version__ = "0.1.0"
 __all__ = (
     "Estimate",
     "Evaluation",
+    "FEDREP_SYNTHETIC",
+    "FederatedConfig",
     "FitConfig",
     "GroundTruth",
+    "LoRAFactors",
+    "METHODS",
+    "MethodFit",
     "Observations",
     "Problem",
     "ProblemConfig",
+    "SharedInputConfig",
     "Trace",
     "TrialResult",
     "check_observations",
@@ -59,14 +79,22 @@ __all__ = (
     "design",
     "device_info",
     "evaluate",
+    "federated_lora",
     "fit",
+    "fit_method",
     "generate",
+    "generate_problem",
+    "generate_shared_input",
     "generate_truth",
     "geodesic_distance",
     "input_step",
     "measure",
+    "method_trial",
+    "method_trial_fn",
     "min_samples",
+    "one_sided_fit",
     "output_step",
+    "parameter_counts",
     "per_user_relative_error",
     "personal_step",
     "predict",

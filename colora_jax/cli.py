@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from colora_jax._src.commands import common, recover
+from colora_jax._src.commands import common, compare, recover
 
-COMMANDS = (recover,)
+COMMANDS = (recover, compare)
 
 
 def build_parser() -> common.Parser:

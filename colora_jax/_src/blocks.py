@@ -74,11 +74,12 @@ def _personal_regression(C, B, U, V, diag):
 
 
 def _personal_sensing(F, y, diag):
-    # y_j = <F_j, S> with F_j = U^T X_j V: a least squares in the r^2 entries of S (r if diagonal)
-    n, r = F.shape[0], F.shape[1]
-    f = jnp.diagonal(F, axis1=1, axis2=2) if diag else F.reshape(n, r * r)
+    # y_j = <F_j, S> with F_j = U^T X_j V: a least squares in the r^2 entries of S (r if diagonal);
+    # a rectangular S (U or V with a different number of columns) works the same way when full
+    n = F.shape[0]
+    f = jnp.diagonal(F, axis1=1, axis2=2) if diag else F.reshape(n, -1)
     s = psd_solve(f.T @ f, f.T @ y)
-    return jnp.diag(s) if diag else s.reshape(r, r)
+    return jnp.diag(s) if diag else s.reshape(F.shape[1:])
 
 
 def sensing_core(XV: Float[Array, "k n d_out r"], U) -> Float[Array, "k n r r"]:
@@ -107,7 +108,7 @@ def pooled_factor(P: Float[Array, "k n d r"], Y: Float[Array, "k n"], M: Float[A
     Output step: ``P = X V``, ``M = S`` (``<X V S^T, U> = <X, U S V^T>``). Input step:
     ``P = X^T U``, ``M = S^T``. One least squares in ``d r`` unknowns pooled over users.
     """
-    d, r = P.shape[2], P.shape[3]
+    d, r = P.shape[2], M.shape[1]  # M may be rectangular (r x s) when a factor is the identity
     F = jnp.einsum("knos,krs->knor", P, M).reshape(-1, d * r)
     G = pool(F.T @ F, axis_name)
     h = pool(F.T @ Y.reshape(-1), axis_name)
