@@ -1,0 +1,62 @@
+"""`colora compare`: the JSON contract, a failing method's row, and one-line usage errors."""
+
+import json
+
+import pytest
+
+from colora_jax.cli import main
+
+SMALL = ["compare", "--users", "6", "--d-out", "5", "--d-in", "4", "--samples", "12", "--trials", "2",
+         "--iters", "30", "--test-samples", "4", "--noise", "0.01", "--methods", "colora,local-full,oracle"]
+FIELDS = ("median_rel_error", "iqr_rel_error", "test_mse", "subspace_distance_U", "subspace_distance_V",
+          "params_shared", "params_per_user", "seconds")
+
+
+@pytest.fixture(scope="module")
+def result():
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(SMALL + ["--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_json_has_every_requested_method_with_the_documented_fields(result):
+    assert list(result["methods"]) == ["colora", "local-full", "oracle"]
+    assert result["config"]["problem"]["users"] == 6 and result["config"]["trials"] == 2
+    for row in result["methods"].values():
+        assert all(field in row for field in FIELDS)
+    colora, oracle = result["methods"]["colora"], result["methods"]["oracle"]
+    assert colora["status"] == "ok" and colora["params_shared"] == (5 + 4) * 2 and colora["params_per_user"] == 4
+    assert 0 < oracle["median_rel_error"] <= colora["median_rel_error"] < 0.1
+    assert oracle["subspace_distance_U"] < 1e-5
+
+
+def test_a_method_that_cannot_run_reports_it_in_its_row(result):
+    row = result["methods"]["local-full"]
+    assert row["status"].startswith("error: local-full") and "at least 20 samples" in row["status"]
+    assert row["median_rel_error"] is None and row["subspace_distance_U"] is None and row["params_per_user"] == 20
+
+
+def test_table(capsys):
+    assert main(SMALL) == 0
+    out = capsys.readouterr().out
+    assert "rel.err median" in out and "error: local-full" in out
+    assert all(m in out for m in ("colora", "oracle"))
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["compare", "--methods", "colora,lora"], "unknown method 'lora': choose from colora, colora-diag, local"),
+        (["compare", "--methods", ","], "choose from"),
+        (["compare", "--preset", "fedavg"], "invalid choice"),
+        (["compare", "--rank", "30"], "rank 30 is larger"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
