@@ -28,3 +28,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+## Every claim of proofs_numerics/ checked (sweeps resume from results/): one table of PASS/FAIL,
+## measured figures and figure paths. `make proofs SMOKE=1`: the seconds-long smoke configurations.
+proofs: $(STAMP)
+	$(BIN)/python -m proofs_numerics.run_all $(if $(SMOKE),--smoke,)
+
+## Regenerate every figure in figures/ (PNG + JSON) from scratch: every sweep cell recomputed.
+figures: $(STAMP)
+	$(BIN)/python -m proofs_numerics.run_all --fresh

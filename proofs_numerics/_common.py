@@ -4,7 +4,8 @@ Every script ``python -m proofs_numerics.NAME [--smoke] [--fresh] [--no-progress
 writes ``DIR/NAME.png`` and ``DIR/NAME.json`` (default ``figures/``); the JSON holds
 ``claim``, ``passed``, ``measured``, ``config`` (the resolved frozen dataclass), ``smoke``,
 ``seed``, ``code_version``, ``device``, ``seconds``, ``figure`` and ``results`` (the data the
-figure shows). Sweeps resume from ``results/NAME.jsonl`` (``results/smoke/`` for ``--smoke``).
+figure shows). Sweeps resume from ``results/NAME.jsonl`` (``results/smoke/`` for ``--smoke``);
+compiled executables are cached in ``results/jax_cache`` (so a second run skips compiling).
 """
 
 from __future__ import annotations
@@ -30,9 +31,25 @@ def arguments(doc: str) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny configuration: the whole pipeline in seconds (CI)")
     p.add_argument("--fresh", action="store_true", help="recompute every sweep cell (ignore results/NAME.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--out", default="figures", help="directory for NAME.png and NAME.json (default figures/)")
+    p.add_argument("--out", default=None, help="directory for NAME.png and NAME.json (default figures/;"
+                   " with --smoke results/smoke/figures, so the committed figures stay untouched)")
     p.add_argument("--results", default="results", help="directory of the resumable sweep files")
-    return p.parse_args()
+    args = p.parse_args()
+    args.out = args.out or (os.path.join(args.results, "smoke", "figures") if args.smoke else "figures")
+    compile_cache()
+    return args
+
+
+CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "jax_cache")
+
+
+def compile_cache() -> None:
+    """Keep compiled executables in the checkout's ``results/jax_cache`` (compiling dominates small
+    sweeps on a CPU; a second run, or the smoke tests after one, skip it)."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def run_sweep(name: str, cells, args, compute=run_cell, tag: str = "") -> SweepResult:

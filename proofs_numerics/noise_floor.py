@@ -4,11 +4,13 @@ Claim: with noise of standard deviation sigma the error is proportional to sigma
 log-log slope within 1 +- 0.15), and at fixed sigma it follows the parameter count per user:
 the stacked relative error ||W_hat - W*||_F / ||W*||_F stays within a factor 1.5 of
 
-    sigma * sqrt(m*(k) / (n e)) / ||S_i*||_F,   m*(k) = r^2 + r (d_out + d_in - 2 r) / k,
+    sigma * sqrt(m*(k) / n) / ||S_i*||_F,   m*(k) = r^2 + r (d_out + d_in - 2 r) / k,
 
-(parameters per user over equations per user; e = 1 for sensing, d_out for regression; the
-least-squares error of p parameters from N isotropic equations), so it falls as k grows toward
-the personal floor sigma r / sqrt(n e r) and is non-increasing in k.
+the least-squares error of m*(k) parameters per user when n samples give the Fisher information
+n I / sigma^2 on vec(W_i) -- true of both models (sensing: E[vec X vec X^T] = I; regression:
+E[x x^T] (x) I_{d_out} = I). It falls as k grows toward the personal floor sigma r / sqrt(n r),
+and is non-increasing in k. (A first version divided by d_out "equations per sample" for
+regression; the measured ratio 4.5 = sqrt(20) exposed that error in the derivation.)
 
     python -m proofs_numerics.noise_floor [--smoke] [--fresh] [--no-progress]
 """
@@ -50,14 +52,13 @@ class Config:
     monotone_slack: float = 1.05  # error(k_next) <= slack * error(k)
 
 
-SMOKE = Config(d_out=6, d_in=6, samples=(60, 20), noise_users=4, noises=(1e-3, 1e-2), users=(1, 4), trials=3,
-               iters=20)
+SMOKE = Config(models=("sensing",), d_out=6, d_in=6, samples=(60,), noise_users=4, noises=(1e-3, 1e-2), users=(2, 4),
+               trials=3, iters=20)
 
 
-def predicted(config: Config, model: str, users: int, n: int, noise: float) -> float:
-    per_sample = 1 if model == "sensing" else config.d_out
+def predicted(config: Config, users: int, n: int, noise: float) -> float:
     dof = _common.dof_sensing(users, config.d_out, config.d_in, config.rank)
-    return noise * np.sqrt(dof / (n * per_sample)) / np.sqrt(config.rank)
+    return noise * np.sqrt(dof / n) / np.sqrt(config.rank)
 
 
 def cells(config: Config):
@@ -90,16 +91,16 @@ def main() -> None:
         slope, intercept = _common.loglog_fit(config.noises, np.median(noise_err, axis=1))
         plotting.band(ax, config.noises, noise_err, f"CoLoRA, k={config.noise_users}, n={n}", log=True)
         plotting.fitted_line(ax, config.noises, slope, intercept, f"fit: slope {slope:.3f}")
-        ax.plot(config.noises, [predicted(config, model, config.noise_users, n, s) for s in config.noises],
-                ls=":", color="gray", label="prediction sigma sqrt(m*/(n e))/||S||")
+        ax.plot(config.noises, [predicted(config, config.noise_users, n, s) for s in config.noises],
+                ls=":", color="gray", label="prediction sigma sqrt(m*(k)/n)/||S||")
         plotting.grid_axes(ax, "noise std sigma (log)", "rel. error ||W-W*||_F/||W*||_F (log)", xlog=True, ylog=True,
                            title=f"{model}: error against noise")
         users_err = np.stack([errors[("users", model, k)] for k in config.users], axis=0)
         median = np.median(users_err, axis=1)
-        pred = np.array([predicted(config, model, k, n, config.users_noise) for k in config.users])
+        pred = np.array([predicted(config, k, n, config.users_noise) for k in config.users])
         plotting.band(bx, config.users, users_err, f"CoLoRA, sigma={config.users_noise:g}, n={n}", log=True)
-        bx.plot(config.users, pred, ls=":", color="gray", marker="x", label="prediction sigma sqrt(m*(k)/(n e))/||S||")
-        bx.axhline(predicted(config, model, 10**9, n, config.users_noise), color="k", lw=0.8, ls="--",
+        bx.plot(config.users, pred, ls=":", color="gray", marker="x", label="prediction sigma sqrt(m*(k)/n)/||S||")
+        bx.axhline(predicted(config, 10**9, n, config.users_noise), color="k", lw=0.8, ls="--",
                    label="personal floor (k -> inf)")
         plotting.grid_axes(bx, "users k (log)", "rel. error (log)", xlog=True, ylog=True,
                            title=f"{model}: error against users")
@@ -116,7 +117,7 @@ def main() -> None:
     figure = plotting.save(fig, os.path.join(args.out, f"{NAME}.png"),
                            f"Noise floor (median and 25-75% over {config.trials} trials)")
     claim = (f"error is proportional to noise (log-log slope 1 +- {config.slope_tolerance}) and, against k, within"
-             f" {config.prediction_factor}x of sigma sqrt(m*(k)/(n e))/||S*||, non-increasing (both models)")
+             f" {config.prediction_factor}x of sigma sqrt(m*(k)/n)/||S*||, non-increasing (both models)")
     _common.finish(NAME, args, config, claim=claim, passed=passed, measured=measured, results=results,
                    started=started, figure=figure)
 

@@ -50,7 +50,7 @@ class Config:
     local_factor: float = 3.0  # "several times fewer": local n50 >= this x CoLoRA's n50 at the largest k
 
 
-SMOKE = Config(users=(1, 10), d_out=6, d_in=6, points=4, trials=4, iters=20, local_users=2)
+SMOKE = Config(models=("sensing",), users=(1, 4), d_out=6, d_in=6, points=4, trials=4, iters=20, local_users=2)
 
 
 def reference(config: Config, model: str, users: int) -> float:

@@ -41,8 +41,8 @@ class Config:
     tolerance: float = 0.15  # |fitted slope - slope| allowed
 
 
-SMOKE = Config(d_out=6, d_in=6, users_series=(2, 8), fixed_samples=12, samples_series=(12, 48), fixed_users=2,
-               trials=3)
+SMOKE = Config(models=("sensing",), d_out=6, d_in=6, users_series=(2, 4), fixed_samples=12, samples_series=(12, 48),
+               fixed_users=2, trials=3)
 
 
 def cells(config: Config):

@@ -1,0 +1,40 @@
+"""Every proof script's --smoke configuration runs end to end and writes its figure and JSON record.
+
+Each script runs in a subprocess (scripts set process-wide JAX flags, e.g. float64), with its
+sweep file and figure in a temporary directory; compiled executables come from the checkout's
+results/jax_cache when a previous run left them there. At smoke sizes PASS is not expected in
+general (tiny problems, few trials): the smoke runs check the pipeline, the default runs check the
+claims. Smoke results seen when this was written: phase_transition FAIL, convergence FAIL (15
+iterations are too few for float64 precision), task_similarity FAIL (no global/oracle at smoke
+size), noise_floor, spectral_init, scaling, restricted_isometry and fedrep_linear vary.
+The nnx_* scripts are another engineer's and are tested with their own code.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from proofs_numerics.run_all import SCRIPTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OURS = [name for name, sweeps in SCRIPTS if sweeps]
+FIELDS = {"name", "claim", "passed", "measured", "config", "smoke", "seed", "code_version", "device", "seconds",
+          "figure", "results"}
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_smoke_configuration_writes_figure_and_record(name, tmp_path):
+    cmd = [sys.executable, "-m", f"proofs_numerics.{name}", "--smoke", "--no-progress", "--out", str(tmp_path),
+           "--results", str(tmp_path / "results")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(("PASS: ", "FAIL: ")), last
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert FIELDS <= set(record), FIELDS - set(record)
+    assert record["smoke"] is True and record["config"] and record["code_version"]
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    assert (tmp_path / "results" / "smoke" / f"{name}.jsonl").exists(), "the sweep writes its cells as it goes"
