@@ -48,6 +48,11 @@ from colora_jax._src.metrics import relative_error as relative_error
 from colora_jax._src.metrics import subspace_distance as subspace_distance
 from colora_jax._src.provenance import code_version as code_version
 from colora_jax._src.provenance import device_info as device_info
+from colora_jax._src.sweep import Cell as Cell
+from colora_jax._src.sweep import SweepResult as SweepResult
+from colora_jax._src.sweep import cell_trials as cell_trials
+from colora_jax._src.sweep import run_cell as run_cell
+from colora_jax._src.sweep import sweep as sweep
 from colora_jax._src.trials import Evaluation as Evaluation
 from colora_jax._src.trials import TrialResult as TrialResult
 from colora_jax._src.trials import evaluate as evaluate
@@ -58,6 +63,7 @@ from colora_jax._src.trials import trial as trial
 __version__ = "0.1.0"
 
 __all__ = (
+    "Cell",
     "Estimate",
     "Evaluation",
     "FEDREP_SYNTHETIC",
@@ -71,8 +77,10 @@ __all__ = (
     "Problem",
     "ProblemConfig",
     "SharedInputConfig",
+    "SweepResult",
     "Trace",
     "TrialResult",
+    "cell_trials",
     "check_observations",
     "chordal_distance_squared",
     "code_version",
@@ -102,10 +110,12 @@ __all__ = (
     "principal_angles",
     "projection_distance",
     "relative_error",
+    "run_cell",
     "run_trials",
     "spectral_init",
     "subspace_distance",
     "sum_squares",
+    "sweep",
     "tilt",
     "trial",
 )

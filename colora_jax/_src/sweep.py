@@ -97,7 +97,7 @@ def add_noise(key, obs: Observations, noise) -> Observations:
     return Observations(X=obs.X, Y=obs.Y + noise * jax.random.normal(key, obs.Y.shape, obs.Y.dtype), model=obs.model)
 
 
-def method_trial(key, samples, noise, problem_config, fit_config: FitConfig, method: str, fitter: Callable = fit_method):
+def masked_trial(key, samples, noise, problem_config, fit_config: FitConfig, method: str, fitter: Callable = fit_method):
     """One trial of ``method``: a noiseless problem, noise of std ``noise``, first ``samples`` kept.
 
     ``problem_config`` is the generated (noiseless, padded) configuration; ``samples`` and
@@ -118,7 +118,7 @@ def method_trial(key, samples, noise, problem_config, fit_config: FitConfig, met
 def _compiled(problem_config, fit_config: FitConfig, method: str, batch: int, fitter: Callable):
     problem_config.validate()
     fit_config.validate()
-    one = functools.partial(method_trial, problem_config=problem_config, fit_config=fit_config, method=method,
+    one = functools.partial(masked_trial, problem_config=problem_config, fit_config=fit_config, method=method,
                             fitter=fitter)
     keys = trial_keys(jax.random.key(0), 0, batch)
     noise = jnp.asarray(0.0, problem_config.dtype)
