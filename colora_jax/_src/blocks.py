@@ -102,17 +102,41 @@ def personal_step(d: Design, U, V, diag: bool) -> Float[Array, "k r r"]:
 # ----------------------------------------------------------------------------- shared steps
 
 
-def pooled_factor(P: Float[Array, "k n d r"], Y: Float[Array, "k n"], M: Float[Array, "k r r"], axis_name=None):
+def factor_normal(P: Float[Array, "k n d s"], Y: Float[Array, "k n"], M: Float[Array, "k r s"]):
+    """Sensing: these users' (unpooled) ``(F^T F, F^T y)``, the normal equations of ``pooled_factor``."""
+    d, r = P.shape[2], M.shape[1]  # M may be rectangular (r x s) when a factor is the identity
+    F = jnp.einsum("knos,krs->knor", P, M).reshape(-1, d * r)
+    return F.T @ F, F.T @ Y.reshape(-1)
+
+
+def solve_factor(G, H, rank: int) -> Float[Array, "d r"]:
+    """The shared factor (d x rank) solving the pooled normal equations ``G x = H``.
+
+    ``H`` is ``r x d_out`` for the regression output step (the solution is ``U^T``), else the
+    vector ``vec(A)`` of the ``d x r`` factor ``A``.
+    """
+    x = psd_solve(G, H)
+    return x.T if H.ndim == 2 else x.reshape(-1, rank)
+
+
+def pooled_factor(P: Float[Array, "k n d s"], Y: Float[Array, "k n"], M: Float[Array, "k r s"], axis_name=None):
     """Sensing: the factor ``A`` minimizing ``sum_ij (y_ij - <P_ij M_i^T, A>)^2`` (d x r).
 
     Output step: ``P = X V``, ``M = S`` (``<X V S^T, U> = <X, U S V^T>``). Input step:
     ``P = X^T U``, ``M = S^T``. One least squares in ``d r`` unknowns pooled over users.
     """
-    d, r = P.shape[2], M.shape[1]  # M may be rectangular (r x s) when a factor is the identity
-    F = jnp.einsum("knos,krs->knor", P, M).reshape(-1, d * r)
-    G = pool(F.T @ F, axis_name)
-    h = pool(F.T @ Y.reshape(-1), axis_name)
-    return psd_solve(G, h).reshape(d, r)
+    G, h = factor_normal(P, Y, M)
+    return solve_factor(pool(G, axis_name), pool(h, axis_name), M.shape[1])
+
+
+def output_normal(d: Design, V, S):
+    """These users' (unpooled) part of the normal equations of ``output_step``."""
+    if d.model == "regression":
+        CV = jnp.einsum("kij,jr->kir", d.C, V)
+        G = jnp.einsum("kra,kia,ib,ksb->rs", S, CV, V, S)  # sum_i S V^T C V S^T
+        H = jnp.einsum("kra,ia,kio->ro", S, V, d.B)  # sum_i S V^T B
+        return G, H
+    return factor_normal(d.X @ V, d.Y, S)
 
 
 def output_step(d: Design, V, S, axis_name: str | None = None) -> Float[Array, "d_out r"]:
@@ -121,12 +145,20 @@ def output_step(d: Design, V, S, axis_name: str | None = None) -> Float[Array, "
     Regression: ``U^T = (sum_i S_i V^T C_i V S_i^T)^+ sum_i S_i V^T B_i`` (an r x r system).
     Sensing: ``y_ij = <X_ij V S_i^T, U>``, a least squares in the ``d_out r`` entries of U.
     """
+    G, H = output_normal(d, V, S)
+    return solve_factor(pool(G, axis_name), pool(H, axis_name), S.shape[1])
+
+
+def input_normal(d: Design, U, S):
+    """These users' (unpooled) part of the normal equations of ``input_step``."""
     if d.model == "regression":
-        CV = jnp.einsum("kij,jr->kir", d.C, V)
-        G = jnp.einsum("kra,kia,ib,ksb->rs", S, CV, V, S)  # sum_i S V^T C V S^T
-        H = jnp.einsum("kra,ia,kio->ro", S, V, d.B)  # sum_i S V^T B
-        return psd_solve(pool(G, axis_name), pool(H, axis_name)).T
-    return pooled_factor(d.X @ V, d.Y, S, axis_name)
+        r, d_in = S.shape[-1], d.C.shape[1]  # S_i may be rectangular (U = I, one-sided baselines)
+        P = jnp.einsum("or,krs->kos", U, S)
+        Q = jnp.einsum("kor,kos->krs", P, P)
+        K = jnp.einsum("kac,keb->abce", d.C, Q).reshape(d_in * r, d_in * r)
+        h = jnp.einsum("kao,kob->ab", d.B, P).reshape(-1)
+        return K, h
+    return factor_normal(d.Xt @ U, d.Y, jnp.swapaxes(S, 1, 2))
 
 
 def input_step(d: Design, U, S, axis_name: str | None = None) -> Float[Array, "d_in r"]:
@@ -136,14 +168,8 @@ def input_step(d: Design, U, S, axis_name: str | None = None) -> Float[Array, "d
     a ``d_in r`` system whose matrix ``sum_i C_i (x) Q_i`` is one contraction over users.
     Sensing: ``y_ij = <X_ij^T U S_i, V>``, a least squares in the ``d_in r`` entries of V.
     """
-    if d.model == "regression":
-        r, d_in = U.shape[1], d.C.shape[1]
-        P = jnp.einsum("or,krs->kos", U, S)
-        Q = jnp.einsum("kor,kos->krs", P, P)
-        K = jnp.einsum("kac,keb->abce", d.C, Q).reshape(d_in * r, d_in * r)
-        h = jnp.einsum("kao,kob->ab", d.B, P).reshape(-1)
-        return psd_solve(pool(K, axis_name), pool(h, axis_name)).reshape(d_in, r)
-    return pooled_factor(d.Xt @ U, d.Y, jnp.swapaxes(S, 1, 2), axis_name)
+    K, h = input_normal(d, U, S)
+    return solve_factor(pool(K, axis_name), pool(h, axis_name), S.shape[-1])
 
 
 # ----------------------------------------------------------------------------- objective, init
@@ -178,7 +204,11 @@ def spectral_init(d: Design, rank: int, axis_name: str | None = None):
     plain average ``sum_i W_i_hat`` carries no signal). The estimation noise adds a nearly
     isotropic term, which leaves the leading eigenvectors in place.
     """
+    MU, MV = spectral_moments(d)
+    return top_eigenvectors(pool(MU, axis_name), rank), top_eigenvectors(pool(MV, axis_name), rank)
+
+
+def spectral_moments(d: Design):
+    """These users' (unpooled) ``sum_i W_i_hat W_i_hat^T`` and ``sum_i W_i_hat^T W_i_hat``."""
     W = moment_estimates(d)
-    MU = pool(jnp.einsum("koi,kpi->op", W, W), axis_name)
-    MV = pool(jnp.einsum("koi,koj->ij", W, W), axis_name)
-    return top_eigenvectors(MU, rank), top_eigenvectors(MV, rank)
+    return jnp.einsum("koi,kpi->op", W, W), jnp.einsum("koi,koj->ij", W, W)
