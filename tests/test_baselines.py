@@ -110,6 +110,7 @@ def test_parameter_counts():
     assert cj.parameter_counts("fedrep", pc) == (90, 60)
     assert cj.parameter_counts("alora", pc) == (60, 90)
     assert cj.parameter_counts("oracle", dataclasses.replace(pc, personal="diag")) == (0, 3)
+    assert cj.parameter_counts("oracle", cj.FEDREP_SYNTHETIC) == (0, 2)  # h_i: d_out x r = 1 x 2
 
 
 def test_unknown_method_lists_the_known_ones():

@@ -602,12 +602,16 @@ def parameter_counts(method: str, problem_config: ProblemConfig | SharedInputCon
     ``(d_out + d_in) r`` shared; fedrep / fedsa-lora: ``d_in r`` shared, ``d_out r`` per user;
     alora: ``d_out r`` shared, ``d_in r`` per user; fedavg-lora: ``(d_out + d_in) r`` trained
     federated and again per user in fine-tuning; ffa-lora: ``d_out r`` and ``d_out r`` (A is
-    frozen); oracle: nothing shared is trained, ``r^2`` (``r``) per user.
+    frozen); oracle: nothing shared is trained, ``r^2`` (``r``) per user (``d_out r`` on a
+    ``SharedInputConfig`` problem).
     """
     check_method(method)
     pc = problem_config
     o, i, r = pc.d_out, pc.d_in, pc.rank
-    personal = r if getattr(pc, "personal", "full") == "diag" else r * r
+    if isinstance(pc, SharedInputConfig):  # the truth's personal part is H_i, d_out x r
+        personal = o * r
+    else:
+        personal = r if pc.personal == "diag" else r * r
     counts = {
         "colora": ((o + i) * r, r * r),
         "colora-diag": ((o + i) * r, r),
