@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from colora_jax._src.commands import common, compare, recover
+from colora_jax._src.commands import bench, common, compare, recover
 
-COMMANDS = (recover, compare)
+COMMANDS = (recover, compare, bench)
 
 
 def build_parser() -> common.Parser:

@@ -10,7 +10,8 @@ import numpy as np
 
 from colora_jax._src.commands import common
 from colora_jax._src.provenance import code_version, device_info
-from colora_jax._src.trials import compiled_trials, default_batch, run_trials
+from colora_jax._src.sharding import check_divisible, sharded_trial_fn, users_mesh
+from colora_jax._src.trials import compiled_trials, default_batch, run_trials, trial
 
 
 def register(subparsers) -> None:
@@ -25,6 +26,9 @@ def register(subparsers) -> None:
     common.add_fit_flags(p)
     p.add_argument("--success-threshold", type=common._finite_float, default=1e-3,
                    help="a trial succeeds when its stacked relative error is <= this")
+    p.add_argument("--devices", type=common._positive_int, default=None,
+                   help="split each trial's users over this many devices (default: all visible);"
+                   " the users must be divisible by it")
     p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.set_defaults(run=run)
@@ -33,12 +37,15 @@ def register(subparsers) -> None:
 def recover(args) -> dict:
     """Run the trials described by ``args``; returns the JSON-ready result."""
     pc, fc = common.problem_config(args), common.fit_config(args)
+    devices = users_mesh(args.devices).shape["users"]
+    check_divisible(pc.users, devices)
+    fn = trial if devices == 1 else sharded_trial_fn(devices)
     batch = args.batch or default_batch(pc, args.trials)
     t0 = time.perf_counter()
-    compiled_trials(pc, fc, min(batch, args.trials))
+    compiled_trials(pc, fc, min(batch, args.trials), fn)
     t1 = time.perf_counter()
     with common.progress(args.trials, "recover", enabled=not args.json) as bar:
-        out = run_trials(jax.random.key(args.seed), pc, fc, args.trials, batch=batch,
+        out = run_trials(jax.random.key(args.seed), pc, fc, args.trials, batch=batch, fn=fn,
                          on_batch=lambda done: bar.update(done - bar.n))
     t2 = time.perf_counter()
     ev, tr = out.evaluation, out.trace
@@ -51,6 +58,7 @@ def recover(args) -> dict:
             "success_threshold": args.success_threshold,
             "code_version": code_version(),
             "device": device_info(),
+            "devices": devices,
         },
         "success_rate": float(np.mean(ev.rel_error <= args.success_threshold)),
         "rel_errors": ev.rel_error,

@@ -1,0 +1,1 @@
+"""Benchmarks: the NumPy reference AltMin, the suite behind ``colora bench``, its child processes."""

@@ -1,0 +1,200 @@
+"""The benchmark suite behind ``colora bench``: speed against NumPy, scaling in k, d and devices,
+memory, and a roofline floor. Every figure is measured here; nothing is asserted.
+
+Child processes are used where a measurement needs its own setting before NumPy or JAX is
+imported: the NumPy reference (single-threaded OpenBLAS, its fastest setting for these small
+matrices), fake devices (``XLA_FLAGS``), and the streamed run whose peak RSS is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from colora_jax._src.altmin import fit
+from colora_jax._src.config import FitConfig, ProblemConfig
+from colora_jax._src.data import generate
+from colora_jax._src.trials import compiled_trials, run_trials, trial
+
+
+def _child(module: str, args, env=None, timeout=3600) -> dict:
+    env = {**os.environ, **(env or {})}
+    out = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                         env=env, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"{module} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _best(fn, repeats=3):
+    """Fastest of ``repeats`` timed calls of ``fn`` (seconds); other engineers share the CPU."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def versus_numpy(samples: int, trials: int, numpy_trials: int, users=50, d=20, rank=2) -> dict:
+    """Trials (and fits) per second of the compiled ``colora recover`` path against NumPy."""
+    pc = ProblemConfig(model="sensing", users=users, d_out=d, d_in=d, rank=rank, samples=samples)
+    fc = FitConfig(rank=rank)
+    t = time.perf_counter()
+    compiled_trials(pc, fc, trials, trial)
+    compile_s = time.perf_counter() - t
+    key = jax.random.key(0)
+    trial_s = _best(lambda: run_trials(key, pc, fc, trials, batch=trials))
+    res = run_trials(key, pc, fc, trials, batch=trials)
+    problems = jax.jit(jax.vmap(lambda k: generate(k, pc)))(jax.random.split(key, trials))
+    fit_all = jax.jit(jax.vmap(lambda o: fit(o, fc)))
+    jax.block_until_ready(fit_all(problems.train))
+    fit_s = _best(lambda: fit_all(problems.train))
+    ref = _child("colora_jax._src.bench.reference", [users, d, rank, samples, numpy_trials],
+                 env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    colora_tps = trials / trial_s
+    return {
+        "config": {"model": "sensing", "users": users, "d_out": d, "d_in": d, "rank": rank, "samples": samples},
+        "colora_trials_per_second": colora_tps,
+        "colora_fits_per_second": trials / fit_s,
+        "colora_compile_seconds": compile_s,
+        "colora_iterations_mean": float(np.mean(res.trace.iterations)),
+        "colora_rel_error_max": float(np.max(res.evaluation.rel_error)),
+        "numpy_trials_per_second": ref["trials_per_second"],
+        "numpy_fits_per_second": ref["fits_per_second"],
+        "numpy_iterations_mean": ref["iterations_mean"],
+        "numpy_rel_error_max": ref["rel_error_max"],
+        "ratio_trials": colora_tps / ref["trials_per_second"],
+        "ratio_fits": (trials / fit_s) / ref["fits_per_second"],
+    }
+
+
+def seconds_per_iteration(make, obs, rank: int, iters=(2, 8), repeats=3):
+    """Per-iteration seconds of ``make(fit_config)(obs)``, its compile time and XLA memory analysis.
+
+    Two fits that differ only in their iteration budget: the difference of their run times over
+    the difference of the iterations they ran (tol 0 and noisy data: no early stop at a floor).
+    """
+    runs = []
+    for budget in iters:
+        fc = FitConfig(rank=rank, iters=budget, tol=0.0)
+        t = time.perf_counter()
+        compiled = jax.jit(make(fc)).lower(obs).compile()
+        compile_s = time.perf_counter() - t
+        seconds = _best(lambda: compiled(obs), repeats)
+        runs.append((seconds, int(compiled(obs)[1].iterations), compile_s, compiled.memory_analysis()))
+    (t0, i0, _, _), (t1, i1, compile_s, mem) = runs
+    return (t1 - t0) / max(i1 - i0, 1), compile_s, mem
+
+
+def iteration_time(users: int, d: int, samples=16, rank=4, iters=(2, 8)) -> dict:
+    """Seconds per AltMin iteration of ``fit`` (regression, in memory), compile time, XLA memory."""
+    pc = ProblemConfig(model="regression", users=users, d_out=d, d_in=d, rank=rank, samples=samples,
+                       test_samples=0, noise=0.1)
+    obs = jax.jit(lambda k: generate(k, pc).train)(jax.random.key(0))
+    seconds, compile_s, mem = seconds_per_iteration(lambda fc: (lambda o: fit(o, fc)), obs, rank, iters)
+    data_bytes = obs.X.nbytes + obs.Y.nbytes
+    return {
+        "users": users, "d": d, "samples": samples, "rank": rank,
+        "seconds_per_iteration": seconds,
+        "compile_seconds": compile_s,
+        "data_bytes": data_bytes,
+        "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+        "xla_argument_bytes": getattr(mem, "argument_size_in_bytes", None),
+    }
+
+
+def read_bandwidth(bytes_=2**29) -> float:
+    """Measured memory read bandwidth (bytes/s): a jitted sum over a large float32 array."""
+    a = jnp.ones((bytes_ // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    jax.block_until_ready(total(a))
+    return bytes_ / _best(lambda: total(a), repeats=5)
+
+
+def roofline(it: dict, bandwidth: float) -> dict:
+    """The floor: every iteration reads each user's data once, in its smaller form.
+
+    Per user: the observations ``n (d_in + d_out)`` numbers or the statistics ``C_i, B_i``
+    ``d_in (d_in + d_out)``, whichever is smaller. Floor time = those bytes / bandwidth.
+    """
+    d, n, itemsize = it["d"], it["samples"], 4
+    per_user = min(n * 2 * d, 2 * d * d) * itemsize
+    floor_bytes = it["users"] * per_user
+    floor_s = floor_bytes / bandwidth
+    return {"bytes_per_iteration_floor": floor_bytes, "bandwidth_bytes_per_second": bandwidth,
+            "floor_seconds": floor_s, "measured_seconds": it["seconds_per_iteration"],
+            "ratio": it["seconds_per_iteration"] / floor_s}
+
+
+def device_scaling(max_devices: int, users_per_device: int, d: int) -> dict:
+    """Seconds per iteration of the sharded fit on 1..max_devices fake CPU devices (child process)."""
+    return _child("colora_jax._src.bench.scaling", [max_devices, users_per_device, d],
+                  env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={max_devices}"})
+
+
+def streaming(users: int, nblocks: int) -> dict:
+    """The streamed regression problem (n=16, d=32, r=4) in a child process: its peak RSS."""
+    return _child("colora_jax._src.bench.stream", [users, nblocks])
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run(quick: bool) -> dict:
+    """All measurements; ``quick`` shrinks every size so the whole suite takes seconds."""
+    load = os.getloadavg()
+    out = {"quick": quick, "load_average_start": load}
+    trials, numpy_trials = (4, 1) if quick else (256, 10)
+    out["versus_numpy"] = [versus_numpy(n, trials, numpy_trials) for n in (16, 80)]
+    ks = (64, 128) if quick else (1_000, 10_000, 100_000)
+    ds = (8, 16) if quick else (16, 32, 64, 128)
+    out["iteration_vs_users"] = [iteration_time(k, 8 if quick else 32) for k in ks]
+    out["iteration_vs_d"] = [iteration_time(ks[0] if quick else 10_000, d) for d in ds]
+    bandwidth = read_bandwidth(2**24 if quick else 2**29)
+    out["roofline"] = roofline(out["iteration_vs_users"][-1], bandwidth)
+    out["device_scaling"] = device_scaling(2 if quick else 8, 64 if quick else 4096, 8 if quick else 32)
+    out["streaming"] = streaming(2_000 if quick else 1_000_000, 4 if quick else 100)
+    out["peak_rss_bytes_bench_process"] = peak_rss_bytes()
+    out["load_average_end"] = os.getloadavg()
+    return out
+
+
+def plot(result: dict, path) -> None:
+    """Iteration time against k and d, device-scaling efficiency, and the roofline ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.8))
+    vk, vd = result["iteration_vs_users"], result["iteration_vs_d"]
+    ax[0].loglog([r["users"] for r in vk], [r["seconds_per_iteration"] for r in vk], "o-", label="measured")
+    k0, t0 = vk[0]["users"], vk[0]["seconds_per_iteration"]
+    ax[0].loglog([r["users"] for r in vk], [t0 * r["users"] / k0 for r in vk], "k:", label="linear")
+    ax[0].set(xlabel="users k", ylabel="s / AltMin iteration", title=f"regression, d={vk[0]['d']}, n=16, r=4")
+    ax[0].legend()
+    ax[1].loglog([r["d"] for r in vd], [r["seconds_per_iteration"] for r in vd], "o-")
+    ax[1].set(xlabel="d = d_in = d_out", ylabel="s / AltMin iteration", title=f"k={vd[0]['users']}")
+    sc = result["device_scaling"]
+    for kind in ("strong", "weak"):
+        ax[2].plot(sc["devices"], sc[f"{kind}_efficiency"], "o-", label=f"{kind} (fixed {'total' if kind == 'strong' else 'per device'})")
+    ax[2].set(xlabel="fake CPU devices", ylabel="scaling efficiency", ylim=(0, 1.1), title=f"{os.cpu_count()} physical cores")
+    ax[2].legend()
+    rf = result["roofline"]
+    ax[3].bar(["floor (bytes/BW)", "measured"], [rf["floor_seconds"], rf["measured_seconds"]])
+    ax[3].set(ylabel="s / iteration", title=f"roofline at k={vk[-1]['users']}: {rf['ratio']:.1f}x the floor")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
