@@ -48,6 +48,13 @@ from colora_jax._src.metrics import relative_error as relative_error
 from colora_jax._src.metrics import subspace_distance as subspace_distance
 from colora_jax._src.provenance import code_version as code_version
 from colora_jax._src.provenance import device_info as device_info
+from colora_jax._src.sharding import fit_sharded as fit_sharded
+from colora_jax._src.sharding import shard_users as shard_users
+from colora_jax._src.sharding import users_mesh as users_mesh
+from colora_jax._src.streaming import PlantedBlocks as PlantedBlocks
+from colora_jax._src.streaming import fit_blocks as fit_blocks
+from colora_jax._src.streaming import fit_streaming as fit_streaming
+from colora_jax._src.streaming import generate_blocks as generate_blocks
 from colora_jax._src.sweep import Cell as Cell
 from colora_jax._src.sweep import SweepResult as SweepResult
 from colora_jax._src.sweep import cell_trials as cell_trials
@@ -74,6 +81,7 @@ __all__ = (
     "METHODS",
     "MethodFit",
     "Observations",
+    "PlantedBlocks",
     "Problem",
     "ProblemConfig",
     "SharedInputConfig",
@@ -89,8 +97,12 @@ __all__ = (
     "evaluate",
     "federated_lora",
     "fit",
+    "fit_blocks",
     "fit_method",
+    "fit_sharded",
+    "fit_streaming",
     "generate",
+    "generate_blocks",
     "generate_problem",
     "generate_shared_input",
     "generate_truth",
@@ -112,10 +124,12 @@ __all__ = (
     "relative_error",
     "run_cell",
     "run_trials",
+    "shard_users",
     "spectral_init",
     "subspace_distance",
     "sum_squares",
     "sweep",
     "tilt",
     "trial",
+    "users_mesh",
 )
