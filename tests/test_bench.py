@@ -1,0 +1,42 @@
+"""The benchmark's NumPy reference is the same AltMin as colora's; ``colora bench --quick`` runs (smoke)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import colora_jax as cj
+from colora_jax._src.bench import reference, suite
+from colora_jax.cli import main
+
+
+def test_numpy_reference_agrees_with_fit(x64):
+    pc = cj.ProblemConfig(model="sensing", users=10, d_out=6, d_in=5, rank=2, samples=12, noise=0.05, x64=True)
+    fc = cj.FitConfig(rank=2, iters=25)
+    obs = jax.jit(cj.generate, static_argnums=1)(jax.random.key(2), pc).train
+    est, trace = jax.jit(lambda o: cj.fit(o, fc))(obs)
+    U, V, S, iterations = reference.altmin(np.asarray(obs.X), np.asarray(obs.Y), 2, fc.iters, fc.tol)
+    W_ref = np.einsum("or,krs,is->koi", U, S, V)
+    np.testing.assert_allclose(np.asarray(est.W), W_ref, rtol=1e-7, atol=1e-9)
+    assert abs(int(trace.iterations) - iterations) <= 1
+
+
+def test_roofline_is_bytes_over_bandwidth():
+    it = {"users": 1000, "d": 32, "samples": 16, "seconds_per_iteration": 0.01}
+    rf = suite.roofline(it, bandwidth=1e9)
+    assert rf["bytes_per_iteration_floor"] == 1000 * 16 * 64 * 4  # n (d_in + d_out) < d (d_in + d_out)
+    assert rf["ratio"] == pytest.approx(0.01 / (rf["bytes_per_iteration_floor"] / 1e9))
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_json_and_figure(tmp_path, capsys):
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert result["device"]["device_kind"] and len(result["versus_numpy"]) == 2
+    assert all(v["colora_rel_error_max"] < 1e-3 and v["numpy_rel_error_max"] < 1e-3 for v in result["versus_numpy"])
+    assert result["device_scaling"]["devices"] == [1, 2]
+    assert "trials/s" in capsys.readouterr().out
