@@ -41,6 +41,8 @@ from proofs_numerics import _common
 
 NAME = "fedrep_linear"
 LABELS = {"fedsa-lora": "colora", "fedrep": "fedrep", "fedsgd": "fedsgd", "local-full": "local", "oracle": "oracle"}
+LEGEND = {"colora": "colora (exact AltMin, U = I)", "fedrep": "fedrep (gradient step on V)",
+          "fedsgd": "fedsgd (one global model)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +143,13 @@ def main() -> None:
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=compute, tag="trace-fedsgd")
     res = {lab: r for (lab, _), r in zip(labelled, sw.results)}
-    fig, axes = plotting.panels(len(config.samples) + 1, width=4.3)
+    fig, axes = plotting.panels(len(config.samples) + 1, width=5.2, rows=2)
     results, measured, passed = {"distance": {}, "test_mse": {}}, {}, True
     for ax, n in zip(axes, config.samples):
         rounds_to, finals = {}, {}
         for method in ("fedsa-lora", "fedrep", "fedsgd"):
             dist = held(res[(method, n)]["trace"]["subspace_distance_V"])
-            plotting.band(ax, np.arange(dist.shape[1]), dist.T, LABELS[method], marker="", log=True)
+            plotting.band(ax, np.arange(dist.shape[1]), dist.T, LEGEND[LABELS[method]], marker="", log=True)
             median = np.median(dist, axis=0)
             below = np.nonzero(median <= config.recovered)[0]
             rounds_to[LABELS[method]] = int(below[0]) if below.size else None

@@ -102,7 +102,7 @@ def main() -> None:
         bx.plot(config.users, pred, ls=":", color="gray", marker="x", label="prediction sigma sqrt(m*(k)/n)/||S||")
         bx.axhline(predicted(config, 10**9, n, config.users_noise), color="k", lw=0.8, ls="--",
                    label="personal floor (k -> inf)")
-        plotting.grid_axes(bx, "users k (log)", "rel. error (log)", xlog=True, ylog=True,
+        plotting.grid_axes(bx, "users k (log)", "rel. error (log)", xlog=True, ylog=True, xticks=config.users,
                            title=f"{model}: error against users")
         ratio = median / pred
         ok = (abs(slope - 1) <= config.slope_tolerance

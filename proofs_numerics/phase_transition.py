@@ -41,7 +41,7 @@ class Config:
     rank: int = 2  # r, planted and fitted rank
     points: int = 12  # sample sizes per (model, k)
     grid_lo: float = 0.75  # smallest sample size, in units of m*(k) (raised to the S-step minimum)
-    grid_hi: float = 6.0  # largest sample size, in units of m*(k)
+    grid_hi: float = 4.0  # largest sample size, in units of m*(k) (observed transitions: 1.3-1.6 m*)
     trials: int = 50  # independent trials per cell
     iters: int = 50  # AltMin iteration budget (spectral initialization)
     tol: float = 1e-7  # AltMin stops when the objective's relative decrease is below tol

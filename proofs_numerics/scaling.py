@@ -107,8 +107,8 @@ def main() -> None:
         ax.plot(x, y, "o-", label=f"measured n50: exponent {slope:.2f}")
         ax.plot(x, m, "s--", color="gray", label=f"m* (dof): exponent {slope_m:.2f}")
         fixed = {"users": "d={1}, r={2}", "dims": "k={0}, r={2}", "ranks": "k={0}, d={1}"}[series].format(*config.base)
-        plotting.grid_axes(ax, f"{label} (log)", "samples per user (log)", xlog=True, ylog=True,
-                           title=f"threshold against {series[:-1] if series != 'dims' else 'd'} ({fixed})")
+        plotting.grid_axes(ax, f"{label} (log)", "samples per user n (log)", xlog=True, ylog=True, xticks=x,
+                           title=f"threshold against {label.split(' ')[-1]} ({fixed})")
     figure = plotting.save(fig, os.path.join(args.out, f"{NAME}.png"),
                            f"50% exact-recovery threshold (rel. error <= {_common.SUCCESS:g}), {config.model},"
                            f" {config.trials} trials per cell")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,12 +51,19 @@ def fitted_line(ax, x, slope: float, intercept: float, label: str, **style):
     ax.plot(x, 10**intercept * x**slope, ls="--", color=style.pop("color", "k"), lw=1, label=label, **style)
 
 
-def grid_axes(ax, xlabel: str, ylabel: str, xlog: bool = False, ylog: bool = False, title: str | None = None):
-    """Labels, log scales, a light grid and a legend (when something is labelled)."""
+def grid_axes(ax, xlabel: str, ylabel: str, xlog: bool = False, ylog: bool = False, title: str | None = None,
+              xticks=None):
+    """Labels, log scales, a light grid and a legend (when something is labelled).
+
+    ``xticks``: label exactly these x values (plain numbers, no minor labels), e.g. the swept k.
+    """
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if xlog:
         ax.set_xscale("log")
+    if xticks is not None:
+        ax.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if ylog:
         ax.set_yscale("log")
     if title:

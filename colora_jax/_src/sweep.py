@@ -6,8 +6,8 @@ cells in order and appends each finished cell to ``path`` as one JSON line (flus
 fsynced), so a sweep killed midway and started again recomputes only the missing cells.
 
 Cache key (the trade-off, decided here): a cell is identified by the SHA-256 of its fully
-resolved configuration (every field of both configs, trials, seed, method, options) plus the
-caller's ``tag`` (what is recorded per cell). A changed *configuration* therefore never reuses
+resolved configuration (every field of both configs, trials, seed, method, pad_samples) plus the
+caller's ``tag`` (what is recorded per cell, and by which fitter). A changed *configuration* therefore never reuses
 a stale cell. The code version is *not* part of the key: it is written on every line, and
 reused cells computed by another code version are counted and reported (``SweepResult.stale``
 and a warning), so that editing a plotting script does not throw away an hour of trials. When
