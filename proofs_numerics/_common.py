@@ -106,6 +106,14 @@ def threshold(x, probability, level: float = 0.5) -> float:
     return float(np.exp(np.log(x[i - 1]) + t * (np.log(x[i]) - np.log(x[i - 1]))))
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (a timing that other jobs' load does not inflate)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def loglog_fit(x, y) -> tuple[float, float]:
     """Least-squares ``log10 y = slope log10 x + intercept``; returns ``(slope, intercept)``."""
     slope, intercept = np.polyfit(np.log10(np.asarray(x, float)), np.log10(np.asarray(y, float)), 1)

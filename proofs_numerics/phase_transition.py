@@ -152,6 +152,7 @@ def main() -> None:
     claim = (f"n50(k)/m*(k) shrinks toward 1 as k grows (k={list(config.users)}) and local LoRA needs"
              f" >= {config.local_factor:g}x more samples per user than CoLoRA at k={config.users[-1]} (both models)")
     timing = {"phase_diagram_seconds": round(sw.seconds, 1) if sw.reused == 0 else None,
+              "cpu_seconds": round(_common.cpu_seconds(), 1), "load_average": os.getloadavg(),
               "cells_computed": sw.computed, "cells_reused": sw.reused}
     _common.finish(NAME, args, config, claim=claim, passed=passed, measured={**measured, **timing},
                    results=curves, started=started, figure=figure, extra={"timing": timing})
