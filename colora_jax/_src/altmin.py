@@ -164,6 +164,50 @@ def _joint_step(d, params, opt_state, optimizer, count, diag, axis_name):
 # ----------------------------------------------------------------------------- the driver
 
 
+def stopping_floor(mean_square_measurement):
+    """Objective below which iterating is pointless: ``(10 eps)^2`` times the mean ``||y||^2``."""
+    return (10 * jnp.finfo(mean_square_measurement.dtype).eps) ** 2 * mean_square_measurement
+
+
+def iterate(advance, state, metrics0, iters: int, tol: float, floor, monotone: bool = True):
+    """The iteration loop shared by every estimator, inside ``lax.while_loop``.
+
+    Args:
+      advance: ``state -> (state, metrics)``: one iteration, then the metrics of the new
+        iterate, a tuple whose first entry is the objective.
+      state: the initial state (any pytree).
+      metrics0: the metrics of the initial state (recorded at index 0).
+      iters: iteration budget.
+      tol: stop once the objective's relative decrease ``(f_prev - f) / f_prev <= tol``
+        (only when ``monotone``; an optimizer that may increase f stops by budget or floor).
+      floor: stop once the objective is ``<= floor``.
+
+    Returns:
+      ``(state, buffers, iterations, converged)``: ``buffers`` holds one ``(iters + 1,)`` array
+      per metric (index t = after iteration t, NaN past ``iterations``); ``converged`` is True
+      when the loop stopped by tolerance or floor rather than by the budget.
+    """
+    dtype = metrics0[0].dtype
+    buffers = tuple(jnp.full((iters + 1,), jnp.nan, dtype).at[0].set(m) for m in metrics0)
+
+    def cond(carry):
+        it, _, _, done = carry
+        return (it < iters) & ~done
+
+    def body(carry):
+        it, st, bufs, _ = carry
+        st, m = advance(st)
+        bufs = tuple(b.at[it + 1].set(v) for b, v in zip(bufs, m))
+        f_prev, f = bufs[0][it], m[0]
+        done = f <= floor
+        if monotone:
+            done = done | (f_prev - f <= tol * f_prev)
+        return it + 1, st, bufs, done
+
+    it, state, buffers, done = jax.lax.while_loop(cond, body, (jnp.asarray(0), state, buffers, buffers[0][0] <= floor))
+    return state, buffers, it, done
+
+
 def initialize(d: blocks.Design, config: FitConfig, key: PRNGKeyArray | None, axis_name=None):
     """Initial shared factors: spectral (second moments across users) or random orthonormal."""
     if config.init == "spectral":
@@ -211,7 +255,7 @@ def fit(
     d = blocks.design(observations)
     count = blocks.pool(jnp.asarray(observations.Y.size, d.X.dtype), axis_name)
     count = count / (observations.dims[0] if observations.model == "regression" else 1)
-    floor = (10 * jnp.finfo(d.X.dtype).eps) ** 2 * blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count
+    floor = stopping_floor(blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count)
 
     U, V = initialize(d, config, key, axis_name)
     params = Estimate(U, V, blocks.personal_step(d, U, V, diag))
@@ -236,28 +280,16 @@ def fit(
         ref2 = blocks.pool(jnp.sum(jnp.square(truth.W)), axis_name)
         return f, subspace_distance(p.U, truth.U), subspace_distance(p.V, truth.V), jnp.sqrt(err2 / ref2)
 
-    T = config.iters + 1
     sse0 = blocks.sum_squares(d, params.U, params.V, params.S, axis_name)
-    buffers = tuple(jnp.full((T,), jnp.nan, d.X.dtype).at[0].set(m) for m in metrics(params, sse0))
-    monotone = config.algorithm != "adam"
 
-    def cond(state):
-        it, _, _, _, done = state
-        return (it < config.iters) & ~done
+    def advance(state):
+        p, a, sse = step(*state)
+        return (p, a), metrics(p, sse)
 
-    def body(state):
-        it, p, a, bufs, _ = state
-        p, a, sse = step(p, a)
-        m = metrics(p, sse)
-        bufs = tuple(b.at[it + 1].set(v) for b, v in zip(bufs, m))
-        f_prev, f = bufs[0][it], m[0]
-        done = f <= floor
-        if monotone:
-            done = done | (f_prev - f <= config.tol * f_prev)
-        return it + 1, p, a, bufs, done
-
-    state = (jnp.asarray(0), params, aux, buffers, buffers[0][0] <= floor)
-    iterations, params, _, buffers, done = jax.lax.while_loop(cond, body, state)
+    (params, _), buffers, iterations, done = iterate(
+        advance, (params, aux), metrics(params, sse0), config.iters, config.tol, floor,
+        monotone=config.algorithm != "adam",
+    )
     finite = jnp.all(jnp.isfinite(observations.X)) & jnp.all(jnp.isfinite(observations.Y))
     finite = blocks.pool((~finite).astype(jnp.int32), axis_name) == 0  # every shard's data finite
     trace = Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)

@@ -45,7 +45,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from colora_jax._src import blocks
-from colora_jax._src.altmin import Trace, _normalize_U, _normalize_V, check_observations, fit
+from colora_jax._src.altmin import Trace, _normalize_U, _normalize_V, check_observations, fit, iterate, stopping_floor
 from colora_jax._src.config import FitConfig, ProblemConfig, _choice
 from colora_jax._src.data import GroundTruth, Observations, Problem, _orthonormal, generate, measure, predict
 from colora_jax._src.metrics import subspace_distance
@@ -201,39 +201,18 @@ def _metrics(obs, W, U, V, truth):
 
 
 def _iterate(step, params, measure_fn, iters: int, tol: float, floor, monotone: bool):
-    """Run ``params <- step(params)`` up to ``iters`` times, recording ``measure_fn(params)``.
+    """``fit``'s loop (``iterate``) for ``params <- step(params)`` recording ``measure_fn(params)``."""
 
-    The trace layout and the stopping rule are ``fit``'s: index 0 is the initialization; stop
-    when the objective's relative decrease is <= ``tol`` (only if ``monotone``) or the
-    objective reaches ``floor``.
-    """
-    m0 = measure_fn(params)
-    dtype = m0[0].dtype
-    bufs = tuple(jnp.full((iters + 1,), jnp.nan, dtype).at[0].set(m) for m in m0)
-
-    def cond(state):
-        it, _, _, done = state
-        return (it < iters) & ~done
-
-    def body(state):
-        it, p, bufs, _ = state
+    def advance(p):
         p = step(p)
-        m = measure_fn(p)
-        bufs = tuple(b.at[it + 1].set(v) for b, v in zip(bufs, m))
-        f_prev, f = bufs[0][it], m[0]
-        done = f <= floor
-        if monotone:
-            done = done | (f_prev - f <= tol * f_prev)
-        return it + 1, p, bufs, done
+        return p, measure_fn(p)
 
-    it, params, bufs, done = jax.lax.while_loop(cond, body, (jnp.asarray(0), params, bufs, bufs[0][0] <= floor))
-    return params, bufs, it, done
+    return iterate(advance, params, measure_fn(params), iters, tol, floor, monotone)
 
 
 def _floor(obs: Observations):
-    """``fit``'s stopping floor: ``(10 eps)^2`` times the mean squared measurement."""
-    eps = jnp.finfo(obs.X.dtype).eps
-    return (10 * eps) ** 2 * jnp.sum(jnp.square(obs.Y)) / (obs.users * obs.samples)
+    """``fit``'s stopping floor, from the mean squared measurement."""
+    return stopping_floor(jnp.sum(jnp.square(obs.Y)) / (obs.users * obs.samples))
 
 
 def _single_shot_trace(obs, W, U, V, truth, iters: int) -> Trace:
