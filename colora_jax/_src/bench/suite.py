@@ -156,15 +156,15 @@ def run(quick: bool) -> dict:
     """All measurements; ``quick`` shrinks every size so the whole suite takes seconds."""
     load = os.getloadavg()
     out = {"quick": quick, "load_average_start": load}
-    trials, numpy_trials = (4, 1) if quick else (256, 10)
+    trials, numpy_trials = (4, 1) if quick else (128, 5)
     out["versus_numpy"] = [versus_numpy(n, trials, numpy_trials) for n in (16, 80)]
     ks = (64, 128) if quick else (1_000, 10_000, 100_000)
-    ds = (8, 16) if quick else (16, 32, 64, 128)
+    ds = (8, 16) if quick else (16, 32, 64)
     out["iteration_vs_users"] = [iteration_time(k, 8 if quick else 32) for k in ks]
     out["iteration_vs_d"] = [iteration_time(ks[0] if quick else 10_000, d) for d in ds]
     bandwidth = read_bandwidth(2**24 if quick else 2**29)
     out["roofline"] = roofline(out["iteration_vs_users"][-1], bandwidth)
-    out["device_scaling"] = device_scaling(2 if quick else 8, 64 if quick else 4096, 8 if quick else 32)
+    out["device_scaling"] = device_scaling(2 if quick else 8, 64 if quick else 2048, 8 if quick else 32)
     out["streaming"] = streaming(2_000 if quick else 1_000_000, 4 if quick else 100)
     out["peak_rss_bytes_bench_process"] = peak_rss_bytes()
     out["load_average_end"] = os.getloadavg()
