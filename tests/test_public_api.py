@@ -1,0 +1,36 @@
+"""The public surface is pinned: adding or removing a name is a deliberate change here."""
+
+import colora_jax
+import colora_jax.nnx
+
+CORE = """
+Cell Estimate Evaluation FEDREP_SYNTHETIC FederatedConfig FitConfig GroundTruth LoRAFactors METHODS
+MethodFit Observations PlantedBlocks Problem ProblemConfig SharedInputConfig SweepResult Trace TrialResult
+cell_trials check_observations chordal_distance_squared code_version design device_info evaluate
+federated_lora fit fit_blocks fit_method fit_sharded fit_streaming generate generate_blocks
+generate_problem generate_shared_input generate_truth geodesic_distance input_step measure method_trial
+method_trial_fn min_samples one_sided_fit output_step parameter_counts per_user_relative_error
+personal_step predict prediction_error principal_angles projection_distance relative_error run_cell
+run_trials shard_users spectral_init subspace_distance sum_squares sweep tilt trial users_mesh
+""".split()
+
+NNX = """
+CharVocab CoLoRALinear Examples LoRABankLinear METHODS MethodConfig PersonalParam PlantedTeacher SCHEMES
+SharedParam TeacherConfig TrainConfig Transformer TransformerConfig UserIds adapted_layers add_users
+apply_colora apply_lora_bank colora_users count_parameters export_peft fit_method import_peft load_roles
+logit_mse merge next_token_loss per_user_mean planted_teacher predict pretrain restore_adapter
+role_windows save_adapter train
+""".split()
+
+
+def test_core_surface_is_pinned_and_sorted():
+    assert list(colora_jax.__all__) == sorted(colora_jax.__all__)
+    assert set(colora_jax.__all__) == set(CORE)
+    for name in CORE:
+        assert getattr(colora_jax, name) is not None
+
+
+def test_nnx_surface_is_pinned():
+    assert set(colora_jax.nnx.__all__) == set(NNX)
+    for name in NNX:
+        assert getattr(colora_jax.nnx, name) is not None
