@@ -159,7 +159,7 @@ def main() -> None:
         above = bool(np.all(results[model]["maximized"]["median"] >= results[model]["random"]["median"]))
         passed = passed and above
         measured[f"{model}_delta_at_smallest_N"] = round(float(results[model]["maximized"]["median"][0]), 3)
-        plotting.grid_axes(ax, "total samples N = k n (log)", "lower bound on delta (log)", xlog=True, ylog=True,
+        plotting.grid_axes(ax, "total samples N = k n (log)", "lower bound on delta (log)", xlog=True, ylog=True, xticks=N,
                            title=f"{model}: k={config.users}, {config.d_out}x{config.d_in}, differences of rank {2 * config.rank}")
     figure = plotting.save(fig, os.path.join(args.out, f"{NAME}.png"),
                            f"Restricted isometry over the CoLoRA set: max |ratio - 1|, median and 25-75% over"
