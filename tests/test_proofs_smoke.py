@@ -2,11 +2,11 @@
 
 Each script runs in a subprocess (scripts set process-wide JAX flags, e.g. float64), with its
 sweep file and figure in a temporary directory; compiled executables come from the checkout's
-results/jax_cache when a previous run left them there. At smoke sizes PASS is not expected in
-general (tiny problems, few trials): the smoke runs check the pipeline, the default runs check the
-claims. Smoke results seen when this was written: phase_transition FAIL, convergence FAIL (15
-iterations are too few for float64 precision), task_similarity FAIL (no global/oracle at smoke
-size), noise_floor, spectral_init, scaling, restricted_isometry and fedrep_linear vary.
+results/jax_cache when a previous run left them there (cold, the first run compiles ~25
+executables: minutes on a loaded 2-core CPU; warm, well under a minute of CPU). No smoke run is
+expected to PASS (tiny problems, 2-4 trials, short budgets): the smoke runs check the pipeline,
+the default runs check the claims; e.g. convergence's 15 smoke iterations cannot reach float64
+precision, and task_similarity's smoke config has no global or oracle method, so it always FAILs.
 The nnx_* scripts are another engineer's and are tested with their own code.
 """
 
