@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from colora_jax._src import blocks as bk
-from colora_jax._src.altmin import Estimate, Trace, _normalize_U, _normalize_V, check_observations
+from colora_jax._src.altmin import Estimate, Trace, _normalize_U, _normalize_V, check_observations, iterate, stopping_floor
 from colora_jax._src.config import FitConfig, ProblemConfig
 from colora_jax._src.data import Observations, generate_truth, measure, personal_matrices
 from colora_jax._src.linalg import top_eigenvectors
@@ -90,7 +90,7 @@ def fit_blocks(
     ((MU, MV), yy, bad), _ = _sweep(init_part, S, nblocks)
     U, V = top_eigenvectors(pool(MU), r), top_eigenvectors(pool(MV), r)
     count = pool(jnp.asarray(k * n, dtype))
-    floor = (10 * jnp.finfo(dtype).eps) ** 2 * pool(yy) / count
+    floor = stopping_floor(pool(yy) / count)
 
     def objective(U, V, S):
         part = lambda b, Sb: (bk.sum_squares(bk.design(block(b)), U, V, Sb), None)
@@ -120,23 +120,14 @@ def fit_blocks(
         return f, dU, dV, nan
 
     params = Estimate(U, V, personal(U, V))
-    T = config.iters + 1
-    m0 = metrics(params, objective(*params))
-    buffers = tuple(jnp.full((T,), jnp.nan, dtype).at[0].set(m) for m in m0)
 
-    def cond(state):
-        it, _, _, done = state
-        return (it < config.iters) & ~done
-
-    def body(state):
-        it, p, bufs, _ = state
+    def advance(p):
         p, f = iteration(p.U, p.V)
-        bufs = tuple(buf.at[it + 1].set(v) for buf, v in zip(bufs, metrics(p, f)))
-        f_prev = bufs[0][it]
-        return it + 1, p, bufs, (f <= floor) | (f_prev - f <= config.tol * f_prev)
+        return p, metrics(p, f)
 
-    state = (jnp.asarray(0), params, buffers, m0[0] <= floor)
-    iterations, params, buffers, done = jax.lax.while_loop(cond, body, state)
+    params, buffers, iterations, done = iterate(
+        advance, params, metrics(params, objective(*params)), config.iters, config.tol, floor
+    )
     finite = pool(bad) == 0
     return params, Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
 
