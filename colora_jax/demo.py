@@ -26,7 +26,7 @@ from colora_jax._src.trials import run_trials
 
 D, RANK = 10, 2
 USERS = (1, 20)
-SAMPLES = (4, 6, 8, 12, 20, 40, 80)
+SAMPLES = (4, 6, 8, 12, 20, 30, 40)
 THRESHOLD = 1e-3  # a trial succeeds when ||W_hat - W*||_F / ||W*||_F <= THRESHOLD (all users)
 
 
