@@ -4,11 +4,7 @@ Every user i shares the low-rank adapter ``U`` (d_out x r), ``V`` (d_in x r) and
 personal ``S_i`` (r x r): ``W_i = W_0 + U S_i V^T``. See README.md for a tour.
 """
 
-from colora_jax._src.platform import configure_xla_cpu as _configure_xla_cpu
-
-_configure_xla_cpu()
-
-from colora_jax._src.altmin import Estimate as Estimate  # noqa: E402
+from colora_jax._src.altmin import Estimate as Estimate
 from colora_jax._src.altmin import Trace as Trace
 from colora_jax._src.altmin import check_observations as check_observations
 from colora_jax._src.altmin import fit as fit

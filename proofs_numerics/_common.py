@@ -18,15 +18,9 @@ import time
 
 import numpy as np
 
-# XLA's multi-threaded CPU runtime hung (0% CPU, waiting on a result) on a loaded 2-core machine
-# in the phase diagram's regression cells, three runs out of three; single-threaded runs did not.
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
-).strip()
-
-from colora_jax._src.commands.common import to_jsonable  # noqa: E402
-from colora_jax._src.provenance import code_version, device_info  # noqa: E402
-from colora_jax._src.sweep import Cell, SweepResult, run_cell, sweep  # noqa: E402
+from colora_jax._src.commands.common import to_jsonable
+from colora_jax._src.provenance import code_version, device_info
+from colora_jax._src.sweep import Cell, SweepResult, run_cell, sweep
 
 SUCCESS = 1e-3  # exact recovery: stacked relative error ||W_hat - W*||_F / ||W*||_F <= 1e-3 (the CLI default)
 
