@@ -95,6 +95,26 @@ def _check_monotone(model, personal, seed, scale):
     assert np.all(np.diff(f) <= 1e-10 * f[:-1]), f
 
 
+@given(seed=st.integers(0, 2**31 - 1), p=st.integers(1, 40), rows=st.integers(1, 90),
+       decades=st.floats(0.0, 6.0), rank_deficient=st.booleans())
+def test_psd_solve_is_an_exact_least_squares_solve(seed, p, rows, decades, rank_deficient):
+    """The Cholesky-with-refinement solve of ``F^T F x = F^T y`` minimizes ``||y - F x||`` as
+    well as LAPACK's SVD-based lstsq, for badly scaled and rank-deficient (or wide) ``F``."""
+    from colora_jax._src.linalg import psd_solve
+
+    rng = np.random.default_rng(seed)
+    F = rng.standard_normal((rows, p)) * 10.0 ** rng.uniform(-decades / 2, decades / 2, size=p)
+    if rank_deficient and p > 1:
+        F[:, -1] = F[:, 0]
+    y = rng.standard_normal(rows)
+    with jax.enable_x64(True):
+        x = np.asarray(psd_solve(jnp.asarray(F.T @ F), jnp.asarray(F.T @ y)))
+    assert np.all(np.isfinite(x))
+    best = np.linalg.lstsq(F, y, rcond=None)[0]
+    f, f_best = np.sum((y - F @ x) ** 2), np.sum((y - F @ best) ** 2)
+    assert f - f_best <= 1e-9 * np.sum(y**2), (f, f_best)
+
+
 def _lstsq_reference(predict, x0, y):
     """Minimizer of ||y - predict(x)||^2 for a linear ``predict``, by NumPy lstsq on its Jacobian."""
     J = np.asarray(jax.jacobian(lambda x: predict(x).reshape(-1))(x0)).reshape(y.size, -1)
