@@ -13,11 +13,12 @@ def psd_solve(G: Float[Array, "p p"], H: Float[Array, "p ..."], refine: int = 2)
     A Cholesky factorization of ``G + diag(delta)`` with the tiny ridge
     ``delta_j = 10 p eps G_jj`` (relative to each diagonal entry, so badly scaled columns of
     ``F`` do not matter, and the shifted matrix is safely positive definite even when ``G`` is
-    singular), followed by ``refine`` steps of iterative refinement against ``G`` itself. Each refinement step multiplies the ridge's bias in an
-    eigendirection with eigenvalue ``lambda`` by ``delta / (lambda + delta)``, so directions well
-    above ``delta`` are solved exactly to rounding, while directions far below it (the null space
-    of an under-determined ``G``, where ``H = F^T y`` has no component) get nothing: the result
-    is the minimum-norm least-squares solution. That keeps every AltMin block step an exact
+    singular), followed by ``refine`` steps of iterative refinement against ``G`` itself.
+    Each refinement step multiplies the ridge's bias in an eigendirection with eigenvalue
+    ``lambda`` by ``delta / (lambda + delta)``, so directions well above ``delta`` are solved
+    exactly to rounding, while directions far below it (the null space of an under-determined
+    ``G``, where ``H = F^T y`` has no component) get nothing: the result is the minimum-norm
+    least-squares solution. That keeps every AltMin block step an exact
     minimization (the objective never increases) and never produces NaN from a singular ``G``.
 
     Batched Cholesky is 20x faster than ``eigh`` on CPU for the small systems of AltMin (the
