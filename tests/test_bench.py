@@ -24,11 +24,14 @@ def test_numpy_reference_agrees_with_fit(x64):
     assert abs(int(trace.iterations) - iterations) <= 1
 
 
-def test_roofline_is_bytes_over_bandwidth():
-    it = {"users": 1000, "d": 32, "samples": 16, "seconds_per_iteration": 0.01}
-    rf = suite.roofline(it, bandwidth=1e9)
+def test_roofline_is_the_larger_of_the_bytes_and_flops_floors():
+    it = {"users": 1000, "d": 32, "samples": 16, "rank": 4, "seconds_per_iteration": 0.01}
+    rf = suite.roofline(it, bandwidth=1e9, flop_rate=1e9)
     assert rf["bytes_per_iteration_floor"] == 1000 * 16 * 64 * 4  # n (d_in + d_out) < d (d_in + d_out)
     assert rf["ratio"] == pytest.approx(0.01 / (rf["bytes_per_iteration_floor"] / 1e9))
+    # per user: C V (d^2 r), C (x) Q (d^2 r^2), B^T V and B P (2 d^2 r), residuals n r (2 d + r): x2 flops
+    assert rf["flops_per_iteration_floor"] == 1000 * 2 * (4096 + 16384 + 8192 + 16 * 4 * 68)
+    assert rf["ratio_to_roofline"] == pytest.approx(0.01 / max(rf["floor_seconds"], rf["flop_floor_seconds"]))
 
 
 @pytest.mark.slow

@@ -34,8 +34,8 @@ def psd_solve(G: Float[Array, "p p"], H: Float[Array, "p ..."], refine: int = 2)
     rhs = H.reshape(p, -1)
     solve = lambda b: cho_solve((L, True), b)
     X = solve(rhs)
-    for _ in range(refine):
-        X = X + solve(rhs - G @ X)
+    for _ in range(refine):  # G X as a fused product-and-sum: vmapped over many users, a batched
+        X = X + solve(rhs - jnp.sum(G[:, :, None] * X[None, :, :], axis=1))  # dot of tiny G is slow
     return X.reshape(H.shape)
 
 

@@ -39,7 +39,8 @@ def run(args) -> int:
               f" {v['numpy_trials_per_second']:.2f} -> {v['ratio_trials']:.0f}x (fits only: {v['ratio_fits']:.0f}x)")
     rf, st = result["roofline"], result["streaming"]
     print(f"roofline: {rf['measured_seconds'] * 1e3:.1f} ms/iteration, {rf['ratio']:.1f}x the"
-          f" {rf['floor_seconds'] * 1e3:.1f} ms bandwidth floor; streamed k={st['users']}:"
+          f" {rf['floor_seconds'] * 1e3:.1f} ms bandwidth floor, {rf['ratio_to_roofline']:.1f}x the roofline"
+          f" (flop floor {rf['flop_floor_seconds'] * 1e3:.1f} ms); streamed k={st['users']}:"
           f" {st['seconds_per_iteration']:.2f} s/iteration, peak RSS {st['peak_rss_bytes'] / 2**30:.2f} GiB")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return 0
