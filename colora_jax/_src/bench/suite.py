@@ -236,7 +236,7 @@ def plot(result: dict, path) -> None:
     ax[2].set(xlabel="fake CPU devices", ylabel="scaling efficiency", ylim=(0, 1.1), title=f"{os.cpu_count()} physical cores")
     ax[2].legend()
     rf = result["roofline"]
-    ax[3].bar(["bytes / bandwidth", "flops / matmul rate", "measured"],
+    ax[3].bar(["bytes /\nbandwidth", "flops /\nmatmul rate", "measured"],
               [rf["floor_seconds"], rf["flop_floor_seconds"], rf["measured_seconds"]], color=["C0", "C1", "C2"])
     ax[3].set(ylabel="s / iteration", title=f"k={vk[-1]['users']}: {rf['ratio']:.1f}x bytes floor,"
               f" {rf['ratio_to_roofline']:.1f}x roofline")
