@@ -114,15 +114,14 @@ def _normalize_V(V, S, diag):
 
 def _altmin_step(d, params, aux, diag, axis_name):
     U, V, _ = params
+    # the S and U steps share one pass over the data (V^T C V and Bt V, or X V)
+    S, (G, H) = blocks.personal_and_output_normal(d, U, V, diag)
+    U = blocks.solve_factor(blocks.pool(G, axis_name), blocks.pool(H, axis_name), S.shape[1])
+    U, S = _normalize_U(U, S, diag)
     if d.model == "regression":
-        S = blocks.personal_step(d, U, V, diag)
-        U, S = _normalize_U(blocks.output_step(d, V, S, axis_name), S, diag)
         V, S = _normalize_V(blocks.input_step(d, U, S, axis_name), S, diag)
         return Estimate(U, V, S), aux, blocks.sum_squares(d, U, V, S, axis_name)
-    # sensing, fused: two passes over the measurements per iteration (X V, then X^T U)
-    XV = d.X @ V
-    S = blocks.personal_from_core(d, blocks.sensing_core(XV, U), diag)
-    U, S = _normalize_U(blocks.pooled_factor(XV, d.Y, S, axis_name), S, diag)
+    # sensing: the second pass, X^T U, serves both the V step and the objective
     XtU = d.Xt @ U
     V, S = _normalize_V(blocks.pooled_factor(XtU, d.Y, jnp.swapaxes(S, 1, 2), axis_name), S, diag)
     pred = jnp.einsum("knsr,krs->kn", blocks.sensing_core(XtU, V), S)  # <V^T X^T U, S^T>

@@ -87,7 +87,7 @@ def _sum_tn(A: Float[Array, "k p a"], B: Float[Array, "k p b"]) -> Float[Array, 
     return A.reshape(k * p, a).T @ B.reshape(k * p, B.shape[2])
 
 
-def _projections(d: Design, V):
+def regression_projections(d: Design, V):
     """``V^T C_i V`` (k, r, r) and ``Y_i^T X_i V`` (k, d_out, r): one pass over C and Bt."""
     return _tn(V, _times(d.C, V)), _times(d.Bt, V)
 
@@ -103,7 +103,8 @@ def _solve_personal(normal, rhs, A, diag: bool):
     return psd_solve(normal, T.T).T
 
 
-def _personal_regression(VCV, BtV, U, diag):
+def personal_regression(VCV, BtV, U, diag) -> Float[Array, "k r r"]:
+    """Regression personal step from ``regression_projections(d, V)`` (shared with the U step)."""
     # min_S ||Y - X V S^T U^T||^2  <=>  (U^T U) S (V^T C V) = U^T B^T V, per user
     rhs = _tn(U, BtV)
     return jax.vmap(_solve_personal, (0, 0, None, None))(VCV, rhs, U.T @ U, diag)
@@ -131,7 +132,7 @@ def personal_from_core(d: Design, core: Float[Array, "k n r r"], diag: bool) -> 
 def personal_step(d: Design, U, V, diag: bool) -> Float[Array, "k r r"]:
     """Exact minimizer over every user's ``S_i`` (independent across users: vmapped)."""
     if d.model == "regression":
-        return _personal_regression(*_projections(d, V), U, diag)
+        return personal_regression(*regression_projections(d, V), U, diag)
     return personal_from_core(d, sensing_core(d.X @ V, U), diag)
 
 
@@ -168,15 +169,28 @@ def pooled_factor(P: Float[Array, "k n d s"], Y: Float[Array, "k n"], M: Float[A
 def output_normal(d: Design, V, S):
     """These users' (unpooled) part of the normal equations of ``output_step``."""
     if d.model == "regression":
-        return _output_normal_regression(*_projections(d, V), S)
+        return output_normal_regression(*regression_projections(d, V), S)
     return factor_normal(d.X @ V, d.Y, S)
 
 
-def _output_normal_regression(VCV, BtV, S):
+def output_normal_regression(VCV, BtV, S):
+    """Regression ``output_normal`` from ``regression_projections(d, V)``."""
     SN = jnp.sum(S[:, :, :, None] * VCV[:, None, :, :], axis=2)  # S_i V^T C_i V
     G = _sum_tn(jnp.swapaxes(SN, 1, 2), jnp.swapaxes(S, 1, 2))  # sum_i S_i V^T C_i V S_i^T
     H = jnp.sum(S[:, :, None, :] * BtV[:, None, :, :], axis=(0, 3))  # sum_i S_i V^T B_i
     return G, H
+
+
+def personal_and_output_normal(d: Design, U, V, diag: bool):
+    """The personal step and these users' (unpooled) output-step normal equations ``(G, H)``,
+    sharing their pass over the data (``V^T C_i V`` and ``Bt_i V``, or ``X_ij V``)."""
+    if d.model == "regression":
+        VCV, BtV = regression_projections(d, V)
+        S = personal_regression(VCV, BtV, U, diag)
+        return S, output_normal_regression(VCV, BtV, S)
+    XV = d.X @ V
+    S = personal_from_core(d, sensing_core(XV, U), diag)
+    return S, factor_normal(XV, d.Y, S)
 
 
 def output_step(d: Design, V, S, axis_name: str | None = None) -> Float[Array, "d_out r"]:

@@ -102,9 +102,8 @@ def fit_blocks(
 
     def iteration(U, V):
         def s_and_u(b, _):
-            d = bk.design(block(b))
-            Sb = bk.personal_step(d, U, V, diag)
-            return bk.output_normal(d, V, Sb), Sb
+            Sb, normal = bk.personal_and_output_normal(bk.design(block(b)), U, V, diag)
+            return normal, Sb
 
         (G, H), Snew = _sweep(s_and_u, S, nblocks)
         U, Snew = _normalize_U(bk.solve_factor(pool(G), pool(H), r), Snew.reshape(k, r, r), diag)
