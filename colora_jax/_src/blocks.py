@@ -71,14 +71,10 @@ def _times(A: Float[Array, "k p q"], M: Float[Array, "q s"]) -> Float[Array, "k 
     return (A.reshape(k * p, q) @ M).reshape(k, p, M.shape[1])
 
 
-def _tn_pairs(P: Float[Array, "k p a"]) -> Float[Array, "k a a"]:
-    """``P_i^T P_i`` for every user (fused broadcast-and-reduce)."""
-    return jnp.sum(P[:, :, :, None] * P[:, :, None, :], axis=1)
-
-
-def _tn(M: Float[Array, "p a"], A: Float[Array, "k p b"]) -> Float[Array, "k a b"]:
-    """``M^T A_i`` for every user (a fused broadcast-and-reduce over p)."""
-    return jnp.sum(M[None, :, :, None] * A[:, :, None, :], axis=1)
+def _mm(A: Float[Array, "k p q"], B: Float[Array, "k q s"]) -> Float[Array, "k p s"]:
+    """``A_i B_i`` for every user, small factors only (a fused broadcast-and-reduce over q);
+    a factor shared by all users is passed with a leading axis of 1 (``M[None]``)."""
+    return jnp.sum(A[:, :, :, None] * B[:, None, :, :], axis=2)
 
 
 def _sum_tn(A: Float[Array, "k p a"], B: Float[Array, "k p b"]) -> Float[Array, "a b"]:
@@ -89,7 +85,7 @@ def _sum_tn(A: Float[Array, "k p a"], B: Float[Array, "k p b"]) -> Float[Array, 
 
 def regression_projections(d: Design, V):
     """``V^T C_i V`` (k, r, r) and ``Y_i^T X_i V`` (k, d_out, r): one pass over C and Bt."""
-    return _tn(V, _times(d.C, V)), _times(d.Bt, V)
+    return _mm(V.T[None], _times(d.C, V)), _times(d.Bt, V)
 
 
 # ----------------------------------------------------------------------------- personal step
@@ -106,7 +102,7 @@ def _solve_personal(normal, rhs, A, diag: bool):
 def personal_regression(VCV, BtV, U, diag) -> Float[Array, "k r r"]:
     """Regression personal step from ``regression_projections(d, V)`` (shared with the U step)."""
     # min_S ||Y - X V S^T U^T||^2  <=>  (U^T U) S (V^T C V) = U^T B^T V, per user
-    rhs = _tn(U, BtV)
+    rhs = _mm(U.T[None], BtV)
     return jax.vmap(_solve_personal, (0, 0, None, None))(VCV, rhs, U.T @ U, diag)
 
 
@@ -175,7 +171,7 @@ def output_normal(d: Design, V, S):
 
 def output_normal_regression(VCV, BtV, S):
     """Regression ``output_normal`` from ``regression_projections(d, V)``."""
-    SN = jnp.sum(S[:, :, :, None] * VCV[:, None, :, :], axis=2)  # S_i V^T C_i V
+    SN = _mm(S, VCV)  # S_i V^T C_i V
     G = _sum_tn(jnp.swapaxes(SN, 1, 2), jnp.swapaxes(S, 1, 2))  # sum_i S_i V^T C_i V S_i^T
     H = jnp.sum(S[:, :, None, :] * BtV[:, None, :, :], axis=(0, 3))  # sum_i S_i V^T B_i
     return G, H
@@ -207,8 +203,8 @@ def input_normal(d: Design, U, S):
     """These users' (unpooled) part of the normal equations of ``input_step``."""
     if d.model == "regression":
         k, r, d_in = S.shape[0], S.shape[-1], d.C.shape[1]  # S_i may be rectangular (U = I, one-sided baselines)
-        P = jnp.sum(U[None, :, :, None] * S[:, None, :, :], axis=2)  # U S_i (k, d_out, r)
-        Q = _tn_pairs(P)  # P_i^T P_i
+        P = _mm(U[None], S)  # U S_i (k, d_out, r)
+        Q = _mm(jnp.swapaxes(P, 1, 2), P)  # P_i^T P_i
         # K[(a, b), (c, e)] = sum_i C_i[a, c] Q_i[e, b]: one GEMM over users, C the right operand
         M = Q.reshape(k, r * r).T @ d.C.reshape(k, d_in * d_in)  # [(e, b), (a, c)]
         K = M.reshape(r, r, d_in, d_in).transpose(2, 1, 3, 0).reshape(d_in * r, d_in * r)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from colora_jax._src import blocks
-from colora_jax._src.altmin import Estimate, _altmin_step, fit
+from colora_jax._src.altmin import Estimate, _altmin_step, fit, initialize
 from colora_jax._src.config import FitConfig, ProblemConfig
 from colora_jax._src.data import generate
 from colora_jax._src.trials import compiled_trials, run_trials, trial
@@ -110,21 +110,24 @@ def iteration_time(users: int, d: int, samples=16, rank=4, iters=(2, 12)) -> dic
                        test_samples=0, noise=0.1)
     obs = jax.jit(lambda k: generate(k, pc).train)(jax.random.key(0))
 
-    def setup(o):
+    def setup(o):  # what fit does before its loop
         dz = blocks.design(o)
-        U, V = blocks.spectral_init(dz, rank)
+        U, V = initialize(dz, FitConfig(rank=rank), None)
         return dz, Estimate(U, V, blocks.personal_step(dz, U, V, False))
+
+    def run_steps(dz, start, n):  # the objective is carried, so XLA cannot drop its pass over the data
+        def body(_, carry):
+            params, _, f = _altmin_step(dz, carry[0], (), False, None)
+            return params, f
+        return jax.lax.fori_loop(0, n, body, (start, jnp.zeros((), start.U.dtype)))
 
     setup_c = jax.jit(setup).lower(obs).compile()
     setup_s = _best(lambda: setup_c(obs))
     dz, start = setup_c(obs)
     times = []
     for n in iters:
-        def loop(dz, p, n=n):  # the objective is carried, so XLA cannot drop its pass over the data
-            body = lambda _, carry: (lambda out: (out[0], out[2]))(_altmin_step(dz, carry[0], (), False, None))
-            return jax.lax.fori_loop(0, n, body, (p, jnp.zeros((), p.U.dtype)))
         t = time.perf_counter()
-        compiled = jax.jit(loop).lower(dz, start).compile()
+        compiled = jax.jit(run_steps, static_argnums=2).lower(dz, start, n).compile()
         compile_s = time.perf_counter() - t
         times.append(_best(lambda: compiled(dz, start)))
     mem = compiled.memory_analysis()
