@@ -1,4 +1,4 @@
-"""CoLoRA on Flax NNX models: adapters, multi-user routing, training, PEFT export, checkpoints.
+"""CoLoRA on Flax NNX models: adapters, multi-user routing, sharding, training, PEFT export, checkpoints.
 
 See docs/nnx.md for a guide. The update of user ``i`` in each adapted layer is
 ``W_i = W_0 + U S_i V^T`` (flax kernel form: ``K + V S_i^T U^T``).
@@ -6,6 +6,9 @@ See docs/nnx.md for a guide. The update of user ``i`` in each adapted layer is
 
 from colora_jax.nnx._checkpoint import restore_adapter
 from colora_jax.nnx._checkpoint import save_adapter
+from colora_jax.nnx._decoder import Decoder
+from colora_jax.nnx._decoder import DecoderConfig
+from colora_jax.nnx._decoder import shard
 from colora_jax.nnx._layers import CoLoRALinear
 from colora_jax.nnx._layers import LoRABankLinear
 from colora_jax.nnx._layers import PersonalParam
@@ -32,6 +35,7 @@ from colora_jax.nnx._train import logit_mse
 from colora_jax.nnx._train import next_token_loss
 from colora_jax.nnx._train import per_user_mean
 from colora_jax.nnx._train import predict
+from colora_jax.nnx._train import select_ridge
 from colora_jax.nnx._train import pretrain
 from colora_jax.nnx._train import train
 from colora_jax.nnx._wrap import add_users
@@ -40,6 +44,7 @@ from colora_jax.nnx._wrap import apply_colora
 from colora_jax.nnx._wrap import apply_lora_bank
 from colora_jax.nnx._wrap import colora_users
 from colora_jax.nnx._wrap import merge
+from colora_jax.nnx._wrap import ridge_penalty
 
 __all__ = [
     "adapted_layers",
@@ -49,6 +54,8 @@ __all__ = [
     "CharVocab",
     "colora_users",
     "CoLoRALinear",
+    "Decoder",
+    "DecoderConfig",
     "count_parameters",
     "Examples",
     "export_peft",
@@ -68,8 +75,11 @@ __all__ = [
     "predict",
     "pretrain",
     "restore_adapter",
+    "ridge_penalty",
     "role_windows",
     "save_adapter",
+    "select_ridge",
+    "shard",
     "SCHEMES",
     "SharedParam",
     "TeacherConfig",

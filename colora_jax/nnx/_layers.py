@@ -1,8 +1,14 @@
-"""CoLoRA and per-user LoRA layers that wrap an existing ``flax.nnx.Linear``.
+"""CoLoRA and per-user LoRA layers that wrap an existing flax linear layer.
 
-Convention. A flax kernel ``K`` has shape ``(d_in, d_out)`` and computes ``y = x K + b``; in the
-math's column-vector notation that layer is ``W_0 = K^T`` (d_out x d_in). CoLoRA adapts it, for
-user ``i``, to
+Wrapped layer types: ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` (attention
+projections with head axes). Each is a linear map from the kernel's *input* axes (contracted
+with the example) to its *output* axes (kept in the result); a kernel axis that is both (a
+batch-like, per-head weight) cannot carry a low-rank update and is rejected.
+
+Convention. Write ``d_in`` for the product of the input axes and ``d_out`` for the product of
+the output axes. A flax kernel computes ``y = x K + b`` (``K`` of shape ``(d_in, d_out)`` once
+flattened); in the math's column-vector notation that layer is ``W_0 = K^T`` (d_out x d_in).
+CoLoRA adapts it, for user ``i``, to
 
     W_i = W_0 + U S_i V^T        U: (d_out, r) shared, V: (d_in, r) shared, S_i: (r, r) personal
 
@@ -10,12 +16,28 @@ which in flax's row-vector form reads
 
     y = x K + b + ((x V) S_i^T) U^T,        i.e. the kernel of user i is K + V S_i^T U^T.
 
-The shared projection ``x V`` and the output projection ``U^T`` are one matmul for the whole
-batch; only the ``r x r`` product with ``S_i`` depends on the example's user.
+``V`` is stored with the kernel's input axes, ``(*in_shape, r)``, and ``U`` with its output
+axes, ``(*out_shape, r)``, so both can be split over a mesh exactly like the kernel they adapt
+(see :func:`adapter_sharding`). The shared projection ``x V`` and the output projection
+``U^T`` are one contraction for the whole batch; only the ``r x r`` product with ``S_i``
+depends on the example's user.
+
+Centred personal parts (``centered=True``): ``S_i = S_bar + Delta_i`` with a shared centre
+``S_bar`` (a :class:`SharedParam`, ``I`` at initialization) and personal deviations
+``Delta_i`` (the bank, ``0`` at initialization). :func:`deviation_penalty` is the ridge
+``(1/k) sum_i ||U Delta_i V^T||_F^2`` that pulls every user towards the centre: a strength
+of 0 gives CoLoRA, an infinite one a shared rank-r LoRA ``U S_bar V^T``.
+
+User ids outside ``[0, users)``: concrete ids raise ``ValueError``; traced ids (under ``jit``)
+raise at run time through a host callback (:func:`check_user_ids`) unless the call opts out
+with ``checked=False`` (the hot serving path); the bank lookup then fills the example's rows
+with NaN, never another user's adapter.
 """
 
 from __future__ import annotations
 
+import math
+import string
 import typing as tp
 
 import jax
@@ -28,18 +50,25 @@ __all__ = [
     "SharedParam",
     "PersonalParam",
     "UserIds",
+    "LayerAxes",
+    "layer_axes",
     "CoLoRALinear",
     "LoRABankLinear",
     "check_user_ids",
+    "adapter_sharding",
+    "deviation_penalty",
+    "ADAPTABLE",
 ]
+
+ADAPTABLE = (nnx.Linear, nnx.LinearGeneral, nnx.Einsum)
 
 
 class SharedParam(nnx.Param):
-    """Marker for the shared adapter factors ``U`` and ``V`` (trained on every user's data)."""
+    """Marker for the shared adapter factors ``U``, ``V`` (and the centre ``S_bar``): trained on every user's data."""
 
 
 class PersonalParam(nnx.Param):
-    """Marker for per-user parameters: the CoLoRA bank ``S`` and the per-user LoRA bank ``A, B``."""
+    """Marker for per-user parameters: the CoLoRA bank (``S_i`` or ``Delta_i``) and the per-user LoRA bank ``A, B``."""
 
 
 class UserIds(nnx.Variable):
@@ -53,14 +82,39 @@ def _empty_ids() -> Int[Array, "0"]:
     return jnp.zeros((0,), jnp.int32)
 
 
-def check_user_ids(user_ids: Int[Array, "*batch"], users: int) -> None:
-    """Raise ``ValueError`` if concrete ``user_ids`` are not integers in ``[0, users)``.
+# ----------------------------------------------------------------------------- user ids
 
-    Under ``jit`` the ids are tracers and cannot be inspected; then nothing is raised here and
-    the layers instead return NaN for an example whose id is out of range (see
-    :func:`_gather_rows`).
+
+def _raise_out_of_range(bad: np.ndarray, lowest: np.ndarray, highest: np.ndarray, users: int) -> None:
+    if bool(bad):
+        raise ValueError(
+            f"user id(s) out of range under jit (smallest {int(lowest)}, largest {int(highest)}): this model has a"
+            f" bank of {users} users, so ids must lie in [0, {users - 1}]; add users with"
+            " colora_jax.nnx.add_users or build the model with a larger `users`"
+        )
+
+
+def check_user_ids(user_ids: Int[Array, "*batch"], users: int, *, checked: bool = True) -> None:
+    """Fail loudly on user ids outside ``[0, users)``.
+
+    Concrete ids (eager calls) are checked now: ``ValueError`` with the valid range. Traced ids
+    (under ``jit``, ``grad``, ``vmap``) are checked when the computation runs, through a
+    ``jax.debug.callback`` that raises the same ``ValueError`` on the host (it surfaces as a
+    ``JaxRuntimeError`` quoting it). ``checked=False`` skips the run-time check (one host
+    callback per call: the hot serving path may not want it); an out-of-range example then gets
+    NaN outputs (see :func:`_gather_rows`).
+
+    Args:
+      user_ids: integer ids, any shape.
+      users: the bank size ``k``.
+      checked: whether traced ids are checked at run time.
     """
     if isinstance(user_ids, jax.core.Tracer):
+        if not jnp.issubdtype(user_ids.dtype, jnp.integer):
+            raise ValueError(f"user ids must be integers, got dtype {user_ids.dtype}")
+        if checked and user_ids.size:
+            bad = jnp.any((user_ids < 0) | (user_ids >= users))
+            jax.debug.callback(_raise_out_of_range, bad, jnp.min(user_ids), jnp.max(user_ids), users)
         return
     ids = np.asarray(user_ids)
     if not np.issubdtype(ids.dtype, np.integer):
@@ -81,7 +135,8 @@ def _gather_rows(bank: Float[Array, "users ..."], user_ids: Int[Array, " batch"]
     return jnp.take(bank, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
-def _resolve_ids(layer: "CoLoRALinear | LoRABankLinear", x: Array, user_ids: Array | None) -> Array:
+def _resolve_ids(layer: "CoLoRALinear | LoRABankLinear", x: Array, user_ids: Array | None, checked: bool) -> Array:
+    """The ids of this call: given ones are checked here; routed ones were checked by ``colora_users``."""
     if user_ids is None:
         user_ids = layer.user_ids[...]
         if user_ids.shape == (0,):
@@ -89,175 +144,421 @@ def _resolve_ids(layer: "CoLoRALinear | LoRABankLinear", x: Array, user_ids: Arr
                 f"{type(layer).__name__} needs one user id per example: call it as"
                 " layer(x, user_ids), or call the model inside `with colora_users(model, user_ids):`"
             )
-    user_ids = jnp.asarray(user_ids)
+    else:
+        user_ids = jnp.asarray(user_ids) if not isinstance(user_ids, jax.core.Tracer) else user_ids
+        check_user_ids(user_ids, layer.users, checked=checked)
     if user_ids.ndim != 1 or user_ids.shape[0] != x.shape[0]:
         raise ValueError(
             f"expected one user id per example, i.e. shape ({x.shape[0]},) for inputs of shape"
-            f" {x.shape}; got user ids of shape {user_ids.shape}"
+            f" {x.shape} (the leading axis is the example axis); got user ids of shape {user_ids.shape}"
         )
-    check_user_ids(user_ids, layer.users)
     return user_ids
 
 
-def _check_rank(base: nnx.Linear, rank: int) -> None:
-    if rank < 1 or rank > min(base.in_features, base.out_features):
+# ----------------------------------------------------------------------------- layer geometry
+
+
+class LayerAxes(tp.NamedTuple):
+    """Which kernel axes of a wrapped layer are inputs (contracted) and which are outputs."""
+
+    in_dims: tuple[int, ...]  # kernel axes contracted with the example, in kernel order
+    out_dims: tuple[int, ...]  # kernel axes that appear in the output, in kernel order
+    kernel_shape: tuple[int, ...]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.kernel_shape[a] for a in self.in_dims)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.kernel_shape[a] for a in self.out_dims)
+
+    @property
+    def d_in(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def d_out(self) -> int:
+        return math.prod(self.out_shape)
+
+
+def _parse_einsum(spec: str) -> tuple[str, str, str]:
+    spec = spec.replace(" ", "")
+    if "..." in spec or "->" not in spec or spec.count(",") != 1:
         raise ValueError(
-            f"rank {rank} is not in [1, min(d_in, d_out)] = [1, {min(base.in_features, base.out_features)}]"
-            f" for a Linear({base.in_features} -> {base.out_features}): choose a smaller rank"
+            f"CoLoRA adapts an nnx.Einsum with an explicit two-operand equation such as 'BTD,DNH->BTNH';"
+            f" got {spec!r} (write the ellipsis out as letters)"
+        )
+    operands, out = spec.split("->")
+    lhs, kernel = operands.split(",")
+    return lhs, kernel, out
+
+
+def layer_axes(base: nnx.Module) -> LayerAxes:
+    """The input and output kernel axes of an ``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``.
+
+    Raises:
+      ValueError: for another layer type, a ``LinearGeneral`` with ``batch_axis``, or an
+        ``Einsum`` whose kernel has an axis that is neither a pure input nor a pure output.
+    """
+    shape = tuple(base.kernel[...].shape)
+    if isinstance(base, nnx.Linear):
+        return LayerAxes((0,), (1,), shape)
+    if isinstance(base, nnx.LinearGeneral):
+        if base.batch_axis:
+            raise ValueError("CoLoRA cannot adapt an nnx.LinearGeneral with batch_axis (a separate kernel per batch index)")
+        n_in = len(base.in_features)
+        return LayerAxes(tuple(range(n_in)), tuple(range(n_in, len(shape))), shape)
+    if isinstance(base, nnx.Einsum):
+        lhs, kernel, out = _parse_einsum(base.einsum_str)
+        in_dims = tuple(a for a, c in enumerate(kernel) if c in lhs and c not in out)
+        out_dims = tuple(a for a, c in enumerate(kernel) if c in out and c not in lhs)
+        other = [c for a, c in enumerate(kernel) if a not in in_dims + out_dims]
+        if other or not in_dims or not out_dims:
+            raise ValueError(
+                f"nnx.Einsum {base.einsum_str!r}: kernel axes {other} are not pure input (contracted with the"
+                " example) or pure output axes, so the kernel is not one linear map that a low-rank update can"
+                " adapt; adapt a layer without per-head (batch-like) kernel axes"
+            )
+        return LayerAxes(in_dims, out_dims, shape)
+    raise ValueError(
+        f"CoLoRA wraps nnx.Linear, nnx.LinearGeneral or nnx.Einsum, got {type(base).__name__}"
+    )
+
+
+def _letters(x_ndim: int, base: nnx.Module, axes: LayerAxes) -> tuple[str, str, str]:
+    """Einsum letters ``(x, kernel, y)`` of the wrapped layer applied to an input of rank ``x_ndim``."""
+    pool = iter(string.ascii_letters)
+    if isinstance(base, nnx.Einsum):
+        lhs, kernel, out = _parse_einsum(base.einsum_str)
+        if len(lhs) != x_ndim:
+            raise ValueError(f"nnx.Einsum {base.einsum_str!r} expects inputs of rank {len(lhs)}, got rank {x_ndim}")
+        return lhs, kernel, out
+    kernel_letters = [next(pool) for _ in axes.kernel_shape]
+    k_in = [kernel_letters[a] for a in axes.in_dims]
+    k_out = [kernel_letters[a] for a in axes.out_dims]
+    if isinstance(base, nnx.Linear):
+        contracted = (x_ndim - 1,)
+    else:
+        contracted = tuple(a % x_ndim for a in base.axis)
+    lhs = [next(pool) for _ in range(x_ndim)]
+    for pos, letter in zip(contracted, k_in):
+        lhs[pos] = letter
+    kept = [c for pos, c in enumerate(lhs) if pos not in contracted]
+    return "".join(lhs), "".join(kernel_letters), "".join(kept + k_out)
+
+
+def _fresh(used: str, count: int) -> list[str]:
+    return [c for c in string.ascii_letters if c not in used][:count]
+
+
+def _example_letter(lhs: str, kernel: str, out: str, base: nnx.Module) -> str:
+    b = lhs[0]
+    if b in kernel or b not in out:
+        raise ValueError(
+            f"{type(base).__name__}: the leading input axis must be the example axis (kept in the output and not"
+            " contracted with the kernel), since each example's user selects its adapter"
+        )
+    return b
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def _kernel_specs(base: nnx.Module) -> tuple[tp.Any, tp.Any, dict]:
+    """The kernel's logical ``out_sharding`` metadata, its physical ``PartitionSpec`` (when the
+    array is placed with a ``NamedSharding``) with its mesh, and metadata to copy."""
+    kernel = base.kernel
+    logical = kernel.get_metadata().get("out_sharding", None)
+    extra = {k: v for k, v in kernel.get_metadata().items() if k in ("sharding_rules", "mesh") and v is not None}
+    value = kernel.get_value()
+    physical = None
+    if not isinstance(value, jax.core.Tracer):
+        sharding = getattr(value, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            spec = tuple(sharding.spec) + (None,) * (value.ndim - len(sharding.spec))
+            physical = (spec, sharding.mesh)
+    return logical, physical, extra
+
+
+def adapter_sharding(kernel_spec: tp.Sequence[tp.Any] | None, axes: LayerAxes) -> tuple[tuple, tuple] | None:
+    """Specs of ``U`` and ``V`` that follow a kernel's: ``V`` takes the input axes' entries and
+    ``U`` the output axes', each with a replicated rank axis.
+
+    >>> axes = LayerAxes(in_dims=(0,), out_dims=(1,), kernel_shape=(8, 16))
+    >>> adapter_sharding((None, "model"), axes)   # a column-parallel kernel: U split like K's columns
+    (('model', None), (None, None))
+    """
+    if kernel_spec is None:
+        return None
+    spec = tuple(kernel_spec) + (None,) * (len(axes.kernel_shape) - len(kernel_spec))
+    return tuple(spec[a] for a in axes.out_dims) + (None,), tuple(spec[a] for a in axes.in_dims) + (None,)
+
+
+def _param(kind: type[nnx.Variable], value: Array, logical: tuple | None, physical: tuple | None, extra: dict):
+    """A variable holding ``value`` with ``out_sharding`` metadata ``logical`` (if any), placed
+    on the mesh with ``physical = (spec, mesh)`` (if given)."""
+    if physical is not None:
+        spec, mesh = physical
+        value = jax.device_put(value, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+    metadata = dict(extra)
+    if logical is not None:
+        metadata["out_sharding"] = tuple(logical)
+    return kind(value, eager_sharding=False, **metadata)
+
+
+def _bank_specs(users_axis: str | None, tail: tuple, logical: tuple | None, physical: tuple | None):
+    """Prefix a users axis (split over mesh axis ``users_axis``, or replicated) to a per-user spec."""
+    log = None if logical is None and users_axis is None else (users_axis, *(tail if logical is None else logical))
+    phys = None if physical is None else ((users_axis, *physical[0]), physical[1])
+    return log, phys
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _check_rank(axes: LayerAxes, rank: int, name: str) -> None:
+    if rank < 1 or rank > min(axes.d_in, axes.d_out):
+        raise ValueError(
+            f"rank {rank} is not in [1, min(d_in, d_out)] = [1, {min(axes.d_in, axes.d_out)}]"
+            f" for a {name}({axes.d_in} -> {axes.d_out}): choose a smaller rank"
         )
 
 
-def _per_example(x: Float[Array, "batch *seq d"]) -> tuple[Array, tp.Callable[[Array], Array]]:
-    """Flatten middle axes so ``x`` is (batch, tokens, d); return it and the inverse reshape."""
-    shape = x.shape
-    flat = x.reshape(shape[0], -1, shape[-1])
-    return flat, lambda y: y.reshape(*shape[:-1], y.shape[-1])
+def _compute_dtype(base: nnx.Module, dtype: tp.Any) -> tp.Any:
+    return dtype if dtype is not None else getattr(base, "dtype", None)
 
 
 class CoLoRALinear(nnx.Module):
-    """A frozen ``nnx.Linear`` plus a shared low-rank adapter and a bank of personal ``r x r``.
+    """A frozen linear layer plus a shared low-rank adapter and a bank of personal ``r x r``.
 
     For an example of user ``i`` the layer computes
 
         y = x K + b + ((x V) S_i^T) U^T
 
-    (``K, b`` the wrapped kernel and bias). ``U`` starts at zero, ``V`` random and every ``S_i``
-    at the identity, so the output equals the base's at initialization while the gradient in
-    ``U`` is non-zero (no saddle at the start, as LoRA's ``B = 0``).
+    (``K, b`` the wrapped kernel and bias, contractions over the kernel's input axes). ``U``
+    starts at zero, ``V`` random and every ``S_i`` at the identity, so the output equals the
+    base's at initialization while the gradient in ``U`` is non-zero (no saddle at the start,
+    as LoRA's ``B = 0``).
 
     The wrapped ``base`` keeps its ``nnx.Param`` variables; it is frozen in the sense that
     training targets only :class:`SharedParam` and/or :class:`PersonalParam`
     (``nnx.Optimizer(model, tx, wrt=SharedParam)``).
 
+    Sharding: if the kernel carries ``out_sharding`` metadata (flax's ``nnx.with_partitioning``
+    or ``kernel_metadata``), ``U`` and ``V`` get the matching specs (:func:`adapter_sharding`)
+    and, when the kernel array is already placed on a mesh, are placed the same way. The bank
+    is replicated (``users_axis=None``) or split over users along mesh axis ``users_axis``.
+
     Args:
-      base: the layer to adapt; its kernel and bias are reused, not copied.
+      base: an ``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``; its kernel and bias are
+        reused, not copied.
       users: size ``k`` of the personal bank.
       rank: ``r``.
       rngs: source of the key for ``V``'s initialization (unused when ``shared_factors`` is given).
-      shared_factors: optional initial ``(U, V)`` of shapes ``(d_out, r)`` and ``(d_in, r)``,
-        e.g. an imported LoRA; the bank still starts at the identity.
-      dtype: compute dtype (``None``: promote inputs and parameters).
+      shared_factors: optional initial ``(U, V)`` of shapes ``(*out_shape, r)`` and
+        ``(*in_shape, r)`` (for ``nnx.Linear``: ``(d_out, r)``, ``(d_in, r)``), e.g. an imported
+        LoRA; the bank still starts at the identity.
+      dtype: compute dtype of the adapter path (``None``: the wrapped layer's ``dtype``; if that
+        is ``None`` too, promote inputs and parameters). Parameters stay in the kernel's dtype.
+      centered: ``S_i = S_bar + Delta_i`` with a shared centre (see the module docstring).
+      users_axis: mesh axis the bank is split over (``None``: replicated).
     """
 
     def __init__(
         self,
-        base: nnx.Linear,
+        base: nnx.Module,
         *,
         users: int,
         rank: int,
         rngs: nnx.Rngs | None = None,
-        shared_factors: tuple[Float[Array, "d_out r"], Float[Array, "d_in r"]] | None = None,
+        shared_factors: tuple[Array, Array] | None = None,
         dtype: tp.Any = None,
+        centered: bool = False,
+        users_axis: str | None = None,
     ):
-        if not isinstance(base, nnx.Linear):
-            raise ValueError(f"CoLoRALinear wraps an nnx.Linear, got {type(base).__name__}")
-        _check_rank(base, rank)
+        axes = layer_axes(base)
+        _check_rank(axes, rank, type(base).__name__)
         if users < 1:
             raise ValueError(f"users must be >= 1, got {users}")
-        d_in, d_out = base.in_features, base.out_features
         pdtype = base.kernel[...].dtype
         self.base = base
+        self.axes = axes
         self.users = users
         self.rank = rank
-        self.dtype = dtype
+        self.dtype = _compute_dtype(base, dtype)
+        self.centered = centered
+        self.users_axis = users_axis
+        u_shape, v_shape = (*axes.out_shape, rank), (*axes.in_shape, rank)
         if shared_factors is None:
             if rngs is None:
                 raise ValueError("CoLoRALinear needs rngs (for a random V) or explicit shared_factors")
-            u = jnp.zeros((d_out, rank), pdtype)
-            v = jax.random.normal(rngs.params(), (d_in, rank), pdtype) / jnp.sqrt(jnp.asarray(d_in, pdtype))
+            u = jnp.zeros(u_shape, pdtype)
+            v = jax.random.normal(rngs.params(), v_shape, pdtype) / jnp.sqrt(jnp.asarray(axes.d_in, pdtype))
         else:
             u, v = (jnp.asarray(f, pdtype) for f in shared_factors)
-            if u.shape != (d_out, rank) or v.shape != (d_in, rank):
+            if u.shape != u_shape or v.shape != v_shape:
                 raise ValueError(
-                    f"shared_factors must have shapes U {(d_out, rank)} and V {(d_in, rank)},"
-                    f" got {u.shape} and {v.shape}"
+                    f"shared_factors must have shapes U {u_shape} and V {v_shape}, got {u.shape} and {v.shape}"
                 )
-        self.shared_u = SharedParam(u)
-        self.shared_v = SharedParam(v)
-        self.personal = PersonalParam(jnp.broadcast_to(jnp.eye(rank, dtype=pdtype), (users, rank, rank)))
+        logical, physical, extra = _kernel_specs(base)
+        log_uv = adapter_sharding(logical, axes) or (None, None)
+        phys_uv = adapter_sharding(None if physical is None else physical[0], axes)
+        phys_u = None if phys_uv is None else (phys_uv[0], physical[1])
+        phys_v = None if phys_uv is None else (phys_uv[1], physical[1])
+        self.shared_u = _param(SharedParam, u, log_uv[0], phys_u, extra)
+        self.shared_v = _param(SharedParam, v, log_uv[1], phys_v, extra)
+        mesh_only = None if physical is None else ((None, None), physical[1])
+        eye = jnp.eye(rank, dtype=pdtype)
+        log_s, phys_s = _bank_specs(users_axis, (None, None), None if logical is None else (None, None), mesh_only)
+        if centered:
+            self.center = _param(SharedParam, eye, None if logical is None else (None, None), mesh_only, extra)
+            bank = jnp.zeros((users, rank, rank), pdtype)
+        else:
+            bank = jnp.broadcast_to(eye, (users, rank, rank))
+        self.personal = _param(PersonalParam, bank, log_s, phys_s, extra)
         self.user_ids = UserIds(_empty_ids())
 
-    def delta_kernel(self, user: int | Int[Array, ""]) -> Float[Array, "d_in d_out"]:
-        """The adapter's kernel update for one user: ``V S_user^T U^T`` (= ``(U S_user V^T)^T``)."""
-        s = self.personal[...][user]
-        return self.shared_v[...] @ s.T @ self.shared_u[...].T
+    def personal_matrices(self) -> Float[Array, "users r r"]:
+        """Every user's ``S_i`` (``S_bar + Delta_i`` when centred)."""
+        bank = self.personal[...]
+        return bank + self.center[...] if self.centered else bank
 
-    def __call__(
-        self, x: Float[Array, "batch *seq d_in"], user_ids: Int[Array, " batch"] | None = None
-    ) -> Float[Array, "batch *seq d_out"]:
-        ids = _resolve_ids(self, x, user_ids)
+    def delta_kernel(self, user: int | Int[Array, ""]) -> Array:
+        """User ``user``'s kernel update ``V S_user^T U^T`` in the wrapped kernel's own shape."""
+        s = self.personal[...][user]
+        if self.centered:
+            s = s + self.center[...]
+        v = self.shared_v[...].reshape(self.axes.d_in, self.rank)
+        u = self.shared_u[...].reshape(self.axes.d_out, self.rank)
+        flat = (v @ s.T @ u.T).reshape(*self.axes.in_shape, *self.axes.out_shape)
+        order = self.axes.in_dims + self.axes.out_dims  # kernel axis held by each axis of `flat`
+        return jnp.transpose(flat, np.argsort(order))
+
+    def __call__(self, x: Array, user_ids: Int[Array, " batch"] | None = None, *, checked: bool = True) -> Array:
+        """The adapted layer: ``base(x) + ((x V) S_i^T) U^T`` per example (leading axis of ``x``).
+
+        Args:
+          x: inputs, as the wrapped layer takes them; the leading axis indexes examples.
+          user_ids: one id per example, or ``None`` to use the ids set by ``colora_users``.
+          checked: check given ids at run time under ``jit`` (see :func:`check_user_ids`).
+        """
+        ids = _resolve_ids(self, x, user_ids, checked)
         base_out = self.base(x)
-        (xf, unflatten) = _per_example(x)
-        xf, v, s, u = nnx.nn.dtypes.promote_dtype(
-            (xf, self.shared_v[...], self.personal[...], self.shared_u[...]), dtype=self.dtype
+        lhs, kernel, out = _letters(x.ndim, self.base, self.axes)
+        b = _example_letter(lhs, kernel, out, self.base)
+        v_in = "".join(kernel[a] for a in self.axes.in_dims)
+        u_out = "".join(kernel[a] for a in self.axes.out_dims)
+        rest = "".join(c for c in lhs if c not in v_in)
+        z, w = _fresh(lhs + kernel + out, 2)
+        xc, v, s, u = nnx.nn.dtypes.promote_dtype(
+            (x, self.shared_v[...], self.personal_matrices(), self.shared_u[...]), dtype=self.dtype
         )
-        h = xf @ v  # (batch, tokens, r): one skinny matmul for the whole batch
+        h = jnp.einsum(f"{lhs},{v_in}{z}->{rest}{z}", xc, v)  # x V: one contraction for the whole batch
         s_b = _gather_rows(s, ids)  # (batch, r, r): the only per-user quantity
-        h = jnp.einsum("btr,bsr->bts", h, s_b)  # h S_i^T
-        return base_out + unflatten(h @ u.T)
+        h = jnp.einsum(f"{rest}{z},{b}{w}{z}->{rest}{w}", h, s_b)  # h S_i^T
+        delta = jnp.einsum(f"{rest}{w},{u_out}{w}->{out}", h, u)
+        return base_out + delta.astype(base_out.dtype)
 
 
 class LoRABankLinear(nnx.Module):
-    """A frozen ``nnx.Linear`` plus one independent LoRA per user (the per-user baseline).
+    """A frozen linear layer plus one independent LoRA per user (the ``local`` baseline).
 
-    For an example of user ``i``: ``y = x K + b + (x A_i) B_i`` with ``A_i: (d_in, r)`` random and
-    ``B_i: (r, d_out)`` zero at initialization. In the math's notation ``W_i = W_0 + B_i^T A_i^T``.
+    For an example of user ``i``: ``y = x K + b + (x A_i) B_i^T`` with ``A_i: (*in_shape, r)``
+    random and ``B_i: (*out_shape, r)`` zero at initialization; in the math's notation
+    ``W_i = W_0 + B_i A_i^T`` (CoLoRA with a user's own ``U = B_i``, ``V = A_i`` and ``S = I``).
     Both banks are :class:`PersonalParam`: nothing is shared between users.
 
     Args:
-      base: the layer to adapt.
+      base: the layer to adapt (``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``).
       users: number of LoRAs in the bank.
       rank: ``r`` of every LoRA.
       rngs: source of the key for ``A``'s initialization (unused when ``initial_factors`` is given).
-      initial_factors: optional ``(A, B)`` of shapes ``(d_in, r)``, ``(r, d_out)`` given to every
-        user, e.g. a FedAvg-trained shared LoRA before local fine-tuning.
-      dtype: compute dtype (``None``: promote inputs and parameters).
+      initial_factors: optional ``(A, B)`` of shapes ``(*in_shape, r)``, ``(*out_shape, r)`` given
+        to every user, e.g. a FedAvg-trained shared LoRA before local fine-tuning.
+      dtype: compute dtype of the adapter path (``None``: the wrapped layer's).
+      users_axis: mesh axis the banks are split over (``None``: replicated).
     """
 
     def __init__(
         self,
-        base: nnx.Linear,
+        base: nnx.Module,
         *,
         users: int,
         rank: int,
         rngs: nnx.Rngs | None = None,
-        initial_factors: tuple[Float[Array, "d_in r"], Float[Array, "r d_out"]] | None = None,
+        initial_factors: tuple[Array, Array] | None = None,
         dtype: tp.Any = None,
+        users_axis: str | None = None,
     ):
-        if not isinstance(base, nnx.Linear):
-            raise ValueError(f"LoRABankLinear wraps an nnx.Linear, got {type(base).__name__}")
-        _check_rank(base, rank)
-        d_in, d_out = base.in_features, base.out_features
+        axes = layer_axes(base)
+        _check_rank(axes, rank, type(base).__name__)
+        if users < 1:
+            raise ValueError(f"users must be >= 1, got {users}")
         pdtype = base.kernel[...].dtype
         self.base = base
+        self.axes = axes
         self.users = users
         self.rank = rank
-        self.dtype = dtype
+        self.dtype = _compute_dtype(base, dtype)
+        self.users_axis = users_axis
+        a_shape, b_shape = (*axes.in_shape, rank), (*axes.out_shape, rank)
         if initial_factors is None:
             if rngs is None:
                 raise ValueError("LoRABankLinear needs rngs (for a random A) or explicit initial_factors")
-            a = jax.random.normal(rngs.params(), (d_in, rank), pdtype) / jnp.sqrt(jnp.asarray(d_in, pdtype))
-            b = jnp.zeros((rank, d_out), pdtype)
+            a = jax.random.normal(rngs.params(), a_shape, pdtype) / jnp.sqrt(jnp.asarray(axes.d_in, pdtype))
+            b = jnp.zeros(b_shape, pdtype)
         else:
             a, b = (jnp.asarray(f, pdtype) for f in initial_factors)
-            if a.shape != (d_in, rank) or b.shape != (rank, d_out):
+            if a.shape != a_shape or b.shape != b_shape:
                 raise ValueError(
-                    f"initial_factors must have shapes A {(d_in, rank)} and B {(rank, d_out)}, got {a.shape} and {b.shape}"
+                    f"initial_factors must have shapes A {a_shape} and B {b_shape}, got {a.shape} and {b.shape}"
                 )
-        self.lora_a = PersonalParam(jnp.broadcast_to(a, (users, d_in, rank)))
-        self.lora_b = PersonalParam(jnp.broadcast_to(b, (users, rank, d_out)))
+        logical, physical, extra = _kernel_specs(base)
+        log_ba = adapter_sharding(logical, axes) or (None, None)
+        phys_ba = adapter_sharding(None if physical is None else physical[0], axes)
+        mesh = None if physical is None else physical[1]
+        log_a, phys_a = _bank_specs(users_axis, (None,) * len(a_shape), log_ba[1], None if mesh is None else (phys_ba[1], mesh))
+        log_b, phys_b = _bank_specs(users_axis, (None,) * len(b_shape), log_ba[0], None if mesh is None else (phys_ba[0], mesh))
+        self.lora_a = _param(PersonalParam, jnp.broadcast_to(a, (users, *a_shape)), log_a, phys_a, extra)
+        self.lora_b = _param(PersonalParam, jnp.broadcast_to(b, (users, *b_shape)), log_b, phys_b, extra)
         self.user_ids = UserIds(_empty_ids())
 
-    def delta_kernel(self, user: int | Int[Array, ""]) -> Float[Array, "d_in d_out"]:
-        """The kernel update of one user, ``A_user B_user``."""
-        return self.lora_a[...][user] @ self.lora_b[...][user]
+    def delta_kernel(self, user: int | Int[Array, ""]) -> Array:
+        """User ``user``'s kernel update ``A_user B_user^T`` in the wrapped kernel's own shape."""
+        a = self.lora_a[...][user].reshape(self.axes.d_in, self.rank)
+        b = self.lora_b[...][user].reshape(self.axes.d_out, self.rank)
+        flat = (a @ b.T).reshape(*self.axes.in_shape, *self.axes.out_shape)
+        return jnp.transpose(flat, np.argsort(self.axes.in_dims + self.axes.out_dims))
 
-    def __call__(
-        self, x: Float[Array, "batch *seq d_in"], user_ids: Int[Array, " batch"] | None = None
-    ) -> Float[Array, "batch *seq d_out"]:
-        ids = _resolve_ids(self, x, user_ids)
+    def __call__(self, x: Array, user_ids: Int[Array, " batch"] | None = None, *, checked: bool = True) -> Array:
+        """The adapted layer: ``base(x) + (x A_i) B_i^T`` per example (see :class:`CoLoRALinear`)."""
+        ids = _resolve_ids(self, x, user_ids, checked)
         base_out = self.base(x)
-        xf, unflatten = _per_example(x)
-        xf, a, b = nnx.nn.dtypes.promote_dtype((xf, self.lora_a[...], self.lora_b[...]), dtype=self.dtype)
-        h = jnp.einsum("btd,bdr->btr", xf, _gather_rows(a, ids))  # a (d_in, r) matrix per example
-        return base_out + unflatten(jnp.einsum("btr,bro->bto", h, _gather_rows(b, ids)))
+        lhs, kernel, out = _letters(x.ndim, self.base, self.axes)
+        b = _example_letter(lhs, kernel, out, self.base)
+        a_in = "".join(kernel[a] for a in self.axes.in_dims)
+        b_out = "".join(kernel[a] for a in self.axes.out_dims)
+        rest = "".join(c for c in lhs if c not in a_in)
+        (z,) = _fresh(lhs + kernel + out, 1)
+        xc, a, bb = nnx.nn.dtypes.promote_dtype((x, self.lora_a[...], self.lora_b[...]), dtype=self.dtype)
+        h = jnp.einsum(f"{lhs},{b}{a_in}{z}->{rest}{z}", xc, _gather_rows(a, ids))  # an A per example
+        delta = jnp.einsum(f"{rest}{z},{b}{b_out}{z}->{out}", h, _gather_rows(bb, ids))
+        return base_out + delta.astype(base_out.dtype)
+
+
+def deviation_penalty(layer: CoLoRALinear) -> Float[Array, ""]:
+    """The centred ridge of one layer: ``(1/k) sum_i ||U Delta_i V^T||_F^2``.
+
+    Computed in ``r x r``: ``||U D V^T||_F^2 = tr(D^T (U^T U) D (V^T V))``. It is invariant under
+    the gauge ``U -> U A``, ``S -> A^-1 S B^-T``, ``V -> V B`` (it measures the deviation of
+    user ``i``'s weight update ``U S_i V^T`` from the centre's ``U S_bar V^T``), and equals
+    ``(1/k) sum_i ||Delta_i||_F^2`` when ``U`` and ``V`` have orthonormal columns.
+    """
+    if not layer.centered:
+        raise ValueError("deviation_penalty needs a centred layer: apply_colora(..., centered=True)")
+    u = layer.shared_u[...].reshape(layer.axes.d_out, layer.rank)
+    v = layer.shared_v[...].reshape(layer.axes.d_in, layer.rank)
+    gu, gv = u.T @ u, v.T @ v
+    d = layer.personal[...]
+    return jnp.mean(jnp.einsum("kab,ac,kcd,db->k", d, gu, d, gv))

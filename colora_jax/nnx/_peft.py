@@ -1,20 +1,30 @@
-"""One user's CoLoRA adapter as a standard LoRA in Hugging Face PEFT's on-disk layout.
+"""One user's CoLoRA adapter as a standard LoRA in Hugging Face PEFT's on-disk layout, and back.
 
-PEFT's LoRA computes ``y = x W^T + (alpha / r) (x A^T) B^T`` with ``lora_A.weight: (r, d_in)``
-and ``lora_B.weight: (d_out, r)`` (PyTorch's ``(out, in)`` orientation). User ``i``'s CoLoRA
-update is ``U S_i V^T``, so with ``alpha = r`` (scaling 1):
+PEFT's LoRA computes ``y = x W^T + s (x A^T) B^T`` with ``lora_A.weight: (r, d_in)`` and
+``lora_B.weight: (d_out, r)`` (PyTorch's ``(out, in)`` orientation) and the scaling
+``s = alpha / r``, or ``s = alpha / sqrt(r)`` with rsLoRA (``use_rslora``); ``r`` and ``alpha``
+may differ per layer (``rank_pattern``, ``alpha_pattern``: a key ``k`` applies to a module
+whose dotted name matches ``(.*\\.)?(k)$``). User ``i``'s CoLoRA update is ``U S_i V^T``, so
+it is exported with ``s = 1`` (``alpha = r`` for each layer) as
 
     lora_A = V^T,        lora_B = U S_i.
 
-Files written: ``adapter_model.safetensors`` with tensors
-``base_model.model.<dotted path>.lora_A.weight`` / ``.lora_B.weight`` and ``adapter_config.json``.
-The dotted paths are the NNX model's (e.g. ``blocks.0.mlp.up``); a PyTorch model with other
-module names needs its keys renamed accordingly.
+For an ``nnx.Einsum`` or ``nnx.LinearGeneral``, ``d_in`` and ``d_out`` are the products of the
+kernel's input and output axes, flattened row-major in kernel order: the PyTorch counterpart of
+a query projection ``BTD,DNH->BTNH`` is ``nn.Linear(D, N * H)`` whose output is viewed as
+``(N, H)``, and of an output projection over ``(N, H)`` it is ``nn.Linear(N * H, D)``.
+
+Files: ``adapter_model.safetensors`` with tensors ``base_model.model.<dotted path>.lora_A.weight``
+/ ``.lora_B.weight``, and ``adapter_config.json`` whose ``target_modules`` lists exactly the
+adapted modules' dotted paths (the NNX model's, e.g. ``blocks.0.mlp.up``; a PyTorch model with
+other module names needs its keys renamed accordingly).
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import math
 import os
 import re
 import typing as tp
@@ -24,10 +34,10 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from colora_jax.nnx._layers import CoLoRALinear, check_user_ids
+from colora_jax.nnx._layers import CoLoRALinear, check_user_ids, layer_axes
 from colora_jax.nnx._wrap import adapted_layers, replace_layers
 
-__all__ = ["export_peft", "import_peft", "PEFT_WEIGHTS", "PEFT_CONFIG"]
+__all__ = ["export_peft", "import_peft", "pattern_key", "PEFT_WEIGHTS", "PEFT_CONFIG"]
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -35,8 +45,20 @@ _PREFIX = "base_model.model."
 _KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
 
 
+def pattern_key(keys: tp.Iterable[str], name: str) -> str | None:
+    """The first key of a PEFT ``rank_pattern`` / ``alpha_pattern`` that applies to module ``name``
+    (PEFT's rule: ``re.match(rf"(.*\\.)?({key})$", name)``), or ``None``."""
+    for key in keys:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key
+    return None
+
+
 def export_peft(model: nnx.Module, user: int, directory: str | os.PathLike) -> None:
-    """Write user ``user``'s adapter as a PEFT LoRA (``lora_A = V^T``, ``lora_B = U S_user``).
+    """Write user ``user``'s adapter as a PEFT LoRA (``lora_A = V^T``, ``lora_B = U S_user``, scaling 1).
+
+    Layers of different ranks are written with PEFT's ``rank_pattern`` and ``alpha_pattern``
+    (one exact key per layer whose rank differs from the most common one).
 
     Raises:
       ValueError: if ``model`` has no CoLoRA layer, or ``user`` is out of range.
@@ -44,25 +66,29 @@ def export_peft(model: nnx.Module, user: int, directory: str | os.PathLike) -> N
     layers = [(n, m) for n, m in adapted_layers(model) if isinstance(m, CoLoRALinear)]
     if not layers:
         raise ValueError("model has no CoLoRALinear layers to export: call apply_colora first")
-    ranks = {m.rank for _, m in layers}
-    if len(ranks) != 1:
-        raise ValueError(f"PEFT's adapter_config has one r; this model mixes ranks {sorted(ranks)}")
-    check_user_ids(jnp.asarray([user]), layers[0][1].users)
+    check_user_ids(jnp.asarray([user]), min(m.users for _, m in layers))
     tensors = {}
     for name, m in layers:
-        tensors[f"{_PREFIX}{name}.lora_A.weight"] = np.asarray(m.shared_v[...].T, np.float32)
-        tensors[f"{_PREFIX}{name}.lora_B.weight"] = np.asarray(m.shared_u[...] @ m.personal[...][user], np.float32)
-    (rank,) = ranks
+        v = m.shared_v[...].reshape(m.axes.d_in, m.rank)
+        u = m.shared_u[...].reshape(m.axes.d_out, m.rank)
+        tensors[f"{_PREFIX}{name}.lora_A.weight"] = np.asarray(v.T, np.float32)
+        tensors[f"{_PREFIX}{name}.lora_B.weight"] = np.asarray(u @ m.personal_matrices()[user], np.float32)
+    rank = collections.Counter(m.rank for _, m in layers).most_common(1)[0][0]
+    other = {re.escape(n): m.rank for n, m in layers if m.rank != rank}
     config = {
         "peft_type": "LORA",
         "task_type": None,
         "base_model_name_or_path": None,
         "r": rank,
         "lora_alpha": rank,
+        "rank_pattern": other,
+        "alpha_pattern": dict(other),
+        "use_rslora": False,
         "lora_dropout": 0.0,
-        "target_modules": sorted({n.rsplit(".", 1)[-1] for n, _ in layers}),
+        "target_modules": [n for n, _ in layers],
         "fan_in_fan_out": False,
         "bias": "none",
+        "use_dora": False,
         "inference_mode": True,
         "modules_to_save": None,
         "init_lora_weights": True,
@@ -73,31 +99,90 @@ def export_peft(model: nnx.Module, user: int, directory: str | os.PathLike) -> N
         json.dump(config, f, indent=2)
 
 
+# Config fields whose non-default values change what the adapter computes and that this
+# import does not implement: each is rejected with the reason.
+_UNSUPPORTED: dict[str, tuple[tp.Callable[[tp.Any], bool], str]] = {
+    "use_dora": (bool, "DoRA (use_dora=True) rescales the weight's column norms; it is not a low-rank update"),
+    "bias": (lambda b: b not in (None, "none"), "bias='{}' trains biases too; only bias='none' is a pure low-rank update"),
+    "modules_to_save": (bool, "modules_to_save {} carries full trained modules, which CoLoRA does not hold"),
+    "fan_in_fan_out": (bool, "fan_in_fan_out=True (GPT-2 Conv1D weights) stores the factors transposed; re-save with nn.Linear"),
+    "layer_replication": (bool, "layer_replication {} duplicates layers of the base model"),
+    "lora_bias": (bool, "lora_bias=True adds a trained bias to lora_B"),
+    "target_parameters": (bool, "target_parameters {} adapts raw parameters, not modules"),
+    "trainable_token_indices": (bool, "trainable_token_indices {} trains embedding rows"),
+}
+
+
+def _check_config(config: dict) -> None:
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"expected a LORA adapter, got peft_type {config.get('peft_type')!r}")
+    for field, (bad, why) in _UNSUPPORTED.items():
+        value = config.get(field)
+        if value is not None and bad(value):
+            raise ValueError(f"cannot import this PEFT adapter: {why.format(value)}")
+
+
+def _scaling(config: dict, name: str, rank: int) -> float:
+    """PEFT's scaling of module ``name``: ``alpha / r`` or ``alpha / sqrt(r)`` (rsLoRA), with the
+    layer's own ``r`` and ``alpha`` from ``rank_pattern`` / ``alpha_pattern``."""
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    r_key, a_key = pattern_key(rank_pattern, name), pattern_key(alpha_pattern, name)
+    expected = rank_pattern[r_key] if r_key is not None else config["r"]
+    if expected != rank:
+        raise ValueError(
+            f"module {name}: adapter_config.json gives rank {expected}"
+            f" ({'rank_pattern key ' + repr(r_key) if r_key else 'r'}), but its lora_A has {rank} rows"
+        )
+    alpha = alpha_pattern[a_key] if a_key is not None else config["lora_alpha"]
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
 def import_peft(model: nnx.Module, directory: str | os.PathLike, *, users: int) -> nnx.Module:
     """Load a PEFT LoRA as the *shared* CoLoRA adapter of a plain ``model`` (in place).
 
-    Each Linear named in the file is wrapped in a :class:`CoLoRALinear` with
-    ``U = (alpha / r) B``, ``V = A^T`` and every ``S_i = I``: all ``users`` start at that LoRA,
-    ready for personal fitting. ``import_peft(base, export_peft(colora, i))`` reproduces user
-    ``i`` of ``colora`` for every user.
+    Each module named in the file is wrapped in a :class:`CoLoRALinear` of that module's rank
+    with ``U = s B``, ``V = A^T`` (reshaped to the kernel's output and input axes) and every
+    ``S_i = I``, where ``s`` is PEFT's scaling of that module (``alpha / r``, ``alpha / sqrt(r)``
+    with rsLoRA, per-layer ``r`` and ``alpha`` from ``rank_pattern`` / ``alpha_pattern``): all
+    ``users`` start at that LoRA, ready for personal fitting. ``import_peft(base,
+    export_peft(colora, i))`` reproduces user ``i`` of ``colora`` for every user.
+
+    Raises:
+      ValueError: for a non-LoRA adapter or a feature that is not a pure low-rank update (DoRA,
+        trained biases, ``modules_to_save``, ...), a rank that contradicts the config, factor
+        shapes that do not fit the model's layer, or a module the model does not have.
     """
     with open(os.path.join(directory, PEFT_CONFIG)) as f:
         config = json.load(f)
-    if config.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"expected a LORA adapter, got peft_type {config.get('peft_type')!r}")
-    scaling = config["lora_alpha"] / config["r"]
+    _check_config(config)
     factors: dict[str, dict[str, np.ndarray]] = {}
     for key, value in load_file(os.path.join(directory, PEFT_WEIGHTS)).items():
         match = _KEY.fullmatch(key)
         if match is None:
-            raise ValueError(f"unexpected tensor {key!r} in {PEFT_WEIGHTS}")
+            raise ValueError(f"unexpected tensor {key!r} in {PEFT_WEIGHTS}: only lora_A / lora_B weights can be imported")
         factors.setdefault(match[1], {})[match[2]] = value
+    for name, pair in factors.items():
+        if set(pair) != {"A", "B"}:
+            raise ValueError(f"module {name} has lora_{''.join(pair)} but not both lora_A and lora_B")
 
-    def build(linear: nnx.Linear, name: str) -> CoLoRALinear:
+    def build(layer: nnx.Module, name: str) -> CoLoRALinear:
         a, b = factors[name]["A"], factors[name]["B"]
-        return CoLoRALinear(
-            linear, users=users, rank=a.shape[0], shared_factors=(scaling * jnp.asarray(b), jnp.asarray(a).T)
-        )
+        axes = layer_axes(layer)
+        rank = a.shape[0]
+        if a.shape != (rank, axes.d_in) or b.shape != (axes.d_out, rank):
+            raise ValueError(
+                f"module {name}: lora_A {a.shape} and lora_B {b.shape} do not fit a layer with d_in={axes.d_in},"
+                f" d_out={axes.d_out} (expected ({rank}, {axes.d_in}) and ({axes.d_out}, {rank}))"
+            )
+        s = _scaling(config, name, rank)
+        u = (s * jnp.asarray(b)).reshape(*axes.out_shape, rank)
+        v = jnp.asarray(a).T.reshape(*axes.in_shape, rank)
+        return CoLoRALinear(layer, users=users, rank=rank, shared_factors=(u, v))
 
-    targets: tp.Sequence[str] = [re.escape(n) for n in factors]
-    return replace_layers(model, targets, build)
+    # exact dotted paths only: a group never equals a bare last path component such as "up"
+    wrapped = replace_layers(model, [f"(?:{re.escape(n)})" for n in factors], build)
+    missing = set(factors) - {n for n, _ in adapted_layers(wrapped)}
+    if missing:
+        raise ValueError(f"the adapter has factors for {sorted(missing)}, which this model does not have (or are not linear)")
+    return wrapped

@@ -100,7 +100,7 @@ def planted_teacher(key: Array, base: nnx.Module, config: TeacherConfig) -> Plan
     r = config.rank
     layers = adapted_layers(teacher)
     for (name, layer), k in zip(layers, jax.random.split(k_layers, len(layers))):
-        d_in, d_out = layer.base.in_features, layer.base.out_features
+        d_in, d_out = layer.axes.d_in, layer.axes.d_out
         if 2 * r > min(d_in, d_out) and config.task_angle:
             raise ValueError(f"task_angle > 0 needs 2*rank <= min(d_in, d_out) = {min(d_in, d_out)} in {name}")
         ku, kv, kp, kq, ks = jax.random.split(k, 5)
@@ -109,7 +109,7 @@ def planted_teacher(key: Array, base: nnx.Module, config: TeacherConfig) -> Plan
         scale = config.strength * jnp.linalg.norm(layer.base.kernel[...], ord=2) / jnp.sqrt(r)
         s_i = scale * jax.random.normal(ks, (config.users, r, r))
         layer.lora_a.set_value(v_i)  # A_i = V_i
-        layer.lora_b.set_value(jnp.einsum("kab,kdb->kad", s_i, u_i))  # B_i = S_i^T U_i^T
+        layer.lora_b.set_value(jnp.einsum("kda,kab->kdb", u_i, s_i))  # B_i = U_i S_i, so B_i A_i^T = U_i S_i V_i^T
         shared_u[name], shared_v[name] = u, v
     vocab, seq_len = base.cfg.vocab, base.cfg.seq_len
 

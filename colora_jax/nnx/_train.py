@@ -12,10 +12,19 @@ minimizes the mean per-example loss. Which parameters move is chosen by marker t
   are kept from the group that owns that user;
 - ``shared`` / ``personal``: one part only (a shared LoRA; fitting new users on a frozen U, V).
 
-Baselines (:data:`METHODS`), all fitted on the same data by :func:`fit_method`:
-``colora``; ``lora_bank`` (one LoRA per user); ``shared_lora`` (one LoRA for everyone: CoLoRA
-with every ``S_i`` frozen at ``I``); ``fedavg_lora`` (FedAvg of a shared LoRA, then each user
+Methods (:data:`METHODS`, the project's spellings), all fitted on the same data by
+:func:`fit_method`: ``colora``; ``colora-centered`` (``S_i = S_bar + Delta_i`` with the ridge
+``TrainConfig.ridge`` on the deviations; :func:`select_ridge` chooses its strength on
+validation data); ``local`` (one LoRA per user); ``global`` (one LoRA for everyone: CoLoRA with
+every ``S_i`` frozen at ``I``); ``fedavg-lora`` (FedAvg of a shared LoRA, then each user
 fine-tunes its own copy); ``base`` (the frozen model).
+
+Centred ridge. With ``ridge = lambda > 0`` every step minimizes
+
+    (1/n) sum_{examples} loss  +  lambda * sum_{layers} (1/k) sum_i ||U Delta_i V^T||_F^2
+
+over the mini-batch (``n`` its size, ``k`` the bank size): lambda = 0 is CoLoRA, lambda -> inf
+a shared rank-r LoRA ``U S_bar V^T`` (``global``).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from jaxtyping import Array, Float, Int
 from tqdm.auto import tqdm
 
 from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam
-from colora_jax.nnx._wrap import _set_child, adapted_layers, apply_colora, apply_lora_bank, colora_users
+from colora_jax.nnx._wrap import adapted_layers, apply_colora, apply_lora_bank, colora_users, ridge_penalty, set_child
 
 __all__ = [
     "Examples",
@@ -46,12 +55,12 @@ __all__ = [
     "per_user_mean",
     "count_parameters",
     "fit_method",
+    "select_ridge",
     "next_token_loss",
     "logit_mse",
 ]
 
 SCHEMES: tuple[str, ...] = ("joint", "alternating", "federated", "shared", "personal")
-METHODS: tuple[str, ...] = ("colora", "lora_bank", "shared_lora", "fedavg_lora", "base")
 ADAPTER = nnx.Any(SharedParam, PersonalParam)
 LossFn = tp.Callable[[Array, Array], Float[Array, " batch"]]
 
@@ -76,6 +85,7 @@ class TrainConfig:
     groups: int = 4  # federated: number of user groups (clients); user u is in group u % groups
     local_steps: int = 10  # federated: local steps per group per round
     federated_personal: bool = True  # federated: train the personal bank locally (False: FedAvg of U, V only)
+    ridge: float = 0.0  # centred layers: strength lambda of (1/k) sum_i ||U Delta_i V^T||_F^2 (0: none)
     progress: bool = True  # show a tqdm progress bar (only on a terminal)
 
     def validate(self) -> "TrainConfig":
@@ -84,6 +94,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "personal_steps", "shared_steps", "groups", "local_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
         return self
 
 
@@ -97,11 +109,12 @@ def logit_mse(outputs: Float[Array, "b t v"], targets: Float[Array, "b t v"]) ->
     return jnp.mean((outputs - targets) ** 2, axis=(1, 2))
 
 
-@nnx.jit(static_argnames=("loss_fn",))
-def _step(model, optimizer, inputs, targets, user_ids, loss_fn):
+@nnx.jit(static_argnames=("loss_fn", "penalize"))
+def _step(model, optimizer, inputs, targets, user_ids, ridge, loss_fn, penalize):
     def objective(model):
         with colora_users(model, user_ids):
-            return jnp.mean(loss_fn(model(inputs), targets))
+            loss = jnp.mean(loss_fn(model(inputs), targets))
+        return loss + ridge * ridge_penalty(model) if penalize else loss
 
     loss, grads = nnx.value_and_grad(objective, argnums=nnx.DiffState(0, optimizer.wrt))(model)
     optimizer.update(model, grads)
@@ -132,6 +145,10 @@ def train(
       key: PRNG key for the mini-batch draws.
     """
     config.validate()
+    penalize = config.ridge > 0
+    if penalize:
+        ridge_penalty(model)  # ValueError now if the model has no centred layer
+    ridge = jnp.asarray(config.ridge, jnp.float32)
     all_rows = jnp.arange(data.inputs.shape[0])
     losses: list[float] = []
     total = config.steps
@@ -141,7 +158,8 @@ def train(
 
     def run(optimizer, rows, n, key):
         for k in jax.random.split(key, n):
-            losses.append(float(_step(model, optimizer, *_batch(data, rows, k, config.batch_size), loss_fn)))
+            batch = _batch(data, rows, k, config.batch_size)
+            losses.append(float(_step(model, optimizer, *batch, ridge, loss_fn, penalize)))
             bar.update(1)
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -235,16 +253,24 @@ def pretrain(
     return losses
 
 
-@nnx.jit
-def _forward(model, inputs, user_ids):
-    with colora_users(model, user_ids):
+@nnx.jit(static_argnames=("checked",))
+def _forward(model, inputs, user_ids, checked):
+    with colora_users(model, user_ids, checked=checked):
         return model(inputs)
 
 
-def predict(model: nnx.Module, inputs: Int[Array, "n t"], user_ids: Int[Array, " n"], chunk: int = 256) -> Array:
-    """The adapted model's outputs for every example, in jitted chunks of ``chunk`` examples."""
+def predict(
+    model: nnx.Module, inputs: Int[Array, "n t"], user_ids: Int[Array, " n"], chunk: int = 256, *, checked: bool = True
+) -> Array:
+    """The adapted model's outputs for every example, in jitted chunks of ``chunk`` examples.
+
+    ``checked=False`` skips the run-time user-id check (out-of-range ids then give NaN rows).
+    """
     return jnp.concatenate(
-        [_forward(model, inputs[i : i + chunk], user_ids[i : i + chunk]) for i in range(0, inputs.shape[0], chunk)]
+        [
+            _forward(model, inputs[i : i + chunk], user_ids[i : i + chunk], checked)
+            for i in range(0, inputs.shape[0], chunk)
+        ]
     )
 
 
@@ -268,9 +294,11 @@ def _shared_lora_to_bank(model: nnx.Module) -> nnx.Module:
             layer.base,
             users=layer.users,
             rank=layer.rank,
-            initial_factors=(layer.shared_v[...], layer.shared_u[...].T),
+            initial_factors=(layer.shared_v[...], layer.shared_u[...]),
+            dtype=layer.dtype,
+            users_axis=layer.users_axis,
         )
-        _set_child(model, path, bank)
+        set_child(model, path, bank)
     return model
 
 
@@ -282,7 +310,64 @@ class MethodConfig:
     targets: tuple[str, ...] = ("up",)  # layers to adapt (names or regexes)
     colora_scheme: str = "joint"  # CoLoRA's training scheme (joint / alternating / federated)
     train: TrainConfig = TrainConfig()  # steps, batch size, groups; scheme is set per method
-    finetune_steps: int = 100  # fedavg_lora: local fine-tuning steps after the federated rounds
+    finetune_steps: int = 100  # fedavg-lora: local fine-tuning steps after the federated rounds
+    ridge: float = 1.0  # colora-centered: strength lambda of the ridge on the deviations Delta_i
+
+
+Fit = tp.Callable[[nnx.Module, Examples, LossFn, optax.GradientTransformation, MethodConfig, int, tuple], int]
+
+
+def _fit_colora(model, data, loss_fn, tx, config, users, keys) -> int:
+    apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme=config.colora_scheme), keys[1])
+    return count_parameters(model, ADAPTER)
+
+
+def _fit_centered(model, data, loss_fn, tx, config, users, keys) -> int:
+    apply_colora(
+        model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]), centered=True
+    )
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="joint", ridge=config.ridge), keys[1])
+    return count_parameters(model, ADAPTER)
+
+
+def _fit_local(model, data, loss_fn, tx, config, users, keys) -> int:
+    apply_lora_bank(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="personal"), keys[1])
+    return count_parameters(model, PersonalParam)
+
+
+def _fit_global(model, data, loss_fn, tx, config, users, keys) -> int:
+    apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="shared"), keys[1])
+    return count_parameters(model, SharedParam)
+
+
+def _fit_fedavg(model, data, loss_fn, tx, config, users, keys) -> int:
+    apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
+    fed = dataclasses.replace(config.train, scheme="federated", federated_personal=False)
+    train(model, data, loss_fn, tx, fed, keys[1])
+    _shared_lora_to_bank(model)
+    tune = dataclasses.replace(config.train, scheme="personal", steps=config.finetune_steps)
+    train(model, data, loss_fn, tx, tune, keys[2])
+    return count_parameters(model, PersonalParam)
+
+
+def _fit_base(model, data, loss_fn, tx, config, users, keys) -> int:
+    apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
+    return 0
+
+
+# One entry per method: its name (the project's spelling) and how it is fitted.
+_FITS: dict[str, Fit] = {
+    "colora": _fit_colora,
+    "colora-centered": _fit_centered,
+    "local": _fit_local,
+    "global": _fit_global,
+    "fedavg-lora": _fit_fedavg,
+    "base": _fit_base,
+}
+METHODS: tuple[str, ...] = tuple(_FITS)
 
 
 def fit_method(
@@ -301,26 +386,39 @@ def fit_method(
     Returns:
       The adapted model (route ids with :func:`colora_users`) and its trainable parameter count.
     """
-    if method not in METHODS:
+    if method not in _FITS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    k_init, k_train, k_tune = jax.random.split(key, 3)
     model = nnx.clone(base)
-    rngs = nnx.Rngs(params=k_init)
-    if method == "lora_bank":
-        apply_lora_bank(model, users=users, rank=config.rank, targets=config.targets, rngs=rngs)
-        train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="personal"), k_train)
-        return model, count_parameters(model, PersonalParam)
-    apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=rngs)
-    if method == "base":
-        return model, 0
-    if method == "colora":
-        train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme=config.colora_scheme), k_train)
-        return model, count_parameters(model, ADAPTER)
-    if method == "shared_lora":
-        train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="shared"), k_train)
-        return model, count_parameters(model, SharedParam)
-    fed = dataclasses.replace(config.train, scheme="federated", federated_personal=False)
-    train(model, data, loss_fn, tx, fed, k_train)
-    _shared_lora_to_bank(model)
-    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="personal", steps=config.finetune_steps), k_tune)
-    return model, count_parameters(model, PersonalParam)
+    params = _FITS[method](model, data, loss_fn, tx, config, users, tuple(jax.random.split(key, 3)))
+    return model, params
+
+
+def select_ridge(
+    base: nnx.Module,
+    data: Examples,
+    validation: Examples,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    config: MethodConfig,
+    ridges: tp.Sequence[float],
+    *,
+    users: int,
+    key: Array,
+) -> tuple[float, dict[float, float]]:
+    """Choose the centred ridge's strength on validation data.
+
+    For each ``lambda`` in ``ridges``, fit ``colora-centered`` on ``data`` and measure the mean
+    per-user validation loss (users weighted equally); return the best ``lambda`` (the smallest
+    on ties) and every validation loss. Refit on all training data with the chosen strength
+    (``fit_method("colora-centered", ..., dataclasses.replace(config, ridge=best))``).
+    """
+    if not ridges or min(ridges) < 0:
+        raise ValueError(f"ridges must be a non-empty sequence of strengths >= 0, got {ridges}")
+    scores = {}
+    for lam in ridges:
+        model, _ = fit_method("colora-centered", base, data, loss_fn, tx, dataclasses.replace(config, ridge=lam),
+                              users=users, key=key)
+        per_example = loss_fn(predict(model, validation.inputs, validation.user_ids), validation.targets)
+        scores[float(lam)] = float(jnp.nanmean(per_user_mean(per_example, validation.user_ids, users)))
+    best = min(sorted(scores), key=lambda lam: scores[lam])
+    return best, scores

@@ -22,9 +22,16 @@ import typing as tp
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Int
+from jaxtyping import Array, Float, Int
 
-from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, check_user_ids
+from colora_jax.nnx._layers import (
+    ADAPTABLE,
+    CoLoRALinear,
+    LoRABankLinear,
+    PersonalParam,
+    check_user_ids,
+    deviation_penalty,
+)
 
 __all__ = [
     "colora_users",
@@ -35,6 +42,8 @@ __all__ = [
     "add_users",
     "path_name",
     "replace_layers",
+    "set_child",
+    "ridge_penalty",
 ]
 
 Adapted = (CoLoRALinear, LoRABankLinear)
@@ -51,12 +60,13 @@ def adapted_layers(model: nnx.Module) -> list[tuple[str, CoLoRALinear | LoRABank
     return [(path_name(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, Adapted)]
 
 
-def _linear_paths(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Linear]]:
-    """Paths of the ``nnx.Linear`` layers not already inside an adapted layer."""
+def _linear_paths(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
+    """Paths of the adaptable layers (``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``) not
+    already inside an adapted layer."""
     inside = {path_name(p) for p, m in nnx.iter_graph(model) if isinstance(m, Adapted)}
     out = []
     for p, m in nnx.iter_graph(model):
-        if isinstance(m, nnx.Linear) and not any(path_name(p).startswith(q + ".") for q in inside):
+        if isinstance(m, ADAPTABLE) and not any(path_name(p).startswith(q + ".") for q in inside):
             out.append((p, m))
     return out
 
@@ -68,7 +78,12 @@ def _matches(name: str, targets: tp.Sequence[str]) -> bool:
     return any(t == last or re.fullmatch(t, name) for t in targets)
 
 
-def _set_child(model: nnx.Module, path: tuple[tp.Any, ...], new: nnx.Module) -> None:
+def set_child(model: nnx.Module, path: tuple[tp.Any, ...], new: nnx.Module) -> None:
+    """Put ``new`` at ``path`` inside ``model``, in place (the module graph's own edit).
+
+    ``path`` is a tuple of attribute names and list indices, as ``nnx.iter_graph`` yields it,
+    e.g. ``("blocks", 0, "mlp", "up")`` sets ``model.blocks[0].mlp.up = new``.
+    """
     parent = model
     for p in path[:-1]:
         parent = parent[p] if isinstance(p, int) else getattr(parent, p)
@@ -79,12 +94,14 @@ def _set_child(model: nnx.Module, path: tuple[tp.Any, ...], new: nnx.Module) -> 
 
 
 def replace_layers(
-    model: M, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Linear, str], nnx.Module]
+    model: M, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Module, str], nnx.Module]
 ) -> M:
-    """Replace, in place, each ``nnx.Linear`` whose path matches ``targets`` by ``build(linear, dotted_path)``.
+    """Replace, in place, each adaptable layer whose path matches ``targets`` by ``build(layer, dotted_path)``.
+
+    Adaptable: ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``.
 
     Raises:
-      ValueError: if no Linear matches; the message lists the Linear paths that exist.
+      ValueError: if no layer matches; the message lists the adaptable paths that exist.
     """
     if isinstance(targets, str):
         targets = (targets,)
@@ -93,18 +110,52 @@ def replace_layers(
     if not chosen:
         names = ", ".join(path_name(p) for p, _ in linears) or "(none)"
         raise ValueError(
-            f"targets {list(targets)} match no nnx.Linear layer. Linear layers in this model: {names}."
-            " Use a last path component (e.g. 'up') or a regex over the dotted path (e.g. r'blocks\\.0\\..*')"
+            f"targets {list(targets)} match no nnx.Linear, nnx.LinearGeneral or nnx.Einsum layer. Such layers in"
+            f" this model: {names}. Use a last path component (e.g. 'up') or a regex over the dotted path"
+            " (e.g. r'blocks\\.0\\..*')"
         )
     for p, m in chosen:
-        _set_child(model, p, build(m, path_name(p)))
+        set_child(model, p, build(m, path_name(p)))
     return model
 
 
 def apply_colora(
-    model: M, *, users: int, rank: int, targets: tp.Sequence[str] | str, rngs: nnx.Rngs
+    model: M,
+    *,
+    users: int,
+    rank: int,
+    targets: tp.Sequence[str] | str,
+    rngs: nnx.Rngs,
+    centered: bool = False,
+    users_axis: str | None = None,
+    dtype: tp.Any = None,
 ) -> M:
-    """Wrap every ``nnx.Linear`` matching ``targets`` in a :class:`CoLoRALinear` (in place).
+    """Wrap every layer matching ``targets`` in a :class:`CoLoRALinear` (in place).
+
+    Adaptable layers: ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum``. The output of
+    the wrapped model equals the original's for every user at initialization:
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from colora_jax import nnx as cn
+    >>> class Net(nnx.Module):
+    ...     def __init__(self, rngs):
+    ...         self.up = nnx.Linear(4, 8, rngs=rngs)
+    ...         self.down = nnx.Linear(8, 2, rngs=rngs)
+    ...     def __call__(self, x):
+    ...         return self.down(jnp.tanh(self.up(x)))
+    >>> net = Net(nnx.Rngs(0))
+    >>> x = jnp.ones((3, 4))
+    >>> before = net(x)
+    >>> net = cn.apply_colora(net, users=5, rank=2, targets=["up"], rngs=nnx.Rngs(1))
+    >>> [name for name, _ in cn.adapted_layers(net)]
+    ['up']
+    >>> net.up.personal.shape               # one r x r matrix per user
+    (5, 2, 2)
+    >>> with cn.colora_users(net, jnp.array([0, 3, 4])):   # one user id per example
+    ...     after = net(x)
+    >>> bool(jnp.array_equal(before, after))
+    True
 
     Args:
       model: any NNX module; its ``__call__`` is not touched (route ids with :func:`colora_users`).
@@ -112,33 +163,58 @@ def apply_colora(
       rank: shared rank ``r``.
       targets: names of the last path component, or regexes over the dotted path.
       rngs: keys for the random ``V`` of each layer.
+      centered: personal parts centred on a shared one, ``S_i = S_bar + Delta_i`` (train with a
+        ridge on the deviations: ``TrainConfig(ridge=...)``).
+      users_axis: mesh axis to split the personal banks over (``None``: replicated).
+      dtype: compute dtype of the adapters (``None``: each wrapped layer's own ``dtype``).
 
     Returns:
       ``model`` (mutated), whose output equals the original's for every user at initialization.
     """
-    return replace_layers(model, targets, lambda lin, _: CoLoRALinear(lin, users=users, rank=rank, rngs=rngs))
+    return replace_layers(
+        model,
+        targets,
+        lambda lin, _: CoLoRALinear(
+            lin, users=users, rank=rank, rngs=rngs, centered=centered, users_axis=users_axis, dtype=dtype
+        ),
+    )
 
 
 def apply_lora_bank(
-    model: M, *, users: int, rank: int, targets: tp.Sequence[str] | str, rngs: nnx.Rngs
+    model: M,
+    *,
+    users: int,
+    rank: int,
+    targets: tp.Sequence[str] | str,
+    rngs: nnx.Rngs,
+    users_axis: str | None = None,
+    dtype: tp.Any = None,
 ) -> M:
-    """Wrap every matching ``nnx.Linear`` in a :class:`LoRABankLinear` (one LoRA per user)."""
-    return replace_layers(model, targets, lambda lin, _: LoRABankLinear(lin, users=users, rank=rank, rngs=rngs))
+    """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local`` baseline)."""
+    return replace_layers(
+        model,
+        targets,
+        lambda lin, _: LoRABankLinear(lin, users=users, rank=rank, rngs=rngs, users_axis=users_axis, dtype=dtype),
+    )
 
 
 @contextlib.contextmanager
-def colora_users(model: nnx.Module, user_ids: Int[Array, " batch"]) -> tp.Iterator[nnx.Module]:
+def colora_users(
+    model: nnx.Module, user_ids: Int[Array, " batch"], *, checked: bool = True
+) -> tp.Iterator[nnx.Module]:
     """Route ``user_ids`` (one per example) to every adapted layer of ``model`` inside the block.
 
-    Concrete ids are checked against each bank (``ValueError`` if out of range). Traced ids (under
-    ``jit``) cannot be checked; an out-of-range id then yields NaN outputs for its example.
+    Ids are checked once against the smallest bank: concrete ids raise ``ValueError`` now;
+    traced ids (under ``jit``) raise when the computation runs (:func:`check_user_ids`), unless
+    ``checked=False``, the hot serving path's opt-out, where an out-of-range id yields NaN
+    outputs for its example.
     """
     layers = [m for _, m in adapted_layers(model)]
     if not layers:
         raise ValueError("model has no CoLoRA / LoRA-bank layers: call apply_colora first")
-    user_ids = jnp.asarray(user_ids)
-    for m in layers:
-        check_user_ids(user_ids, m.users)
+    if not isinstance(user_ids, jax.core.Tracer):
+        user_ids = jnp.asarray(user_ids)
+    check_user_ids(user_ids, min(m.users for m in layers), checked=checked)
     previous = [m.user_ids[...] for m in layers]
     for m in layers:
         m.user_ids.set_value(user_ids)
@@ -150,24 +226,26 @@ def colora_users(model: nnx.Module, user_ids: Int[Array, " batch"]) -> tp.Iterat
 
 
 def merge(model: M, user: int) -> M:
-    """A plain copy of ``model`` for one user: each adapted layer becomes an ``nnx.Linear`` whose
-    kernel is ``K + V S_user^T U^T`` (CoLoRA) or ``K + A_user B_user`` (LoRA bank), i.e.
-    ``W_0 + U S_user V^T`` in the math's orientation. ``model`` itself is not modified."""
+    """A plain copy of ``model`` for one user: each adapted layer becomes its wrapped layer
+    (``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``) whose kernel is ``K + V S_user^T U^T``
+    (CoLoRA) or ``K + A_user B_user^T`` (LoRA bank), i.e. ``W_0 + U S_user V^T`` in the math's
+    orientation. ``model`` itself is not modified."""
     check_user_ids(jnp.asarray([user]), min(m.users for _, m in adapted_layers(model)))
     merged = nnx.clone(model)
     for path, layer in [(p, m) for p, m in nnx.iter_graph(merged) if isinstance(m, Adapted)]:
         plain = nnx.clone(layer.base)
         plain.kernel[...] = plain.kernel[...] + layer.delta_kernel(user).astype(plain.kernel[...].dtype)
-        _set_child(merged, path, plain)
+        set_child(merged, path, plain)
     return merged
 
 
 def add_users(model: M, count: int) -> tuple[M, Int[Array, " count"]]:
     """Grow every personal bank by ``count`` users, in place; returns the model and the new ids.
 
-    New CoLoRA users start at ``S = I`` (the shared adapter as is); new LoRA-bank users start at
-    ``A`` of user 0 and ``B = 0`` (the base). Fit them with ``wrt=PersonalParam`` and only their
-    data: the shared factors and the other users' rows receive zero gradient.
+    New CoLoRA users start at ``S = I`` (the shared adapter as is; centred layers: ``Delta = 0``,
+    at the centre); new LoRA-bank users start at ``A`` of user 0 and ``B = 0`` (the base). Fit
+    them with ``wrt=PersonalParam`` and only their data: the shared factors and the other users'
+    rows receive zero gradient.
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
@@ -177,12 +255,25 @@ def add_users(model: M, count: int) -> tuple[M, Int[Array, " count"]]:
     old = layers[0].users
     for m in layers:
         if isinstance(m, CoLoRALinear):
-            eye = jnp.broadcast_to(jnp.eye(m.rank, dtype=m.personal[...].dtype), (count, m.rank, m.rank))
-            m.personal = PersonalParam(jnp.concatenate([m.personal[...], eye]))
+            bank = m.personal[...]
+            start = jnp.zeros((m.rank, m.rank), bank.dtype) if m.centered else jnp.eye(m.rank, dtype=bank.dtype)
+            m.personal.set_value(jnp.concatenate([bank, jnp.broadcast_to(start, (count, m.rank, m.rank))]))
         else:
             a, b = m.lora_a[...], m.lora_b[...]
-            m.lora_a = PersonalParam(jnp.concatenate([a, jnp.broadcast_to(a[:1], (count, *a.shape[1:]))]))
-            m.lora_b = PersonalParam(jnp.concatenate([b, jnp.zeros((count, *b.shape[1:]), b.dtype)]))
+            m.lora_a.set_value(jnp.concatenate([a, jnp.broadcast_to(a[:1], (count, *a.shape[1:]))]))
+            m.lora_b.set_value(jnp.concatenate([b, jnp.zeros((count, *b.shape[1:]), b.dtype)]))
         m.users = m.users + count
     return model, jnp.arange(old, old + count)
 
+
+def ridge_penalty(model: nnx.Module) -> Float[Array, ""]:
+    """The centred ridge summed over the centred CoLoRA layers of ``model``:
+    ``sum_layers (1/k) sum_i ||U Delta_i V^T||_F^2`` (see :func:`deviation_penalty`).
+
+    Raises:
+      ValueError: if ``model`` has no centred layer.
+    """
+    layers = [m for _, m in adapted_layers(model) if isinstance(m, CoLoRALinear) and m.centered]
+    if not layers:
+        raise ValueError("ridge_penalty needs centred CoLoRA layers: apply_colora(..., centered=True)")
+    return sum(deviation_penalty(m) for m in layers)
