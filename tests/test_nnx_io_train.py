@@ -42,7 +42,7 @@ def test_peft_export_reproduces_the_adapter_in_numpy(tmp_path):
     tensors = load_file(os.path.join(tmp_path, "adapter_model.safetensors"))
     config = json.load(open(os.path.join(tmp_path, "adapter_config.json")))
     assert config["peft_type"] == "LORA" and config["r"] == 2
-    assert sorted(config["target_modules"]) == ["first", "second"]
+    assert config["target_modules"] == ["first", "second"]
     scaling = config["lora_alpha"] / config["r"]
 
     def peft_linear(name, linear, x):
@@ -64,6 +64,150 @@ def test_peft_import_makes_every_user_start_at_the_exported_one(tmp_path):
     x = jax.random.normal(jax.random.key(1), (4, 4))
     with cn.colora_users(model, jnp.full((4,), 1)), cn.colora_users(imported, jnp.arange(4)):
         np.testing.assert_allclose(imported(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class Nested(nnx.Module):
+    """Two blocks with the same leaf names, so that a last-component target would over-match."""
+
+    def __init__(self, rngs):
+        self.blocks = nnx.List([nnx.Dict(up=nnx.Linear(4, 6, rngs=rngs), down=nnx.Linear(6, 4, rngs=rngs)) for _ in range(2)])
+        self.up = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x):
+        for b in self.blocks:
+            x = x + b["down"](jnp.tanh(b["up"](x)))
+        return self.up(x)
+
+
+def _peft_forward(model, directory, x):
+    r"""PEFT's LoRA forward computed from the saved files alone, in NumPy: per adapted Linear,
+    y = x W^T + b + s (x A^T) B^T with s = alpha/r or alpha/sqrt(r) (rsLoRA) and r, alpha from
+    rank_pattern / alpha_pattern (key k applies to name n if re.match(rf"(.*\.)?({k})$", n))."""
+    import math
+    import re
+
+    tensors = load_file(os.path.join(directory, "adapter_model.safetensors"))
+    config = json.load(open(os.path.join(directory, "adapter_config.json")))
+
+    def lookup(pattern, name, default):
+        for k, v in (pattern or {}).items():
+            if re.match(rf"(.*\.)?({k})$", name):
+                return v
+        return default
+
+    def linear(name, layer):
+        def f(h):
+            out = h @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...])
+            if f"base_model.model.{name}.lora_A.weight" in tensors:
+                a = tensors[f"base_model.model.{name}.lora_A.weight"]
+                b = tensors[f"base_model.model.{name}.lora_B.weight"]
+                r, alpha = lookup(config["rank_pattern"], name, config["r"]), lookup(config["alpha_pattern"], name, config["lora_alpha"])
+                assert a.shape[0] == r
+                out = out + (alpha / (math.sqrt(r) if config["use_rslora"] else r)) * (h @ a.T) @ b.T
+            return out
+        return f
+
+    plain = model
+    for i in range(2):
+        up = linear(f"blocks.{i}.up", plain.blocks[i]["up"])
+        down = linear(f"blocks.{i}.down", plain.blocks[i]["down"])
+        x = x + down(np.tanh(up(x)))
+    return linear("up", plain.up)(x)
+
+
+def test_export_names_exactly_the_adapted_modules_and_mixed_ranks_use_patterns(tmp_path):
+    model = Nested(nnx.Rngs(0))
+    cn.apply_colora(model, users=3, rank=2, targets=[r"blocks\.1\..*"], rngs=nnx.Rngs(1))
+    cn.apply_colora(model, users=3, rank=3, targets=[r"blocks\.0\.up"], rngs=nnx.Rngs(2))
+    _randomize(model, jax.random.key(3))
+    cn.export_peft(model, 1, tmp_path)
+    config = json.load(open(os.path.join(tmp_path, "adapter_config.json")))
+    assert sorted(config["target_modules"]) == ["blocks.0.up", "blocks.1.down", "blocks.1.up"]  # not "up" or "down"
+    assert config["r"] == 2 and config["rank_pattern"] == {r"blocks\.0\.up": 3}
+    x = np.asarray(jax.random.normal(jax.random.key(4), (5, 4)))
+    plain = Nested(nnx.Rngs(0))
+    with cn.colora_users(model, jnp.full((5,), 1)):
+        np.testing.assert_allclose(model(jnp.asarray(x)), _peft_forward(plain, tmp_path, x), rtol=1e-5, atol=1e-5)
+    imported = cn.import_peft(Nested(nnx.Rngs(0)), tmp_path, users=2)
+    assert sorted(n for n, _ in cn.adapted_layers(imported)) == ["blocks.0.up", "blocks.1.down", "blocks.1.up"]
+    with cn.colora_users(model, jnp.full((5,), 1)), cn.colora_users(imported, jnp.arange(5) % 2):
+        np.testing.assert_allclose(imported(jnp.asarray(x)), model(jnp.asarray(x)), rtol=1e-5, atol=1e-5)
+
+
+def _randomize(model, key):
+    for _, layer in cn.adapted_layers(model):
+        for var in (layer.shared_u, layer.personal):
+            key, sub = jax.random.split(key)
+            var.set_value(jax.random.normal(sub, var[...].shape))
+    return model
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_import_honours_rslora_and_rank_and_alpha_patterns(tmp_path, rslora):
+    """A PEFT adapter written by hand (as PEFT saves one): per-layer ranks and alphas, rsLoRA scaling."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    ranks = {"blocks.0.up": 2, "blocks.0.down": 3, "blocks.1.up": 2, "up": 1}
+    dims = {"blocks.0.up": (4, 6), "blocks.0.down": (6, 4), "blocks.1.up": (4, 6), "up": (4, 4)}
+    tensors = {}
+    for name, r in ranks.items():
+        d_in, d_out = dims[name]
+        tensors[f"base_model.model.{name}.lora_A.weight"] = rng.normal(size=(r, d_in)).astype(np.float32)
+        tensors[f"base_model.model.{name}.lora_B.weight"] = rng.normal(size=(d_out, r)).astype(np.float32)
+    config = {
+        "peft_type": "LORA", "r": 2, "lora_alpha": 8, "use_rslora": rslora,
+        "rank_pattern": {r"blocks\.0\.down": 3, "^up": 1}, "alpha_pattern": {r".*\.0\.down": 5, "^up": 3},
+        "target_modules": r"(blocks\.\d\.(up|down))|up", "bias": "none", "use_dora": False, "modules_to_save": None,
+    }
+    save_file(tensors, os.path.join(tmp_path, "adapter_model.safetensors"))
+    json.dump(config, open(os.path.join(tmp_path, "adapter_config.json"), "w"))
+    imported = cn.import_peft(Nested(nnx.Rngs(0)), tmp_path, users=2)
+    assert {n: m.rank for n, m in cn.adapted_layers(imported)} == ranks
+    x = np.asarray(jax.random.normal(jax.random.key(4), (3, 4)))
+    with cn.colora_users(imported, jnp.array([0, 1, 1])):
+        np.testing.assert_allclose(imported(jnp.asarray(x)), _peft_forward(Nested(nnx.Rngs(0)), tmp_path, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("use_dora", True, "DoRA"),
+        ("bias", "lora_only", "lora_only"),
+        ("bias", "all", "bias='all'"),
+        ("modules_to_save", ["head"], "modules_to_save"),
+        ("fan_in_fan_out", True, "fan_in_fan_out"),
+        ("r", 3, "rank 3"),
+    ],
+)
+def test_import_rejects_what_it_cannot_represent(tmp_path, field, value, message):
+    cn.export_peft(_colora_mlp(), 0, tmp_path)
+    path = os.path.join(tmp_path, "adapter_config.json")
+    config = json.load(open(path))
+    config[field] = value
+    json.dump(config, open(path, "w"))
+    with pytest.raises(ValueError, match=message):
+        cn.import_peft(MLP(nnx.Rngs(0)), tmp_path, users=2)
+
+
+def test_einsum_and_linear_general_export_import_and_checkpoint(tmp_path):
+    cfg = cn.DecoderConfig(vocab=16, seq_len=6, width=8, depth=1, heads=4, kv_heads=2, head_dim=4, mlp_hidden=12)
+    model = cn.apply_colora(cn.Decoder(cfg, rngs=nnx.Rngs(0)), users=3, rank=2, targets=["query", "key", "out", "up"], rngs=nnx.Rngs(1))
+    _randomize(model, jax.random.key(2))
+    tokens = jax.random.randint(jax.random.key(3), (3, 6), 0, 16)
+    cn.export_peft(model, 2, tmp_path / "peft")
+    tensors = load_file(os.path.join(tmp_path / "peft", "adapter_model.safetensors"))
+    assert tensors["base_model.model.blocks.0.attn.query.lora_B.weight"].shape == (16, 2)  # N * H outputs
+    assert tensors["base_model.model.blocks.0.attn.out.lora_A.weight"].shape == (2, 16)  # N * H inputs
+    imported = cn.import_peft(cn.Decoder(cfg, rngs=nnx.Rngs(0)), tmp_path / "peft", users=1)
+    with cn.colora_users(model, jnp.full((3,), 2)), cn.colora_users(imported, jnp.zeros((3,), int)):
+        np.testing.assert_allclose(imported(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+    cn.save_adapter(tmp_path / "ckpt", model)
+    restored = cn.apply_colora(cn.Decoder(cfg, rngs=nnx.Rngs(0)), users=3, rank=2, targets=["query", "key", "out", "up"], rngs=nnx.Rngs(9))
+    cn.restore_adapter(tmp_path / "ckpt", restored)
+    ids = jnp.array([0, 2, 1])
+    with cn.colora_users(model, ids), cn.colora_users(restored, ids):
+        np.testing.assert_array_equal(restored(tokens), model(tokens))
 
 
 def test_checkpoint_round_trip_and_a_late_user(tmp_path):
@@ -156,3 +300,39 @@ def test_federated_round_averages_shared_and_keeps_each_groups_personal_rows():
             np.testing.assert_allclose(get(fed, name), 0.75 * get(local[0], name) + 0.25 * get(local[1], name), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(get(fed, "personal")[0], get(local[0], "personal")[0])
         np.testing.assert_array_equal(get(fed, "personal")[1], get(local[1], "personal")[1])
+
+
+def test_method_names_are_the_projects():
+    assert cn.METHODS == ("colora", "colora-centered", "local", "global", "fedavg-lora", "base")
+    with pytest.raises(ValueError, match="choose one of colora, colora-centered, local"):
+        cn.fit_method("lora_bank", MLP(nnx.Rngs(0)), None, None, None, cn.MethodConfig(), users=2, key=jax.random.key(0))
+
+
+def test_centred_ridge_nests_global_and_colora():
+    """Strength 0 lets the deviations move; a huge strength keeps every user at the centre
+    (||U Delta_i V^T|| ~ 0: a shared rank-r LoRA), while the shared part still learns."""
+    x = jax.random.normal(jax.random.key(6), (48, 4))
+    ids = jnp.arange(48) % 4
+    data = _train.Examples(x, jnp.sin(x[:, :3] * (1.0 + ids[:, None])), ids)
+    loss = lambda y, t: jnp.mean((y - t) ** 2, axis=-1)
+    penalties = {}
+    for ridge in (0.0, 1e4):
+        model = cn.apply_colora(MLP(nnx.Rngs(0)), users=4, rank=2, targets=["first", "second"], rngs=nnx.Rngs(1), centered=True)
+        cfg = _train.TrainConfig(scheme="joint", steps=40, batch_size=16, ridge=ridge, progress=False)
+        losses = _train.train(model, data, loss, optax.adam(1e-2), cfg, jax.random.key(7))
+        assert np.mean(losses[-5:]) < np.mean(losses[:5])
+        penalties[ridge] = float(cn.ridge_penalty(model))
+    assert penalties[1e4] < 1e-3 * penalties[0.0]
+    with pytest.raises(ValueError, match="centered=True"):
+        _train.train(_colora_mlp(), data, loss, optax.adam(1e-2), _train.TrainConfig(steps=1, ridge=1.0, progress=False), jax.random.key(0))
+
+
+def test_select_ridge_picks_the_best_validation_loss():
+    x = jax.random.normal(jax.random.key(8), (64, 4))
+    ids = jnp.arange(64) % 4
+    data = _train.Examples(x, jnp.sin(x[:, :3]), ids)
+    loss = lambda y, t: jnp.mean((y - t) ** 2, axis=-1)
+    cfg = cn.MethodConfig(rank=2, targets=("first",), train=_train.TrainConfig(steps=10, batch_size=16, progress=False))
+    train, val = (_train.Examples(*(a[s] for a in data)) for s in (slice(0, 48), slice(48, 64)))
+    best, scores = cn.select_ridge(MLP(nnx.Rngs(0)), train, val, loss, optax.adam(1e-2), cfg, (0.0, 1.0, 100.0), users=4, key=jax.random.key(1))
+    assert set(scores) == {0.0, 1.0, 100.0} and scores[best] == min(scores.values())
