@@ -422,7 +422,7 @@ class CoLoRALinear(nnx.Module):
     def personal_matrices(self) -> Float[Array, "users r r"]:
         """Every user's ``S_i`` (``S_bar + Delta_i`` when centred)."""
         bank = self.personal[...]
-        return bank + self.center[...] if self.centered else bank
+        return bank + self.center[...][None] if self.centered else bank
 
     def delta_kernel(self, user: int | Int[Array, ""]) -> Array:
         """User ``user``'s kernel update ``V S_user^T U^T`` in the wrapped kernel's own shape."""
