@@ -37,3 +37,16 @@ proofs: $(STAMP)
 ## Regenerate every figure in figures/ (PNG + JSON) from scratch: every sweep cell recomputed.
 figures: $(STAMP)
 	$(BIN)/python -m proofs_numerics.run_all --fresh
+
+## PEFT interop: the round trip both ways with the real torch + peft, in their own environment
+## (interop/.venv-interop: torch's CPU build and peft, about 1.2 GB; not part of `make test`).
+## Prints the differences and writes figures/nnx_interop.json.
+.PHONY: interop
+INTEROP := interop/.venv-interop
+$(INTEROP)/.installed: interop/requirements.txt
+	$(PY) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install -q -r interop/requirements.txt
+	touch $@
+
+interop: $(STAMP) $(INTEROP)/.installed
+	$(BIN)/python interop/roundtrip.py --torch-python $(INTEROP)/bin/python

@@ -14,6 +14,7 @@ from colora_jax.nnx._layers import LoRABankLinear
 from colora_jax.nnx._layers import PersonalParam
 from colora_jax.nnx._layers import SharedParam
 from colora_jax.nnx._layers import UserIds
+from colora_jax.nnx._layers import layer_axes
 from colora_jax.nnx._models import Transformer
 from colora_jax.nnx._models import TransformerConfig
 from colora_jax.nnx._peft import export_peft
@@ -61,6 +62,7 @@ __all__ = [
     "export_peft",
     "fit_method",
     "import_peft",
+    "layer_axes",
     "load_roles",
     "logit_mse",
     "LoRABankLinear",

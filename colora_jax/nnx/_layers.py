@@ -431,7 +431,7 @@ class CoLoRALinear(nnx.Module):
             s = s + self.center[...]
         v = self.shared_v[...].reshape(self.axes.d_in, self.rank)
         u = self.shared_u[...].reshape(self.axes.d_out, self.rank)
-        flat = (v @ s.T @ u.T).reshape(*self.axes.in_shape, *self.axes.out_shape)
+        flat = ((u @ s) @ v.T).T.reshape(*self.axes.in_shape, *self.axes.out_shape)  # as PEFT's B A, B = U S
         order = self.axes.in_dims + self.axes.out_dims  # kernel axis held by each axis of `flat`
         return jnp.transpose(flat, np.argsort(order))
 
@@ -528,7 +528,7 @@ class LoRABankLinear(nnx.Module):
         """User ``user``'s kernel update ``A_user B_user^T`` in the wrapped kernel's own shape."""
         a = self.lora_a[...][user].reshape(self.axes.d_in, self.rank)
         b = self.lora_b[...][user].reshape(self.axes.d_out, self.rank)
-        flat = (a @ b.T).reshape(*self.axes.in_shape, *self.axes.out_shape)
+        flat = (b @ a.T).T.reshape(*self.axes.in_shape, *self.axes.out_shape)
         return jnp.transpose(flat, np.argsort(self.axes.in_dims + self.axes.out_dims))
 
     def __call__(self, x: Array, user_ids: Int[Array, " batch"] | None = None, *, checked: bool = True) -> Array:
