@@ -334,5 +334,24 @@ def test_select_ridge_picks_the_best_validation_loss():
     loss = lambda y, t: jnp.mean((y - t) ** 2, axis=-1)
     cfg = cn.MethodConfig(rank=2, targets=("first",), train=_train.TrainConfig(steps=10, batch_size=16, progress=False))
     train, val = (_train.Examples(*(a[s] for a in data)) for s in (slice(0, 48), slice(48, 64)))
-    best, scores = cn.select_ridge(MLP(nnx.Rngs(0)), train, val, loss, optax.adam(1e-2), cfg, (0.0, 1.0, 100.0), users=4, key=jax.random.key(1))
+    best, scores, model = cn.select_ridge(MLP(nnx.Rngs(0)), train, val, loss, optax.adam(1e-2), cfg, (0.0, 1.0, 100.0), users=4, key=jax.random.key(1))
     assert set(scores) == {0.0, 1.0, 100.0} and scores[best] == min(scores.values())
+    assert cn.validation_loss(model, val, loss) == pytest.approx(scores[best], rel=1e-6)
+
+
+def test_early_stopping_returns_the_best_validation_point():
+    """Training far past the optimum on 4 examples per user: the restored adapter's validation loss
+    is no worse than at the start, and no worse than where training ended."""
+    x = jax.random.normal(jax.random.key(9), (24, 4))
+    ids = jnp.arange(24) % 3
+    y = jnp.sin(x[:, :3] * 2.0) + 0.5 * jax.random.normal(jax.random.key(10), (24, 3))
+    loss = lambda out, t: jnp.mean((out - t) ** 2, axis=-1)
+    train_set, val = _train.Examples(x[:12], y[:12], ids[:12]), _train.Examples(x[12:], y[12:], ids[12:])
+    cfg = _train.TrainConfig(scheme="personal", steps=60, batch_size=12, eval_every=10, progress=False)
+    model = cn.apply_lora_bank(MLP(nnx.Rngs(0)), users=3, rank=2, targets=["first", "second"], rngs=nnx.Rngs(1))
+    start = cn.validation_loss(model, val, loss)
+    end_model = nnx.clone(model)
+    _train.train(end_model, train_set, loss, optax.adam(5e-2), cfg, jax.random.key(2))
+    _train.train(model, train_set, loss, optax.adam(5e-2), cfg, jax.random.key(2), validation=val)
+    stopped = cn.validation_loss(model, val, loss)
+    assert stopped <= start + 1e-6 and stopped <= cn.validation_loss(end_model, val, loss) + 1e-6

@@ -39,6 +39,7 @@ from colora_jax.nnx._train import predict
 from colora_jax.nnx._train import select_ridge
 from colora_jax.nnx._train import pretrain
 from colora_jax.nnx._train import train
+from colora_jax.nnx._train import validation_loss
 from colora_jax.nnx._wrap import add_users
 from colora_jax.nnx._wrap import adapted_layers
 from colora_jax.nnx._wrap import apply_colora
@@ -90,4 +91,5 @@ __all__ = [
     "Transformer",
     "TransformerConfig",
     "UserIds",
+    "validation_loss",
 ]

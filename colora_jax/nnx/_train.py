@@ -56,6 +56,7 @@ __all__ = [
     "count_parameters",
     "fit_method",
     "select_ridge",
+    "validation_loss",
     "next_token_loss",
     "logit_mse",
 ]
@@ -86,12 +87,13 @@ class TrainConfig:
     local_steps: int = 10  # federated: local steps per group per round
     federated_personal: bool = True  # federated: train the personal bank locally (False: FedAvg of U, V only)
     ridge: float = 0.0  # centred layers: strength lambda of (1/k) sum_i ||U Delta_i V^T||_F^2 (0: none)
+    eval_every: int = 50  # with validation data: steps between validation losses (early stopping)
     progress: bool = True  # show a tqdm progress bar (only on a terminal)
 
     def validate(self) -> "TrainConfig":
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {self.scheme!r}: choose one of {', '.join(SCHEMES)}")
-        for name in ("steps", "batch_size", "personal_steps", "shared_steps", "groups", "local_steps"):
+        for name in ("steps", "batch_size", "personal_steps", "shared_steps", "groups", "local_steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.ridge >= 0:
@@ -133,8 +135,13 @@ def train(
     tx: optax.GradientTransformation,
     config: TrainConfig,
     key: Array,
+    validation: Examples | None = None,
 ) -> list[float]:
     """Train ``model``'s adapter in place on mixed-user mini-batches; returns the loss per step.
+
+    With ``validation`` data, the mean per-user validation loss (users weighted equally, see
+    :func:`validation_loss`) is measured every ``config.eval_every`` steps and at the end, and the
+    adapter is left at the best of these points (early stopping; not for ``federated``).
 
     Args:
       model: a model with adapted layers (:func:`apply_colora` or :func:`apply_lora_bank`).
@@ -143,8 +150,18 @@ def train(
       tx: any optax optimizer (a fresh state per parameter group and per federated round).
       config: the scheme and its step counts.
       key: PRNG key for the mini-batch draws.
+      validation: optional held-out examples for early stopping.
     """
     config.validate()
+    if validation is not None and config.scheme == "federated":
+        raise ValueError("early stopping on validation data is not defined for the federated scheme: pass validation=None")
+    best: dict = {}
+
+    def checkpoint():
+        score = validation_loss(model, validation, loss_fn)
+        if not best or score < best["score"]:
+            best.update(score=score, state=_snapshot(nnx.state(model, ADAPTER)))
+
     penalize = config.ridge > 0
     if penalize:
         ridge_penalty(model)  # ValueError now if the model has no centred layer
@@ -163,7 +180,11 @@ def train(
             bar.update(1)
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if validation is not None and len(losses) % config.eval_every == 0:
+                checkpoint()
 
+    if validation is not None:
+        checkpoint()  # the starting point competes too
     if config.scheme in ("joint", "shared", "personal"):
         wrt = {"joint": ADAPTER, "shared": SharedParam, "personal": PersonalParam}[config.scheme]
         run(nnx.Optimizer(model, tx, wrt=wrt), all_rows, config.steps, key)
@@ -180,7 +201,17 @@ def train(
     else:
         _federated(model, data, tx, config, key, run)
     bar.close()
+    if validation is not None:
+        checkpoint()
+        nnx.update(model, best["state"])
     return losses
+
+
+def validation_loss(model: nnx.Module, data: Examples, loss_fn: LossFn) -> float:
+    """Mean over users of each user's mean loss on ``data`` (users weighted equally)."""
+    users = max(m.users for _, m in adapted_layers(model))
+    per_example = loss_fn(predict(model, data.inputs, data.user_ids), data.targets)
+    return float(jnp.nanmean(per_user_mean(per_example, data.user_ids, users)))
 
 
 def _snapshot(state: nnx.State) -> nnx.State:
@@ -314,46 +345,48 @@ class MethodConfig:
     ridge: float = 1.0  # colora-centered: strength lambda of the ridge on the deviations Delta_i
 
 
-Fit = tp.Callable[[nnx.Module, Examples, LossFn, optax.GradientTransformation, MethodConfig, int, tuple], int]
+Fit = tp.Callable[[nnx.Module, Examples, LossFn, optax.GradientTransformation, MethodConfig, int, tuple, tp.Any], int]
 
 
-def _fit_colora(model, data, loss_fn, tx, config, users, keys) -> int:
+def _fit_colora(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
-    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme=config.colora_scheme), keys[1])
+    scheme = config.colora_scheme
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme=scheme), keys[1],
+          None if scheme == "federated" else validation)
     return count_parameters(model, ADAPTER)
 
 
-def _fit_centered(model, data, loss_fn, tx, config, users, keys) -> int:
+def _fit_centered(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(
         model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]), centered=True
     )
-    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="joint", ridge=config.ridge), keys[1])
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="joint", ridge=config.ridge), keys[1], validation)
     return count_parameters(model, ADAPTER)
 
 
-def _fit_local(model, data, loss_fn, tx, config, users, keys) -> int:
+def _fit_local(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_lora_bank(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
-    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="personal"), keys[1])
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="personal"), keys[1], validation)
     return count_parameters(model, PersonalParam)
 
 
-def _fit_global(model, data, loss_fn, tx, config, users, keys) -> int:
+def _fit_global(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
-    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="shared"), keys[1])
+    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="shared"), keys[1], validation)
     return count_parameters(model, SharedParam)
 
 
-def _fit_fedavg(model, data, loss_fn, tx, config, users, keys) -> int:
+def _fit_fedavg(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     fed = dataclasses.replace(config.train, scheme="federated", federated_personal=False)
     train(model, data, loss_fn, tx, fed, keys[1])
     _shared_lora_to_bank(model)
     tune = dataclasses.replace(config.train, scheme="personal", steps=config.finetune_steps)
-    train(model, data, loss_fn, tx, tune, keys[2])
+    train(model, data, loss_fn, tx, tune, keys[2], validation)
     return count_parameters(model, PersonalParam)
 
 
-def _fit_base(model, data, loss_fn, tx, config, users, keys) -> int:
+def _fit_base(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     return 0
 
@@ -380,8 +413,12 @@ def fit_method(
     *,
     users: int,
     key: Array,
+    validation: Examples | None = None,
 ) -> tuple[nnx.Module, int]:
     """Fit one method on ``data``, starting from a clone of ``base``.
+
+    With ``validation`` data every method is early-stopped on it (:func:`train`; for
+    ``fedavg-lora`` its local fine-tuning stage).
 
     Returns:
       The adapted model (route ids with :func:`colora_users`) and its trainable parameter count.
@@ -389,7 +426,7 @@ def fit_method(
     if method not in _FITS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     model = nnx.clone(base)
-    params = _FITS[method](model, data, loss_fn, tx, config, users, tuple(jax.random.split(key, 3)))
+    params = _FITS[method](model, data, loss_fn, tx, config, users, tuple(jax.random.split(key, 3)), validation)
     return model, params
 
 
@@ -404,21 +441,22 @@ def select_ridge(
     *,
     users: int,
     key: Array,
-) -> tuple[float, dict[float, float]]:
+) -> tuple[float, dict[float, float], nnx.Module]:
     """Choose the centred ridge's strength on validation data.
 
-    For each ``lambda`` in ``ridges``, fit ``colora-centered`` on ``data`` and measure the mean
-    per-user validation loss (users weighted equally); return the best ``lambda`` (the smallest
-    on ties) and every validation loss. Refit on all training data with the chosen strength
-    (``fit_method("colora-centered", ..., dataclasses.replace(config, ridge=best))``).
+    For each ``lambda`` in ``ridges``, fit ``colora-centered`` on ``data`` (early-stopped on
+    ``validation``) and measure the mean per-user validation loss (users weighted equally,
+    :func:`validation_loss`); return the best ``lambda`` (the smallest on ties), every
+    validation loss, and the model fitted with the best ``lambda``.
     """
     if not ridges or min(ridges) < 0:
         raise ValueError(f"ridges must be a non-empty sequence of strengths >= 0, got {ridges}")
-    scores = {}
+    scores, models = {}, {}
     for lam in ridges:
-        model, _ = fit_method("colora-centered", base, data, loss_fn, tx, dataclasses.replace(config, ridge=lam),
-                              users=users, key=key)
-        per_example = loss_fn(predict(model, validation.inputs, validation.user_ids), validation.targets)
-        scores[float(lam)] = float(jnp.nanmean(per_user_mean(per_example, validation.user_ids, users)))
+        models[float(lam)], _ = fit_method(
+            "colora-centered", base, data, loss_fn, tx, dataclasses.replace(config, ridge=lam),
+            users=users, key=key, validation=validation,
+        )
+        scores[float(lam)] = validation_loss(models[float(lam)], validation, loss_fn)
     best = min(sorted(scores), key=lambda lam: scores[lam])
-    return best, scores
+    return best, scores, models[best]
