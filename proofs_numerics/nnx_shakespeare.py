@@ -176,7 +176,8 @@ def heterogeneity(local, shared) -> dict[str, float]:
     g = np.concatenate([gl[n][0] for n in sorted(gl)])
     distance = np.linalg.norm(dw - g[None], axis=1) / np.linalg.norm(g)
     centred = dw - dw.mean(axis=0, keepdims=True)
-    dispersion = np.mean(np.sum(centred**2, axis=1)) / np.mean(np.sum(dw**2, axis=1))
+    total = np.mean(np.sum(dw**2, axis=1))  # 0 when early stopping kept every role's LoRA at its start
+    dispersion = np.mean(np.sum(centred**2, axis=1)) / total if total > 0 else float("nan")
     return {"distance": float(np.mean(distance)), "dispersion": float(dispersion)}
 
 
