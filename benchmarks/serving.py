@@ -303,7 +303,7 @@ def main() -> None:
     load_before = os.getloadavg()
     record = {
         "config": dataclasses.asdict(config), "smoke": args.smoke, "seed": config.seed,
-        "code_version": code_version(), "device": device_info(), "model_parameters": config.model.parameters(),
+        "code_version": code_version("benchmarks/serving.py"), "device": device_info(), "model_parameters": config.model.parameters(),
         "persistent_compilation_cache": jax.config.jax_compilation_cache_dir,
         "distinct_users": sweep_distinct(config, key),
         "bank_size": sweep_bank(config, key),

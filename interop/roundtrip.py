@@ -34,6 +34,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from colora_jax import nnx as cn
+from colora_jax.nnx._provenance import code_version
 
 SIZES = {"width": 16, "heads": 4, "head_dim": 3, "hidden": 24, "out": 10, "depth": 2}
 OUTPUT_TOL, MERGE_TOL = 4e-6, 1e-7  # the claims
@@ -118,7 +119,8 @@ def main() -> None:
     parser.add_argument("--torch-python", default=os.path.join(HERE, ".venv-interop", "bin", "python"))
     parser.add_argument("--out", default="figures", help="directory for nnx_interop.json")
     args = parser.parse_args()
-    record: dict = {"sizes": SIZES, "claims": {"outputs": OUTPUT_TOL, "merged_weights": MERGE_TOL}}
+    record: dict = {"sizes": SIZES, "claims": {"outputs": OUTPUT_TOL, "merged_weights": MERGE_TOL},
+                    "code_version": code_version("interop")}
     versions = subprocess.run([args.torch_python, "-c", "import torch, peft; print(torch.__version__, peft.__version__)"],
                               capture_output=True, text=True, check=True).stdout.split()
     record["torch"], record["peft"] = versions

@@ -284,7 +284,7 @@ def plot(record: dict, path: str) -> None:
         marker = "o" if j == 0 else "s"
         for m in METHODS:
             axes[0].plot(xs, [s["mean_loss"][m] for s in cells], styles[m], marker=marker, ms=4,
-                         label=f"{m}, R={roles}" if True else None)
+                         label=f"{m}, R={roles}")
         for m in ("local", "colora", "colora-centered"):
             d = np.array([s["diff_to_global"][m] for s in cells])
             axes[1].errorbar(np.array(xs) * (1 + 0.04 * (METHODS.index(m) - 3)), d[:, 0],
@@ -300,7 +300,7 @@ def plot(record: dict, path: str) -> None:
     axes[0].set_ylim(0, None)
     axes[0].set_xlabel("training characters per role (c)")
     axes[0].set_ylabel("held-out loss (nats), mean over roles and seeds")
-    axes[0].legend(fontsize=6, ncol=2)
+    axes[0].legend(fontsize=6, ncol=2, loc="lower left")
     axes[1].axhline(0, color="C0", lw=1)
     axes[1].set_xscale("log")
     axes[1].set_xlabel("training characters per role (c)")
@@ -329,6 +329,7 @@ def main() -> None:
     parser.add_argument("--out", default="figures", help="directory for the PNG and JSON")
     args = parser.parse_args()
     config = SMOKE if args.smoke else Config()
+    version = code_version("proofs_numerics/nnx_shakespeare.py")  # the code this run started with
     progress = not args.no_progress
     start = time.time()
     results = args.results + ("-smoke" if args.smoke else "")
@@ -365,7 +366,7 @@ def main() -> None:
                 continue
             t = time.time()
             rec = run_cell(config, base, vocab, texts, ranked, roles, chars, seed, progress)
-            rec.update(tag=tag, seconds=round(time.time() - t, 1), code_version=code_version())
+            rec.update(tag=tag, seconds=round(time.time() - t, 1), code_version=version)
             os.makedirs(results, exist_ok=True)
             with open(path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -379,7 +380,7 @@ def main() -> None:
     passed, lines = claims(config, summary)
     record = {
         "passed": passed, "claims": lines, "config": dataclasses.asdict(config), "smoke": args.smoke,
-        "code_version": code_version(), "device": device_info(), "text": os.path.basename(args.text),
+        "code_version": version, "device": device_info(), "text": os.path.basename(args.text),
         "skipped_cells": skipped, "pretrain_characters": pre_chars, "summary": summary, "cells": cells,
         "seconds": round(time.time() - start, 1),
         "cells_code_versions": sorted({c.get("code_version", "?") for c in cells}),

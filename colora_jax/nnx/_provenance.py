@@ -7,22 +7,26 @@ commit and mark ``-dirty`` only when one of those files differs from it.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import subprocess
 
 from colora_jax._src.provenance import code_version as checkout_version
 
-# The files an NNX result depends on besides the pinned core and dependencies.
-NNX_PATHS = ("colora_jax/nnx", "benchmarks/serving.py", "benchmarks/nnx_*.py", "proofs_numerics/nnx_*.py", "interop")
+# The NNX library's own files: every NNX result depends on them.
+NNX_LIBRARY = ("colora_jax/nnx",)
 
 
-def code_version() -> str:
-    """``git describe --always`` of HEAD, with ``-dirty`` if an NNX path differs from it."""
+@functools.cache
+def code_version(*paths: str) -> str:
+    """``git describe --always`` of HEAD, with ``-dirty`` if the NNX library or one of ``paths``
+    (the script's own files) differs from it. Cached: a run records the version it started with.
+    """
     root = pathlib.Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "describe", "--always"], cwd=root, capture_output=True, text=True, timeout=10)
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *NNX_PATHS],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *NNX_LIBRARY, *paths],
             cwd=root, capture_output=True, text=True, timeout=10,
         )
         if head.returncode == 0 and status.returncode == 0:
