@@ -33,9 +33,11 @@ from flax import nnx
 
 from colora_jax import nnx as cn
 from colora_jax import subspace_distance
-from colora_jax._src.provenance import code_version, device_info
+from colora_jax._src.provenance import device_info
+from colora_jax.nnx._provenance import code_version
 
 NAME = "nnx_planted_teacher"
+METHODS = ("colora", "local", "global", "fedavg-lora", "base")  # fitted by colora_jax.nnx.fit_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +94,7 @@ def run_cell(config: Config, base: nnx.Module, samples: int, angle: float, key, 
     )
     tx = optax.adam(config.learning_rate)
     losses, params = {}, {}
-    for method in cn.METHODS:
+    for method in METHODS:
         model, params[method] = cn.fit_method(
             method, base, planted.train, cn.logit_mse, tx, method_cfg, users=config.users, key=k_fit
         )
@@ -106,21 +108,21 @@ def run_cell(config: Config, base: nnx.Module, samples: int, angle: float, key, 
                 }
                 for name, layer in cn.adapted_layers(model)
             }
-    relative = {m: np.asarray(losses[m] / losses["base"]).tolist() for m in cn.METHODS}
+    relative = {m: np.asarray(losses[m] / losses["base"]).tolist() for m in METHODS}
     return {"samples": samples, "task_angle": angle, "relative_loss": relative, "base_loss": np.asarray(losses["base"]).tolist(),
             "trainable_parameters": params, "subspace_distance": distance}
 
 
 def plot(results: dict, config: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.3))
-    markers = dict(zip(cn.METHODS, "osd^v"))
+    markers = dict(zip(METHODS, "osd^v"))
     sweeps = (
         (results["samples_sweep"], "samples", "training sequences per user", f"task angle {config['angle_grid'][0]}"),
         (results["angle_sweep"], "task_angle", "task angle (radians)", f"{config['samples_at']} sequences per user"),
     )
     for ax, (sweep, key, xlabel, title) in zip(axes[:2], sweeps):
         xs = [c[key] for c in sweep]
-        for m in cn.METHODS:
+        for m in METHODS:
             per_user = np.array([c["relative_loss"][m] for c in sweep])
             mid, lo, hi = per_user.mean(1), np.percentile(per_user, 25, 1), np.percentile(per_user, 75, 1)
             ax.errorbar(xs, mid, yerr=[mid - np.minimum(lo, mid), np.maximum(hi, mid) - mid], marker=markers[m],
@@ -171,7 +173,7 @@ def main() -> None:
         "angle_sweep": [cells[(config.samples_at, a)] for a in config.angle_grid],
     }
     # The claim: lowest mean loss at angle 0 for every n; recovery at the largest n.
-    wins = {c["samples"]: min(cn.METHODS, key=lambda m: np.mean(c["relative_loss"][m])) for c in results["samples_sweep"]}
+    wins = {c["samples"]: min(METHODS, key=lambda m: np.mean(c["relative_loss"][m])) for c in results["samples_sweep"]}
     largest = results["samples_sweep"][-1]["subspace_distance"]
     recovery = max(max(d.values()) for d in largest.values())
     passed = all(w == "colora" for w in wins.values()) and recovery < config.recovery_threshold
@@ -183,14 +185,14 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     record = {
         "claim": claim, "passed": passed, "config": dataclasses.asdict(config), "smoke": args.smoke,
-        "seed": config.seed, "code_version": code_version(), "device": device_info(),
+        "seed": config.seed, "code_version": code_version("proofs_numerics/nnx_planted_teacher.py"), "device": device_info(),
         "seconds": round(time.time() - start, 1), "results": results,
     }
     with open(os.path.join(args.out, f"{NAME}.json"), "w") as f:
         json.dump(record, f, indent=1)
     plot(results, dataclasses.asdict(config), os.path.join(args.out, f"{NAME}.png"))
     for c in results["samples_sweep"] + results["angle_sweep"]:
-        summary = "  ".join(f"{m}={np.mean(c['relative_loss'][m]):.3f}" for m in cn.METHODS)
+        summary = "  ".join(f"{m}={np.mean(c['relative_loss'][m]):.3f}" for m in METHODS)
         print(f"n={c['samples']:3d} angle={c['task_angle']:.2f}  relative loss: {summary}")
     print(f"{'PASS' if passed else 'FAIL'}: {claim}  [{record['seconds']} s]")
 
