@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -77,7 +78,18 @@ class VarProOptions:
 
     jacobian: str = "kaufman"  # reduced-residual Jacobian: "kaufman" (approximation) or "golub-pereyra" (full)
     damping: float = 1e-3  # initial LM damping mu, relative to the largest diagonal entry of the normal matrix
-    max_tries: int = 12  # damping increases tried in one iteration; if none lowers f the fit stops there
+    max_tries: int = 10  # damped steps tried in one iteration (mu grows 2x, 4x, 8x, ...) before it gives up
+    continuation: bool = True  # ridge continuation before the fit proper (see ``continuation``)
+    ridge_start: float = 10.0  # continuation: first ridge on the personal parts, relative to each user's Gram scale
+    ridge_stop: float = 0.1  # continuation: last ridge; the fit proper (no ridge) follows
+    ridge_decay: float = 0.92  # continuation: the ridge's factor per iteration (one LM iteration per ridge)
+
+    @property
+    def continuation_iterations(self) -> int:
+        """LM iterations of the continuation: ridges ``ridge_start * ridge_decay^t >= ridge_stop``."""
+        if not self.continuation:
+            return 0
+        return 1 + int(math.floor(math.log(self.ridge_stop / self.ridge_start) / math.log(self.ridge_decay) + 1e-9))
 
     def validate(self) -> "VarProOptions":
         if self.jacobian not in JACOBIANS:
@@ -86,6 +98,10 @@ class VarProOptions:
             raise ValueError(f"damping must be > 0, got {self.damping}")
         if self.max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {self.max_tries}")
+        if not 0 < self.ridge_stop <= self.ridge_start:
+            raise ValueError(f"need 0 < ridge_stop <= ridge_start, got {self.ridge_stop}, {self.ridge_start}")
+        if not 0 < self.ridge_decay < 1:
+            raise ValueError(f"ridge_decay must lie in (0, 1), got {self.ridge_decay}")
         return self
 
 
@@ -115,40 +131,94 @@ def _sum_outer(A: Float[Array, "k a"], B: Float[Array, "k b"]) -> Float[Array, "
     return A.T @ B
 
 
+def _ridged(H: Float[Array, "k q q"], ridge: Float[Array, "k"] | None) -> Float[Array, "k q q"]:
+    return H if ridge is None else H + ridge[:, None, None] * jnp.eye(H.shape[-1], dtype=H.dtype)
+
+
 class Point(NamedTuple):
-    """The shared factors, the exact personal parts there, and what the next step reuses."""
+    """The shared factors, the (ridge-)optimal personal parts there, and what the next step reuses."""
 
     U: Float[Array, "d_out r"]
     V: Float[Array, "d_in r"]
     S: Float[Array, "k r r"]
-    sse: Float[Array, ""]  # f(U, V, S), pooled over all users
+    sse: Float[Array, ""]  # f(U, V, S) (+ sum_i ridge_i ||S_i||^2), pooled over all users
+    ridge: Float[Array, ""] | None  # ridge alpha on the S_i (None: the exact personal solves)
     cache: tuple  # sensing: (X_ij V, r_ij); regression: (C_i V, V^T C_i V, Y_i^T X_i V)
 
 
-def evaluate_point(d: blocks.Design, U, V, diag: bool, axis_name=None, S=None) -> Point:
-    """Exact personal solves at ``(U, V)`` (unless ``S`` is given) and the objective there, in one
-    pass over the data (regression: over the statistics, then the raw residuals)."""
+def ridge_scale(d: blocks.Design) -> Float[Array, "k"]:
+    """Each user's Gram scale ``E[J_S^T J_S] / I`` for orthonormal U, V: ``sum_j ||X_ij||^2 / (d_out d_in)``
+    (sensing) or ``tr(C_i) / d_in`` (regression), i.e. ``n`` for standard Gaussian designs."""
+    if d.model == "regression":
+        return jnp.trace(d.C, axis1=1, axis2=2) / d.C.shape[1]
+    return jnp.sum(jnp.square(d.X), axis=(1, 2, 3)) / (d.X.shape[2] * d.X.shape[3])
+
+
+def _solve_ridged(H, rhs, ridge):
+    return jax.vmap(psd_solve)(_ridged(H, ridge), rhs)
+
+
+def evaluate_point(d: blocks.Design, U, V, diag: bool, axis_name=None, S=None, ridge=None) -> Point:
+    """Personal solves at ``(U, V)`` (unless ``S`` is given) and the objective there, in one pass
+    over the data (regression: over the statistics, then the raw residuals).
+
+    With ``ridge=None`` the personal parts are the exact minimizers (the blocks' personal step);
+    with ``ridge = alpha`` (a scalar, traced or not) they minimize
+    ``||y_i - A_i(U S_i V^T)||^2 + lambda_i ||S_i||_F^2``, ``lambda_i = alpha ridge_scale_i``, and
+    ``sse`` includes the penalty.
+    """
+    lam = None if ridge is None else ridge * ridge_scale(d)
+    r = U.shape[1]
     if d.model == "regression":
         CV = _times(d.C, V)
         VCV = _mm(V.T[None], CV)
         BtV = _times(d.Bt, V)
-        S = blocks.personal_regression(VCV, BtV, U, diag) if S is None else S
+        if S is None and lam is None:
+            S = blocks.personal_regression(VCV, BtV, U, diag)
+        elif S is None:
+            rhs = _mm(U.T[None], BtV)
+            H = _personal_gram(U.T @ U, VCV, diag)
+            s = _solve_ridged(H, jnp.diagonal(rhs, axis1=1, axis2=2) if diag else rhs.reshape(-1, r * r), lam)
+            S = jax.vmap(jnp.diag)(s) if diag else s.reshape(-1, r, r)
         sse = blocks.sum_squares(d, U, V, S, axis_name)
-        return Point(U, V, S, sse, (CV, VCV, BtV))
-    XV = d.X @ V
-    core = blocks.sensing_core(XV, U)
-    S = blocks.personal_from_core(d, core, diag) if S is None else S
-    resid = d.Y - jnp.einsum("knrs,krs->kn", core, S)
-    return Point(U, V, S, blocks.pool(jnp.sum(jnp.square(resid)), axis_name), (XV, resid))
+        cache = (CV, VCV, BtV)
+    else:
+        XV = d.X @ V
+        core = blocks.sensing_core(XV, U)
+        if S is None and lam is None:
+            S = blocks.personal_from_core(d, core, diag)
+        elif S is None:
+            F = _personal_rows(core, diag)
+            s = _solve_ridged(_gram(F), jnp.einsum("knq,kn->kq", F, d.Y), lam)
+            S = jax.vmap(jnp.diag)(s) if diag else s.reshape(-1, r, r)
+        resid = d.Y - jnp.einsum("knrs,krs->kn", core, S)
+        sse = blocks.pool(jnp.sum(jnp.square(resid)), axis_name)
+        cache = (XV, resid)
+    if lam is not None:
+        sse = sse + blocks.pool(jnp.sum(lam * jnp.sum(jnp.square(S), axis=(1, 2))), axis_name)
+    return Point(U, V, S, sse, ridge, cache)
+
+
+def _personal_rows(core: Float[Array, "k n r r"], diag: bool) -> Float[Array, "k n q"]:
+    """Rows of each user's personal Jacobian ``J_S`` (sensing): ``vec(U^T X_ij V)`` or its diagonal."""
+    k, n, r, _ = core.shape
+    return jnp.diagonal(core, axis1=2, axis2=3) if diag else core.reshape(k, n, r * r)
+
+
+def _gram(F: Float[Array, "k n q"]) -> Float[Array, "k q q"]:
+    return jnp.sum(F[:, :, :, None] * F[:, :, None, :], axis=1)
+
+
+def _personal_gram(Gu, VCV, diag: bool) -> Float[Array, "k q q"]:
+    """Regression ``J_S^T J_S``: ``U^T U (x) Q_i`` over ``(a, b)``, or ``U^T U o Q_i`` when diagonal."""
+    if diag:
+        return Gu[None] * VCV
+    return jax.vmap(jnp.kron, (None, 0))(Gu, VCV)
 
 
 # ----------------------------------------------------------------------------- normal equations
 #
 # theta = (vec dU, vec dV), both row-major: index (o, a) -> o r + a, (j, b) -> j r + b.
-
-
-def _personal_dims(r: int, diag: bool) -> int:
-    return r if diag else r * r
 
 
 def _moment_jacobian(MV: Float[Array, "k d_out r"], UtM: Float[Array, "k r d_in"], diag: bool) -> Float[Array, "k q p"]:
@@ -165,34 +235,11 @@ def _moment_jacobian(MV: Float[Array, "k d_out r"], UtM: Float[Array, "k r d_in"
     return jnp.concatenate([GU.reshape(k, r * r, d_out * r), GV.reshape(k, r * r, d_in * r)], axis=2)
 
 
-def _eliminated(H: Float[Array, "k q q"], B: Float[Array, "k q p"]) -> Float[Array, "p p"]:
-    """``sum_i B_i^T H_i^+ B_i`` (the users' personal directions, eliminated one user at a time)."""
-    HB = jax.vmap(psd_solve)(H, B)
+def _eliminated(H: Float[Array, "k q q"], B: Float[Array, "k q p"], ridge=None) -> Float[Array, "p p"]:
+    """``sum_i B_i^T (H_i + ridge_i I)^+ B_i`` (personal directions eliminated one user at a time)."""
+    HB = _solve_ridged(H, B, ridge)
     k, q, p = B.shape
     return B.reshape(k * q, p).T @ HB.reshape(k * q, p)
-
-
-def _sensing_normal(d: blocks.Design, pt: Point, diag: bool, golub_pereyra: bool):
-    """These users' (unpooled) Gauss-Newton matrix and gradient, sensing model."""
-    XV, resid = pt.cache
-    U, S = pt.U, pt.S
-    XtU = d.Xt @ U  # the second pass over the data (the first made X V)
-    k, n, d_out, r = XV.shape
-    core = blocks.sensing_core(XV, U)
-    Js = jnp.diagonal(core, axis1=2, axis2=3) if diag else core.reshape(k, n, r * r)  # personal Jacobian rows
-    JU = jnp.sum(XV[:, :, :, None, :] * S[:, None, None, :, :], axis=-1)  # X_j V S^T (d_out x r)
-    JV = jnp.sum(XtU[:, :, :, :, None] * S[:, None, None, :, :], axis=-2)  # X_j^T U S (d_in x r)
-    Jt = jnp.concatenate([JU.reshape(k, n, -1), JV.reshape(k, n, -1)], axis=2)  # (k, n, p)
-    Hs = jnp.sum(Js[:, :, :, None] * Js[:, :, None, :], axis=1)  # J_S^T J_S per user (q x q)
-    Bs = jnp.sum(Js[:, :, :, None] * Jt[:, :, None, :], axis=1)  # J_S^T J_theta per user (q x p)
-    K = Jt - jnp.sum(Js[:, :, :, None] * jax.vmap(psd_solve)(Hs, Bs)[:, None], axis=2)  # P^perp J_theta
-    p = K.shape[2]
-    N = K.reshape(k * n, p).T @ K.reshape(k * n, p)
-    MV = jnp.einsum("kn,knob->kob", resid, XV)  # M_i V, M_i = sum_j r_ij X_ij
-    UtM = jnp.einsum("kn,knja->kaj", resid, XtU)  # U^T M_i
-    if golub_pereyra:
-        N = N + _eliminated(Hs, _moment_jacobian(MV, UtM, diag))
-    return N, _gradient(MV, UtM, S)
 
 
 def _gradient(MV, UtM, S):
@@ -202,16 +249,44 @@ def _gradient(MV, UtM, S):
     return jnp.concatenate([gU.reshape(-1), gV.reshape(-1)])
 
 
+def _sensing_normal(d: blocks.Design, pt: Point, diag: bool, golub_pereyra: bool):
+    """These users' (unpooled) Gauss-Newton matrix and gradient, sensing model."""
+    XV, resid = pt.cache
+    U, S = pt.U, pt.S
+    lam = None if pt.ridge is None else pt.ridge * ridge_scale(d)
+    XtU = d.Xt @ U  # the second pass over the data (the first made X V)
+    k, n, d_out, r = XV.shape
+    Js = _personal_rows(blocks.sensing_core(XV, U), diag)  # personal Jacobian rows (k, n, q)
+    JU = jnp.sum(XV[:, :, :, None, :] * S[:, None, None, :, :], axis=-1)  # X_j V S^T (d_out x r)
+    JV = jnp.sum(XtU[:, :, :, :, None] * S[:, None, None, :, :], axis=-2)  # X_j^T U S (d_in x r)
+    Jt = jnp.concatenate([JU.reshape(k, n, -1), JV.reshape(k, n, -1)], axis=2)  # (k, n, p)
+    Hs = _gram(Js)  # J_S^T J_S per user (q x q)
+    Bs = jnp.sum(Js[:, :, :, None] * Jt[:, :, None, :], axis=1)  # J_S^T J_theta per user (q x p)
+    Z = _solve_ridged(Hs, Bs, lam)
+    K = Jt - jnp.sum(Js[:, :, :, None] * Z[:, None], axis=2)  # P^perp J_theta (ridged: J_theta - J_S Z)
+    p = K.shape[2]
+    N = K.reshape(k * n, p).T @ K.reshape(k * n, p)
+    if lam is not None:  # A - B^T (H + lam)^-1 B = K^T K + lam Z^T Z
+        Zs = jnp.sqrt(lam)[:, None, None] * Z
+        N = N + Zs.reshape(-1, p).T @ Zs.reshape(-1, p)
+    MV = jnp.einsum("kn,knob->kob", resid, XV)  # M_i V, M_i = sum_j r_ij X_ij
+    UtM = jnp.einsum("kn,knja->kaj", resid, XtU)  # U^T M_i
+    if golub_pereyra:
+        N = N + _eliminated(Hs, _moment_jacobian(MV, UtM, diag), lam)
+    return N, _gradient(MV, UtM, S)
+
+
 def _regression_normal(d: blocks.Design, pt: Point, diag: bool, golub_pereyra: bool):
     """These users' (unpooled) Gauss-Newton matrix and gradient, regression model (statistics only).
 
     Joint quadratic form of a step ``(dU, dS_i, dV)``: ``sum_i tr(D_i C_i D_i^T)`` with
     ``D_i = dU S_i V^T + U dS_i V^T + U S_i dV^T``. Eliminating ``dS_i`` leaves
     ``A(dtheta) - b_i^T H_i^-1 b_i`` with ``b_i = U^T dU S_i Q_i + U^T U S_i dV^T C_i V`` and
-    ``H_i = U^T U (x) Q_i`` (``o`` when diagonal).
+    ``H_i = U^T U (x) Q_i`` (``o`` when diagonal; ``+ lambda_i I`` with a ridge).
     """
     CV, VCV, BtV = pt.cache
     U, S = pt.U, pt.S
+    lam = None if pt.ridge is None else pt.ridge * ridge_scale(d)
     k, d_in, r = CV.shape
     d_out = U.shape[0]
     Gu = U.T @ U
@@ -223,7 +298,8 @@ def _regression_normal(d: blocks.Design, pt: Point, diag: bool, golub_pereyra: b
     UtM = UtB - _mm(GuS, jnp.swapaxes(CV, 1, 2))  # U^T M_i
     G = jnp.sum(_mm(SQ, jnp.swapaxes(S, 1, 2)), axis=0)  # sum_i S_i Q_i S_i^T
     CT = _sum_outer(T.reshape(k, r * r), d.C.reshape(k, d_in * d_in))  # sum_i T_i (x) C_i as [(b, e), (j, l)]
-    if not diag:
+    H = _personal_gram(Gu, VCV, diag)
+    if not diag and lam is None:
         # exact separation: N_UU = (I - P_U) (x) G, N_VV = sum_i C_i^perp (x) T_i, N_UV = 0
         P_U = U @ jnp.linalg.solve(Gu, U.T)
         NUU = jnp.kron(jnp.eye(d_out, dtype=U.dtype) - P_U, G)
@@ -232,7 +308,6 @@ def _regression_normal(d: blocks.Design, pt: Point, diag: bool, golub_pereyra: b
         NVV = (CT - low).reshape(r, r, d_in, d_in).transpose(2, 0, 3, 1).reshape(d_in * r, d_in * r)
         zeros = jnp.zeros((d_out * r, d_in * r), U.dtype)
         N = jnp.block([[NUU, zeros], [zeros.T, NVV]])
-        H = jax.vmap(jnp.kron, (None, 0))(Gu, VCV)  # personal block U^T U (x) Q_i over (a, b)
     else:
         NUU = jnp.kron(jnp.eye(d_out, dtype=U.dtype), G)
         NVV = CT.reshape(r, r, d_in, d_in).transpose(2, 0, 3, 1).reshape(d_in * r, d_in * r)
@@ -242,13 +317,16 @@ def _regression_normal(d: blocks.Design, pt: Point, diag: bool, golub_pereyra: b
         NUV = _sum_outer(US.reshape(k, d_out * r), SWt.reshape(k, r * d_in))
         NUV = NUV.reshape(d_out, r, r, d_in).transpose(0, 2, 3, 1).reshape(d_out * r, d_in * r)
         N = jnp.block([[NUU, NUV], [NUV.T, NVV]])
-        # b_aa = u_a^T dU (S Q)[:, a] + (U^T U S)[a, :] dV^T (C V)[:, a]
-        BU = jnp.einsum("oa,kca->kaoc", U, SQ).reshape(k, r, d_out * r)
-        BV = jnp.einsum("kac,kja->kajc", GuS, CV).reshape(k, r, d_in * r)
-        H = Gu[None] * VCV  # U^T U o Q_i
-        N = N - _eliminated(H, jnp.concatenate([BU, BV], axis=2))
+        # d b_ab / d dU[o, c] = U[o, a] (S Q)[c, b];  d b_ab / d dV[j, c] = (U^T U S)[a, c] (C V)[j, b]
+        BU = jnp.einsum("oa,kcb->kaboc", U, SQ)
+        BV = jnp.einsum("kac,kjb->kabjc", GuS, CV)
+        if diag:
+            BU, BV = (jnp.diagonal(B, axis1=1, axis2=2).transpose(0, 3, 1, 2) for B in (BU, BV))
+        q = H.shape[1]
+        B = jnp.concatenate([BU.reshape(k, q, d_out * r), BV.reshape(k, q, d_in * r)], axis=2)
+        N = N - _eliminated(H, B, lam)
     if golub_pereyra:
-        N = N + _eliminated(H, _moment_jacobian(MV, UtM, diag))
+        N = N + _eliminated(H, _moment_jacobian(MV, UtM, diag), lam)
     return N, _gradient(MV, UtM, S)
 
 
@@ -292,30 +370,34 @@ class _Tries(NamedTuple):
     nu: Array  # Nielsen's growth factor
     point: Point  # the accepted point (the old one until a step is accepted)
     accepted: Array
+    hopeless: Array  # the model's predicted decrease fell below the rounding of f
 
 
-def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int):
+def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int,
+                 active=True):
     """One Levenberg-Marquardt iteration on the shared factors from ``pt`` (objective ``pt.sse``).
 
-    Tries damped Gauss-Newton steps, raising the damping (Nielsen's rule) until one lowers
-    the objective or ``max_tries`` are spent (the point is then returned unchanged).
+    Tries damped Gauss-Newton steps ``(P_h (N + mu c I) P_h + c P_g) delta = P_h g``, raising
+    the damping by Nielsen's rule until one lowers the objective, ``max_tries`` are spent, or
+    the predicted decrease is below the rounding of the objective (the point is then returned
+    unchanged). ``active=False`` makes no attempt (a fit already stopped, batched under vmap).
 
     Returns:
-      ``(point, mu)``: the new (or unchanged) point and the damping for the next iteration.
+      ``(point, mu, accepted)``: the new (or unchanged) point, the damping for the next
+      iteration, and whether a step was taken.
     """
-    d_out = pt.U.shape[0]
+    d_out, r = pt.U.shape
     Pg = gauge_projector(pt.U, pt.V, diag)
-    eye = jnp.eye(Pg.shape[0], dtype=Pg.dtype)
-    Ph = eye - Pg
+    Ph = jnp.eye(Pg.shape[0], dtype=Pg.dtype) - Pg
     Nh = Ph @ N @ Ph
     gh = Ph @ g
     c = jnp.max(jnp.diagonal(Nh)) + jnp.finfo(N.dtype).tiny
+    rounding = 16 * jnp.finfo(N.dtype).eps * pt.sse
 
     def attempt(t: _Tries) -> _Tries:
         A = Nh + c * (t.mu * Ph + Pg)
         delta = Ph @ psd_solve(0.5 * (A + A.T), gh)
-        dU = delta[: d_out * pt.U.shape[1]].reshape(pt.U.shape)
-        dV = delta[d_out * pt.U.shape[1]:].reshape(pt.V.shape)
+        dU, dV = delta[: d_out * r].reshape(pt.U.shape), delta[d_out * r:].reshape(pt.V.shape)
         new = evaluate_at(*retract(pt.U + dU, pt.V + dV, diag))
         predicted = 2 * delta @ gh - delta @ (Nh @ delta)  # decrease of the Gauss-Newton model of f
         rho = (pt.sse - new.sse) / predicted
@@ -323,12 +405,14 @@ def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, 
         mu = jnp.where(ok, t.mu * jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3), t.mu * t.nu)
         nu = jnp.where(ok, 2.0, 2 * t.nu).astype(t.nu.dtype)
         point = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, pt)
-        return _Tries(t.tries + 1, mu.astype(t.mu.dtype), nu, point, ok)
+        return _Tries(t.tries + 1, mu.astype(t.mu.dtype), nu, point, ok, ~ok & (predicted <= rounding))
 
-    start = _Tries(jnp.asarray(0), mu, jnp.asarray(2.0, mu.dtype), pt, jnp.asarray(False))
-    done = jax.lax.while_loop(lambda t: (t.tries < max_tries) & ~t.accepted, attempt, start)
-    # with no decrease possible, keep mu where it was (the next fit from here starts the same)
-    return done.point, jnp.where(done.accepted, done.mu, mu)
+    false = jnp.asarray(False)
+    start = _Tries(jnp.asarray(0), mu, jnp.asarray(2.0, mu.dtype), pt, false, false)
+    going = lambda t: active & (t.tries < max_tries) & ~t.accepted & ~t.hopeless
+    done = jax.lax.while_loop(going, attempt, start)
+    # with no decrease possible, keep mu where it was (a later iteration from here starts the same)
+    return done.point, jnp.where(done.accepted, done.mu, mu), done.accepted
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -353,6 +437,55 @@ def _metrics(p: Estimate, sse, count, truth: GroundTruth | None, axis_name):
     return f, subspace_distance(p.U, truth.U), subspace_distance(p.V, truth.V), jnp.sqrt(err2 / ref2)
 
 
+def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions"):
+    """Ridge continuation: one LM iteration on ``phi_alpha(U, V) = min_S f + sum_i alpha lambda_i ||S_i||^2``
+    for each ``alpha = ridge_start * ridge_decay^t >= ridge_stop`` (``lambda_i = ridge_scale_i``).
+
+    At large ``alpha`` the personal parts are shrunk toward ``J_S^T y / lambda`` and ``phi_alpha``
+    is, up to constants, ``-sum_i ||U^T M_i V||^2 / lambda_i`` with ``M_i`` the moment estimate:
+    the tensor-PCA (HOOI) objective behind the spectral start, without the spurious minima that
+    ill-conditioned personal solves create near the sample threshold. Following its minimizer
+    while ``alpha`` falls ends near a minimizer of ``phi`` itself (measured: docs/varpro.md).
+
+    Args:
+      evaluate_at: ``(U, V, alpha) -> Point`` with the ridge ``alpha``.
+      normal: ``Point -> (N, g)`` pooled over users.
+
+    Returns:
+      ``(U, V, mu)`` at the end of the path.
+    """
+    decay = jnp.asarray(opts.ridge_decay, U.dtype)
+
+    def stage(t, carry):
+        U, V, mu = carry
+        ev = lambda U_, V_: evaluate_at(U_, V_, opts.ridge_start * decay**t)
+        pt = ev(U, V)
+        pt, mu, _ = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries)
+        return pt.U, pt.V, mu
+
+    return jax.lax.fori_loop(0, opts.continuation_iterations, stage, (U, V, mu))
+
+
+def _run(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: "VarProOptions", diag: bool, floor, dtype):
+    """Continuation (if asked), then LM iterations under ``altmin.iterate`` (the shared stopping rules)."""
+    mu = jnp.asarray(opts.damping, dtype)
+    U, V = retract(U, V, diag)
+    if opts.continuation:
+        U, V, mu = continuation(evaluate_at, normal, U, V, mu, diag, opts)
+    pt = evaluate_at(U, V, None)
+    ev = lambda U_, V_: evaluate_at(U_, V_, None)
+
+    def advance(state):
+        pt, mu, stuck = state
+        pt, mu, accepted = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries, active=~stuck)
+        return (pt, mu, ~accepted), metrics(pt)
+
+    (pt, _, _), buffers, iterations, done = iterate(
+        advance, (pt, mu, jnp.asarray(False)), metrics(pt), config.iters, config.tol, floor
+    )
+    return pt, buffers, iterations, done
+
+
 def fit_varpro(
     observations: Observations,
     config: FitConfig = FitConfig(),
@@ -375,14 +508,15 @@ def fit_varpro(
       key: PRNG key, needed only for ``init="random"``.
       truth: optional ground truth; when given, the trace records distances to it.
       axis_name: mesh axis over which users are sharded (inside ``shard_map``), else ``None``.
-      **options: fields of ``VarProOptions`` (``jacobian``, ``damping``, ``max_tries``).
+      **options: fields of ``VarProOptions`` (``jacobian``, ``damping``, ``max_tries``,
+        ``continuation``, ``ridge_start``, ``ridge_stop``).
 
     Returns:
-      ``(Estimate, Trace)`` as ``fit``: trace index 0 is the initialization, the objective is
-      the mean squared residual per sample, entries past ``iterations`` are NaN. Iteration
-      stops after ``config.iters`` iterations, once the objective's relative decrease is
-      ``<= config.tol`` (including when no damped step decreases it), or at the floor
-      ``(10 eps)^2`` times the mean squared measurement.
+      ``(Estimate, Trace)`` as ``fit``: trace index 0 is the initialization (after the ridge
+      continuation, when asked for), the objective is the mean squared residual per sample,
+      entries past ``iterations`` are NaN. Iteration stops after ``config.iters`` iterations,
+      once the objective's relative decrease is ``<= config.tol`` (including when no damped
+      step decreases it), or at the floor ``(10 eps)^2`` times the mean squared measurement.
 
     Example:
       >>> import jax, colora_jax as cj
@@ -401,21 +535,15 @@ def fit_varpro(
     gp = opts.jacobian == "golub-pereyra"
     d = blocks.design(observations)
     count, floor = _counts(observations, d, axis_name)
-    evaluate_at = lambda U, V: evaluate_point(d, U, V, diag, axis_name)
+    evaluate_at = lambda U, V, ridge: evaluate_point(d, U, V, diag, axis_name, ridge=ridge)
 
-    U, V = initialize(d, config, key, axis_name)
-    pt = evaluate_at(*retract(U, V, diag))
-    metrics = lambda q: _metrics(Estimate(q.U, q.V, q.S), q.sse, count, truth, axis_name)
-
-    def advance(state):
-        pt, mu = state
+    def normal(pt):
         N, g = normal_equations(d, pt, diag, gp)
-        pt, mu = lm_iteration(evaluate_at, blocks.pool(N, axis_name), blocks.pool(g, axis_name), pt, mu, diag,
-                              opts.max_tries)
-        return (pt, mu), metrics(pt)
+        return blocks.pool(N, axis_name), blocks.pool(g, axis_name)
 
-    mu0 = jnp.asarray(opts.damping, d.X.dtype)
-    (pt, _), buffers, iterations, done = iterate(advance, (pt, mu0), metrics(pt), config.iters, config.tol, floor)
+    metrics = lambda q: _metrics(Estimate(q.U, q.V, q.S), q.sse, count, truth, axis_name)
+    U, V = initialize(d, config, key, axis_name)
+    pt, buffers, iterations, done = _run(evaluate_at, normal, metrics, U, V, config, opts, diag, floor, d.X.dtype)
     finite = jnp.all(jnp.isfinite(observations.X)) & jnp.all(jnp.isfinite(observations.Y))
     finite = blocks.pool((~finite).astype(jnp.int32), axis_name) == 0
     return Estimate(pt.U, pt.V, pt.S), Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
@@ -501,17 +629,19 @@ def fit_varpro_chunks(
     else:
         U, V = initialize(design(jnp.asarray(0)), config, key, axis_name)
 
-    def evaluate_at(U, V):
+    def evaluate_at(U, V, ridge):
         def part(b, _):
-            q = evaluate_point(design(b), U, V, diag)
+            q = evaluate_point(design(b), U, V, diag, ridge=ridge)
             return q.sse, q.S
 
         sse, S = _scan_chunks(part, S0, nchunks)
-        return Point(U, V, S.reshape(k, r, r), pool(sse), ())
+        return Point(U, V, S.reshape(k, r, r), pool(sse), ridge, ())
 
     def normal(pt):
-        part = lambda b, Sb: (normal_equations(design(b), evaluate_point(design(b), pt.U, pt.V, diag, S=Sb), diag, gp),
-                              None)
+        def part(b, Sb):
+            q = evaluate_point(design(b), pt.U, pt.V, diag, S=Sb, ridge=pt.ridge)
+            return normal_equations(design(b), q, diag, gp), None
+
         N, g = _scan_chunks(part, pt.S, nchunks)[0]
         return pool(N), pool(g)
 
@@ -521,14 +651,7 @@ def fit_varpro_chunks(
         dV = nan if truth_V is None else subspace_distance(pt.V, truth_V)
         return pt.sse / count, dU, dV, nan
 
-    def advance(state):
-        pt, mu = state
-        pt, mu = lm_iteration(evaluate_at, *normal(pt), pt, mu, diag, opts.max_tries)
-        return (pt, mu), metrics(pt)
-
-    pt = evaluate_at(*retract(U, V, diag))
-    mu0 = jnp.asarray(opts.damping, dtype)
-    (pt, _), buffers, iterations, done = iterate(advance, (pt, mu0), metrics(pt), config.iters, config.tol, floor)
+    pt, buffers, iterations, done = _run(evaluate_at, normal, metrics, U, V, config, opts, diag, floor, dtype)
     finite = pool(bad) == 0
     return Estimate(pt.U, pt.V, pt.S), Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
 
