@@ -4,33 +4,33 @@ Every user i shares the low-rank adapter ``U`` (d_out x r), ``V`` (d_in x r) and
 personal ``S_i`` (r x r): ``W_i = W_0 + U S_i V^T``. See README.md for a tour.
 """
 
-from colora_jax._src.altmin import Estimate as Estimate
-from colora_jax._src.altmin import Trace as Trace
-from colora_jax._src.altmin import check_observations as check_observations
-from colora_jax._src.altmin import fit as fit
-from colora_jax._src.baselines import FEDREP_SYNTHETIC as FEDREP_SYNTHETIC
-from colora_jax._src.baselines import FederatedConfig as FederatedConfig
-from colora_jax._src.baselines import LoRAFactors as LoRAFactors
-from colora_jax._src.baselines import METHODS as METHODS
-from colora_jax._src.baselines import MethodFit as MethodFit
-from colora_jax._src.baselines import SharedInputConfig as SharedInputConfig
-from colora_jax._src.baselines import federated_lora as federated_lora
-from colora_jax._src.baselines import fit_method as fit_method
-from colora_jax._src.baselines import generate_problem as generate_problem
-from colora_jax._src.baselines import generate_shared_input as generate_shared_input
-from colora_jax._src.baselines import method_trial as method_trial
-from colora_jax._src.baselines import method_trial_fn as method_trial_fn
-from colora_jax._src.baselines import one_sided_fit as one_sided_fit
-from colora_jax._src.baselines import parameter_counts as parameter_counts
+import os as _os
+import sys as _sys
+
+if "jax" not in _sys.modules:
+    # XLA:CPU logs two spurious error lines (4 KB) for every executable it loads from the persistent
+    # compilation cache (jax-ml/jax#38445: tuning flags taken for missing CPU features). XLA reads
+    # this variable once, when jax is first imported: hide its C++ log lines below FATAL unless the
+    # user set the level. Python errors are unaffected. (README, "Known issues".)
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from colora_jax._src.baselines.common import MethodFit as MethodFit
+from colora_jax._src.baselines.federated import FederatedConfig as FederatedConfig
+from colora_jax._src.baselines.federated import LoRAFactors as LoRAFactors
+from colora_jax._src.baselines.federated import federated_lora as federated_lora
+from colora_jax._src.baselines.one_sided import one_sided_fit as one_sided_fit
+from colora_jax._src.blocks import Design as Design
+from colora_jax._src.blocks import design as design
 from colora_jax._src.blocks import input_step as input_step
 from colora_jax._src.blocks import output_step as output_step
 from colora_jax._src.blocks import personal_step as personal_step
 from colora_jax._src.blocks import spectral_init as spectral_init
-from colora_jax._src.blocks import design as design
 from colora_jax._src.blocks import sum_squares as sum_squares
+from colora_jax._src.compile_cache import enable_compile_cache as enable_compile_cache
 from colora_jax._src.config import FitConfig as FitConfig
 from colora_jax._src.config import ProblemConfig as ProblemConfig
 from colora_jax._src.config import min_samples as min_samples
+from colora_jax._src.data import STREAM_VERSION as STREAM_VERSION
 from colora_jax._src.data import GroundTruth as GroundTruth
 from colora_jax._src.data import Observations as Observations
 from colora_jax._src.data import Problem as Problem
@@ -39,6 +39,12 @@ from colora_jax._src.data import generate_truth as generate_truth
 from colora_jax._src.data import measure as measure
 from colora_jax._src.data import predict as predict
 from colora_jax._src.data import tilt as tilt
+from colora_jax._src.fitting import Estimate as Estimate
+from colora_jax._src.fitting import Trace as Trace
+from colora_jax._src.fitting import check_observations as check_observations
+from colora_jax._src.fitting import fit as fit
+from colora_jax._src.methods import fit_method as fit_method
+from colora_jax._src.methods import parameter_counts as parameter_counts
 from colora_jax._src.metrics import chordal_distance_squared as chordal_distance_squared
 from colora_jax._src.metrics import geodesic_distance as geodesic_distance
 from colora_jax._src.metrics import per_user_relative_error as per_user_relative_error
@@ -48,29 +54,45 @@ from colora_jax._src.metrics import relative_error as relative_error
 from colora_jax._src.metrics import subspace_distance as subspace_distance
 from colora_jax._src.provenance import code_version as code_version
 from colora_jax._src.provenance import device_info as device_info
+from colora_jax._src.registry import ALGORITHMS as ALGORITHMS
+from colora_jax._src.registry import METHODS as METHODS
+from colora_jax._src.serialization import to_jsonable as to_jsonable
 from colora_jax._src.sharding import fit_sharded as fit_sharded
 from colora_jax._src.sharding import shard_users as shard_users
 from colora_jax._src.sharding import users_mesh as users_mesh
-from colora_jax._src.streaming import PlantedBlocks as PlantedBlocks
-from colora_jax._src.streaming import fit_blocks as fit_blocks
+from colora_jax._src.shared_input import FEDREP_SYNTHETIC as FEDREP_SYNTHETIC
+from colora_jax._src.shared_input import SharedInputConfig as SharedInputConfig
+from colora_jax._src.shared_input import generate_problem as generate_problem
+from colora_jax._src.shared_input import generate_shared_input as generate_shared_input
+from colora_jax._src.streaming import PlantedChunks as PlantedChunks
+from colora_jax._src.streaming import fit_chunks as fit_chunks
 from colora_jax._src.streaming import fit_streaming as fit_streaming
-from colora_jax._src.streaming import generate_blocks as generate_blocks
+from colora_jax._src.streaming import generate_chunks as generate_chunks
 from colora_jax._src.sweep import Cell as Cell
 from colora_jax._src.sweep import SweepResult as SweepResult
+from colora_jax._src.sweep import cell_key as cell_key
 from colora_jax._src.sweep import cell_trials as cell_trials
-from colora_jax._src.sweep import run_cell as run_cell
+from colora_jax._src.sweep import per_cell as per_cell
+from colora_jax._src.sweep import read_results as read_results
+from colora_jax._src.sweep import run_cells as run_cells
 from colora_jax._src.sweep import sweep as sweep
 from colora_jax._src.trials import Evaluation as Evaluation
 from colora_jax._src.trials import TrialResult as TrialResult
 from colora_jax._src.trials import evaluate as evaluate
+from colora_jax._src.trials import fit_and_evaluate as fit_and_evaluate
+from colora_jax._src.trials import method_evaluator as method_evaluator
+from colora_jax._src.trials import population_risk as population_risk
 from colora_jax._src.trials import prediction_error as prediction_error
 from colora_jax._src.trials import run_trials as run_trials
 from colora_jax._src.trials import trial as trial
+from colora_jax._src.trials import trial_keys as trial_keys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
+    "ALGORITHMS",
     "Cell",
+    "Design",
     "Estimate",
     "Evaluation",
     "FEDREP_SYNTHETIC",
@@ -81,48 +103,54 @@ __all__ = (
     "METHODS",
     "MethodFit",
     "Observations",
-    "PlantedBlocks",
+    "PlantedChunks",
     "Problem",
     "ProblemConfig",
+    "STREAM_VERSION",
     "SharedInputConfig",
     "SweepResult",
     "Trace",
     "TrialResult",
+    "cell_key",
     "cell_trials",
     "check_observations",
     "chordal_distance_squared",
     "code_version",
     "design",
     "device_info",
+    "enable_compile_cache",
     "evaluate",
     "federated_lora",
     "fit",
-    "fit_blocks",
+    "fit_and_evaluate",
+    "fit_chunks",
     "fit_method",
     "fit_sharded",
     "fit_streaming",
     "generate",
-    "generate_blocks",
+    "generate_chunks",
     "generate_problem",
     "generate_shared_input",
     "generate_truth",
     "geodesic_distance",
     "input_step",
     "measure",
-    "method_trial",
-    "method_trial_fn",
+    "method_evaluator",
     "min_samples",
     "one_sided_fit",
     "output_step",
     "parameter_counts",
+    "per_cell",
     "per_user_relative_error",
     "personal_step",
+    "population_risk",
     "predict",
     "prediction_error",
     "principal_angles",
     "projection_distance",
+    "read_results",
     "relative_error",
-    "run_cell",
+    "run_cells",
     "run_trials",
     "shard_users",
     "spectral_init",
@@ -130,6 +158,8 @@ __all__ = (
     "sum_squares",
     "sweep",
     "tilt",
+    "to_jsonable",
     "trial",
+    "trial_keys",
     "users_mesh",
 )

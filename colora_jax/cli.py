@@ -14,6 +14,8 @@ def build_parser() -> common.Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=common.Parser)
     for command in COMMANDS:
         command.register(sub)
+    for p in sub.choices.values():
+        common.add_runtime_flags(p)
     return parser
 
 
@@ -21,10 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a user's mistake gives one line on stderr and exit code 2."""
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "x64", False):
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
+        common.apply_runtime_flags(args)
         return args.run(args)
     except (common.UsageError, ValueError) as err:
         print(f"colora: error: {err}", file=sys.stderr)

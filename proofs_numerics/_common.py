@@ -5,7 +5,8 @@ writes ``DIR/NAME.png`` and ``DIR/NAME.json`` (default ``figures/``); the JSON h
 ``claim``, ``passed``, ``measured``, ``config`` (the resolved frozen dataclass), ``smoke``,
 ``seed``, ``code_version``, ``device``, ``seconds``, ``figure`` and ``results`` (the data the
 figure shows). Sweeps resume from ``results/NAME.jsonl`` (``results/smoke/`` for ``--smoke``);
-compiled executables are cached in ``results/jax_cache`` (so a second run skips compiling).
+compiled executables are cached in the persistent compilation cache
+(``colora_jax.enable_compile_cache``), so a second run skips compiling.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import time
 
 import numpy as np
 
-from colora_jax._src.commands.common import to_jsonable
-from colora_jax._src.provenance import code_version, device_info
-from colora_jax._src.sweep import Cell, SweepResult, run_cell, sweep
+from colora_jax import Cell, SweepResult, code_version, device_info, enable_compile_cache, run_cells, sweep, to_jsonable
 
 SUCCESS = 1e-3  # exact recovery: stacked relative error ||W_hat - W*||_F / ||W*||_F <= 1e-3 (the CLI default)
 
@@ -40,28 +39,22 @@ def arguments(doc: str) -> argparse.Namespace:
     return args
 
 
-CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "jax_cache")
-
-
 def compile_cache() -> None:
-    """Keep compiled executables in the checkout's ``results/jax_cache`` (compiling dominates small
-    sweeps on a CPU; a second run, or the smoke tests after one, skip it)."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    """The persistent compilation cache (the user's cache directory; ``COLORA_JAX_CACHE_DIR`` moves or
+    disables it): compiling dominates small sweeps on a CPU, a second run skips it."""
+    enable_compile_cache()
 
 
-def run_sweep(name: str, cells, args, compute=run_cell, tag: str = "") -> SweepResult:
+def run_sweep(name: str, cells, args, compute=run_cells, tag: str = "") -> SweepResult:
     """``sweep`` over ``cells`` with the script's results file and flags."""
     folder = os.path.join(args.results, "smoke") if args.smoke else args.results
     return sweep(cells, compute, path=os.path.join(folder, f"{name}.jsonl"), tag=tag, fresh=args.fresh,
                  progress=not args.no_progress, desc=name)
 
 
-def with_trace(cell: Cell) -> dict:
-    """Per-cell computation keeping each trial's per-iteration trace."""
-    return run_cell(cell, trace=True)
+def with_trace(cells: list[Cell]) -> list[dict]:
+    """Computation of a group of cells keeping each trial's per-iteration trace."""
+    return run_cells(cells, trace=True)
 
 
 def dof_sensing(users: int, d_out: int, d_in: int, rank: int) -> float:

@@ -23,9 +23,9 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from colora_jax._src import plotting  # noqa: E402
-from colora_jax._src.config import FitConfig, ProblemConfig  # noqa: E402
-from colora_jax._src.sweep import Cell  # noqa: E402
+from colora_jax import plotting  # noqa: E402
+from colora_jax import FitConfig, ProblemConfig  # noqa: E402
+from colora_jax import Cell  # noqa: E402
 from proofs_numerics import _common  # noqa: E402
 
 NAME = "convergence"

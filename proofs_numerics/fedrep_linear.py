@@ -31,12 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from colora_jax._src import blocks, plotting
-from colora_jax._src.altmin import Trace
-from colora_jax._src.baselines import FEDREP_SYNTHETIC, MethodFit, SharedInputConfig, fit_method
-from colora_jax._src.config import FitConfig
-from colora_jax._src.metrics import relative_error, subspace_distance
-from colora_jax._src.sweep import Cell, run_cell
+import colora_jax as cj
+from colora_jax import FEDREP_SYNTHETIC, Cell, FitConfig, MethodFit, SharedInputConfig, Trace, plotting
+from colora_jax import relative_error, run_cells, subspace_distance
 from proofs_numerics import _common
 
 NAME = "fedrep_linear"
@@ -73,14 +70,14 @@ def fedsgd(obs, fc: FitConfig, truth) -> MethodFit:
     of the users' gradients is the pooled gradient). ``B`` starts from the spectral
     initialization, ``h`` from zero. The trace records the subspace distance of ``B``.
     """
-    d = blocks.design(obs)
+    d = cj.design(obs)
     d_out, d_in = obs.dims
     k, dtype = obs.users, obs.X.dtype
     eye = jnp.eye(d_out, dtype=dtype)
-    _, B = blocks.spectral_init(d, fc.rank)
+    _, B = cj.spectral_init(d, fc.rank)
     params = (jnp.zeros((d_out, fc.rank), dtype), B)
-    count = obs.Y.size
-    loss = lambda p: blocks.sum_squares(d, eye, p[1], jnp.broadcast_to(p[0], (k,) + p[0].shape)) / count
+    count = jnp.sum(obs.sample_counts()) * (d_out if obs.model == 'regression' else 1)
+    loss = lambda p: cj.sum_squares(d, eye, p[1], jnp.broadcast_to(p[0], (k,) + p[0].shape)) / count
     opt = optax.sgd(fc.learning_rate)
 
     def W_of(p):
@@ -104,15 +101,19 @@ def fedsgd(obs, fc: FitConfig, truth) -> MethodFit:
     return MethodFit(W_of(params), None, params[1], trace)
 
 
-def fitter(method, observations, fit_config, *, key, truth):
-    """``baselines.fit_method``, plus "fedsgd"."""
-    if method == "fedsgd":
-        return fedsgd(observations, fit_config, truth)
-    return fit_method(method, observations, fit_config, key=key, truth=truth)
+def fedsgd_trial(problem, key, fit_config) -> cj.TrialResult:
+    """One trial of FedSGD (``fedsgd``), scored like every registered method."""
+    f = fedsgd(problem.train, fit_config, problem.truth)
+    return cj.TrialResult(cj.evaluate(f.W, problem, f.U, f.V), f.trace)
 
 
-def compute(cell: Cell) -> dict:
-    return run_cell(cell, trace=True, fitter=fitter)
+def fn_for(method: str):
+    """The registry's methods, plus "fedsgd"."""
+    return fedsgd_trial if method == "fedsgd" else cj.method_evaluator(method)
+
+
+def compute(cells: list[Cell]) -> list[dict]:
+    return run_cells(cells, trace=True, fn_for=fn_for)
 
 
 def cells(config: Config):

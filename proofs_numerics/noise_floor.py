@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from colora_jax._src import plotting
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.sweep import Cell
+from colora_jax import plotting
+from colora_jax import FitConfig, ProblemConfig
+from colora_jax import Cell
 from proofs_numerics import _common
 
 NAME = "noise_floor"

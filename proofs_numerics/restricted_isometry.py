@@ -29,12 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from colora_jax._src import plotting
-from colora_jax._src.commands.common import to_jsonable
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import measure, predict
-from colora_jax._src.sweep import Cell
-from colora_jax._src.trials import trial_keys
+from colora_jax import plotting
+from colora_jax import Cell, FitConfig, ProblemConfig, measure, per_cell, predict, to_jsonable, trial_keys
 from proofs_numerics import _common
 
 NAME = "restricted_isometry"
@@ -140,7 +136,7 @@ def main() -> None:
     config = SMOKE if args.smoke else Config()
     started = time.time()
     labelled = cells(config)
-    compute = functools.partial(isometry_cell, directions=config.directions)
+    compute = per_cell(functools.partial(isometry_cell, directions=config.directions))
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=compute, tag=f"isometry-{config.directions}")
     fig, axes = plotting.panels(len(config.models), width=5.0)
     results, measured, passed = {}, {}, True

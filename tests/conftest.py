@@ -7,11 +7,19 @@ checks use ``jax.enable_x64(True)`` locally, so other modules keep JAX's default
 
 import os
 
-import jax
-import pytest
-from hypothesis import settings
+# Before jax is imported: where compiled programs are cached for the test suite, and XLA's
+# spurious log lines on every executable loaded from that cache kept quiet (README, Known issues).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+import colora_jax  # noqa: E402
+
+colora_jax.enable_compile_cache()  # the user's cache dir, or $COLORA_JAX_CACHE_DIR (off: "off")
 
 settings.register_profile("colora", deadline=None, max_examples=8, derandomize=False, print_blob=True)
 settings.load_profile("colora")

@@ -8,7 +8,7 @@ import pytest
 
 from colora_jax.cli import main
 
-SMALL = ["recover", "--users", "6", "--d-out", "6", "--d-in", "5", "--samples", "20", "--trials", "3", "--iters", "40", "--test-samples", "4"]
+SMALL = ["recover", "--users", "6", "--d-out", "6", "--d-in", "5", "--samples", "20", "--trials", "3", "--iters", "40"]
 
 
 def test_json_output_has_the_documented_fields(capsys):
@@ -54,3 +54,68 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys):
 def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "colora_jax.cli", "recover", "--rank", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("colora: error:") and "Traceback" not in proc.stderr
+
+
+def test_several_sample_sizes_fit_prefixes_of_the_same_trials(capsys):
+    """With noise the errors are set by the data, not by rounding: the n = 20 fits of a two-size
+    run equal a run of n = 20 alone (same trials, same first 20 samples)."""
+    argv = SMALL[:7] + ["--samples", "8", "20", "--trials", "3", "--iters", "40", "--noise", "0.05", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row["samples"] for row in out["by_samples"]] == [8, 20]
+    assert max(out["by_samples"][1]["rel_errors"]) < 0.1
+    assert main(SMALL[:7] + ["--samples", "20", "--trials", "3", "--iters", "40", "--noise", "0.05", "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["rel_errors"] == pytest.approx(out["by_samples"][1]["rel_errors"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["recover", "--success-threshold", "-1"], "positive number"),
+        (["recover", "--test-samples", "-3"], "non-negative integer"),
+        (["recover", "--users", "100000000", "--d-out", "1000", "--d-in", "1000", "--trials", "1"],
+         "use fewer users or samples"),
+    ],
+)
+def test_impossible_runs_are_refused_before_anything_runs(argv, fragment, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _recover_in_a_new_process(cache_dir, *extra):
+    env = {**__import__("os").environ, "COLORA_JAX_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.run([sys.executable, "-m", "colora_jax.cli", *SMALL, "--json", *extra], capture_output=True,
+                          text=True, env=env)
+    return proc
+
+
+def test_a_second_identical_run_loads_every_program_from_the_compile_cache(tmp_path):
+    first = _recover_in_a_new_process(tmp_path / "cache")
+    second = _recover_in_a_new_process(tmp_path / "cache")
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:]
+    a, b = json.loads(first.stdout)["compile_cache"], json.loads(second.stdout)["compile_cache"]
+    assert a["misses"] > 0 and a["dir"] == str(tmp_path / "cache")
+    assert b["misses"] == 0 and b["hits"] == a["requests"], (a, b)
+    assert json.loads(first.stdout)["rel_errors"] == json.loads(second.stdout)["rel_errors"]
+
+
+def test_an_unusable_cache_directory_degrades_to_compiling_with_one_warning(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = _recover_in_a_new_process(blocker / "cache")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["compile_cache"]["dir"] is None
+    assert proc.stderr.count("compile cache") == 1 and "Traceback" not in proc.stderr
+
+
+def test_corrupt_cache_entries_are_recompiled_not_fatal(tmp_path):
+    cache = tmp_path / "cache"
+    assert _recover_in_a_new_process(cache).returncode == 0
+    for entry in cache.iterdir():
+        if entry.is_file():
+            entry.write_bytes(b"\x00garbage" * 10)
+    proc = _recover_in_a_new_process(cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["success_rate"] == 1.0
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2, proc.stderr

@@ -4,14 +4,15 @@ import colora_jax
 import colora_jax.nnx
 
 CORE = """
-Cell Estimate Evaluation FEDREP_SYNTHETIC FederatedConfig FitConfig GroundTruth LoRAFactors METHODS
-MethodFit Observations PlantedBlocks Problem ProblemConfig SharedInputConfig SweepResult Trace TrialResult
-cell_trials check_observations chordal_distance_squared code_version design device_info evaluate
-federated_lora fit fit_blocks fit_method fit_sharded fit_streaming generate generate_blocks
-generate_problem generate_shared_input generate_truth geodesic_distance input_step measure method_trial
-method_trial_fn min_samples one_sided_fit output_step parameter_counts per_user_relative_error
-personal_step predict prediction_error principal_angles projection_distance relative_error run_cell
-run_trials shard_users spectral_init subspace_distance sum_squares sweep tilt trial users_mesh
+ALGORITHMS Cell Design Estimate Evaluation FEDREP_SYNTHETIC FederatedConfig FitConfig GroundTruth LoRAFactors
+METHODS MethodFit Observations PlantedChunks Problem ProblemConfig STREAM_VERSION SharedInputConfig SweepResult
+Trace TrialResult cell_key cell_trials check_observations chordal_distance_squared code_version design
+device_info enable_compile_cache evaluate federated_lora fit fit_and_evaluate fit_chunks fit_method
+fit_sharded fit_streaming generate generate_chunks generate_problem generate_shared_input generate_truth
+geodesic_distance input_step measure method_evaluator min_samples one_sided_fit output_step
+parameter_counts per_cell per_user_relative_error personal_step population_risk predict prediction_error
+principal_angles projection_distance read_results relative_error run_cells run_trials shard_users
+spectral_init subspace_distance sum_squares sweep tilt to_jsonable trial trial_keys users_mesh
 """.split()
 
 NNX = """

@@ -1,6 +1,6 @@
 """The resumable sweep driver: an interrupted sweep resumes without loss, a changed configuration
-never reuses a stale cell, a torn last line is dropped, and padded (masked) samples fit exactly
-like the unpadded problem."""
+(or stream layout) never reuses a stale cell, a torn last line is dropped, and a group of cells
+computed in one runner call equals each cell computed alone."""
 
 import json
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import colora_jax as cj
-from colora_jax._src.sweep import Cell, cell_key, keep_samples, read_results, sweep
+from colora_jax import Cell, cell_key, per_cell, read_results, run_cells, sweep
 
 PC = cj.ProblemConfig(model="regression", users=3, d_out=4, d_in=4, rank=1, samples=6, test_samples=0)
 FC = cj.FitConfig(rank=1, iters=5)
@@ -23,7 +23,7 @@ def fake_compute(calls):
         calls.append(cell.seed)
         return {"value": [cell.seed * 1.5, cell.problem.noise]}
 
-    return compute
+    return per_cell(compute)
 
 
 class Interrupt(Exception):
@@ -35,11 +35,12 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path):
     calls = []
     compute = fake_compute(calls)
 
-    def dies_after_two(cell):
+    def dies_after_two(cells):
         if len(calls) == 2:
             raise Interrupt
-        return compute(cell)
+        return compute(cells)
 
+    dies_after_two.groups = False
     with pytest.raises(Interrupt):
         sweep(CELLS, dies_after_two, path=path, progress=False)
     assert calls == [0, 1] and len(read_results(path)) == 2
@@ -77,20 +78,42 @@ def test_torn_last_line_is_dropped(tmp_path):
     assert len(lines) == 3 and all(json.loads(line) for line in lines)
 
 
-def test_cell_key_is_the_resolved_configuration():
+def test_cell_key_is_the_resolved_configuration(monkeypatch):
     a, b = Cell(PC, FC, 2, 0), Cell(cj.ProblemConfig(**PC.__dict__), cj.FitConfig(**FC.__dict__), 2, 0)
     assert cell_key(a) == cell_key(b)
     assert cell_key(a) != cell_key(Cell(PC, FC, 2, 1)) != cell_key(Cell(PC, FC, 2, 0, pad_samples=8))
+    before = cell_key(a)
+    monkeypatch.setattr("colora_jax._src.sweep.STREAM_VERSION", "another layout")
+    assert cell_key(a) != before, "results drawn with another stream layout are other cells"
 
 
 @pytest.mark.parametrize("model", ["regression", "sensing"])
-def test_masked_samples_fit_like_the_first_samples(model):
-    pc = cj.ProblemConfig(model=model, users=4, d_out=5, d_in=4, rank=2, samples=30, test_samples=0)
+def test_a_group_of_cells_equals_each_cell_alone(model, x64):
+    """One runner call for cells that differ only in samples (generated once with pad_samples)
+    gives each cell's trials exactly as a call for that cell alone (float64: 1e-12)."""
+    pc = cj.ProblemConfig(model=model, users=4, d_out=5, d_in=4, rank=2, samples=30, test_samples=0, noise=0.01,
+                          x64=True)
     fc = cj.FitConfig(rank=2, iters=8, tol=0.0)
-    problem = cj.generate(jax.random.key(3), pc)
-    n = 18
-    masked = keep_samples(problem.train, n)
-    first = cj.Observations(problem.train.X[:, :n], problem.train.Y[:, :n], model)
-    a, _ = cj.fit(masked, fc)
-    b, _ = cj.fit(first, fc)
-    np.testing.assert_allclose(a.W, b.W, rtol=2e-3, atol=2e-4)
+    cells = [Cell(cj.ProblemConfig(**{**pc.__dict__, "samples": n}), fc, trials=3, seed=5, pad_samples=30)
+             for n in (9, 18, 30)]
+    together = run_cells(cells, trace=True)
+    for cell, joint in zip(cells, together):
+        alone = run_cells([cell], trace=True)[0]
+        np.testing.assert_allclose(joint["evaluation"]["rel_error"], alone["evaluation"]["rel_error"], rtol=1e-12)
+        np.testing.assert_allclose(joint["trace"]["objective"][:5], alone["trace"]["objective"][:5], rtol=1e-12)
+
+
+def test_sweep_groups_cells_and_records_each(tmp_path):
+    pc = cj.ProblemConfig(model="sensing", users=3, d_out=4, d_in=4, rank=1, samples=6, test_samples=0)
+    fc = cj.FitConfig(rank=1, iters=5)
+    cells = [Cell(cj.ProblemConfig(**{**pc.__dict__, "samples": n}), fc, trials=2, seed=1, pad_samples=8)
+             for n in (4, 6, 8)]
+    calls = []
+
+    def compute(group):
+        calls.append(len(group))
+        return run_cells(group)
+
+    out = sweep(cells, compute, path=tmp_path / "g.jsonl", progress=False)
+    assert calls == [3], "cells that differ only in samples are one group"
+    assert len(read_results(tmp_path / "g.jsonl")) == 3 and len(out.results) == 3

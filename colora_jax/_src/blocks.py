@@ -45,16 +45,19 @@ class Design:
     C: Float[Array, "k d_in d_in"] | None  # regression: X_i^T X_i
     Bt: Float[Array, "k d_out d_in"] | None  # regression: Y_i^T X_i (= (X_i^T Y_i)^T)
     Xt: Float[Array, "k n d_in d_out"] | None  # sensing: every X_ij transposed (contiguous for X^T U)
+    counts: Float[Array, " k"]  # samples used per user (unused rows of X, Y are zero)
     model: str = dataclasses.field(metadata=dict(static=True))
 
 
 def design(obs: Observations) -> Design:
-    """Precompute what the block steps need from the observations."""
+    """Precompute what the block steps need from the observations (unused samples zeroed)."""
+    obs = obs.masked()
+    counts = obs.sample_counts().astype(obs.X.dtype)
     if obs.model == "regression":
         C = jnp.einsum("kni,knj->kij", obs.X, obs.X)
         Bt = jnp.einsum("kno,kni->koi", obs.Y, obs.X)
-        return Design(X=obs.X, Y=obs.Y, C=C, Bt=Bt, Xt=None, model=obs.model)
-    return Design(X=obs.X, Y=obs.Y, C=None, Bt=None, Xt=jnp.swapaxes(obs.X, 2, 3), model=obs.model)
+        return Design(X=obs.X, Y=obs.Y, C=C, Bt=Bt, Xt=None, counts=counts, model=obs.model)
+    return Design(X=obs.X, Y=obs.Y, C=None, Bt=None, Xt=jnp.swapaxes(obs.X, 2, 3), counts=counts, model=obs.model)
 
 
 # The regression steps touch the per-user statistics C (k, d_in, d_in) and Bt (k, d_out, d_in)
@@ -177,16 +180,23 @@ def output_normal_regression(VCV, BtV, S):
     return G, H
 
 
-def personal_and_output_normal(d: Design, U, V, diag: bool):
-    """The personal step and these users' (unpooled) output-step normal equations ``(G, H)``,
-    sharing their pass over the data (``V^T C_i V`` and ``Bt_i V``, or ``X_ij V``)."""
+def personal_output_and_objective(d: Design, U, V, diag: bool, axis_name: str | None = None):
+    """At ``(U, V)``: the exact personal step ``S``, these users' (unpooled) output-step normal
+    equations ``(G, H)`` at ``(V, S)``, and the pooled sum of squared residuals ``f(U, V, S)``.
+
+    One pass over the data serves all three: ``V^T C_i V`` and ``Bt_i V`` (regression; the
+    residuals ``Y - X V S^T U^T`` add one product with the raw ``X``), or ``X_ij V`` (sensing:
+    the residuals come from ``U^T X_ij V``, already formed for the personal step).
+    """
     if d.model == "regression":
         VCV, BtV = regression_projections(d, V)
         S = personal_regression(VCV, BtV, U, diag)
-        return S, output_normal_regression(VCV, BtV, S)
+        return S, output_normal_regression(VCV, BtV, S), sum_squares(d, U, V, S, axis_name)
     XV = d.X @ V
-    S = personal_from_core(d, sensing_core(XV, U), diag)
-    return S, factor_normal(XV, d.Y, S)
+    core = sensing_core(XV, U)
+    S = personal_from_core(d, core, diag)
+    resid = d.Y - jnp.einsum("knrs,krs->kn", core, S)
+    return S, factor_normal(XV, d.Y, S), pool(jnp.sum(jnp.square(resid)), axis_name)
 
 
 def output_step(d: Design, V, S, axis_name: str | None = None) -> Float[Array, "d_out r"]:
@@ -239,12 +249,17 @@ def sum_squares(d: Design, U, V, S, axis_name: str | None = None):
     return pool(jnp.sum(jnp.square(residuals(d, U, V, S))), axis_name)
 
 
+def _per_user_scale(d: Design, power: int):
+    """``1 / n_i^power`` per user (0 for a user without samples), shaped to scale ``(k, ., .)``."""
+    n = d.counts
+    return (jnp.where(n > 0, 1.0 / jnp.maximum(n, 1) ** power, 0.0)).astype(d.X.dtype)[:, None, None]
+
+
 def moment_estimates(d: Design) -> Float[Array, "k d_out d_in"]:
-    """Unbiased per-user moment estimates ``W_i_hat = (1/n) sum_j y_ij x_ij^T`` (or y_ij X_ij)."""
-    n = d.X.shape[1]
+    """Unbiased per-user moment estimates ``W_i_hat = (1/n_i) sum_j y_ij x_ij^T`` (or y_ij X_ij)."""
     if d.model == "regression":
-        return d.Bt / n
-    return jnp.einsum("kn,knoi->koi", d.Y, d.X) / n
+        return d.Bt * _per_user_scale(d, 1)
+    return jnp.einsum("kn,knoi->koi", d.Y, d.X) * _per_user_scale(d, 1)
 
 
 def spectral_init(d: Design, rank: int, axis_name: str | None = None):
@@ -262,9 +277,9 @@ def spectral_init(d: Design, rank: int, axis_name: str | None = None):
 
 def spectral_moments(d: Design):
     """These users' (unpooled) ``sum_i W_i_hat W_i_hat^T`` and ``sum_i W_i_hat^T W_i_hat``."""
-    if d.model == "regression":  # W_i_hat = Bt_i / n: scale the small products, not Bt
-        n2 = jnp.square(jnp.asarray(d.X.shape[1], d.Bt.dtype))
-        B = jnp.swapaxes(d.Bt, 1, 2)  # one copy; einsum("koi,kpi->op") on Bt was 6x slower (k = 1e5)
-        return _sum_tn(B, B) / n2, _sum_tn(d.Bt, d.Bt) / n2
+    if d.model == "regression":  # W_i_hat = Bt_i / n_i
+        Bt = d.Bt * _per_user_scale(d, 1)
+        B = jnp.swapaxes(Bt, 1, 2)  # one copy; einsum("koi,kpi->op") on Bt was 6x slower (k = 1e5)
+        return _sum_tn(B, B), _sum_tn(Bt, Bt)
     W = moment_estimates(d)
     return jnp.einsum("koi,kpi->op", W, W), jnp.einsum("koi,koj->ij", W, W)

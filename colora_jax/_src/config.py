@@ -8,21 +8,20 @@ that says what to change; they run at trace time (shapes and static numbers only
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
-
 import jax.numpy as jnp
 
-Model = Literal["regression", "sensing"]
-Personal = Literal["full", "diag"]
-Algorithm = Literal["altmin", "altgd", "adam"]
+from colora_jax._src import registry
 
 MODELS: tuple[str, ...] = ("regression", "sensing")
 PERSONALS: tuple[str, ...] = ("full", "diag")
-ALGORITHMS: tuple[str, ...] = ("altmin", "altgd", "adam")
+INITS: tuple[str, ...] = ("spectral", "random")
 PERSONAL_MEANS: tuple[str, ...] = ("random", "zero")
+ALGORITHMS: tuple[str, ...] = tuple(registry.ALGORITHMS)  # TODO(lead): drop once varpro reads the registry
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def choice(name: str, value: str, allowed) -> None:
+    """Raise ValueError naming the allowed values unless ``value`` is one of them."""
+    allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
 
@@ -50,7 +49,7 @@ class ProblemConfig:
     d_in: int = 20  # input dimension (columns of W_i)
     rank: int = 2  # r, rank of the shared adapter
     samples: int = 80  # n, training samples per user
-    test_samples: int = 50  # held-out samples per user, for prediction error
+    test_samples: int = 0  # held-out samples per user (0: held-out error is the exact population risk)
     noise: float = 0.0  # standard deviation of the additive Gaussian noise e
     task_angle: float = 0.0  # principal angle (radians) between U_i*, V_i* and the shared U*, V*
     deviation: float = 0.0  # relative Frobenius size of a personal full-rank term D_i
@@ -65,9 +64,9 @@ class ProblemConfig:
 
     def validate(self) -> "ProblemConfig":
         """Check the static configuration; returns self so calls can be chained."""
-        _choice("model", self.model, MODELS)
-        _choice("personal", self.personal, PERSONALS)
-        _choice("personal_mean", self.personal_mean, PERSONAL_MEANS)
+        choice("model", self.model, MODELS)
+        choice("personal", self.personal, PERSONALS)
+        choice("personal_mean", self.personal_mean, PERSONAL_MEANS)
         for name in ("users", "d_out", "d_in", "rank", "samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -114,9 +113,9 @@ class FitConfig:
     learning_rate: float = 1e-2  # adam: optax.adam learning rate
 
     def validate(self) -> "FitConfig":
-        _choice("personal", self.personal, PERSONALS)
-        _choice("algorithm", self.algorithm, ALGORITHMS)
-        _choice("init", self.init, ("spectral", "random"))
+        choice("personal", self.personal, PERSONALS)
+        choice("algorithm", self.algorithm, registry.ALGORITHMS)
+        choice("init", self.init, INITS)
         if self.rank < 1:
             raise ValueError(f"rank must be a positive integer, got {self.rank}")
         if self.iters < 1:

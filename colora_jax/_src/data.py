@@ -15,6 +15,12 @@ Two measurement models (``Observations.model``):
   arrays ``X: (k, n, d_in)``, ``Y: (k, n, d_out)``.
 * ``sensing``: ``X`` with i.i.d. N(0, 1) entries in R^{d_out x d_in}, ``y = <X, W_i> + e``;
   arrays ``X: (k, n, d_out, d_in)``, ``Y: (k, n)``.
+
+Random streams (``counter_rng``): sample j of user i is drawn from a counter-based generator
+keyed by ``(key, i, j)``, and each user's planted parts by ``(key, i)``, so samples are
+nested (the first n samples never depend on how many are drawn) and users are too (except
+``personal_mean="zero"``, which re-centres over the users present). The truth, the training
+data and the optional test data come from independent ``fold_in`` streams of the problem key.
 """
 
 from __future__ import annotations
@@ -23,19 +29,28 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from colora_jax._src import counter_rng
 from colora_jax._src.config import ProblemConfig
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Observations:
-    """Measurements of k users; ``model`` is static metadata, ``X`` and ``Y`` are arrays."""
+    """Measurements of k users: ``X``, ``Y`` arrays, ``model`` static, optional per-user ``counts``.
+
+    ``counts[i]`` (traced, optional) says how many of user i's stored samples are used: rows
+    ``j >= counts[i]`` are ignored by every estimator and metric, exactly as if they were absent
+    (estimators zero them: ``masked``; a zero row drops out of every least squares). With the nested sample
+    stream this makes a sweep over samples per user one compiled program: store the largest
+    ``n`` and set ``counts``. ``None`` uses every stored sample.
+    """
 
     X: Float[Array, "k n ..."]
     Y: Float[Array, "k n ..."]
     model: str = dataclasses.field(default="sensing", metadata=dict(static=True))
+    counts: Int[Array, " k"] | None = None
 
     @property
     def users(self) -> int:
@@ -43,6 +58,7 @@ class Observations:
 
     @property
     def samples(self) -> int:
+        """Stored samples per user (an upper bound of ``counts``)."""
         return self.X.shape[1]
 
     @property
@@ -51,6 +67,34 @@ class Observations:
         if self.model == "sensing":
             return self.X.shape[2], self.X.shape[3]
         return self.Y.shape[2], self.X.shape[2]
+
+    def sample_counts(self) -> Int[Array, " k"]:
+        """Samples used per user: ``counts``, or the stored number."""
+        if self.counts is None:
+            return jnp.full((self.users,), self.samples, jnp.int32)
+        return self.counts
+
+    def with_counts(self, counts) -> "Observations":
+        """Use only the first ``counts`` samples of each user (a scalar or one count per user)."""
+        counts = jnp.broadcast_to(jnp.asarray(counts, jnp.int32), (self.users,))
+        return Observations(X=self.X, Y=self.Y, model=self.model, counts=counts)
+
+    def masked(self) -> "Observations":
+        """These observations with every unused row (index ``>= counts``) set to zero.
+
+        Estimators call this first: a zero row adds nothing to any normal equation or sum of
+        squares, so fitting the masked arrays is fitting the used samples alone.
+        """
+        if self.counts is None:
+            return self
+        keep = jnp.arange(self.samples, dtype=self.counts.dtype)[None, :] < self.counts[:, None]
+        X = jnp.where(_expand(keep, self.X), self.X, 0)  # where, not a product: a NaN in an unused row is dropped
+        Y = jnp.where(_expand(keep, self.Y), self.Y, 0)
+        return Observations(X=X, Y=Y, model=self.model, counts=self.counts)
+
+
+def _expand(keep, like):
+    return keep.reshape(keep.shape + (1,) * (like.ndim - 2))
 
 
 @jax.tree_util.register_dataclass
@@ -64,12 +108,17 @@ class GroundTruth:
     U_users: Float[Array, "k d_out r"]  # U_i*, tilted by task_angle from U*
     V_users: Float[Array, "k d_in r"]  # V_i*, tilted by task_angle from V*
     W: Float[Array, "k d_out d_in"]  # the users' full matrices W_i*
+    noise: Float[Array, ""]  # standard deviation of the measurement noise (for the population risk)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """A generated problem: the truth, training and held-out observations."""
+    """A generated problem: the truth, training and (optional, empirical) held-out observations.
+
+    ``test`` has ``ProblemConfig.test_samples`` samples per user; with 0 (the default) the
+    held-out error is the exact population risk of the Gaussian design (``trials.evaluate``).
+    """
 
     truth: GroundTruth
     train: Observations
@@ -83,94 +132,143 @@ def predict(W: Float[Array, "d_out d_in"], X: Float[Array, "n ..."], model: str)
     return X @ W.T
 
 
-def _orthonormal(key: PRNGKeyArray, rows: int, cols: int, dtype) -> Float[Array, "rows cols"]:
-    """A Haar-distributed orthonormal basis (QR of a Gaussian with the sign of diag(R) fixed)."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (rows, cols), dtype))
-    return q * jnp.sign(jnp.diagonal(r))[None, :]
+def orthonormal(G: Float[Array, "... d r"]) -> Float[Array, "... d r"]:
+    """The Q factor of ``G = Q R`` with ``diag(R) > 0``: Haar-distributed when ``G`` is Gaussian."""
+    q, r = jnp.linalg.qr(G)
+    return q * jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(G.dtype)[..., None, :]
 
 
-def tilt(key: PRNGKeyArray, base: Float[Array, "d r"], angle) -> Float[Array, "d r"]:
+def tilt(base: Float[Array, "d r"], gaussian: Float[Array, "d r"], angle) -> Float[Array, "d r"]:
     """An orthonormal basis whose principal angles to span(base) all equal ``angle``.
 
-    ``base cos(angle) + E sin(angle)`` with ``E`` a random orthonormal basis of a subspace of
-    the orthogonal complement of span(base) (needs ``d >= 2 r``). ``base`` must be orthonormal.
+    ``base cos(angle) + E sin(angle)`` with ``E`` the orthonormalized projection of
+    ``gaussian`` onto the orthogonal complement of span(base) (needs ``d >= 2 r``; ``base``
+    orthonormal).
     """
-    d, r = base.shape
-    if 2 * r > d:
-        # angle is 0 (validated by ProblemConfig), so the complement is never needed
-        return base
-    g = jax.random.normal(key, (d, r), base.dtype)
-    g = g - base @ (base.T @ g)
+    g = gaussian - base @ (base.T @ gaussian)
     g = g - base @ (base.T @ g)  # second projection: orthogonality to working precision
-    e, _ = jnp.linalg.qr(g)
-    return base * jnp.cos(angle) + e * jnp.sin(angle)
+    return base * jnp.cos(angle) + orthonormal(g) * jnp.sin(angle)
 
 
-def personal_matrices(key: PRNGKeyArray, config: ProblemConfig) -> Float[Array, "k r r"]:
+# Stream tags: each part of a problem is drawn from its own fold_in(key, tag) stream, so that
+# turning one knob (a tilt, a deviation, a test set) never changes the draws of another.
+TRUTH_STREAM, TRAIN_STREAM, TEST_STREAM = 0, 1, 2  # fold_in tags of a problem key
+# The layout of every random stream above (what a seed means): part of every sweep cell's key,
+# so that results drawn with another layout are never reused. Change it with the layout.
+STREAM_VERSION = "counter-threefry-boxmuller/user-sample/v1"
+_SHARED, _PERSONAL, _TILT, _DEVIATION = 0, 1, 2, 3
+
+
+def _user_normals(key, tag: int, users: int, shape: tuple[int, ...], dtype, first_user=0):
+    """Normals of shape ``(users,) + shape``, user i's entries a function of (key, tag, first_user + i)."""
+    width = 1
+    for s in shape:
+        width *= s
+    z = counter_rng.normals(jax.random.fold_in(key, tag), users, 1, width, dtype, first_user)
+    return z.reshape((users,) + shape)
+
+
+def personal_matrices(key: PRNGKeyArray, config: ProblemConfig, first_user=0) -> Float[Array, "k r r"]:
     """The personal S_i*: singular values ``geomspace(1, 1/condition, r)``.
 
     ``full``: ``A_i diag(sigma) B_i^T`` with Haar ``A_i, B_i``; ``diag``: ``diag(sigma)`` with
-    random signs and a random order. With ``personal_mean="zero"`` the bank is re-centred so
-    that ``sum_i S_i* = 0`` (the case where a plain average of the users' tasks is useless).
+    random signs and a random order. User i's ``S_i*`` depends on ``(key, i)`` only (users
+    ``first_user .. first_user + config.users - 1`` are drawn). With
+    ``personal_mean="zero"`` the bank is re-centred so that ``sum_i S_i* = 0`` (the case where
+    a plain average of the users' tasks is useless).
     """
     k, r, dtype = config.users, config.rank, config.dtype
     sigma = jnp.geomspace(1.0, 1.0 / config.condition, r).astype(dtype)
-    ka, kb = jax.random.split(key)
+    z = _user_normals(key, _PERSONAL, k, (2, r, r), dtype, first_user)
     if config.personal == "full":
-        a = jax.vmap(lambda kk: _orthonormal(kk, r, r, dtype))(jax.random.split(ka, k))
-        b = jax.vmap(lambda kk: _orthonormal(kk, r, r, dtype))(jax.random.split(kb, k))
-        s = jnp.einsum("kab,b,kcb->kac", a, sigma, b)
-    else:
-        signs = jax.random.rademacher(ka, (k, r), dtype=dtype)
-        perm = jax.vmap(lambda kk: jax.random.permutation(kk, sigma))(jax.random.split(kb, k))
-        s = jax.vmap(jnp.diag)(signs * perm)
+        ab = orthonormal(z.reshape(2 * k, r, r)).reshape(k, 2, r, r)
+        s = jnp.einsum("kab,b,kcb->kac", ab[:, 0], sigma, ab[:, 1])
+    else:  # random signs (from the first row), random order (argsort of the second row)
+        order = jnp.argsort(z[:, 1, 0], axis=-1)
+        s = jax.vmap(jnp.diag)(jnp.sign(z[:, 0, 0]) * sigma[order])
     if config.personal_mean == "zero":
         s = s - jnp.mean(s, axis=0, keepdims=True)
     return s
 
 
-def generate_truth(key: PRNGKeyArray, config: ProblemConfig) -> GroundTruth:
-    """Draw the planted shared factors, per-user tilts, personal parts and deviations."""
+def shared_factors(key: PRNGKeyArray, config: ProblemConfig) -> tuple[Float[Array, "d_out r"], Float[Array, "d_in r"]]:
+    """The planted shared ``U*``, ``V*`` (Haar orthonormal) of the truth drawn from ``key``."""
+    r, d_out = config.rank, config.d_out
+    g = _user_normals(key, _SHARED, 1, (d_out + config.d_in, r), config.dtype)[0]
+    return orthonormal(g[:d_out]), orthonormal(g[d_out:])
+
+
+def generate_truth(key: PRNGKeyArray, config: ProblemConfig, noise=None, first_user=0) -> GroundTruth:
+    """Draw the planted shared factors, per-user tilts, personal parts and deviations.
+
+    Args:
+      key: the truth's PRNG key.
+      config: the problem (``config.users`` users are drawn).
+      noise: recorded in the truth for the population risk (default ``config.noise``; may be
+        traced).
+      first_user: draw users ``first_user .. first_user + config.users - 1`` of the stream
+        (one chunk of a larger problem; may be traced). Every per-user part of user i depends
+        on ``(key, i)`` alone, except the re-centring of ``personal_mean="zero"``.
+    """
     config.validate()
-    k, dtype = config.users, config.dtype
-    ku, kv, ks, ktu, ktv, kd = jax.random.split(key, 6)
-    U = _orthonormal(ku, config.d_out, config.rank, dtype)
-    V = _orthonormal(kv, config.d_in, config.rank, dtype)
-    S = personal_matrices(ks, config)
-    U_users = jax.vmap(lambda kk: tilt(kk, U, config.task_angle))(jax.random.split(ktu, k))
-    V_users = jax.vmap(lambda kk: tilt(kk, V, config.task_angle))(jax.random.split(ktv, k))
+    k, r, dtype = config.users, config.rank, config.dtype
+    d_out, d_in = config.d_out, config.d_in
+    U, V = shared_factors(key, config)
+    S = personal_matrices(key, config, first_user)
+    if config.task_angle == 0.0:  # static: no factorization for untilted users
+        U_users, V_users = jnp.broadcast_to(U, (k, d_out, r)), jnp.broadcast_to(V, (k, d_in, r))
+    else:
+        e = _user_normals(key, _TILT, k, (d_out + d_in, r), dtype, first_user)
+        U_users = jax.vmap(tilt, (None, 0, None))(U, e[:, :d_out], config.task_angle)
+        V_users = jax.vmap(tilt, (None, 0, None))(V, e[:, d_out:], config.task_angle)
     W = jnp.einsum("kor,krs,kis->koi", U_users, S, V_users)
     if config.deviation > 0:
-        D = jax.random.normal(kd, W.shape, dtype)
+        D = _user_normals(key, _DEVIATION, k, (d_out, d_in), dtype, first_user)
         scale = jnp.linalg.norm(W, axis=(1, 2)) / jnp.linalg.norm(D, axis=(1, 2))
         W = W + config.deviation * scale[:, None, None] * D
-    return GroundTruth(U=U, V=V, S=S, U_users=U_users, V_users=V_users, W=W)
+    noise = jnp.asarray(config.noise if noise is None else noise, dtype)
+    return GroundTruth(U=U, V=V, S=S, U_users=U_users, V_users=V_users, W=W, noise=noise)
 
 
-def measure(key: PRNGKeyArray, W: Float[Array, "k d_out d_in"], samples: int, noise: float, model: str) -> Observations:
-    """Draw ``samples`` Gaussian measurements of each user's ``W_i`` with noise std ``noise``."""
+def measure(
+    key: PRNGKeyArray, W: Float[Array, "k d_out d_in"], samples: int, noise, model: str, first_user=0
+) -> Observations:
+    """Draw ``samples`` Gaussian measurements of each user's ``W_i`` with noise std ``noise``.
+
+    Sample j of user i (its design and its noise) is a function of ``(key, i, j)`` alone:
+    ``measure(key, W, n, ...)`` holds the first ``n`` samples of ``measure(key, W, N, ...)``
+    for ``n <= N``, and user i's samples do not depend on the number of users (``W`` holds
+    users ``first_user, first_user + 1, ...`` of the stream). ``noise`` may be traced.
+    """
     k, d_out, d_in = W.shape
-    kx, ke = jax.random.split(key)
-    x_shape = (k, samples, d_out, d_in) if model == "sensing" else (k, samples, d_in)
-    X = jax.random.normal(kx, x_shape, W.dtype)
+    x_shape = (d_out, d_in) if model == "sensing" else (d_in,)
+    e_width = 1 if model == "sensing" else d_out
+    x_width = d_out * d_in if model == "sensing" else d_in
+    z = counter_rng.normals(key, k, samples, x_width + e_width, W.dtype, first_user)
+    X = z[..., :x_width].reshape((k, samples) + x_shape)
+    e = z[..., x_width:] if model == "regression" else z[..., x_width]
     clean = jax.vmap(predict, in_axes=(0, 0, None))(W, X, model)
-    Y = clean + noise * jax.random.normal(ke, clean.shape, W.dtype)
-    return Observations(X=X, Y=Y, model=model)
+    return Observations(X=X, Y=clean + jnp.asarray(noise, W.dtype) * e, model=model)
 
 
-def generate(key: PRNGKeyArray, config: ProblemConfig) -> Problem:
+def generate(key: PRNGKeyArray, config: ProblemConfig, *, noise=None, first_user=0) -> Problem:
     """Generate a planted problem deterministically from ``key``.
 
     Args:
-      key: a JAX PRNG key; the same key and config give the same problem.
+      key: a JAX PRNG key (threefry); the same key and config give the same problem, and the
+        first ``n`` training samples of every user are the same for every ``samples >= n``.
       config: the problem's static description (validated here, at trace time).
+      noise: override of ``config.noise`` that may be traced (one compiled program serves a
+        sweep over noise levels).
+      first_user: generate users ``first_user .. first_user + config.users - 1`` of the
+        problem's users (one chunk; ``streaming.generate_chunks``); may be traced.
 
     Returns:
       ``Problem(truth, train, test)``; ``test`` has ``config.test_samples`` per user.
     """
     config.validate()
-    kt, ktr, kte = jax.random.split(key, 3)
-    truth = generate_truth(kt, config)
-    train = measure(ktr, truth.W, config.samples, config.noise, config.model)
-    test = measure(kte, truth.W, config.test_samples, config.noise, config.model)
+    noise = config.noise if noise is None else noise
+    truth = generate_truth(jax.random.fold_in(key, TRUTH_STREAM), config, noise, first_user)
+    train = measure(jax.random.fold_in(key, TRAIN_STREAM), truth.W, config.samples, noise, config.model, first_user)
+    test = measure(jax.random.fold_in(key, TEST_STREAM), truth.W, config.test_samples, noise, config.model, first_user)
     return Problem(truth=truth, train=train, test=test)

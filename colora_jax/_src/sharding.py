@@ -25,14 +25,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from colora_jax._src.altmin import Estimate, Trace, check_finite, fit
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import GroundTruth, Observations, generate
+from colora_jax._src.fitting import Estimate, Trace, check_finite, fit
+from colora_jax._src.config import FitConfig
+from colora_jax._src.data import GroundTruth, Observations, Problem
 from colora_jax._src.trials import TrialResult, evaluate
 
 AXIS = "users"  # the mesh axis the users are split over
 
-_TRUTH_SPEC = GroundTruth(U=P(), V=P(), S=P(AXIS), U_users=P(AXIS), V_users=P(AXIS), W=P(AXIS))
+_TRUTH_SPEC = GroundTruth(U=P(), V=P(), S=P(AXIS), U_users=P(AXIS), V_users=P(AXIS), W=P(AXIS), noise=P())
 _TRACE_SPEC = Trace(*(P(),) * len(Trace._fields))
 
 
@@ -100,15 +100,13 @@ def _fit_shard(observations, key, truth, *, config):
     return fit(observations, config, key=key, truth=truth, axis_name=AXIS)
 
 
-def sharded_trial(key, problem_config: ProblemConfig, fit_config: FitConfig, *, mesh: Mesh) -> TrialResult:
-    """``trials.trial`` with the fit's users sharded over ``mesh`` (the path of ``recover --devices``)."""
-    kp, kf = jax.random.split(key)
-    problem = generate(kp, problem_config)
-    estimate, trace = fit_sharded(problem.train, fit_config, mesh=mesh, key=kf, truth=problem.truth)
+def sharded_fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, *, mesh: Mesh) -> TrialResult:
+    """``trials.fit_and_evaluate`` of CoLoRA with the users sharded over ``mesh`` (``recover --devices``)."""
+    estimate, trace = fit_sharded(problem.train, fit_config, mesh=mesh, key=key, truth=problem.truth)
     return TrialResult(evaluate(estimate.W, problem, estimate.U, estimate.V), trace)
 
 
 @functools.lru_cache(maxsize=None)
-def sharded_trial_fn(devices: int):
-    """A stable, hashable ``sharded_trial`` over the first ``devices`` devices (for ``run_trials(fn=...)``)."""
-    return functools.partial(sharded_trial, mesh=users_mesh(devices))
+def sharded_evaluator(devices: int):
+    """A stable, hashable ``sharded_fit_and_evaluate`` over the first ``devices`` devices (``run_trials(fn=...)``)."""
+    return functools.partial(sharded_fit_and_evaluate, mesh=users_mesh(devices))

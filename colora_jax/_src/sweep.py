@@ -2,32 +2,30 @@
 
 A *cell* is one point of an experiment: the planted problem, the estimator (CoLoRA's
 ``FitConfig`` plus a method name), the number of trials and the seed. ``sweep`` computes the
-cells in order and appends each finished cell to ``path`` as one JSON line (flushed and
-fsynced), so a sweep killed midway and started again recomputes only the missing cells.
+cells and appends each finished cell to ``path`` as one JSON line (flushed and fsynced), so a
+sweep killed midway and started again recomputes only the missing cells.
 
 Cache key (the trade-off, decided here): a cell is identified by the SHA-256 of its fully
-resolved configuration (every field of both configs, trials, seed, method, pad_samples) plus the
-caller's ``tag`` (what is recorded per cell, and by which fitter). A changed *configuration* therefore never reuses
-a stale cell. The code version is *not* part of the key: it is written on every line, and
-reused cells computed by another code version are counted and reported (``SweepResult.stale``
-and a warning), so that editing a plotting script does not throw away an hour of trials. When
-the numerics themselves change, pass ``fresh=True`` (``--fresh`` in the scripts, used by
-``make figures``) to recompute everything.
+resolved configuration (every field of both configs, trials, seed, method, pad_samples), the
+layout of the random streams (``data.STREAM_VERSION``: a change of how problems are drawn
+changes every result) and the caller's ``tag`` (what is recorded per cell, and by which
+fitter). A changed configuration or stream therefore never reuses a stale cell. The code
+version is *not* part of the key: it is written on every line, and reused cells computed by
+another code version are counted and reported (``SweepResult.stale`` and a warning), so that
+editing a plotting script does not throw away an hour of trials. When the numerics
+themselves change, pass ``fresh=True`` (``--fresh`` in the scripts, used by ``make figures``)
+to recompute everything.
 
-Speed: ``cell_trials`` runs a cell's trials as one jit-compiled vmapped call, and compiling
-(seconds per configuration on a CPU) dominates sweeps over many small cells. Two knobs are
-therefore traced instead of static: the noise level (problems are generated noiselessly and
-the cell's Gaussian noise is added to the measurements inside the trial), and the sample size
-(a cell may generate ``pad_samples >= samples`` measurements per user and keep only the first
-``samples``: the rest are zeroed, which removes them from every least squares exactly). Cells
-differing only in noise, or in ``samples`` below a common ``pad_samples``, share one
-executable; that makes a phase diagram over many sample sizes affordable on a CPU.
+Speed: cells are computed in *groups* that differ only in their sample size. Each group is one
+call of ``trials.run_trials`` with a sample grid: every trial is generated once with
+``pad_samples`` per user and fitted on each prefix (common random numbers), and the noise level
+is a traced input, so a whole phase diagram row (and every noise level) is one compiled
+program.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -37,15 +35,13 @@ import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from colora_jax._src.baselines import SharedInputConfig, fit_method, generate_problem
-from colora_jax._src.commands.common import to_jsonable
 from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import Observations
+from colora_jax._src.data import STREAM_VERSION
 from colora_jax._src.provenance import code_version
-from colora_jax._src.trials import default_batch, evaluate, trial_keys
+from colora_jax._src.serialization import to_jsonable
+from colora_jax._src.shared_input import SharedInputConfig
+from colora_jax._src.trials import method_evaluator, run_trials
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +52,14 @@ class Cell:
     fit: FitConfig  # CoLoRA's estimator settings (baselines read rank, iters, tol from it too)
     trials: int = 50  # independent trials; trial t uses fold_in(key(seed), t)
     seed: int = 0  # PRNG seed of the cell
-    method: str = "colora"  # a name in ``baselines.METHODS``, or one the caller's ``fitter`` knows
-    pad_samples: int = 0  # generate this many samples per user, keep ``samples`` (0: no padding)
+    method: str = "colora"  # a name in ``registry.METHODS``, or one the caller's ``fn_for`` knows
+    pad_samples: int = 0  # generate this many samples per user, fit the first ``samples`` (0: no padding)
 
-    def generated_problem(self) -> ProblemConfig | SharedInputConfig:
-        """The configuration that is compiled and generated: noiseless, ``pad_samples`` per user."""
+    def generated_samples(self) -> int:
+        """Samples per user that are generated (the prefix ``problem.samples`` of them is fitted)."""
         if self.pad_samples and self.pad_samples < self.problem.samples:
             raise ValueError(f"pad_samples={self.pad_samples} is below samples={self.problem.samples}: raise it or use 0")
-        return dataclasses.replace(self.problem, samples=max(self.pad_samples, self.problem.samples), noise=0.0)
+        return max(self.pad_samples, self.problem.samples)
 
 
 def cell_config(cell: Cell) -> dict:
@@ -72,85 +68,57 @@ def cell_config(cell: Cell) -> dict:
 
 
 def cell_key(cell: Cell, tag: str = "") -> str:
-    """SHA-256 (hex, 20 digits) of the resolved configuration and the caller's tag."""
-    text = json.dumps({"cell": cell_config(cell), "tag": tag}, sort_keys=True)
+    """SHA-256 (hex, 20 digits) of the resolved configuration, the stream layout and the caller's tag."""
+    text = json.dumps({"cell": cell_config(cell), "stream": STREAM_VERSION, "tag": tag}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-# ----------------------------------------------------------------------------- trials of one cell
+# ----------------------------------------------------------------------------- trials of cells
 
 
-def keep_samples(obs: Observations, samples) -> Observations:
-    """Zero every measurement of index ``>= samples`` (a traced integer is fine).
+def group_key(cell: Cell):
+    """Cells with equal group keys differ only in ``problem.samples``: one runner call computes them."""
+    return (dataclasses.replace(cell.problem, samples=cell.generated_samples()), cell.fit, cell.trials, cell.seed,
+            cell.method)
 
-    A zero row (``x = 0, y = 0``) adds nothing to any normal equation or sum of squares, so
-    fitting the masked observations is fitting the first ``samples`` measurements.
+
+def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = method_evaluator):
+    """Every trial of a group of cells (``group_key`` equal) as NumPy arrays ``(trials, cells, ...)``.
+
+    One ``run_trials`` call: generated with ``pad_samples`` per user, fitted at each cell's
+    sample count. ``fn_for(method)`` gives the per-problem function (default: the registry's
+    method); it must return a stable, hashable function.
     """
-    keep = (jnp.arange(obs.samples) < samples).astype(obs.X.dtype)
-    x_keep = keep.reshape((1, -1) + (1,) * (obs.X.ndim - 2))
-    y_keep = keep.reshape((1, -1) + (1,) * (obs.Y.ndim - 2))
-    return Observations(X=obs.X * x_keep, Y=obs.Y * y_keep, model=obs.model)
+    first = cells[0]
+    if any(group_key(c) != group_key(first) for c in cells):
+        raise ValueError("cell_trials computes cells that differ only in problem.samples: group them with group_key")
+    for c in cells:
+        c.problem.validate()
+    problem = dataclasses.replace(first.problem, samples=first.generated_samples())
+    return run_trials(jax.random.key(first.seed), problem, first.fit, first.trials, samples=[c.problem.samples for c in cells],
+                      fn=fn_for(first.method))
 
 
-def add_noise(key, obs: Observations, noise) -> Observations:
-    """``y + noise * e`` with ``e`` standard Gaussian (``measure``'s noise, with a traced level)."""
-    return Observations(X=obs.X, Y=obs.Y + noise * jax.random.normal(key, obs.Y.shape, obs.Y.dtype), model=obs.model)
+def run_cells(cells: Sequence[Cell], trace: bool = False, fn_for: Callable[[str], Callable] = method_evaluator) -> list:
+    """The default computation of a group of cells: every trial's evaluation (and, if asked, trace)."""
+    evaluation, tr = cell_trials(cells, fn_for)
+    out = []
+    for j in range(len(cells)):
+        one = {"evaluation": jax.tree.map(lambda a: a[:, j], evaluation)._asdict()}
+        if trace:
+            one["trace"] = jax.tree.map(lambda a: a[:, j], tr)._asdict()
+        out.append(to_jsonable(one))
+    return out
 
 
-def masked_trial(key, samples, noise, problem_config, fit_config: FitConfig, method: str, fitter: Callable = fit_method):
-    """One trial of ``method``: a noiseless problem, noise of std ``noise``, first ``samples`` kept.
+def per_cell(compute: Callable[[Cell], Any]) -> Callable[[Sequence[Cell]], list]:
+    """Turn a one-cell computation into a group computation (for cells that are not runner trials)."""
 
-    ``problem_config`` is the generated (noiseless, padded) configuration; ``samples`` and
-    ``noise`` may be traced. ``fitter(method, observations, fit_config, key=, truth=)`` returns
-    a ``MethodFit`` (default ``baselines.fit_method``, whose "colora" is the core ``fit``).
-    Returns ``(Evaluation, trace)``.
-    """
-    kp, kf, ktr, kte = jax.random.split(key, 4)
-    problem = generate_problem(kp, problem_config)
-    test = add_noise(kte, problem.test, noise)
-    problem = dataclasses.replace(problem, test=test)
-    train = keep_samples(add_noise(ktr, problem.train, noise), samples)
-    result = fitter(method, train, fit_config, key=kf, truth=problem.truth)
-    return evaluate(result.W, problem, result.U, result.V), result.trace
+    def run(cells):
+        return [compute(c) for c in cells]
 
-
-@functools.lru_cache(maxsize=64)
-def _compiled(problem_config, fit_config: FitConfig, method: str, batch: int, fitter: Callable):
-    problem_config.validate()
-    fit_config.validate()
-    one = functools.partial(masked_trial, problem_config=problem_config, fit_config=fit_config, method=method,
-                            fitter=fitter)
-    keys = trial_keys(jax.random.key(0), 0, batch)
-    noise = jnp.asarray(0.0, problem_config.dtype)
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None))).lower(keys, jnp.asarray(1), noise).compile()
-
-
-def cell_trials(cell: Cell, batch: int | None = None, fitter: Callable = fit_method):
-    """All trials of a cell as NumPy arrays with a leading trials axis: ``(Evaluation, trace)``.
-
-    One compiled executable per (generated configuration, fit configuration, method, batch):
-    cells differing only in noise, or in ``problem.samples`` below a common ``pad_samples``,
-    share it. ``fitter`` must be hashable and stable (a module-level function).
-    """
-    cell.problem.validate()
-    generated = cell.generated_problem()
-    batch = default_batch(generated, cell.trials) if batch is None else max(1, min(batch, cell.trials))
-    run = _compiled(generated, cell.fit, cell.method, batch, fitter)
-    key, parts = jax.random.key(cell.seed), []
-    for start in range(0, cell.trials, batch):
-        keys = trial_keys(key, start, start + batch)
-        out = jax.device_get(run(keys, jnp.asarray(cell.problem.samples), jnp.asarray(cell.problem.noise, generated.dtype)))
-        parts.append(jax.tree.map(lambda a: a[: min(batch, cell.trials - start)], out))
-    return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts)
-
-
-def run_cell(cell: Cell, trace: bool = False, fitter: Callable = fit_method) -> dict:
-    """The default per-cell computation: every trial's evaluation (and, if asked, trace)."""
-    evaluation, tr = cell_trials(cell, fitter=fitter)
-    out = {"evaluation": evaluation._asdict()}
-    if trace:
-        out["trace"] = tr._asdict()
-    return to_jsonable(out)
+    run.groups = False  # every cell is its own group
+    return run
 
 
 # ----------------------------------------------------------------------------- the resumable driver
@@ -197,7 +165,7 @@ def append_result(path: str | os.PathLike, record: dict) -> None:
 
 def sweep(
     cells: Sequence[Cell],
-    compute: Callable[[Cell], Any] = run_cell,
+    compute: Callable[[Sequence[Cell]], list] = run_cells,
     *,
     path: str | os.PathLike,
     tag: str = "",
@@ -209,7 +177,8 @@ def sweep(
 
     Args:
       cells: the cells, in the order results are returned (duplicates are computed once).
-      compute: ``compute(cell)`` -> a JSON-ready result (default ``run_cell``).
+      compute: ``compute(group)`` -> one JSON-ready result per cell of ``group`` (cells with
+        equal ``group_key``; default ``run_cells``). ``per_cell(f)`` adapts a one-cell function.
       path: the JSON-lines results file (created with its directory if missing).
       tag: names what ``compute`` records; part of every cell's key, so changing what is
         recorded never reuses cells recorded the old way.
@@ -218,8 +187,9 @@ def sweep(
       desc: the bar's label.
 
     Returns:
-      ``SweepResult``. Each computed cell is written as soon as it finishes as
-      ``{"key", "config", "tag", "result", "seconds", "code_version"}``.
+      ``SweepResult``. Each computed cell is written as soon as its group finishes as
+      ``{"key", "config", "tag", "stream", "result", "seconds", "code_version"}`` (``seconds``:
+      the group's wall time divided among its cells).
     """
     from tqdm.auto import tqdm
 
@@ -239,18 +209,23 @@ def sweep(
             stacklevel=2,
         )
     by_key = dict(zip(keys, cells))
+    groups: dict = {}
+    for k in todo:
+        groups.setdefault(group_key(by_key[k]) if getattr(compute, "groups", True) else k, []).append(k)
     with tqdm(total=len(set(keys)), initial=reused, desc=desc, unit="cell", disable=not progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
-        for k in todo:
+        for members in groups.values():
             t0 = time.perf_counter()
-            result = compute(by_key[k])
-            record = {
-                "key": k, "config": cell_config(by_key[k]), "tag": tag, "result": to_jsonable(result),
-                "seconds": round(time.perf_counter() - t0, 4), "code_version": version,
-            }
-            append_result(path, record)
-            done[k] = record
-            bar.update(1)
+            results = compute([by_key[k] for k in members])
+            seconds = round((time.perf_counter() - t0) / len(members), 4)
+            for k, result in zip(members, results, strict=True):
+                record = {
+                    "key": k, "config": cell_config(by_key[k]), "tag": tag, "stream": STREAM_VERSION,
+                    "result": to_jsonable(result), "seconds": seconds, "code_version": version,
+                }
+                append_result(path, record)
+                done[k] = record
+            bar.update(len(members))
     return SweepResult(
         results=[done[k]["result"] for k in keys], computed=len(todo), reused=reused, stale=stale,
         seconds=time.perf_counter() - start,

@@ -1,24 +1,34 @@
-"""Evaluation of an estimate, and many independent trials as one jit-compiled vmapped call.
+"""Evaluation of an estimate, and many independent trials as one compiled, batched program.
 
 Trial ``t`` of ``run_trials(key, ...)`` uses ``jax.random.fold_in(key, t)``, so a trial's
 result does not depend on how trials are batched (batched equals looped), and a larger run
 extends a smaller one with the same key.
+
+One executable per sweep: samples per user are a prefix mask over the nested sample stream
+(``data.generate``), and the noise level is a traced input. ``run_trials(..., samples=[8, 12,
+16])`` generates each trial once with the largest sample size and fits every prefix (the first
+8, 12, 16 samples of each user: common random numbers across sample sizes), all in one
+compiled call; other sample grids of the same length and other noise levels reuse it. The
+sweep driver (``sweep.run_cells``) runs its cells through this same runner.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from colora_jax._src.altmin import Estimate, Trace, fit
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import Observations, Problem, generate, predict
+from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
+from colora_jax._src.data import GroundTruth, Observations, Problem, predict
+from colora_jax._src.fitting import Trace
+from colora_jax._src.methods import fit_method
 from colora_jax._src.metrics import per_user_relative_error, relative_error, subspace_distance
+from colora_jax._src.shared_input import SharedInputConfig, generate_problem
 
 
 class Evaluation(NamedTuple):
@@ -33,7 +43,7 @@ class Evaluation(NamedTuple):
 
 
 def prediction_error(W: Float[Array, "k d_out d_in"], obs: Observations) -> tuple[Float[Array, ""], Float[Array, ""]]:
-    """Mean squared prediction error per sample, absolute and relative to the mean ``||y||^2``.
+    """Empirical mean squared prediction error per sample, absolute and relative to the mean ``||y||^2``.
 
     For the regression model the squared error of a sample is summed over its ``d_out`` outputs.
     """
@@ -43,8 +53,25 @@ def prediction_error(W: Float[Array, "k d_out d_in"], obs: Observations) -> tupl
     return mse, mse / (jnp.sum(jnp.square(obs.Y)) / per_sample)
 
 
+def population_risk(W: Float[Array, "k d_out d_in"], truth: GroundTruth, model: str) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """The exact held-out error of a Gaussian design: what ``prediction_error`` estimates.
+
+    With ``x`` (or ``X``) standard Gaussian and noise of std ``sigma``, a new sample of user i
+    has expected squared error ``||W_i - W_i*||_F^2 + sigma^2`` (sensing) or
+    ``||W_i - W_i*||_F^2 + d_out sigma^2`` (regression, summed over the outputs). Returns the
+    mean over users and its ratio to the mean ``E||y||^2 = ||W_i*||_F^2 + (d_out) sigma^2``.
+    """
+    noise_var = jnp.square(truth.noise) * (W.shape[1] if model == "regression" else 1)
+    mse = jnp.mean(jnp.sum(jnp.square(W - truth.W), axis=(1, 2))) + noise_var
+    return mse, mse / (jnp.mean(jnp.sum(jnp.square(truth.W), axis=(1, 2))) + noise_var)
+
+
 def evaluate(W: Float[Array, "k d_out d_in"], problem: Problem, U=None, V=None) -> Evaluation:
-    """Score users' matrices ``W`` (and shared factors, if the method has them) on a problem."""
+    """Score users' matrices ``W`` (and shared factors, if the method has them) on a problem.
+
+    The held-out error is the empirical error on ``problem.test`` when it holds samples
+    (``test_samples > 0``), else the exact population risk (``population_risk``).
+    """
     truth = problem.truth
     nan = jnp.full((), jnp.nan, W.dtype)
     dU = nan if U is None else subspace_distance(U, truth.U)
@@ -52,7 +79,7 @@ def evaluate(W: Float[Array, "k d_out d_in"], problem: Problem, U=None, V=None) 
     if problem.test.samples:
         mse, rel = prediction_error(W, problem.test)
     else:
-        mse, rel = nan, nan
+        mse, rel = population_risk(W, truth, problem.train.model)
     return Evaluation(
         rel_error=relative_error(W, truth.W),
         per_user_rel_error=per_user_relative_error(W, truth.W),
@@ -70,31 +97,88 @@ class TrialResult(NamedTuple):
     trace: Trace
 
 
-def trial(key, problem_config: ProblemConfig, fit_config: FitConfig) -> TrialResult:
-    """Generate one problem from ``key``, fit it and evaluate the fit (pure; jit/vmap it)."""
-    kp, kf = jax.random.split(key)
-    problem = generate(kp, problem_config)
-    estimate, trace = fit(problem.train, fit_config, key=kf, truth=problem.truth)
-    return TrialResult(evaluate(estimate.W, problem, estimate.U, estimate.V), trace)
+def fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, method: str = "colora") -> TrialResult:
+    """Fit ``method`` to ``problem.train`` and evaluate it against the truth (pure)."""
+    f = fit_method(method, problem.train, fit_config, key=key, truth=problem.truth)
+    return TrialResult(evaluate(f.W, problem, f.U, f.V), f.trace)
 
 
-def compiled_trials(problem_config: ProblemConfig, fit_config: FitConfig, batch: int, fn: Callable = trial):
-    """The ahead-of-time compiled ``keys (batch,) -> batched fn result`` for these configs.
+@functools.cache
+def method_evaluator(method: str) -> Callable[..., TrialResult]:
+    """``fit_and_evaluate`` with the method bound: a stable, hashable ``fn`` for ``run_trials``."""
+    from colora_jax._src import registry
 
-    ``jit(vmap(fn))`` lowered and compiled once per (configs, batch, fn) and cached, so repeated
-    runs with the same shapes never recompile. ``fn(key, problem_config, fit_config)``
-    defaults to ``trial``.
+    registry.method(method)  # unknown names fail here, with the list of known ones
+    return functools.partial(fit_and_evaluate, method=method)
+
+
+def trial(key, problem_config: ProblemConfig | SharedInputConfig, fit_config: FitConfig, method: str = "colora",
+          *, samples=None, noise=None) -> TrialResult:
+    """Generate one problem from ``key``, fit ``method`` and evaluate the fit (pure; jit/vmap it).
+
+    ``samples`` (may be traced) fits the first ``samples`` of each user's
+    ``problem_config.samples`` generated ones; ``noise`` (may be traced) overrides the noise level.
     """
-    return _compiled_trials(problem_config, fit_config, batch, fn)
+    return _one_trial(key, problem_config, fit_config, method_evaluator(method), samples, noise)
+
+
+def _one_trial(key, problem_config, fit_config, fn, samples, noise):
+    kp, kf = jax.random.split(key)
+    problem = generate_problem(kp, problem_config, noise=noise)
+    if samples is not None:
+        problem = dataclasses.replace(problem, train=problem.train.with_counts(samples))
+    return fn(problem, kf, fit_config)
+
+
+def _trials_at(keys, samples, noise, *, problem_config, fit_config, fn):
+    """``(B,) keys -> results (B, ...)``: each trial generated with ``problem_config.samples`` per
+    user and fitted on the first ``samples`` of them (a traced count: one program for every n)."""
+    return jax.vmap(lambda k: _one_trial(k, problem_config, fit_config, fn, samples, noise))(keys)
+
+
+def sample_buckets(samples: Sequence[int], pad_ratio: float) -> list[list[int]]:
+    """Group sorted sample counts so that within a group the largest is at most ``pad_ratio``
+    times the smallest: each group is one compiled program (generated with its largest count).
+
+    A fit on ``n`` of ``N`` stored samples costs what a fit on ``N`` costs (the unused rows are
+    zero, not absent), so ``pad_ratio`` bounds that waste; ``inf`` gives one program for all.
+    """
+    groups: list[list[int]] = []
+    for n in sorted(set(int(n) for n in samples), reverse=True):
+        if groups and groups[-1][0] <= pad_ratio * n:
+            groups[-1].append(n)
+        else:
+            groups.append([n])
+    return [sorted(g) for g in reversed(groups)]
+
+
+def generated_config(problem_config, samples: Sequence[int] | None):
+    """The configuration a run compiles and generates: the largest sample count, noise 0 (traced)."""
+    largest = problem_config.samples if samples is None else max(samples)
+    return dataclasses.replace(problem_config, samples=int(largest), noise=0.0)
+
+
+def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Callable | None = None):
+    """The ahead-of-time compiled ``(keys (batch,), samples (), noise ()) -> results (batch, ...)``.
+
+    ``problem_config`` is the generated configuration (``generated_config``: its ``samples``
+    are drawn, the first ``samples`` fitted). Compiled once per (configs, batch, fn) and cached
+    in memory (and on disk when the persistent compilation cache is on:
+    ``colora_jax.enable_compile_cache``), so repeated runs with the same shapes never
+    recompile. ``fn(problem, key, fit_config)`` defaults to CoLoRA's fit.
+    """
+    return _compiled_trials(problem_config, fit_config, batch, fn or method_evaluator("colora"))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_trials(problem_config, fit_config, batch, fn):
     problem_config.validate()
     fit_config.validate()
-    one = functools.partial(fn, problem_config=problem_config, fit_config=fit_config)
+    run = functools.partial(_trials_at, problem_config=problem_config, fit_config=fit_config, fn=fn)
     keys = trial_keys(jax.random.key(0), 0, batch)
-    return jax.jit(jax.vmap(one)).lower(keys).compile()
+    samples = jnp.asarray(problem_config.samples, jnp.int32)
+    noise = jnp.zeros((), problem_config.dtype)
+    return jax.jit(run).lower(keys, samples, noise).compile()
 
 
 @jax.jit
@@ -107,22 +191,70 @@ def trial_keys(key, start: int, stop: int):
     return _fold_in_all(key, jnp.arange(start, stop))
 
 
-def default_batch(problem_config: ProblemConfig, trials: int, budget_bytes: float = 2**28) -> int:
-    """Trials per compiled call so that a batch's measurements take about ``budget_bytes``."""
+def trial_bytes(problem_config) -> int:
+    """Estimated memory of one trial: its data, their masked copy (with the sensing transpose or
+    the regression statistics), the test data and the users' matrices."""
     pc = problem_config
+    item = 8 if pc.x64 else 4
     x_width = pc.d_out * pc.d_in if pc.model == "sensing" else pc.d_in + pc.d_out
-    per_trial = 8 * pc.users * (pc.samples + pc.test_samples) * x_width * (2 if pc.x64 else 1)
-    return int(max(1, min(trials, budget_bytes // max(per_trial, 1))))
+    per_copy = pc.users * pc.samples * x_width
+    statistics = 0 if pc.model == "sensing" else pc.users * pc.d_in * (pc.d_in + pc.d_out)
+    per_fit = 2 * per_copy + statistics + 3 * pc.users * pc.d_out * pc.d_in
+    return item * (per_copy + per_fit + pc.users * pc.test_samples * x_width)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to this process (Linux ``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(problem_config) -> None:
+    """Refuse, before anything is allocated, a trial that cannot fit in the available memory."""
+    need, have = trial_bytes(problem_config), available_memory_bytes()
+    if have is not None and need > have:
+        pc = problem_config
+        raise ValueError(
+            f"one trial needs about {need / 2**30:.3g} GiB ({pc.users} users x {pc.samples} samples of"
+            f" {pc.d_out}x{pc.d_in}{', float64' if pc.x64 else ''}), more than the {have / 2**30:.3g} GiB available:"
+            " use fewer users or samples, float32 instead of --x64, or stream the users in chunks (fit_streaming)"
+        )
+
+
+def default_batch(problem_config, trials: int, budget_bytes: float = 2**28) -> int:
+    """Trials per compiled call so that a batch takes about ``budget_bytes`` (``trial_bytes`` each)."""
+    return int(max(1, min(trials, budget_bytes // max(trial_bytes(problem_config), 1))))
+
+
+def check_samples(problem_config, fit_config: FitConfig, samples: Sequence[int]) -> None:
+    """Every sample count of a grid must determine the personal solve (a ValueError says which)."""
+    need = min_samples(problem_config.model, fit_config.rank, fit_config.personal)
+    low = [n for n in samples if int(n) < need]
+    if low:
+        raise ValueError(
+            f"samples {low} per user cannot determine a {fit_config.personal} rank-{fit_config.rank} personal part"
+            f" in the {problem_config.model} model: use samples >= {need}"
+        )
 
 
 def run_trials(
     key,
-    problem_config: ProblemConfig,
+    problem_config: ProblemConfig | SharedInputConfig,
     fit_config: FitConfig,
     trials: int,
     *,
+    method: str = "colora",
+    samples: int | Sequence[int] | None = None,
+    noise: float | None = None,
     batch: int | None = None,
-    fn: Callable = trial,
+    pad_ratio: float = 2.0,
+    fn: Callable | None = None,
     on_batch: Callable[[int], None] | None = None,
 ):
     """Run ``trials`` independent trials, ``batch`` at a time, as compiled vmapped calls.
@@ -131,22 +263,104 @@ def run_trials(
       key: the experiment's PRNG key (trial t uses ``fold_in(key, t)``).
       problem_config, fit_config: static configurations (validated here).
       trials: number of trials.
+      method: a name in ``registry.METHODS`` (default CoLoRA with ``fit_config.algorithm``).
+      samples: ``None`` fits ``problem_config.samples`` per user; an int fits that many; a
+        sequence fits every count of it, each on the first n samples of the same trials
+        (common random numbers), adding a samples axis after the trials axis.
+      noise: noise standard deviation (default ``problem_config.noise``); traced, so every
+        noise level shares one executable.
       batch: trials per compiled call (default ``default_batch``). The last batch is padded
         to the same size, so one executable serves the whole run.
-      fn: the per-trial function (default ``trial``), e.g. a baseline's trial.
+      pad_ratio: sample counts within this ratio of each other share one compiled program
+        (``sample_buckets``): fewer compiles against fits that carry unused rows.
+      fn: a per-problem function ``fn(problem, key, fit_config)`` replacing ``method``
+        (hashable and stable: a module-level function or a cached partial).
       on_batch: called with the number of trials finished after each batch (progress bars).
 
     Returns:
-      The batched result of ``fn`` as NumPy arrays with a leading ``trials`` axis.
+      The batched result (``TrialResult`` by default) as NumPy arrays with a leading
+      ``trials`` axis (then a samples axis, in the order given, when ``samples`` is a sequence).
+
+    Example:
+      >>> import jax, colora_jax as cj
+      >>> pc = cj.ProblemConfig(model="sensing", users=20, d_out=8, d_in=8, rank=2, samples=24)
+      >>> out = cj.run_trials(jax.random.key(0), pc, cj.FitConfig(rank=2), trials=4, samples=[6, 24])
+      >>> out.evaluation.rel_error.shape
+      (4, 2)
+      >>> bool((out.evaluation.rel_error[:, 1] < 1e-3).all())
+      True
     """
+    plan = plan_trials(problem_config, fit_config, trials, method=method, samples=samples, batch=batch,
+                       pad_ratio=pad_ratio, fn=fn)
+    return plan.run(key, noise=noise, on_batch=on_batch)
+
+
+class _Program(NamedTuple):
+    counts: list[int]  # the sample counts fitted with this program
+    generated: object  # the generated problem configuration (the largest count of the group)
+    batch: int  # trials per call
+    run: Callable  # the compiled (keys, samples, noise) -> results
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialPlan:
+    """The compiled programs of a ``run_trials`` call (``plan_trials``); ``run`` executes them."""
+
+    problem_config: object
+    trials: int
+    grid: list[int]
+    scalar: bool  # one sample count asked for as None or an int: no samples axis
+    programs: list[_Program]
+
+    def run(self, key, *, noise=None, on_batch: Callable[[int], None] | None = None):
+        """Every trial at every sample count (see ``run_trials``)."""
+        level = self.problem_config.noise if noise is None else noise
+        by_count, done, total = {}, 0, len(self.grid) * self.trials
+        for program in self.programs:
+            size = program.batch
+            for n in program.counts:
+                parts = []
+                for start in range(0, self.trials, size):
+                    out = jax.device_get(program.run(trial_keys(key, start, start + size), jnp.asarray(n, jnp.int32),
+                                                     jnp.asarray(level, program.generated.dtype)))
+                    parts.append(jax.tree.map(lambda a: a[: min(size, self.trials - start)], out))
+                    done += min(size, self.trials - start)
+                    if on_batch is not None:
+                        on_batch(done * self.trials // total)
+                by_count[n] = jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts)
+        if self.scalar:
+            return by_count[self.grid[0]]
+        return jax.tree.map(lambda *a: np.stack(a, axis=1), *(by_count[n] for n in self.grid))
+
+
+def plan_trials(
+    problem_config,
+    fit_config: FitConfig,
+    trials: int,
+    *,
+    method: str = "colora",
+    samples: int | Sequence[int] | None = None,
+    batch: int | None = None,
+    pad_ratio: float = 2.0,
+    fn: Callable | None = None,
+) -> TrialPlan:
+    """Validate a ``run_trials`` call and compile its programs (one per ``sample_buckets`` group)."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
-    batch = default_batch(problem_config, trials) if batch is None else max(1, min(batch, trials))
-    run = compiled_trials(problem_config, fit_config, batch, fn)
-    parts = []
-    for start in range(0, trials, batch):
-        out = jax.device_get(run(trial_keys(key, start, start + batch)))
-        parts.append(jax.tree.map(lambda a: a[: min(batch, trials - start)], out))
-        if on_batch is not None:
-            on_batch(min(start + batch, trials))
-    return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts)
+    if not pad_ratio >= 1:
+        raise ValueError(f"pad_ratio must be >= 1, got {pad_ratio}")
+    problem_config.validate()
+    fit_config.validate()
+    scalar = samples is None or np.ndim(samples) == 0
+    grid = [problem_config.samples if samples is None else int(samples)] if scalar else [int(n) for n in samples]
+    if not grid:
+        raise ValueError("samples is an empty list: give at least one sample count")
+    check_samples(problem_config, fit_config, grid)
+    fn = fn or method_evaluator(method)
+    programs = []
+    for counts in sample_buckets(grid, pad_ratio):
+        generated = generated_config(problem_config, counts)
+        check_memory(generated)
+        size = default_batch(generated, trials) if batch is None else max(1, min(batch, trials))
+        programs.append(_Program(counts, generated, size, compiled_trials(generated, fit_config, size, fn=fn)))
+    return TrialPlan(problem_config, trials, grid, scalar, programs)

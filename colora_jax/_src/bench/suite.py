@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from colora_jax._src import blocks
-from colora_jax._src.altmin import Estimate, _altmin_step, fit, initialize
+from colora_jax._src.altmin import altmin_body
+from colora_jax._src.fitting import fit, initialize
 from colora_jax._src.config import FitConfig, ProblemConfig
 from colora_jax._src.data import generate
-from colora_jax._src.trials import compiled_trials, run_trials, trial
+from colora_jax._src.trials import compiled_trials, generated_config, run_trials
 
 
 def _child(module: str, args, env=None, timeout=3600) -> dict:
@@ -51,7 +52,7 @@ def versus_numpy(samples: int, trials: int, numpy_trials: int, users=50, d=20, r
     pc = ProblemConfig(model="sensing", users=users, d_out=d, d_in=d, rank=rank, samples=samples)
     fc = FitConfig(rank=rank)
     t = time.perf_counter()
-    compiled_trials(pc, fc, trials, trial)
+    compiled_trials(generated_config(pc, None), fc, trials)
     compile_s = time.perf_counter() - t
     key = jax.random.key(0)
     trial_s = _best(lambda: run_trials(key, pc, fc, trials, batch=trials))
@@ -112,14 +113,13 @@ def iteration_time(users: int, d: int, samples=16, rank=4, iters=(2, 12)) -> dic
 
     def setup(o):  # what fit does before its loop
         dz = blocks.design(o)
-        U, V = initialize(dz, FitConfig(rank=rank), None)
-        return dz, Estimate(U, V, blocks.personal_step(dz, U, V, False))
+        return dz, initialize(dz, FitConfig(rank=rank), None)
 
     def run_steps(dz, start, n):  # the objective is carried, so XLA cannot drop its pass over the data
         def body(_, carry):
-            params, _, f = _altmin_step(dz, carry[0], (), False, None)
-            return params, f
-        return jax.lax.fori_loop(0, n, body, (start, jnp.zeros((), start.U.dtype)))
+            _, sse, nxt = altmin_body(dz, *carry[0], False, None)
+            return nxt, sse
+        return jax.lax.fori_loop(0, n, body, (start, jnp.zeros((), start[0].dtype)))
 
     setup_c = jax.jit(setup).lower(obs).compile()
     setup_s = _best(lambda: setup_c(obs))
@@ -199,9 +199,9 @@ def device_scaling(max_devices: int, users_per_device: int, d: int) -> dict:
                   env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={max_devices}"})
 
 
-def streaming(users: int, nblocks: int) -> dict:
+def streaming(users: int, nchunks: int) -> dict:
     """The streamed regression problem (n=16, d=32, r=4) in a child process: its peak RSS."""
-    return _child("colora_jax._src.bench.stream", [users, nblocks])
+    return _child("colora_jax._src.bench.stream", [users, nchunks])
 
 
 def peak_rss_bytes() -> int:

@@ -7,7 +7,9 @@ import json
 import math
 import sys
 
-from colora_jax._src.config import ALGORITHMS, MODELS, PERSONAL_MEANS, PERSONALS, FitConfig, ProblemConfig
+from colora_jax._src import registry
+from colora_jax._src.config import INITS, MODELS, PERSONAL_MEANS, PERSONALS, FitConfig, ProblemConfig
+from colora_jax._src.serialization import to_jsonable
 
 
 class UsageError(Exception):
@@ -41,8 +43,28 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def add_problem_flags(p: argparse.ArgumentParser, **defaults) -> None:
-    """Flags describing the planted problem (``ProblemConfig``) and the trials."""
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_problem_flags(p: argparse.ArgumentParser, *, many_samples: bool = False, **defaults) -> None:
+    """Flags describing the planted problem (``ProblemConfig``) and the trials.
+
+    ``many_samples``: ``--samples`` takes one or more counts (a sweep fitted on nested samples).
+    """
     d = ProblemConfig()
     g = p.add_argument_group("problem")
     g.add_argument("--model", choices=MODELS, default=defaults.get("model", d.model),
@@ -51,9 +73,15 @@ def add_problem_flags(p: argparse.ArgumentParser, **defaults) -> None:
     g.add_argument("--d-out", type=_positive_int, default=defaults.get("d_out", d.d_out), help="output dimension")
     g.add_argument("--d-in", type=_positive_int, default=defaults.get("d_in", d.d_in), help="input dimension")
     g.add_argument("--rank", type=_positive_int, default=defaults.get("rank", d.rank), help="adapter rank r")
-    g.add_argument("--samples", type=_positive_int, default=defaults.get("samples", d.samples),
-                   help="training samples per user")
-    g.add_argument("--test-samples", type=int, default=d.test_samples, help="held-out samples per user")
+    if many_samples:
+        g.add_argument("--samples", type=_positive_int, nargs="+", default=[defaults.get("samples", d.samples)],
+                       help="training samples per user; several values fit each trial's first n samples for every n"
+                       " (one compiled program, common random numbers)")
+    else:
+        g.add_argument("--samples", type=_positive_int, default=defaults.get("samples", d.samples),
+                       help="training samples per user")
+    g.add_argument("--test-samples", type=_nonnegative_int, default=d.test_samples,
+                   help="held-out samples per user (default 0: the exact population risk of the Gaussian design)")
     g.add_argument("--noise", type=_finite_float, default=d.noise, help="noise standard deviation")
     g.add_argument("--task-angle", type=_finite_float, default=d.task_angle,
                    help="principal angle (radians, in [0, pi/2]) between each user's subspaces and the shared ones")
@@ -73,19 +101,40 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the CoLoRA estimator (``FitConfig``)."""
     d = FitConfig()
     g = p.add_argument_group("estimator")
-    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm,
+    g.add_argument("--algorithm", choices=tuple(registry.ALGORITHMS), default=d.algorithm,
                    help="altmin: exact blocks; altgd: exact S, gradient steps on U, V; adam: joint")
     g.add_argument("--iters", type=_positive_int, default=d.iters, help="iteration budget")
     g.add_argument("--tol", type=_finite_float, default=d.tol, help="stop when the relative decrease < tol")
-    g.add_argument("--init", choices=("spectral", "random"), default=d.init, help="initialization of U, V")
+    g.add_argument("--init", choices=INITS, default=d.init, help="initialization of U, V")
     g.add_argument("--step-size", type=_finite_float, default=d.step_size, help="altgd step, times 1/L")
     g.add_argument("--learning-rate", type=_finite_float, default=d.learning_rate, help="adam learning rate")
 
 
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """Flags every subcommand takes: where compiled programs are cached."""
+    g = p.add_argument_group("runtime")
+    g.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="persistent compilation cache directory (default $COLORA_JAX_CACHE_DIR, else"
+                   " $XDG_CACHE_HOME/colora_jax/jax or ~/.cache/colora_jax/jax)")
+    g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh, cache nothing")
+
+
+def apply_runtime_flags(args) -> None:
+    """Turn on the compile cache (unless disabled) and float64 when asked, before anything compiles."""
+    import jax
+
+    from colora_jax._src.compile_cache import enable_compile_cache
+
+    enable_compile_cache(args.compile_cache, disable=args.no_compile_cache)
+    if getattr(args, "x64", False):
+        jax.config.update("jax_enable_x64", True)
+
+
 def problem_config(args) -> ProblemConfig:
+    samples = max(args.samples) if isinstance(args.samples, list) else args.samples
     return ProblemConfig(
         model=args.model, users=args.users, d_out=args.d_out, d_in=args.d_in, rank=args.rank,
-        samples=args.samples, test_samples=args.test_samples, noise=args.noise,
+        samples=samples, test_samples=args.test_samples, noise=args.noise,
         task_angle=args.task_angle, deviation=args.deviation, personal=args.personal,
         condition=args.condition, personal_mean=args.personal_mean, x64=args.x64,
     ).validate()
@@ -96,25 +145,6 @@ def fit_config(args) -> FitConfig:
         rank=args.rank, personal=args.personal, algorithm=args.algorithm, iters=args.iters,
         tol=args.tol, init=args.init, step_size=args.step_size, learning_rate=args.learning_rate,
     ).validate()
-
-
-def to_jsonable(x):
-    """Floats with NaN/inf as null, NumPy scalars and arrays as Python numbers and lists."""
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {k: to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return to_jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def print_json(obj) -> None:

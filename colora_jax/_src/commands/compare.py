@@ -9,17 +9,16 @@ import time
 import jax
 import numpy as np
 
-from colora_jax._src.baselines import (
-    FEDREP_SYNTHETIC,
-    METHODS,
-    FederatedConfig,
-    method_trial_fn,
-    parameter_counts,
-)
+from colora_jax._src import registry
+from colora_jax._src.baselines.federated import FederatedConfig
 from colora_jax._src.commands import common
 from colora_jax._src.config import ProblemConfig
+from colora_jax._src.methods import parameter_counts
 from colora_jax._src.provenance import code_version, device_info
-from colora_jax._src.trials import default_batch, run_trials
+from colora_jax._src.shared_input import FEDREP_SYNTHETIC
+from colora_jax._src.trials import check_memory, default_batch, generated_config, run_trials
+
+METHODS = tuple(registry.METHODS)
 
 SECONDS = (
     "wall-clock seconds of the method's whole run: compilation, generating every trial's problem"
@@ -104,6 +103,7 @@ def _row(method, pc, out, seconds, error):
 def compare(args) -> dict:
     """Run every requested method on the same trials; returns the JSON-ready result."""
     pc, fc = configs(args)
+    check_memory(generated_config(pc, None))
     batch = args.batch or default_batch(pc, args.trials)
     key = jax.random.key(args.seed)
     rows = {}
@@ -112,7 +112,7 @@ def compare(args) -> dict:
             t0 = time.perf_counter()
             out, error = None, None
             try:
-                out = run_trials(key, pc, fc, args.trials, batch=batch, fn=method_trial_fn(method),
+                out = run_trials(key, pc, fc, args.trials, batch=batch, method=method,
                                  on_batch=lambda done, i=i: bar.update(i * args.trials + done - bar.n))
             except ValueError as err:
                 error = str(err)

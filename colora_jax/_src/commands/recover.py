@@ -8,10 +8,12 @@ import time
 import jax
 import numpy as np
 
+from colora_jax._src import compile_cache
 from colora_jax._src.commands import common
+from colora_jax._src.data import STREAM_VERSION
 from colora_jax._src.provenance import code_version, device_info
-from colora_jax._src.sharding import check_divisible, sharded_trial_fn, users_mesh
-from colora_jax._src.trials import compiled_trials, default_batch, run_trials, trial
+from colora_jax._src.sharding import check_divisible, sharded_evaluator, users_mesh
+from colora_jax._src.trials import method_evaluator, plan_trials
 
 
 def register(subparsers) -> None:
@@ -20,57 +22,66 @@ def register(subparsers) -> None:
         help="recover planted shared factors over many trials",
         description="Generate planted CoLoRA problems, fit them, and report how often the truth is"
         " recovered. A trial succeeds when the relative Frobenius error of all users' W stacked,"
-        " ||W_hat - W*||_F / ||W*||_F, is <= --success-threshold (default 1e-3).",
+        " ||W_hat - W*||_F / ||W*||_F, is <= --success-threshold (default 1e-3). Several --samples"
+        " values fit the first n samples of the same trials for each n (one compiled program).",
     )
-    common.add_problem_flags(p)
+    common.add_problem_flags(p, many_samples=True)
     common.add_fit_flags(p)
-    p.add_argument("--success-threshold", type=common._finite_float, default=1e-3,
-                   help="a trial succeeds when its stacked relative error is <= this")
+    p.add_argument("--success-threshold", type=common._positive_float, default=1e-3,
+                   help="a trial succeeds when its stacked relative error is <= this (a positive number)")
     p.add_argument("--devices", type=common._positive_int, default=None,
-                   help="split each trial's users over this many devices (default: all visible);"
-                   " the users must be divisible by it")
+                   help="split each trial's users over this many devices (default 1; the users must be"
+                   " divisible by it)")
     p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.set_defaults(run=run)
 
 
-def recover(args) -> dict:
-    """Run the trials described by ``args``; returns the JSON-ready result."""
-    pc, fc = common.problem_config(args), common.fit_config(args)
-    devices = users_mesh(args.devices).shape["users"]
-    check_divisible(pc.users, devices)
-    fn = trial if devices == 1 else sharded_trial_fn(devices)
-    batch = args.batch or default_batch(pc, args.trials)
-    t0 = time.perf_counter()
-    compiled_trials(pc, fc, min(batch, args.trials), fn)
-    t1 = time.perf_counter()
-    with common.progress(args.trials, "recover", enabled=not args.json) as bar:
-        out = run_trials(jax.random.key(args.seed), pc, fc, args.trials, batch=batch, fn=fn,
-                         on_batch=lambda done: bar.update(done - bar.n))
-    t2 = time.perf_counter()
-    ev, tr = out.evaluation, out.trace
+def _summary(ev, tr, threshold: float) -> dict:
     return {
-        "config": {
-            "problem": dataclasses.asdict(pc),
-            "fit": dataclasses.asdict(fc),
-            "trials": args.trials,
-            "seed": args.seed,
-            "success_threshold": args.success_threshold,
-            "code_version": code_version(),
-            "device": device_info(),
-            "devices": devices,
-        },
-        "success_rate": float(np.mean(ev.rel_error <= args.success_threshold)),
+        "success_rate": float(np.mean(ev.rel_error <= threshold)),
         "rel_errors": ev.rel_error,
         "subspace_distance_U": ev.subspace_distance_U,
         "subspace_distance_V": ev.subspace_distance_V,
         "test_mse": ev.test_mse,
         "iterations": tr.iterations,
         "converged": tr.converged,
-        "seconds": t2 - t0,
-        "compile_seconds": t1 - t0,
-        "trials_per_second": args.trials / (t2 - t1),
     }
+
+
+def recover(args) -> dict:
+    """Run the trials described by ``args``; returns the JSON-ready result."""
+    pc, fc = common.problem_config(args), common.fit_config(args)
+    samples = sorted(set(args.samples))
+    devices = 1 if args.devices is None else users_mesh(args.devices).shape["users"]
+    check_divisible(pc.users, devices)
+    fn = method_evaluator("colora") if devices == 1 else sharded_evaluator(devices)
+    t0 = time.perf_counter()
+    plan = plan_trials(pc, fc, args.trials, samples=samples, batch=args.batch, fn=fn)
+    t1 = time.perf_counter()
+    with common.progress(args.trials, "recover", enabled=not args.json) as bar:
+        out = plan.run(jax.random.key(args.seed), on_batch=lambda done: bar.update(done - bar.n))
+    t2 = time.perf_counter()
+    config = {
+        "problem": dataclasses.asdict(pc) | {"samples": samples if len(samples) > 1 else samples[0]},
+        "fit": dataclasses.asdict(fc),
+        "trials": args.trials,
+        "seed": args.seed,
+        "success_threshold": args.success_threshold,
+        "stream": STREAM_VERSION,
+        "code_version": code_version(),
+        "device": device_info(),
+        "devices": devices,
+    }
+    timing = {"seconds": t2 - t0, "compile_seconds": t1 - t0, "run_seconds": t2 - t1,
+              "trials_per_second": args.trials / (t2 - t1), "compile_cache": compile_cache.stats()}
+    ev, tr = out.evaluation, out.trace
+    if len(samples) == 1:
+        return {"config": config, **_summary(jax.tree.map(lambda a: a[:, 0], ev), jax.tree.map(lambda a: a[:, 0], tr),
+                                             args.success_threshold), **timing}
+    by_samples = [{"samples": n, **_summary(jax.tree.map(lambda a: a[:, j], ev), jax.tree.map(lambda a: a[:, j], tr),
+                                            args.success_threshold)} for j, n in enumerate(samples)]
+    return {"config": config, "by_samples": by_samples, **timing}
 
 
 def run(args) -> int:
@@ -79,23 +90,21 @@ def run(args) -> int:
         common.print_json(result)
         return 0
     pc = result["config"]["problem"]
-    err = np.asarray(result["rel_errors"])
+    rows = result.get("by_samples") or [{"samples": pc["samples"], **result}]
     print(
         f"{pc['model']}: k={pc['users']} users, W in R^{pc['d_out']}x{pc['d_in']}, rank {pc['rank']},"
-        f" {pc['samples']} samples/user, noise {pc['noise']}, task angle {pc['task_angle']}"
+        f" noise {pc['noise']}, task angle {pc['task_angle']}; {args.trials} trials"
     )
+    for row in rows:
+        err = np.asarray(row["rel_errors"])
+        print(
+            f"n={row['samples']}: {args.algorithm} recovered (rel. error <= {args.success_threshold:g}) in"
+            f" {row['success_rate']:.0%}; rel. error median {np.median(err):.2e} [min {err.min():.2e}, max"
+            f" {err.max():.2e}]; sin-distance U median {np.median(row['subspace_distance_U']):.2e}, V"
+            f" {np.median(row['subspace_distance_V']):.2e}; iterations median {int(np.median(row['iterations']))}"
+        )
     print(
-        f"{args.algorithm}: recovered (rel. error <= {args.success_threshold:g}) in"
-        f" {result['success_rate']:.0%} of {args.trials} trials"
-    )
-    print(
-        f"  rel. error median {np.median(err):.2e} [min {err.min():.2e}, max {err.max():.2e}];"
-        f" sin-distance U median {np.median(result['subspace_distance_U']):.2e},"
-        f" V {np.median(result['subspace_distance_V']):.2e}"
-    )
-    print(
-        f"  iterations median {int(np.median(result['iterations']))};"
-        f" {result['seconds']:.2f} s ({result['compile_seconds']:.2f} s compiling,"
+        f"{result['seconds']:.2f} s ({result['compile_seconds']:.2f} s compiling or loading from the compile cache,"
         f" {result['trials_per_second']:.1f} trials/s after)"
     )
     return 0

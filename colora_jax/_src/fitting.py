@@ -1,0 +1,391 @@
+"""The estimator driver shared by every algorithm: checks, initialization, the iteration loop, the trace.
+
+``fit(observations, config)`` looks ``config.algorithm`` up in the registry
+(``registry.ALGORITHMS``) and runs it. Each algorithm is written for one problem (all its
+users); vmap ``fit`` over trials and jit it at the call site (``colora_jax.run_trials`` does
+both). The pieces here are what every algorithm shares:
+
+* ``check_observations`` / ``check_finite``: trace-time ``ValueError`` that says what to change;
+* ``initialize``: spectral (second moments across users) or random orthonormal ``U``, ``V``;
+* ``iterate``: the ``lax.while_loop`` with budget, relative-decrease and floor stopping;
+* ``record``: the per-iteration metrics (one recorder for every estimator, the streamed
+  fit and the baselines), and ``Trace``, their history;
+* ``normalize_U`` / ``normalize_V``: the gauge step ``U S V^T = Q (R S) V^T`` that keeps the
+  shared factors orthonormal without changing any user's matrix;
+* ``fit_by_steps``: the driver of the step-based algorithms (altmin, altgd, adam).
+
+The trace records, at index 0 the initialization and at index t the end of iteration t:
+the objective ``f / N`` (mean squared residual per used sample), and when ``truth`` is given
+the subspace distances of U, V to the truth and the relative error of all users' W stacked.
+Entries past ``iterations`` are NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from colora_jax._src import blocks, registry
+from colora_jax._src.config import FitConfig, min_samples
+from colora_jax._src.data import GroundTruth, Observations
+from colora_jax._src.linalg import qr_positive
+from colora_jax._src.metrics import subspace_distance
+
+
+class Estimate(NamedTuple):
+    """Fitted factors: user i's matrix is ``U @ S[i] @ V.T``."""
+
+    U: Float[Array, "d_out r"]  # shared output-side factor
+    V: Float[Array, "d_in r"]  # shared input-side factor
+    S: Float[Array, "k r r"]  # personal matrices (diagonal when fitted as "diag")
+
+    @property
+    def W(self) -> Float[Array, "k d_out d_in"]:
+        return jnp.einsum("or,krs,is->koi", self.U, self.S, self.V)
+
+
+class Metrics(NamedTuple):
+    """What is recorded after every iteration (one scalar each; the trace holds their history).
+
+    A new per-iteration metric is one field here and one line in ``record``.
+    """
+
+    objective: Float[Array, "..."]  # mean squared residual per used sample
+    subspace_distance_U: Float[Array, "..."]  # sin of the largest angle to truth.U (NaN w/o truth)
+    subspace_distance_V: Float[Array, "..."]
+    rel_error: Float[Array, "..."]  # ||W_hat - W*||_F / ||W*||_F over all users (NaN w/o truth)
+
+
+class Trace(NamedTuple):
+    """Per-iteration record of a fit (index 0 = initialization)."""
+
+    objective: Float[Array, "T"]  # mean squared residual per used sample
+    subspace_distance_U: Float[Array, "T"]  # sin of the largest angle to truth.U (NaN w/o truth)
+    subspace_distance_V: Float[Array, "T"]
+    rel_error: Float[Array, "T"]  # ||W_hat - W*||_F / ||W*||_F over all users (NaN w/o truth)
+    iterations: Int[Array, ""]  # iterations run
+    converged: Bool[Array, ""]  # stopped by tolerance or floor (not by the budget)
+    finite_input: Bool[Array, ""]  # False if the used observations held NaN or inf
+
+
+def make_trace(history: Metrics, iterations, converged, finite_input) -> Trace:
+    """The ``Trace`` of a loop's metric history and its stopping state."""
+    return Trace(*history, iterations=iterations, converged=converged, finite_input=finite_input)
+
+
+def record(
+    objective,
+    *,
+    U=None,
+    V=None,
+    W=None,
+    truth: GroundTruth | None = None,
+    truth_U=None,
+    truth_V=None,
+    axis_name: str | None = None,
+) -> Metrics:
+    """The metrics of one iterate (every estimator records through this one function).
+
+    Args:
+      objective: the mean squared residual per used sample (already pooled).
+      U, V: the iterate's shared factors, or None if the method has none (then NaN).
+      W: the users' matrices (this device's users when sharded), or None (``rel_error`` NaN).
+      truth: the ground truth (its ``U``, ``V``, ``W``), or None (distances NaN).
+      truth_U, truth_V: planted factors when no full truth is at hand (streamed fits).
+      axis_name: mesh axis of the users (the W error is pooled over it).
+    """
+    nan = jnp.full((), jnp.nan, objective.dtype)
+    if truth is not None:
+        truth_U, truth_V = truth.U, truth.V
+    dU = nan if U is None or truth_U is None or U.shape[1] > U.shape[0] else subspace_distance(U, truth_U)
+    dV = nan if V is None or truth_V is None or V.shape[1] > V.shape[0] else subspace_distance(V, truth_V)
+    if W is None or truth is None:
+        rel = nan
+    else:
+        err2 = blocks.pool(jnp.sum(jnp.square(W - truth.W)), axis_name)
+        rel = jnp.sqrt(err2 / blocks.pool(jnp.sum(jnp.square(truth.W)), axis_name))
+    return Metrics(objective, dU, dV, rel)
+
+
+def single_shot_trace(metrics: Metrics, iters: int, finite_input) -> Trace:
+    """Trace of a method without iterations: index 0 holds its result, the rest NaN."""
+    history = Metrics(*(jnp.full((iters + 1,), jnp.nan, m.dtype).at[0].set(m) for m in metrics))
+    return make_trace(history, jnp.asarray(0), jnp.asarray(True), finite_input)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_observations(obs: Observations, rank: int, personal: str) -> None:
+    """Static checks (shapes, rank, samples); raises ValueError saying what to change."""
+    if obs.model not in ("regression", "sensing"):
+        raise ValueError(f"unknown model {obs.model!r}: choose 'regression' or 'sensing'")
+    X, Y = obs.X, obs.Y
+    want_x = 4 if obs.model == "sensing" else 3
+    want_y = 2 if obs.model == "sensing" else 3
+    if X.ndim != want_x or Y.ndim != want_y:
+        layout = "X (k, n, d_out, d_in), Y (k, n)" if obs.model == "sensing" else "X (k, n, d_in), Y (k, n, d_out)"
+        raise ValueError(f"{obs.model} observations must be {layout}; got X {X.shape}, Y {Y.shape}")
+    if X.shape[:2] != Y.shape[:2]:
+        raise ValueError(f"X and Y disagree on (users, samples): {X.shape[:2]} vs {Y.shape[:2]}")
+    if obs.counts is not None and obs.counts.shape != (obs.users,):
+        raise ValueError(f"counts must hold one sample count per user, shape ({obs.users},); got {obs.counts.shape}")
+    d_out, d_in = obs.dims
+    if rank > min(d_out, d_in):
+        raise ValueError(f"rank {rank} exceeds min(d_out, d_in) = {min(d_out, d_in)}: lower the rank")
+    need = min_samples(obs.model, rank, personal)
+    if obs.samples < need:
+        raise ValueError(
+            f"{obs.samples} samples per user cannot determine a {personal} rank-{rank} personal"
+            f" part in the {obs.model} model: use at least {need} samples per user"
+        )
+
+
+def check_finite(obs: Observations) -> None:
+    """Eager check for NaN/inf in the used samples of concrete observations (skipped when traced)."""
+    arrays = (obs.X, obs.Y) + (() if obs.counts is None else (obs.counts,))
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return
+    used = obs.masked()
+    for name, a in (("X", used.X), ("Y", used.Y)):
+        if not bool(jnp.all(jnp.isfinite(a))):
+            raise ValueError(f"observations {name} contain NaN or inf: clean or drop those samples")
+
+
+def check_counts(obs: Observations, rank: int, personal: str) -> None:
+    """Eager check that concrete per-user ``counts`` lie in ``[min_samples, stored samples]``."""
+    if obs.counts is None or isinstance(obs.counts, jax.core.Tracer):
+        return
+    need = min_samples(obs.model, rank, personal)
+    low, high = int(jnp.min(obs.counts)), int(jnp.max(obs.counts))
+    if low < need or high > obs.samples:
+        raise ValueError(
+            f"counts must lie in [{need}, {obs.samples}] (the personal solve's minimum and the stored"
+            f" samples); got [{low}, {high}]"
+        )
+
+
+# ----------------------------------------------------------------------------- the gauge
+
+
+def normalize_U(U: Float[Array, "d_out r"], S: Float[Array, "k r r"], diag: bool):
+    """Orthonormalize ``U`` and absorb the change into every ``S_i``: ``U S_i = Q (R S_i)``.
+
+    With a diagonal personal part the gauge must stay diagonal, so the columns are scaled to
+    unit norm instead (``S_i`` stays diagonal). No user's ``U S_i V^T`` changes.
+    """
+    if diag:
+        n = jnp.linalg.norm(U, axis=0)
+        return U / n[None, :], S * n[None, :, None]
+    Q, R = qr_positive(U)
+    return Q, jnp.einsum("ab,kbc->kac", R, S)
+
+
+def normalize_V(V: Float[Array, "d_in r"], S: Float[Array, "k r r"], diag: bool):
+    """Orthonormalize ``V`` and absorb the change into every ``S_i``: ``S_i V^T = (S_i R^T) Q^T``."""
+    if diag:
+        n = jnp.linalg.norm(V, axis=0)
+        return V / n[None, :], S * n[None, None, :]
+    Q, R = qr_positive(V)
+    return Q, jnp.einsum("kab,cb->kac", S, R)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def stopping_floor(mean_square_measurement):
+    """Objective below which iterating is pointless: ``(10 eps)^2`` times the mean ``||y||^2``."""
+    return (10 * jnp.finfo(mean_square_measurement.dtype).eps) ** 2 * mean_square_measurement
+
+
+def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, monotone: bool = True):
+    """The iteration loop shared by every estimator, inside ``lax.while_loop``.
+
+    Args:
+      advance: ``state -> (state, Metrics)``: one iteration, then the metrics of the new iterate.
+      state: the initial state (any pytree).
+      metrics0: the metrics of the initial state (recorded at index 0).
+      iters: iteration budget.
+      tol: stop once the objective's relative decrease ``(f_prev - f) / f_prev <= tol``
+        (only when ``monotone``; an optimizer that may increase f stops by budget or floor).
+      floor: stop once the objective is ``<= floor``.
+
+    Returns:
+      ``(state, history, iterations, converged)``: ``history`` is a ``Metrics`` of
+      ``(iters + 1,)`` arrays (index t = after iteration t, NaN past ``iterations``);
+      ``converged`` is True when the loop stopped by tolerance or floor rather than by the budget.
+    """
+    metrics0 = Metrics(*metrics0)
+    dtype = metrics0.objective.dtype
+    history = Metrics(*(jnp.full((iters + 1,), jnp.nan, dtype).at[0].set(m) for m in metrics0))
+
+    def cond(carry):
+        it, _, _, done = carry
+        return (it < iters) & ~done
+
+    def body(carry):
+        it, st, hist, _ = carry
+        st, m = advance(st)
+        m = Metrics(*m)
+        hist = Metrics(*(h.at[it + 1].set(v) for h, v in zip(hist, m)))
+        f_prev, f = hist.objective[it], m.objective
+        done = f <= floor
+        if monotone:
+            done = done | (f_prev - f <= tol * f_prev)
+        return it + 1, st, hist, done
+
+    start = (jnp.asarray(0), state, history, history.objective[0] <= floor)
+    it, state, history, done = jax.lax.while_loop(cond, body, start)
+    return state, history, it, done
+
+
+def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True):
+    """The iteration loop of every estimator, inside ``lax.while_loop``: one copy of each step.
+
+    Args:
+      body: ``params -> (current, metrics, next_params)``. At its t-th call (t = 0, 1, ...)
+        ``current`` is the iterate after t iterations (at t = 0 the initialization) and
+        ``metrics`` its ``Metrics``; ``next_params`` starts iteration t + 1. So the personal
+        solve, the objective and the metrics each appear once in the compiled program, not
+        once for the start and once in the loop; the price is one step computed and dropped
+        at the end.
+      params: what the first call starts from (e.g. the initial ``U``, ``V``).
+      iters: iteration budget (at most ``iters + 1`` calls).
+      tol: stop once the objective's relative decrease ``(f_prev - f) / f_prev <= tol``
+        (only when ``monotone``; an optimizer that may increase f stops by budget or floor).
+      floor: stop once the objective is ``<= floor``.
+
+    Returns:
+      ``(current, history, iterations, converged)``: the last ``current``; ``history`` a
+      ``Metrics`` of ``(iters + 1,)`` arrays (index t = after iteration t, NaN past
+      ``iterations``); ``converged`` True when tolerance or floor stopped the loop.
+    """
+    current0, metrics0, _ = jax.eval_shape(body, params)
+    dtype = metrics0.objective.dtype
+    history = Metrics(*(jnp.full((iters + 1,), jnp.nan, dtype) for _ in metrics0))
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), current0)
+
+    def loop(carry):
+        it, p, hist, f_prev, _, _, _ = carry
+        current, m, nxt = body(p)
+        m = Metrics(*m)
+        hist = Metrics(*(h.at[it].set(v) for h, v in zip(hist, m)))
+        f = m.objective
+        converged = f <= floor
+        if monotone:
+            converged = converged | ((it > 0) & (f_prev - f <= tol * f_prev))
+        return it + 1, nxt, hist, f, converged | (it >= iters), converged, current
+
+    start = (jnp.asarray(0), params, history, jnp.full((), jnp.inf, dtype), jnp.asarray(False), jnp.asarray(False), zeros)
+    calls, _, history, _, _, converged, current = jax.lax.while_loop(lambda c: ~c[4], loop, start)
+    return current, history, calls - 1, converged
+
+
+def initialize(d: blocks.Design, config: FitConfig, key: PRNGKeyArray | None, axis_name=None):
+    """Initial shared factors: spectral (second moments across users) or random orthonormal."""
+    if config.init == "spectral":
+        return blocks.spectral_init(d, config.rank, axis_name)
+    if key is None:
+        raise ValueError("init='random' needs a PRNG key: pass key=jax.random.key(seed) to fit")
+    d_out = d.X.shape[2] if d.model == "sensing" else d.Y.shape[2]
+    d_in = d.X.shape[-1]
+    ku, kv = jax.random.split(key)
+    U = jnp.linalg.qr(jax.random.normal(ku, (d_out, config.rank), d.X.dtype))[0]
+    V = jnp.linalg.qr(jax.random.normal(kv, (d_in, config.rank), d.X.dtype))[0]
+    return U, V
+
+
+class Setup(NamedTuple):
+    """What every algorithm starts from: the design, the sample count, the floor, the start."""
+
+    design: blocks.Design
+    count: Float[Array, ""]  # samples used, all users (pooled)
+    floor: Float[Array, ""]  # the stopping floor of the mean squared residual
+    U: Float[Array, "d_out r"]  # initial shared factors
+    V: Float[Array, "d_in r"]
+    finite: Bool[Array, ""]  # every used sample finite (every shard)
+
+
+def setup(observations: Observations, config: FitConfig, key, axis_name=None) -> Setup:
+    """Validate, build the design, initialize ``U`` and ``V``."""
+    config.validate()
+    check_observations(observations, config.rank, config.personal)
+    check_counts(observations, config.rank, config.personal)
+    check_finite(observations)
+    d = blocks.design(observations)
+    count = blocks.pool(jnp.sum(d.counts), axis_name)
+    floor = stopping_floor(blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count)
+    U, V = initialize(d, config, key, axis_name)
+    bad = (~(jnp.all(jnp.isfinite(d.X)) & jnp.all(jnp.isfinite(d.Y)))).astype(jnp.int32)
+    return Setup(d, count, floor, U, V, blocks.pool(bad, axis_name) == 0)
+
+
+def fit_by_steps(
+    make_body,
+    observations: Observations,
+    config: FitConfig,
+    *,
+    key=None,
+    truth: GroundTruth | None = None,
+    optimizer=None,
+    axis_name: str | None = None,
+    monotone: bool = True,
+) -> tuple[Estimate, Trace]:
+    """Run an iterative algorithm: ``make_body(setup, config, optimizer, axis_name)`` returns
+    ``(body, params0)`` with ``body(params) -> (current Estimate, its sum of squared residuals,
+    next params)`` (``run_loop``'s protocol, before the metrics are recorded)."""
+    s = setup(observations, config, key, axis_name)
+    step, params = make_body(s, config, optimizer, axis_name)
+
+    def body(p):
+        current, sse, nxt = step(p)
+        W = None if truth is None else current.W
+        return current, record(sse / s.count, U=current.U, V=current.V, W=W, truth=truth, axis_name=axis_name), nxt
+
+    estimate, history, iterations, done = run_loop(body, params, config.iters, config.tol, s.floor, monotone)
+    return estimate, make_trace(history, iterations, done, s.finite)
+
+
+def fit(
+    observations: Observations,
+    config: FitConfig = FitConfig(),
+    *,
+    key: PRNGKeyArray | None = None,
+    truth: GroundTruth | None = None,
+    optimizer=None,
+    axis_name: str | None = None,
+) -> tuple[Estimate, Trace]:
+    """Fit the shared factors and personal matrices of all users.
+
+    Args:
+      observations: the users' training data (``Observations``; ``counts`` selects a prefix
+        of each user's samples).
+      config: static settings: ``algorithm`` (a name in ``registry.ALGORITHMS``: altmin,
+        altgd, adam, varpro), rank, personal part, iterations, tolerance, initialization.
+      key: PRNG key, needed only for ``init="random"``.
+      truth: optional ground truth; when given, the trace records distances to it.
+      optimizer: for ``algorithm="adam"``: any optax transformation (default
+        ``optax.adam(config.learning_rate)``); it minimizes the mean squared residual.
+      axis_name: mesh axis over which users are sharded (inside ``shard_map``); the pooled
+        sums become ``psum``s over it. ``None`` for a single device.
+
+    Returns:
+      ``(Estimate, Trace)``. Iteration stops after ``config.iters`` iterations, or (all but
+      adam) once the objective's relative decrease is below ``config.tol``, or when the
+      objective reaches ``(10 eps)^2`` times the mean squared measurement.
+
+    Example:
+      >>> import jax, colora_jax as cj
+      >>> pc = cj.ProblemConfig(model="sensing", users=20, d_out=8, d_in=8, rank=2, samples=24)
+      >>> problem = cj.generate(jax.random.key(0), pc)
+      >>> estimate, trace = cj.fit(problem.train, cj.FitConfig(rank=2), truth=problem.truth)
+      >>> bool(trace.rel_error[trace.iterations] < 1e-3)
+      True
+    """
+    config.validate()
+    return registry.algorithm(config.algorithm).fit(
+        observations, config, key=key, truth=truth, optimizer=optimizer, axis_name=axis_name
+    )

@@ -1,0 +1,50 @@
+"""Fit any registered method by name, and count the parameters it trains (``registry.METHODS``)."""
+
+from __future__ import annotations
+
+from jaxtyping import PRNGKeyArray
+
+from colora_jax._src import registry
+from colora_jax._src.baselines.common import MethodFit
+from colora_jax._src.config import FitConfig, ProblemConfig
+from colora_jax._src.data import GroundTruth, Observations
+from colora_jax._src.shared_input import SharedInputConfig, personal_size
+
+
+def fit_method(
+    method: str,
+    observations: Observations,
+    fit_config: FitConfig,
+    *,
+    key: PRNGKeyArray,
+    truth: GroundTruth | None = None,
+    **options,
+) -> MethodFit:
+    """Fit one of ``registry.METHODS`` to the users' observations (pure; jit/vmap it with
+    ``method``, ``fit_config`` and the options static).
+
+    Args:
+      method: a name in ``registry.METHODS`` (``colora``, ``local``, ``fedrep``, ...).
+      observations: the users' training data.
+      fit_config: rank, iterations, tolerance, and (colora, local, global) the core
+        algorithm; ``step_size`` is fedrep's and ``learning_rate`` the federated methods'.
+        ``colora`` fits a full personal part and ``colora-diag`` a diagonal one, whatever
+        ``fit_config.personal`` says; ``local`` and ``oracle`` use ``fit_config.personal``.
+      key: PRNG key (random initializations: federated methods, ``init="random"``).
+      truth: optional ground truth; traces then record distances to it (``oracle`` needs it).
+      options: method-specific settings, e.g. ``federated=FederatedConfig(...)`` for
+        fedavg-lora and ffa-lora.
+
+    Returns:
+      ``MethodFit(W, U, V, trace)``. Raises ValueError (at trace time) if the method cannot
+      run on these observations, e.g. a personal least squares with too few samples.
+    """
+    entry = registry.method(method)
+    fit_config.validate()
+    return entry.fit(observations, fit_config, key=key, truth=truth, **options)
+
+
+def parameter_counts(method: str, problem_config: ProblemConfig | SharedInputConfig) -> tuple[int, int]:
+    """``(params_shared, params_per_user)`` that the method trains, at the problem's rank."""
+    pc = problem_config
+    return registry.method(method).counts(pc.d_out, pc.d_in, pc.rank, personal_size(pc))
