@@ -4,13 +4,16 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
+# XLA:CPU logs two spurious error lines for every program loaded from the compile cache
+# (README, Known issues); keep them off the terminal unless the caller asked for logs.
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install test demo bench figures proofs smoke clean
+.PHONY: install test demo bench figures proofs smoke clean lint format
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +28,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/colora bench
+
+## ruff: lint (and the formatting check) over the library, scripts and tests; `make format` applies it.
+lint: $(STAMP)
+	$(BIN)/ruff check colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
+	$(BIN)/ruff format --check colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
+	$(BIN)/ruff format colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

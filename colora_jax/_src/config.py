@@ -56,6 +56,7 @@ class ProblemConfig:
     personal: str = "full"  # truth's personal part: "full" r x r or "diag" (r numbers)
     condition: float = 1.0  # condition number of each S_i* (singular values geometric in [1/c, 1])
     personal_mean: str = "random"  # "random": S_i* i.i.d.; "zero": S_i* re-centred to average 0
+    personal_groups: int = 0  # 0: every S_i* its own draw; g > 0: only g distinct S_i* (user i has S*_{i mod g})
     x64: bool = False  # generate (and then fit) in float64
 
     @property
@@ -87,6 +88,8 @@ class ProblemConfig:
             raise ValueError(f"task_angle must lie in [0, pi/2] radians, got {self.task_angle}")
         if self.deviation < 0 or self.noise < 0:
             raise ValueError("deviation and noise must be >= 0")
+        if self.personal_groups < 0:
+            raise ValueError(f"personal_groups must be >= 0 (0: every user its own S_i*), got {self.personal_groups}")
         if not self.condition >= 1.0:
             raise ValueError(f"condition must be >= 1, got {self.condition}")
         need = min_samples(self.model, self.rank, self.personal)

@@ -173,13 +173,19 @@ def personal_matrices(key: PRNGKeyArray, config: ProblemConfig, first_user=0) ->
 
     ``full``: ``A_i diag(sigma) B_i^T`` with Haar ``A_i, B_i``; ``diag``: ``diag(sigma)`` with
     random signs and a random order. User i's ``S_i*`` depends on ``(key, i)`` only (users
-    ``first_user .. first_user + config.users - 1`` are drawn). With
+    ``first_user .. first_user + config.users - 1`` are drawn); with ``personal_groups = g`` the
+    users share only ``g`` distinct matrices (user i has group ``i mod g``'s), which lowers the
+    diversity of the tasks (the smallest eigenvalue of the users' second moment). With
     ``personal_mean="zero"`` the bank is re-centred so that ``sum_i S_i* = 0`` (the case where
     a plain average of the users' tasks is useless).
     """
     k, r, dtype = config.users, config.rank, config.dtype
     sigma = jnp.geomspace(1.0, 1.0 / config.condition, r).astype(dtype)
-    z = _user_normals(key, _PERSONAL, k, (2, r, r), dtype, first_user)
+    if config.personal_groups:  # task diversity: user i draws the S* of group i mod g
+        g = config.personal_groups
+        z = _user_normals(key, _PERSONAL, g, (2, r, r), dtype)[(jnp.arange(k) + first_user) % g]
+    else:
+        z = _user_normals(key, _PERSONAL, k, (2, r, r), dtype, first_user)
     if config.personal == "full":
         ab = orthonormal(z.reshape(2 * k, r, r)).reshape(k, 2, r, r)
         s = jnp.einsum("kab,b,kcb->kac", ab[:, 0], sigma, ab[:, 1])

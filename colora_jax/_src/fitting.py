@@ -386,6 +386,6 @@ def fit(
       True
     """
     config.validate()
-    return registry.algorithm(config.algorithm).fit(
-        observations, config, key=key, truth=truth, optimizer=optimizer, axis_name=axis_name
-    )
+    extra = {} if optimizer is None else {"optimizer": optimizer}  # only the first-order algorithms take one
+    return registry.algorithm(config.algorithm).fit(observations, config, key=key, truth=truth, axis_name=axis_name,
+                                                    **extra)

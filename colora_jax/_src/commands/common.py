@@ -92,6 +92,8 @@ def add_problem_flags(p: argparse.ArgumentParser, *, many_samples: bool = False,
     g.add_argument("--condition", type=_finite_float, default=d.condition, help="condition number of each S_i*")
     g.add_argument("--personal-mean", choices=PERSONAL_MEANS, default=d.personal_mean,
                    help="'zero' re-centres the S_i* to average zero")
+    g.add_argument("--personal-groups", type=_nonnegative_int, default=d.personal_groups,
+                   help="0: every user its own S_i*; g > 0: only g distinct S_i* (low task diversity)")
     g.add_argument("--x64", action="store_true", help="float64 throughout (default float32)")
     g.add_argument("--trials", type=_positive_int, default=defaults.get("trials", 10), help="independent trials")
     g.add_argument("--seed", type=int, default=0, help="PRNG seed of the experiment")
@@ -136,7 +138,8 @@ def problem_config(args) -> ProblemConfig:
         model=args.model, users=args.users, d_out=args.d_out, d_in=args.d_in, rank=args.rank,
         samples=samples, test_samples=args.test_samples, noise=args.noise,
         task_angle=args.task_angle, deviation=args.deviation, personal=args.personal,
-        condition=args.condition, personal_mean=args.personal_mean, x64=args.x64,
+        condition=args.condition, personal_mean=args.personal_mean, personal_groups=args.personal_groups,
+        x64=args.x64,
     ).validate()
 
 
