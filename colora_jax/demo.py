@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from colora_jax._src.compile_cache import enable_compile_cache
+from colora_jax._src.compile_cache import enable_compile_cache, stats
 from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
 from colora_jax._src.data import STREAM_VERSION
 from colora_jax._src.provenance import code_version, device_info
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "stream": STREAM_VERSION,
         "seconds": seconds,
+        "compile_cache": {k: v for k, v in stats().items() if k != "dir"},
         "code_version": code_version(),
         "device": device_info(),
     }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import colora_jax as cj
-from colora_jax._src.bench import reference, suite
+from colora_jax._src.bench import reference, suite  # the benchmark's internals are what is tested here
 from colora_jax.cli import main
 
 
@@ -35,11 +35,18 @@ def test_roofline_is_the_larger_of_the_bytes_and_flops_floors():
 
 
 @pytest.mark.slow
-def test_bench_quick_writes_json_and_figure(tmp_path, capsys):
-    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+def test_bench_quick_writes_json_with_latency_and_the_numpy_comparison(tmp_path, capsys):
+    assert main(["bench", "--quick", "--sections", "latency,versus_numpy", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert (tmp_path / "bench.png").stat().st_size > 0
     assert result["device"]["device_kind"] and len(result["versus_numpy"]) == 2
     assert all(v["colora_rel_error_max"] < 1e-3 and v["numpy_rel_error_max"] < 1e-3 for v in result["versus_numpy"])
-    assert result["device_scaling"]["devices"] == [1, 2]
-    assert "trials/s" in capsys.readouterr().out
+    cold, warm = result["latency"]["recover"]["cold"], result["latency"]["recover"]["warm"]
+    assert cold["cache"]["misses"] > 0 and warm["cache"]["misses"] == 0 and warm["cache"]["hits"] > 0
+    out = capsys.readouterr().out
+    assert "trials/s" in out and "latency recover: cold" in out
+
+
+def test_an_unwritable_output_folder_is_refused_before_measuring(capsys):
+    assert main(["bench", "--out", "/proc/colora-bench"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to --out /proc/colora-bench" in err and err.count("\n") == 1

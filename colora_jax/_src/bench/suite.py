@@ -214,30 +214,42 @@ def _stage(name: str) -> None:
     print(f"[colora bench {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
 
 
-def run(quick: bool) -> dict:
-    """All measurements; ``quick`` shrinks every size so the whole suite takes seconds."""
-    load = os.getloadavg()
-    out = {"quick": quick, "load_average_start": load}
-    trials, numpy_trials = (4, 1) if quick else (128, 10)
-    out["versus_numpy"] = []
-    for n in (16, 80):
-        _stage(f"colora vs NumPy, sensing n={n}")
-        out["versus_numpy"].append(versus_numpy(n, trials, numpy_trials))
+SECTIONS = ("latency", "versus_numpy", "iteration", "roofline", "device_scaling", "streaming")
+
+
+def run(quick: bool, sections=SECTIONS) -> dict:
+    """The measurements of ``sections``; ``quick`` shrinks every size so the whole suite takes a minute."""
+    from colora_jax._src.bench import latency
+
+    out = {"quick": quick, "sections": list(sections), "load_average_start": os.getloadavg()}
+    if "latency" in sections:
+        _stage("latency of the canonical commands, cold and warm (child processes)")
+        out["latency"] = latency.run(("recover",) if quick else ("recover", "demo", "phase_diagram"))
+    if "versus_numpy" in sections:
+        trials, numpy_trials = (4, 1) if quick else (128, 10)
+        out["versus_numpy"] = []
+        for n in (16, 80):
+            _stage(f"colora vs NumPy, sensing n={n}")
+            out["versus_numpy"].append(versus_numpy(n, trials, numpy_trials))
     ks = (64, 128) if quick else (1_000, 10_000, 100_000)
-    ds = (8, 16) if quick else (16, 32, 64)
-    _stage(f"time per iteration against k in {ks}")
-    out["iteration_vs_users"] = [iteration_time(k, 8 if quick else 32) for k in ks]
-    _stage(f"time per iteration against d in {ds}")
-    out["iteration_vs_d"] = [iteration_time(ks[0] if quick else 10_000, d) for d in ds]
-    _stage("memory bandwidth and roofline")
-    bandwidth = read_bandwidth(2**24 if quick else 2**29)
-    flop_rate = matmul_throughput(512 if quick else 2048)
-    out["roofline"] = roofline(out["iteration_vs_users"][-1], bandwidth, flop_rate)
-    _stage("device scaling (child process, fake CPU devices)")
-    out["device_scaling"] = device_scaling(2 if quick else 8, 64 if quick else 2048, 8 if quick else 32)
-    users = 2_000 if quick else 1_000_000
-    _stage(f"streamed regression, k={users} (child process)")
-    out["streaming"] = streaming(users, 4 if quick else 100)
+    if "iteration" in sections or "roofline" in sections:
+        ds = (8, 16) if quick else (16, 32, 64)
+        _stage(f"time per iteration against k in {ks}")
+        out["iteration_vs_users"] = [iteration_time(k, 8 if quick else 32) for k in ks]
+        _stage(f"time per iteration against d in {ds}")
+        out["iteration_vs_d"] = [iteration_time(ks[0] if quick else 10_000, d) for d in ds]
+    if "roofline" in sections:
+        _stage("memory bandwidth and roofline")
+        bandwidth = read_bandwidth(2**24 if quick else 2**29)
+        flop_rate = matmul_throughput(512 if quick else 2048)
+        out["roofline"] = roofline(out["iteration_vs_users"][-1], bandwidth, flop_rate)
+    if "device_scaling" in sections:
+        _stage("device scaling (child process, fake CPU devices)")
+        out["device_scaling"] = device_scaling(2 if quick else 8, 64 if quick else 2048, 8 if quick else 32)
+    if "streaming" in sections:
+        users = 2_000 if quick else 1_000_000
+        _stage(f"streamed regression, k={users} (child process)")
+        out["streaming"] = streaming(users, 4 if quick else 100)
     out["peak_rss_bytes_bench_process"] = peak_rss_bytes()
     out["load_average_end"] = os.getloadavg()
     return out
@@ -250,6 +262,8 @@ def plot(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not all(key in result for key in ("iteration_vs_users", "device_scaling", "roofline")):
+        return  # a partial run (--sections) has no full figure
     fig, ax = plt.subplots(1, 4, figsize=(17, 3.8))
     vk, vd = result["iteration_vs_users"], result["iteration_vs_d"]
     ax[0].loglog([r["users"] for r in vk], [r["seconds_per_iteration"] for r in vk], "o-", label="measured")
