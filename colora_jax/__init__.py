@@ -22,8 +22,10 @@ from colora_jax._src.baselines.one_sided import one_sided_fit as one_sided_fit
 from colora_jax._src.blocks import Design as Design
 from colora_jax._src.blocks import design as design
 from colora_jax._src.blocks import input_step as input_step
+from colora_jax._src.blocks import moment_estimates as moment_estimates
 from colora_jax._src.blocks import output_step as output_step
 from colora_jax._src.blocks import personal_step as personal_step
+from colora_jax._src.blocks import residuals as residuals
 from colora_jax._src.blocks import spectral_init as spectral_init
 from colora_jax._src.blocks import sum_squares as sum_squares
 from colora_jax._src.compile_cache import enable_compile_cache as enable_compile_cache
@@ -39,12 +41,14 @@ from colora_jax._src.data import generate_truth as generate_truth
 from colora_jax._src.data import measure as measure
 from colora_jax._src.data import predict as predict
 from colora_jax._src.data import tilt as tilt
+from colora_jax._src.counter_rng import normals as nested_normals
 from colora_jax._src.fitting import Estimate as Estimate
 from colora_jax._src.fitting import Trace as Trace
 from colora_jax._src.fitting import check_observations as check_observations
 from colora_jax._src.fitting import fit as fit
 from colora_jax._src.methods import fit_method as fit_method
 from colora_jax._src.methods import parameter_counts as parameter_counts
+from colora_jax._src.linalg import psd_solve as psd_solve
 from colora_jax._src.metrics import chordal_distance_squared as chordal_distance_squared
 from colora_jax._src.metrics import geodesic_distance as geodesic_distance
 from colora_jax._src.metrics import per_user_relative_error as per_user_relative_error
@@ -60,6 +64,7 @@ from colora_jax._src.serialization import to_jsonable as to_jsonable
 from colora_jax._src.sharding import fit_sharded as fit_sharded
 from colora_jax._src.sharding import shard_users as shard_users
 from colora_jax._src.sharding import users_mesh as users_mesh
+from colora_jax._src.sharding import users_sharding as users_sharding
 from colora_jax._src.shared_input import FEDREP_SYNTHETIC as FEDREP_SYNTHETIC
 from colora_jax._src.shared_input import SharedInputConfig as SharedInputConfig
 from colora_jax._src.shared_input import generate_problem as generate_problem
@@ -137,6 +142,8 @@ __all__ = (
     "measure",
     "method_evaluator",
     "min_samples",
+    "moment_estimates",
+    "nested_normals",
     "one_sided_fit",
     "output_step",
     "parameter_counts",
@@ -148,8 +155,10 @@ __all__ = (
     "prediction_error",
     "principal_angles",
     "projection_distance",
+    "psd_solve",
     "read_results",
     "relative_error",
+    "residuals",
     "run_cells",
     "run_trials",
     "shard_users",
@@ -162,4 +171,5 @@ __all__ = (
     "trial",
     "trial_keys",
     "users_mesh",
+    "users_sharding",
 )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from colora_jax._src.commands import bench, common, compare, recover
+from colora_jax._src.commands import bench, common, compare, methods, recover
 
-COMMANDS = (recover, compare, bench)
+COMMANDS = (recover, compare, bench, methods)
 
 
 def build_parser() -> common.Parser:

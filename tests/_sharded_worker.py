@@ -25,7 +25,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src import sharding  # noqa: E402
 
 # shared with the tests: the same problems and fit on every side
 PROBLEMS = {
@@ -49,9 +48,9 @@ def compare_devices(n_devices):
         for n in range(1, n_devices + 1):
             if n_devices % n:
                 continue
-            mesh = sharding.users_mesh(n)
-            run = jax.jit(lambda o, t: sharding.fit_sharded(o, FIT, mesh=mesh, truth=t))
-            est, trace = run(sharding.shard_users(prob.train, mesh), prob.truth)
+            mesh = cj.users_mesh(n)
+            run = jax.jit(lambda o, t: cj.fit_sharded(o, FIT, mesh=mesh, truth=t))
+            est, trace = run(cj.shard_users(prob.train, mesh), prob.truth)
             out[model][n] = {
                 "U": float(np.max(np.abs(est.U - ref.U))),
                 "V": float(np.max(np.abs(est.V - ref.V))),
@@ -61,6 +60,12 @@ def compare_devices(n_devices):
                 "iterations": [int(trace.iterations), int(ref_trace.iterations)],
                 "S_sharded": len(est.S.sharding.device_set) == n,
             }
+    uneven = cj.Observations(np.zeros((10, 4, 3), np.float32), np.zeros((10, 4, 3), np.float32), "regression")
+    try:
+        cj.shard_users(uneven, cj.users_mesh(n_devices))
+        out["uneven_split_error"] = None
+    except ValueError as err:
+        out["uneven_split_error"] = str(err)
     print(json.dumps(out))
 
 
@@ -71,17 +76,17 @@ def distributed(process_id, processes, port, path):
     )
     from jax.experimental import multihost_utils
 
-    mesh = sharding.users_mesh()  # all processes' devices
+    mesh = cj.users_mesh()  # all processes' devices
     result = {}
     for model in PROBLEMS:
         prob = problem(model)  # every process draws the same problem, then keeps its users
         k = prob.train.users
         mine = slice(process_id * k // processes, (process_id + 1) * k // processes)
-        users = sharding.users_sharding(mesh)
+        users = cj.users_sharding(mesh)
         obs = jax.tree.map(
             lambda a: jax.make_array_from_process_local_data(users, np.asarray(a[mine]), a.shape), prob.train
         )
-        est, trace = jax.jit(lambda o: sharding.fit_sharded(o, FIT, mesh=mesh))(obs)
+        est, trace = jax.jit(lambda o: cj.fit_sharded(o, FIT, mesh=mesh))(obs)
         est, trace = multihost_utils.process_allgather((est, trace), tiled=True)
         for name, value in zip(("U", "V", "S", "objective"), (est.U, est.V, est.S, trace.objective)):
             result[f"{model}_{name}"] = np.asarray(value)

@@ -60,3 +60,13 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_docs_tables_are_the_registry(capsys):
+    """docs/baselines.md shows exactly what ``colora methods`` prints (regenerate with --write)."""
+    import pathlib
+
+    assert main(["methods"]) == 0
+    tables = capsys.readouterr().out.strip()
+    docs = (pathlib.Path(__file__).parents[1] / "docs" / "baselines.md").read_text()
+    assert tables in docs, "docs/baselines.md is out of date: colora methods --write docs/baselines.md"

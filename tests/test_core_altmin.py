@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, strategies as st
 
 import colora_jax as cj
-from colora_jax._src import blocks
 
 pytestmark = pytest.mark.usefixtures("strict_numerics")
 
@@ -100,7 +99,6 @@ def _check_monotone(model, personal, seed, scale):
 def test_psd_solve_is_an_exact_least_squares_solve(seed, p, rows, decades, rank_deficient):
     """The Cholesky-with-refinement solve of ``F^T F x = F^T y`` minimizes ``||y - F x||`` as
     well as LAPACK's SVD-based lstsq, for badly scaled and rank-deficient (or wide) ``F``."""
-    from colora_jax._src.linalg import psd_solve
 
     rng = np.random.default_rng(seed)
     F = rng.standard_normal((rows, p)) * 10.0 ** rng.uniform(-decades / 2, decades / 2, size=p)
@@ -108,7 +106,7 @@ def test_psd_solve_is_an_exact_least_squares_solve(seed, p, rows, decades, rank_
         F[:, -1] = F[:, 0]
     y = rng.standard_normal(rows)
     with jax.enable_x64(True):
-        x = np.asarray(psd_solve(jnp.asarray(F.T @ F), jnp.asarray(F.T @ y)))
+        x = np.asarray(cj.psd_solve(jnp.asarray(F.T @ F), jnp.asarray(F.T @ y)))
     assert np.all(np.isfinite(x))
     best = np.linalg.lstsq(F, y, rcond=None)[0]
     f, f_best = np.sum((y - F @ x) ** 2), np.sum((y - F @ best) ** 2)
@@ -124,19 +122,19 @@ def _lstsq_reference(predict, x0, y):
 @pytest.mark.parametrize("model", ["regression", "sensing"])
 def test_block_steps_agree_with_an_independent_least_squares(model, x64):
     p = problem(model, 5, x64=True, noise=0.3)  # noisy: the minimizers are not the truth
-    d = blocks.design(p.train)
+    d = cj.design(p.train)
     rng = np.random.default_rng(0)
     U, V = (jnp.asarray(np.linalg.qr(rng.standard_normal(s))[0]) for s in ((8, 2), (6, 2)))
     S = jnp.asarray(rng.standard_normal((12, 2, 2)))
-    preds = lambda U_, V_, S_: p.train.Y - blocks.residuals(d, U_, V_, S_)
+    preds = lambda U_, V_, S_: p.train.Y - cj.residuals(d, U_, V_, S_)
     np.testing.assert_allclose(
-        blocks.output_step(d, V, S), _lstsq_reference(lambda U_: preds(U_, V, S), U, p.train.Y), atol=1e-9
+        cj.output_step(d, V, S), _lstsq_reference(lambda U_: preds(U_, V, S), U, p.train.Y), atol=1e-9
     )
     np.testing.assert_allclose(
-        blocks.input_step(d, U, S), _lstsq_reference(lambda V_: preds(U, V_, S), V, p.train.Y), atol=1e-9
+        cj.input_step(d, U, S), _lstsq_reference(lambda V_: preds(U, V_, S), V, p.train.Y), atol=1e-9
     )
     np.testing.assert_allclose(
-        blocks.personal_step(d, U, V, diag=False), _lstsq_reference(lambda S_: preds(U, V, S_), S, p.train.Y), atol=1e-9
+        cj.personal_step(d, U, V, diag=False), _lstsq_reference(lambda S_: preds(U, V, S_), S, p.train.Y), atol=1e-9
     )
 
 
@@ -149,26 +147,26 @@ def test_gauge_invariance(seed):
 
 def _check_gauge(seed):
     p = problem("sensing", 6, x64=True, noise=0.1)
-    d = blocks.design(p.train)
+    d = cj.design(p.train)
     rng = np.random.default_rng(seed)
     U, V = (jnp.asarray(np.linalg.qr(rng.standard_normal(s))[0]) for s in ((8, 2), (6, 2)))
     R = jnp.asarray(rng.standard_normal((2, 2)) + 2 * np.eye(2))
-    S = blocks.personal_step(d, U, V, diag=False)
-    S_R = blocks.personal_step(d, U @ R, V, diag=False)
+    S = cj.personal_step(d, U, V, diag=False)
+    S_R = cj.personal_step(d, U @ R, V, diag=False)
     np.testing.assert_allclose(jnp.einsum("ab,kbc->kac", R, S_R), S, atol=1e-9)  # S -> R^-1 S
-    np.testing.assert_allclose(blocks.sum_squares(d, U @ R, V, S_R), blocks.sum_squares(d, U, V, S), rtol=1e-10)
-    V_new = blocks.input_step(d, U, S)
-    V_new_R = blocks.input_step(d, U @ R, jnp.einsum("ab,kbc->kac", jnp.linalg.inv(R), S))
+    np.testing.assert_allclose(cj.sum_squares(d, U @ R, V, S_R), cj.sum_squares(d, U, V, S), rtol=1e-10)
+    V_new = cj.input_step(d, U, S)
+    V_new_R = cj.input_step(d, U @ R, jnp.einsum("ab,kbc->kac", jnp.linalg.inv(R), S))
     np.testing.assert_allclose(V_new_R, V_new, atol=1e-9)
 
 
 def test_spectral_init_works_when_personal_parts_average_to_zero(x64):
     """With sum_i S_i* = 0 the average task is 0, yet second moments see both subspaces."""
     p = problem("regression", 7, x64=True, personal_mean="zero", users=40)
-    d = blocks.design(p.train)
-    mean_task = jnp.mean(blocks.moment_estimates(d), axis=0)
+    d = cj.design(p.train)
+    mean_task = jnp.mean(cj.moment_estimates(d), axis=0)
     assert float(jnp.linalg.norm(jnp.mean(p.truth.W, axis=0))) < 1e-12
-    U0, V0 = blocks.spectral_init(d, 2)
+    U0, V0 = cj.spectral_init(d, 2)
     assert float(cj.subspace_distance(U0, p.truth.U)) < 0.5
     assert float(cj.subspace_distance(V0, p.truth.V)) < 0.5
     est, _ = run_fit(cj.FitConfig(iters=100), p)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import colora_jax as cj
-from colora_jax._src.trials import trial_keys
 
 pytestmark = pytest.mark.usefixtures("strict_numerics")
 
@@ -23,7 +22,7 @@ def test_batched_trials_equal_looped_trials(x64):
     key = jax.random.key(11)
     batched = cj.run_trials(key, pc, fc, 4, batch=3)  # two calls, the second one padded
     one = jax.jit(lambda k: cj.trial(k, pc, fc))
-    for t, k in enumerate(trial_keys(key, 0, 4)):
+    for t, k in enumerate(cj.trial_keys(key, 0, 4)):
         looped = one(k)
         np.testing.assert_allclose(batched.evaluation.rel_error[t], looped.evaluation.rel_error, rtol=1e-9)
         np.testing.assert_allclose(batched.trace.objective[t], looped.trace.objective, rtol=1e-9)

@@ -10,7 +10,8 @@ Trace TrialResult cell_key cell_trials check_observations chordal_distance_squar
 device_info enable_compile_cache evaluate federated_lora fit fit_and_evaluate fit_chunks fit_method
 fit_sharded fit_streaming generate generate_chunks generate_problem generate_shared_input generate_truth
 geodesic_distance input_step measure method_evaluator min_samples one_sided_fit output_step
-parameter_counts per_cell per_user_relative_error personal_step population_risk predict prediction_error
+moment_estimates nested_normals parameter_counts per_cell per_user_relative_error personal_step population_risk
+predict prediction_error psd_solve residuals users_sharding
 principal_angles projection_distance read_results relative_error run_cells run_trials shard_users
 spectral_init subspace_distance sum_squares sweep tilt to_jsonable trial trial_keys users_mesh
 """.split()

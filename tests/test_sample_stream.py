@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import colora_jax as cj
-from colora_jax._src import counter_rng
+from colora_jax._src.counter_rng import threefry2x32  # the hash itself is internal; its output is public
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -24,22 +24,22 @@ def test_hash_is_jax_threefry_bit_for_bit():
 
     rng = np.random.default_rng(0)
     words = [jnp.asarray(rng.integers(0, 2**32, 257, dtype=np.uint64).astype(np.uint32)) for _ in range(4)]
-    for ours, theirs in zip(counter_rng.threefry2x32(*words), threefry2x32_p.bind(*words)):
+    for ours, theirs in zip(threefry2x32(*words), threefry2x32_p.bind(*words)):
         np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_normals_are_standard_normal_and_nested(dtype):
     key = jax.random.key(3)
-    z = np.asarray(counter_rng.normals(key, 40, 30, 101, dtype), np.float64).ravel()
+    z = np.asarray(cj.nested_normals(key, 40, 30, 101, dtype), np.float64).ravel()
     # 121,200 draws: the mean and variance are within 5 standard errors of 0 and 1, and the
     # tails match the normal's (a 4-sigma event has probability 6.3e-5: about 8 expected)
     assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.var() - 1) < 5 * np.sqrt(2 / z.size)
     assert 0 < np.sum(np.abs(z) > 4) < 30
-    small = counter_rng.normals(key, 7, 11, 101, dtype)
-    np.testing.assert_array_equal(small, counter_rng.normals(key, 40, 30, 101, dtype)[:7, :11])
-    chunk = counter_rng.normals(key, 5, 30, 101, dtype, first_user=20)
-    np.testing.assert_array_equal(chunk, counter_rng.normals(key, 40, 30, 101, dtype)[20:25])
+    small = cj.nested_normals(key, 7, 11, 101, dtype)
+    np.testing.assert_array_equal(small, cj.nested_normals(key, 40, 30, 101, dtype)[:7, :11])
+    chunk = cj.nested_normals(key, 5, 30, 101, dtype, first_user=20)
+    np.testing.assert_array_equal(chunk, cj.nested_normals(key, 40, 30, 101, dtype)[20:25])
 
 
 @given(seed=st.integers(0, 2**31 - 1), model=st.sampled_from(["regression", "sensing"]))

@@ -10,7 +10,8 @@ import sys
 import jax
 import pytest
 
-from colora_jax._src import sharding
+import colora_jax as cj
+
 
 WORKER = pathlib.Path(__file__).with_name("_sharded_worker.py")
 
@@ -33,13 +34,11 @@ def test_sharded_fit_equals_single_device(differences, model, devices):
         assert d[name] < 1e-10, (name, d[name])
 
 
-def test_users_must_divide_evenly():
-    assert sharding.users_mesh(1).axis_names == ("users",)
-    sharding.check_divisible(12, 3)
-    with pytest.raises(ValueError, match="divisible by 3"):
-        sharding.check_divisible(10, 3)
+def test_users_must_divide_evenly(differences):
+    assert cj.users_mesh(1).axis_names == ("users",)
+    assert "10 users cannot be split evenly over 4 devices" in differences["uneven_split_error"]
 
 
 def test_too_many_devices_is_a_clear_error():
     with pytest.raises(ValueError, match="visible"):
-        sharding.users_mesh(len(jax.devices()) + 1)
+        cj.users_mesh(len(jax.devices()) + 1)

@@ -377,13 +377,14 @@ def fit(
       adam) once the objective's relative decrease is below ``config.tol``, or when the
       objective reaches ``(10 eps)^2`` times the mean squared measurement.
 
-    Example:
+    Example (jit at the call site, configs closed over as static values):
       >>> import jax, colora_jax as cj
       >>> pc = cj.ProblemConfig(model="sensing", users=20, d_out=8, d_in=8, rank=2, samples=24)
-      >>> problem = cj.generate(jax.random.key(0), pc)
-      >>> estimate, trace = cj.fit(problem.train, cj.FitConfig(rank=2), truth=problem.truth)
-      >>> bool(trace.rel_error[trace.iterations] < 1e-3)
-      True
+      >>> problem = jax.jit(cj.generate, static_argnums=1)(jax.random.key(0), pc)
+      >>> run = jax.jit(lambda obs, truth: cj.fit(obs, cj.FitConfig(rank=2), truth=truth))
+      >>> estimate, trace = run(problem.train, problem.truth)
+      >>> bool(trace.rel_error[trace.iterations] < 1e-3), estimate.S.shape
+      (True, (20, 2, 2))
     """
     config.validate()
     extra = {} if optimizer is None else {"optimizer": optimizer}  # only the first-order algorithms take one

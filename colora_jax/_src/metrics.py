@@ -50,6 +50,16 @@ def principal_angles(A: Float[Array, "d p"], B: Float[Array, "d q"]) -> Float[Ar
       ``min(p, q)`` angles in [0, pi/2], ascending. ``theta_i = atan2(sin_i, cos_i)`` with
       ``cos`` the singular values of ``Q_A^T Q_B`` (descending) and ``sin`` those of the
       residual ``Q_B - Q_A (Q_A^T Q_B)`` (projected twice), ascending.
+
+    Example: a tiny and a right angle in one pair of planes, both to full precision:
+
+      >>> import jax, jax.numpy as jnp, colora_jax as cj
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> A = jnp.eye(4)[:, :2]
+      >>> B = jnp.stack([jnp.array([1.0, 0, 1e-9, 0]), jnp.array([0.0, 0, 0, 1.0])], axis=1)
+      >>> [float(f"{t:.6g}") for t in cj.principal_angles(A, B)]
+      [1e-09, 1.5708]
+      >>> jax.config.update("jax_enable_x64", False)
     """
     _check_bases(A, B)
     if B.shape[1] > A.shape[1]:

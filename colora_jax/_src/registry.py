@@ -3,11 +3,12 @@
 Everything that lists algorithms or methods reads these two tables: ``fit`` dispatches on
 ``FitConfig.algorithm``; ``fit_method``, ``colora compare``, the sweep harness and the CLI
 choices read ``METHODS``; the NNX training harness uses the same method names; the docs tables
-are generated from them (``python -m colora_jax.registry``; a test keeps docs/ in step).
+are generated from them (``colora methods --write``; a test keeps docs/ in step).
 
 Adding an estimator or a baseline is one new module plus one entry below. An entry names its
 function as ``"module:function"`` and is resolved on first use, so this module imports nothing
-(every estimator module may import the layers below it without a cycle).
+(every estimator module may import the layers below it without a cycle). ``colora methods``
+prints the tables; ``colora methods --write docs/baselines.md`` refreshes the docs.
 
 Parameter counts are written with ``o = d_out``, ``i = d_in``, ``r = rank`` and ``p``, the size
 of the truth's personal part (``r^2``, ``r`` when diagonal, ``d_out r`` for a shared-input
@@ -131,7 +132,7 @@ def method(name: str) -> Method:
 
 
 def markdown_tables() -> str:
-    """The docs tables of algorithms and methods (pasted into docs/baselines.md by ``main``)."""
+    """The docs tables of algorithms and methods (what ``colora methods`` prints)."""
     lines = ["| algorithm | what it does |", "|---|---|"]
     lines += [f"| `{a.name}` | {a.description} |" for a in ALGORITHMS.values()]
     lines += ["", "| method | model of user i and how it is fitted | shared factors | params shared | params per user |",
@@ -156,25 +157,10 @@ def _formula(counts, which: int) -> str:
 BEGIN, END = "<!-- registry:begin -->", "<!-- registry:end -->"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the tables, or with ``--write PATH`` replace the text between the markers in PATH."""
-    import argparse
-    import pathlib
-
-    p = argparse.ArgumentParser(description="the registry's docs tables")
-    p.add_argument("--write", default=None, help="a markdown file with registry:begin/end markers")
-    args = p.parse_args(argv)
-    tables = markdown_tables()
-    if args.write is None:
-        print(tables)
-        return 0
-    path = pathlib.Path(args.write)
-    text = path.read_text()
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    path.write_text(f"{head}{BEGIN}\n{tables}\n{END}{tail}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def replace_tables(text: str) -> str:
+    """``text`` (markdown) with the part between the registry markers replaced by ``markdown_tables()``."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"no {BEGIN} ... {END} markers in the file: add them where the tables go")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{markdown_tables()}\n{END}{tail}"
