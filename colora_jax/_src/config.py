@@ -114,6 +114,7 @@ class FitConfig:
     init: str = "spectral"  # "spectral" (second-moment) or "random" orthonormal U, V
     step_size: float = 0.5  # altgd: step = step_size / L with L the isotropic-design Lipschitz bound
     learning_rate: float = 1e-2  # adam: optax.adam learning rate
+    ridge: float = 0.0  # centered: lambda of lambda sum_i n_i ||U (S_i - S_bar) V^T||_F^2 (0: CoLoRA)
 
     def validate(self) -> "FitConfig":
         choice("personal", self.personal, PERSONALS)
@@ -127,4 +128,6 @@ class FitConfig:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
         if not self.step_size > 0 or not self.learning_rate > 0:
             raise ValueError("step_size and learning_rate must be > 0")
+        if not self.ridge >= 0:
+            raise ValueError(f"ridge must be >= 0 (0: plain CoLoRA), got {self.ridge}")
         return self

@@ -72,6 +72,8 @@ ALGORITHMS: dict[str, Algorithm] = {
                   "joint first-order training of U, V and every S_i with optax (adam by default), as LoRA is trained"),
         Algorithm("varpro", f"{_PKG}.varpro:fit_varpro",
                   "variable projection: Levenberg-Marquardt on U, V with every S_i eliminated exactly"),
+        Algorithm("centered", f"{_PKG}.centered:fit_centered",
+                  "exact alternating minimization with S_i pulled to a shared centre: + ridge sum_i n_i ||U (S_i - S_bar) V^T||^2"),
     )
 }
 
@@ -86,6 +88,9 @@ METHODS: dict[str, Method] = {
         Method("colora-varpro", f"{_PKG}.baselines.colora:fit_colora_varpro",
                "U S_i V^T, S_i r x r: variable projection (algorithm varpro)", "U,V",
                lambda o, i, r, p: ((o + i) * r, r * r), "colora"),
+        Method("colora-centered", f"{_PKG}.centered:fit_colora_centered",
+               "U (S_bar + Delta_i) V^T, ||Delta_i|| penalized, lambda chosen on held-out samples (0: colora, inf: global)",
+               "U,V", lambda o, i, r, p: ((o + i) * r + r * r, r * r), "colora"),
         Method("local", f"{_PKG}.baselines.local:fit_local", "U_i S_i V_i^T, each user's own LoRA: fit on each user alone",
                "", lambda o, i, r, p: (0, (o + i) * r), "local"),
         Method("local-full", f"{_PKG}.baselines.local:fit_local_full", "any W_i: per-user min-norm least squares", "",
@@ -147,7 +152,7 @@ def _formula(counts, which: int) -> str:
     """A parameter count written back as a formula in o, i, r, p (evaluated at distinct primes)."""
     o, i, r, p = 1009, 1013, 7, 3
     value = counts(o, i, r, p)[which]
-    for text, v in (("0", 0), ("(o + i) r", (o + i) * r), ("r^2", r * r), ("r", r), ("o i", o * i), ("i r", i * r),
+    for text, v in (("0", 0), ("(o + i) r", (o + i) * r), ("(o + i) r + r^2", (o + i) * r + r * r), ("r^2", r * r), ("r", r), ("o i", o * i), ("i r", i * r),
                     ("o r", o * r), ("p", p)):
         if value == v:
             return text
