@@ -1,0 +1,281 @@
+"""Variable projection (issue 13) measured: phase-diagram cells, cost per iteration, random init.
+
+    .venv/bin/python benchmarks/varpro_study.py phase --model sensing [--users 1,5,20,100]
+        [--methods altmin,varpro,...] [--trials 50] [--init spectral|random] [--x64]
+    .venv/bin/python benchmarks/varpro_study.py summary [--model sensing] [--init spectral]
+    .venv/bin/python benchmarks/varpro_study.py cost [--model sensing] [--users 100,10000]
+
+``phase`` runs the grid of ``proofs_numerics/phase_transition`` (d_out = d_in = 20, r = 2,
+n = m*(k) * geomspace(0.75, 4, 12), success = stacked relative error <= 1e-3) with *nested*
+samples: each trial draws the largest n once and every smaller n fits its first n samples (the
+rest are zeroed, which removes them from every least squares exactly). So each trial has its
+own threshold (the smallest grid n from which it succeeds at every larger n), and n50 is their
+median with an order-statistic 95% interval; success rates get Wilson intervals. One compiled
+program per (model, k, method) serves every n. Results append to
+``results/varpro/phase.jsonl`` (one line per model, k, method, init; finished lines are reused).
+
+``cost`` times one problem's fit (jit, warm, best of 3) per iteration and to convergence, VarPro
+against AltMin, at k = 100 and 10^4 users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import colora_jax as cj  # noqa: E402
+from colora_jax._src.provenance import code_version  # noqa: E402
+from colora_jax._src.varpro import VarProOptions, fit_varpro  # noqa: E402
+from proofs_numerics import _common  # noqa: E402
+
+RESULTS = os.path.join("results", "varpro")
+
+# name -> options of fit_varpro (None: AltMin, fit's own algorithm)
+METHODS: dict[str, dict | None] = {
+    "altmin": None,
+    "varpro": {},  # the defaults: Kaufman Jacobian, ridge continuation
+    "varpro-plain": {"continuation": False},  # no continuation: LM from the spectral start
+    "varpro-gp": {"jacobian": "golub-pereyra"},  # full Golub-Pereyra Jacobian, with continuation
+    "varpro-gp-plain": {"jacobian": "golub-pereyra", "continuation": False},
+    "varpro-slow": {"ridge_decay": 0.96},  # twice as many continuation iterations
+    "varpro-restarts4": {"restarts": 4},  # the spectral path and 4 from random starts; lowest objective wins
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The phase diagram's grid (as ``proofs_numerics.phase_transition.Config``)."""
+
+    d_out: int = 20
+    d_in: int = 20
+    rank: int = 2
+    points: int = 12
+    grid_lo: float = 0.75
+    grid_hi: float = 4.0
+    iters: int = 50  # iteration budget of both AltMin and VarPro (the phase diagram's AltMin budget)
+    tol: float = 1e-7
+    seed: int = 0
+
+
+def m_star(model: str, users: int, g: Grid) -> float:
+    if model == "sensing":
+        return _common.dof_sensing(users, g.d_out, g.d_in, g.rank)
+    return _common.dof_regression(users, g.d_in, g.rank)
+
+
+def sample_sizes(model: str, users: int, g: Grid) -> list[int]:
+    return _common.sample_grid(cj.min_samples(model, g.rank, "full"), m_star(model, users, g), g.grid_lo,
+                               g.grid_hi, g.points)
+
+
+def _masked(obs: cj.Observations, n) -> cj.Observations:
+    """The first ``n`` samples of every user (the others zeroed: they drop out of every least squares)."""
+    N = obs.samples
+    keep = (jnp.arange(N) < n).astype(obs.X.dtype)
+    shape = lambda a: (1, N) + (1,) * (a.ndim - 2)
+    return cj.Observations(obs.X * keep.reshape(shape(obs.X)), obs.Y * keep.reshape(shape(obs.Y)), obs.model)
+
+
+def _fit(obs, fc, key, truth, method):
+    options = METHODS[method]
+    if options is None:
+        return cj.fit(obs, fc, key=key, truth=truth)
+    return fit_varpro(obs, fc, key=key, truth=truth, **options)
+
+
+def _one(key, n, pc: cj.ProblemConfig, fc: cj.FitConfig, method: str):
+    kp, kf = jax.random.split(key)
+    problem = cj.generate(kp, pc)
+    est, trace = _fit(_masked(problem.train, n), fc, kf, problem.truth, method)
+    it = trace.iterations
+    W = est.W
+    return dict(
+        rel_error=cj.relative_error(W, problem.truth.W),
+        iterations=it,
+        objective_ratio=trace.objective[it] / trace.objective[0],  # failed runs: where they stopped
+        distance_start=jnp.maximum(trace.subspace_distance_U[0], trace.subspace_distance_V[0]),
+        distance_end=jnp.maximum(trace.subspace_distance_U[it], trace.subspace_distance_V[it]),
+        personal_norm=jnp.max(jnp.linalg.norm(est.S, axis=(1, 2))),  # blow-up of the personal solves
+    )
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def trial_thresholds(ns: list[int], success: np.ndarray) -> np.ndarray:
+    """Each trial's smallest grid n from which it succeeds at every larger grid n (inf: never)."""
+    out = np.full(success.shape[0], np.inf)
+    for t, row in enumerate(success):
+        for j in range(len(ns) - 1, -1, -1):
+            if not row[j]:
+                break
+            out[t] = ns[j]
+    return out
+
+
+def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Median and its distribution-free interval ``[x_(l), x_(u)]`` (order statistics, binomial)."""
+    x = np.sort(values)
+    N = len(x)
+    l = int(stats.binom.ppf((1 - level) / 2, N, 0.5))  # P(Bin < l) <= alpha/2 (0-based index l-1 -> x[l-1])
+    u = int(stats.binom.ppf(1 - (1 - level) / 2, N, 0.5))
+    lo = x[max(l - 1, 0)]
+    hi = x[min(u, N - 1)]
+    return float(np.median(x)), float(lo), float(hi)
+
+
+def _load(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _key(rec: dict) -> tuple:
+    return (rec["model"], rec["users"], rec["method"], rec["init"], rec["trials"], rec["x64"])
+
+
+def phase(args) -> None:
+    g = Grid()
+    path = os.path.join(RESULTS, "phase.jsonl")
+    os.makedirs(RESULTS, exist_ok=True)
+    done = {_key(r) for r in _load(path)}
+    for users in [int(u) for u in args.users.split(",")]:
+        ns = sample_sizes(args.model, users, g)
+        pc = cj.ProblemConfig(model=args.model, users=users, d_out=g.d_out, d_in=g.d_in, rank=g.rank,
+                              samples=max(ns), test_samples=0, x64=args.x64)
+        fc = cj.FitConfig(rank=g.rank, iters=g.iters, tol=g.tol, init=args.init)
+        keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(g.seed), t))(jnp.arange(args.trials))
+        for method in args.methods.split(","):
+            rec = dict(model=args.model, users=users, method=method, init=args.init, trials=args.trials, x64=args.x64)
+            if _key(rec) in done:
+                continue
+            t0 = time.time()
+            run = jax.jit(jax.vmap(lambda k, n: _one(k, n, pc, fc, method), (0, None)))
+            run = run.lower(keys, jnp.asarray(max(ns))).compile()
+            compile_s = time.time() - t0
+            cells, seconds = [], []
+            for n in ns:
+                t0 = time.time()
+                cells.append(jax.device_get(run(keys, jnp.asarray(n))))
+                seconds.append(time.time() - t0)
+            out = {name: np.stack([np.asarray(c[name], float) for c in cells], axis=1) for name in cells[0]}
+            success = out["rel_error"] <= _common.SUCCESS
+            rec.update(
+                samples=ns, m_star=m_star(args.model, users, g), grid=dataclasses.asdict(g),
+                options=METHODS[method], compile_seconds=round(compile_s, 1), seconds=[round(s, 2) for s in seconds],
+                load_average=os.getloadavg(), code_version=code_version(),
+                success=success.astype(int).tolist(),
+                **{name: np.round(v, 6).tolist() for name, v in out.items()},
+            )
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            _print_record(rec)
+
+
+def _print_record(rec: dict) -> None:
+    s = np.asarray(rec["success"], bool)
+    N = s.shape[0]
+    rates = " ".join(f"{n}:{int(c.sum())}" for n, c in zip(rec["samples"], s.T))
+    n50 = _common.threshold(rec["samples"], s.mean(axis=0))
+    med, lo, hi = median_interval(trial_thresholds(rec["samples"], s))
+    ms = rec["m_star"]
+    print(f"{rec['model']:10s} k={rec['users']:<4d} {rec['method']:16s} [{rec['init']}] successes/{N}: {rates} | "
+          f"n50/m* interp {n50 / ms:.2f}, median trial threshold {med / ms:.2f} [{lo / ms:.2f}, {hi / ms:.2f}] "
+          f"| {sum(rec['seconds']):.0f} s + compile {rec['compile_seconds']:.0f} s", flush=True)
+
+
+def summary(args) -> None:
+    recs = [r for r in _load(os.path.join(RESULTS, "phase.jsonl"))
+            if (args.model in (None, r["model"])) and r["init"] == args.init]
+    for r in sorted(recs, key=lambda r: (r["model"], r["users"], list(METHODS).index(r["method"]))):
+        _print_record(r)
+        if args.failures and r["method"] != "altmin":
+            s = np.asarray(r["success"], bool)
+            for j, n in enumerate(r["samples"]):
+                fail = ~s[:, j]
+                if 0 < fail.sum() < len(fail):
+                    pick = lambda name: np.asarray(r[name])[:, j][fail]
+                    print(f"    n={n}: {fail.sum()} failed: objective end/start median {np.median(pick('objective_ratio')):.2g},"
+                          f" subspace distance median {np.median(pick('distance_end')):.2f},"
+                          f" largest |S_i| median {np.median(pick('personal_norm')):.2g}"
+                          f" (successes: {np.median(np.asarray(r['personal_norm'])[:, j][~fail]):.2g})")
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def cost(args) -> None:
+    """Per-iteration time and iterations to converge, one problem at a time (jit, warm, best of 3)."""
+    g = Grid()
+    for users in [int(u) for u in args.users.split(",")]:
+        ms = m_star(args.model, users, g)
+        n = max(int(round(args.ratio * ms)), cj.min_samples(args.model, g.rank, "full"))
+        pc = cj.ProblemConfig(model=args.model, users=users, d_out=g.d_out, d_in=g.d_in, rank=g.rank, samples=n,
+                              test_samples=0)
+        problem = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), pc)
+        row = {}
+        for method in args.methods.split(","):
+            options = METHODS[method]
+            timing = {}
+            for label, fc in (("one", cj.FitConfig(iters=1, tol=0.0)), ("two", cj.FitConfig(iters=2, tol=0.0)),
+                              ("fit", cj.FitConfig(iters=200, tol=g.tol))):
+                opts = {} if options is None else {**options, "continuation": False} if label != "fit" else options
+                run = jax.jit(lambda o, t: _fit(o, fc, None, t, method if options is None else None) if options is None
+                              else fit_varpro(o, fc, truth=t, **opts))
+                jax.block_until_ready(run(problem.train, problem.truth))
+                best = math.inf
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    est, trace = jax.block_until_ready(run(problem.train, problem.truth))
+                    best = min(best, time.perf_counter() - t0)
+                timing[label] = (best, int(trace.iterations), float(trace.rel_error[int(trace.iterations)]))
+            per_iter = timing["two"][0] - timing["one"][0]
+            row[method] = timing
+            print(f"{args.model} k={users} n={n} ({n / ms:.2f} m*) {method:14s} per iteration {per_iter * 1e3:8.2f} ms"
+                  f" | fit: {timing['fit'][0] * 1e3:8.1f} ms, {timing['fit'][1]} iterations, rel. error"
+                  f" {timing['fit'][2]:.1e}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    ph = sub.add_parser("phase")
+    ph.add_argument("--model", default="sensing", choices=["sensing", "regression"])
+    ph.add_argument("--users", default="1,5,20,100")
+    ph.add_argument("--methods", default="altmin,varpro,varpro-plain,varpro-gp")
+    ph.add_argument("--trials", type=int, default=50)
+    ph.add_argument("--init", default="spectral", choices=["spectral", "random"])
+    ph.add_argument("--x64", action="store_true")
+    su = sub.add_parser("summary")
+    su.add_argument("--model", default=None)
+    su.add_argument("--init", default="spectral")
+    su.add_argument("--failures", action="store_true", help="describe the failed runs of each cell")
+    co = sub.add_parser("cost")
+    co.add_argument("--model", default="sensing", choices=["sensing", "regression"])
+    co.add_argument("--users", default="100,10000")
+    co.add_argument("--ratio", type=float, default=2.0, help="samples per user in units of m*(k)")
+    co.add_argument("--methods", default="altmin,varpro")
+    args = p.parse_args()
+    _common.compile_cache()
+    {"phase": phase, "summary": summary, "cost": cost}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

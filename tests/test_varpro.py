@@ -1,0 +1,382 @@
+"""Variable projection: planted truth recovered, monotone objective, the hand-derived Gauss-Newton
+matrix and gradient against autodiff, gauge handling, agreement with AltMin, batched, sharded and
+streamed equal to the plain fit, and clear errors.
+
+Run as a script (``python tests/test_varpro.py devices N``) it is its own subprocess worker for the
+sharded test: XLA_FLAGS must be set before jax is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":  # before jax is imported (the sharded worker); importing the tests changes nothing
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(sys.argv[2])}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+import doctest  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+import colora_jax as cj  # noqa: E402
+from colora_jax._src import blocks, varpro  # noqa: E402
+
+SHAPES = {  # (users, d_out, d_in): hypothesis picks one of two per model (one compile each)
+    "regression": ((12, 8, 6), (20, 6, 7)),
+    "sensing": ((12, 8, 6), (20, 6, 7)),
+}
+SAMPLES = {"regression": 6, "sensing": 20}  # about 2 m*(k) or more: every start recovers
+
+
+def problem(model, seed, personal="full", x64=False, shape=(12, 8, 6), **kw):
+    users, d_out, d_in = shape
+    kw = {"samples": SAMPLES[model], "test_samples": 0, **kw}
+    cfg = cj.ProblemConfig(model=model, users=users, d_out=d_out, d_in=d_in, rank=2, personal=personal, x64=x64, **kw)
+    return cj.generate(jax.random.key(seed), cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(fc: cj.FitConfig, options: tuple = ()):
+    return jax.jit(lambda obs, truth, key: varpro.fit_varpro(obs, fc, truth=truth, key=key, **dict(options)))
+
+
+def run_fit(fc, obs, truth=None, seed=0, **options):
+    return jitted(fc, tuple(sorted(options.items())))(obs, truth, jax.random.key(seed))
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+@pytest.mark.usefixtures("strict_numerics")
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+@pytest.mark.parametrize("personal", ["full", "diag"])
+@settings(max_examples=3)
+@given(seed=st.integers(0, 2**31 - 1), which=st.integers(0, 1))
+def test_recovers_planted_truth(model, personal, seed, which):
+    p = problem(model, seed, personal, shape=SHAPES[model][which])
+    est, trace = run_fit(cj.FitConfig(personal=personal, iters=40), p.train, p.truth)
+    it = int(trace.iterations)
+    assert float(trace.rel_error[it]) < 1e-3
+    assert float(cj.subspace_distance(est.U, p.truth.U)) < 1e-3
+    assert float(cj.subspace_distance(est.V, p.truth.V)) < 1e-3
+    assert bool(trace.finite_input)
+
+
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+@pytest.mark.parametrize("jacobian", ["kaufman", "golub-pereyra"])
+def test_float64_noiseless_recovery_reaches_1e_10(model, jacobian, x64):
+    p = problem(model, 3, x64=True)
+    est, trace = run_fit(cj.FitConfig(iters=30, tol=0.0), p.train, p.truth, jacobian=jacobian)
+    assert est.U.dtype == jnp.float64
+    assert float(cj.relative_error(est.W, p.truth.W)) <= 1e-10
+    assert bool(trace.converged)  # stopped at the floor, within the budget
+
+
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+def test_random_initialization_recovers(model):
+    p = problem(model, 5)
+    est, _ = run_fit(cj.FitConfig(iters=40, init="random"), p.train, p.truth, seed=7)
+    assert float(cj.relative_error(est.W, p.truth.W)) < 1e-3
+
+
+# ----------------------------------------------------------------------------- monotone, AltMin
+
+
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+@pytest.mark.parametrize("personal", ["full", "diag"])
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 10.0))
+def test_objective_never_increases_on_arbitrary_data(model, personal, seed, scale):
+    """Only steps that lower phi are accepted, so the trace is monotone for any data and start."""
+    with jax.enable_x64(True):
+        p = problem(model, 0, personal, x64=True)
+        kx, ky = jax.random.split(jax.random.key(seed))
+        obs = cj.Observations(
+            X=scale * jax.random.normal(kx, p.train.X.shape, jnp.float64),
+            Y=jax.random.normal(ky, p.train.Y.shape, jnp.float64),  # no low-rank structure at all
+            model=model,
+        )
+        _, trace = run_fit(cj.FitConfig(personal=personal, init="random", iters=15, tol=0.0), obs, seed=seed)
+        f = np.asarray(trace.objective)[: int(trace.iterations) + 1]
+        assert np.all(np.isfinite(f))
+        assert np.all(np.diff(f) <= 0), f
+
+
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+def test_agrees_with_altmin_at_a_common_minimizer(model, x64):
+    """Noisy data, well above the threshold: the least-squares minimizer is unique up to the gauge,
+    and both algorithms end there (same users' matrices, same objective)."""
+    p = problem(model, 11, x64=True, noise=0.2, samples=3 * SAMPLES[model])
+    est_vp, tr_vp = run_fit(cj.FitConfig(iters=60, tol=0.0), p.train)
+    est_am, tr_am = jax.jit(lambda o: cj.fit(o, cj.FitConfig(iters=400, tol=0.0)))(p.train)
+    f_vp = float(tr_vp.objective[int(tr_vp.iterations)])
+    f_am = float(tr_am.objective[int(tr_am.iterations)])
+    assert abs(f_vp - f_am) <= 1e-10 * f_am
+    np.testing.assert_allclose(est_vp.W, est_am.W, atol=1e-6 * float(jnp.max(jnp.abs(est_am.W))))
+    assert float(cj.relative_error(est_vp.W, p.truth.W)) > 1e-3  # noisy: the minimizer is not the truth
+
+
+# ----------------------------------------------------------------------------- Jacobian products
+
+
+def _predictions(X, U, V, S, model):
+    W = jnp.einsum("or,krs,is->koi", U, S, V)
+    if model == "sensing":
+        return jnp.einsum("knoi,koi->kn", X, W)
+    return jnp.einsum("kni,koi->kno", X, W)
+
+
+def _reference(obs, U, V, diag, lam):
+    """Autodiff reference: the reduced residual with S*(theta) from a dense solve of each user's
+    (ridged) normal equations; its Jacobian (Golub-Pereyra), Kaufman's projected Jacobian, and
+    ``-grad phi / 2``, all in theta = (vec U, vec V)."""
+    k, r, model = obs.users, U.shape[1], obs.model
+    q = r if diag else r * r
+    as_matrix = (lambda s: jax.vmap(jnp.diag)(s)) if diag else (lambda s: s.reshape(k, r, r))
+
+    def personal_jacobians(U_, V_):
+        def pred(s, X):
+            S = jnp.diag(s) if diag else s.reshape(r, r)
+            return _predictions(X[None], U_, V_, S[None], model).reshape(-1)
+
+        return jax.vmap(lambda X: jax.jacfwd(pred)(jnp.zeros(q, U.dtype), X))(obs.X)
+
+    def s_star(U_, V_):
+        J, y = personal_jacobians(U_, V_), obs.Y.reshape(k, -1)
+        return jax.vmap(lambda J, y, l: jnp.linalg.solve(J.T @ J + l * jnp.eye(q), J.T @ y))(J, y, lam)
+
+    split = lambda th: (th[: U.size].reshape(U.shape), th[U.size:].reshape(V.shape))
+
+    def reduced(th):
+        U_, V_ = split(th)
+        s = s_star(U_, V_)
+        res = (obs.Y - _predictions(obs.X, U_, V_, as_matrix(s), model)).reshape(-1)
+        return jnp.concatenate([res, (-jnp.sqrt(lam)[:, None] * s).reshape(-1)])
+
+    theta = jnp.concatenate([U.reshape(-1), V.reshape(-1)])
+    J_gp = jax.jacfwd(reduced)(theta)
+    s = s_star(U, V)
+    Jt = jax.jacfwd(lambda th: _predictions(obs.X, *split(th), as_matrix(s), model).reshape(k, -1))(theta)
+    Js = personal_jacobians(U, V)
+    Ja = jnp.concatenate([Js, jnp.sqrt(lam)[:, None, None] * jnp.eye(q)[None]], axis=1)  # ridge rows
+    Ta = jnp.concatenate([Jt, jnp.zeros((k, q, theta.size))], axis=1)
+    J_k = jax.vmap(lambda J, A: A - J @ jnp.linalg.solve(J.T @ J, J.T @ A))(Ja, Ta).reshape(-1, theta.size)
+    grad = -0.5 * jax.grad(lambda th: jnp.sum(jnp.square(reduced(th))))(theta)
+    return J_k, J_gp, grad
+
+
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+@pytest.mark.parametrize("personal", ["full", "diag"])
+@pytest.mark.parametrize("ridge", [None, 0.7])
+def test_normal_equations_equal_autodiff(model, personal, ridge, x64):
+    """N = J^T J and g = -grad phi / 2 for the hand-derived Schur complements (Kaufman and
+    Golub-Pereyra), at a point that is not a minimizer, with and without the continuation's ridge."""
+    p = problem(model, 1, personal, x64=True, shape=(4, 5, 4), samples=9 if model == "sensing" else 3, noise=0.3)
+    diag = personal == "diag"
+    rng = np.random.default_rng(0)
+    U = jnp.asarray(np.linalg.qr(rng.standard_normal((5, 2)))[0])
+    V = jnp.asarray(np.linalg.qr(rng.standard_normal((4, 2)))[0])
+    if diag:  # unit columns, not orthogonal
+        U = U @ jnp.asarray([[1.0, 0.3], [0.0, 1.0]])
+        U = U / jnp.linalg.norm(U, axis=0)
+    d = blocks.design(p.train)
+    lam = jnp.zeros(4) if ridge is None else ridge * varpro.ridge_scale(d)
+    J_k, J_gp, grad = _reference(p.train, U, V, diag, lam)
+    pt = varpro.evaluate_point(d, U, V, diag, ridge=None if ridge is None else lam)
+    Pg = varpro.gauge_projector(U, V, diag)
+    Ph = jnp.eye(Pg.shape[0]) - Pg
+    for gp, J in ((False, J_k), (True, J_gp)):
+        N, g = varpro.normal_equations(d, pt, diag, gp)
+        ref = J.T @ J
+        # the steps only see the horizontal part; without a ridge N is J^T J everywhere
+        got, want = (Ph @ N @ Ph, Ph @ ref @ Ph) if ridge is not None else (N, ref)
+        np.testing.assert_allclose(got, want, atol=1e-12 * float(jnp.max(jnp.abs(ref))))
+        np.testing.assert_allclose(g, grad, atol=1e-12 * float(jnp.max(jnp.abs(grad))))
+        if ridge is None:  # phi is constant along the gauge: N and g vanish there
+            assert float(jnp.max(jnp.abs(N @ Pg))) <= 1e-12 * float(jnp.max(jnp.abs(N)))
+            assert float(jnp.max(jnp.abs(Pg @ g))) <= 1e-12 * float(jnp.max(jnp.abs(g)))
+
+
+# ----------------------------------------------------------------------------- gauge, degenerate cases
+
+
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+@pytest.mark.parametrize("personal", ["full", "diag"])
+@pytest.mark.parametrize("mu", [1e-8, 1e-3, 1e3])
+def test_steps_stay_horizontal_and_bounded(model, personal, mu, x64):
+    """A damped step has no component along the gauge and ``||delta|| <= ||P_h g|| / (mu c)``,
+    where the Gauss-Newton matrix is singular (always, along the gauge); the accepted step lowers
+    phi and the factors come back normalized."""
+    p = problem(model, 2, personal, x64=True, noise=0.1)
+    diag = personal == "diag"
+    d = blocks.design(p.train)
+    U, V = varpro.retract(*blocks.spectral_init(d, 2), diag)
+    pt = varpro.evaluate_point(d, U, V, diag)
+    N, g = varpro.normal_equations(d, pt, diag, False)
+    h = varpro.horizontal(N, g, varpro.gauge_projector(U, V, diag))
+    delta, predicted = varpro.damped_step(h, jnp.asarray(mu))
+    assert np.all(np.isfinite(np.asarray(delta))) and float(predicted) > 0
+    assert float(jnp.linalg.norm(h.Pg @ delta)) <= 1e-10 * float(jnp.linalg.norm(delta))
+    assert float(jnp.linalg.norm(delta)) <= (1 + 1e-9) * float(jnp.linalg.norm(h.g)) / (mu * float(h.scale))
+    new, _, accepted = varpro.lm_iteration(lambda U_, V_: varpro.evaluate_point(d, U_, V_, diag), N, g, pt,
+                                           jnp.asarray(mu), diag, 10)
+    assert bool(accepted) and float(new.sse) < float(pt.sse)
+    if diag:
+        np.testing.assert_allclose(jnp.linalg.norm(new.U, axis=0), 1.0, rtol=1e-12)
+    else:
+        np.testing.assert_allclose(new.U.T @ new.U, np.eye(2), atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["square_output_factor", "exactly_determined", "rank_deficient_design"])
+def test_degenerate_problems_give_finite_results(case, x64):
+    """Gauge-only directions (d_out = r), a zero reduced objective (n = r^2 in sensing: every user
+    fits its data exactly whatever U, V), and duplicated samples: no NaN, no blow-up."""
+    if case == "square_output_factor":
+        p = problem("sensing", 4, x64=True, shape=(12, 2, 6))
+        est, trace = run_fit(cj.FitConfig(iters=30), p.train, p.truth)
+        assert float(cj.relative_error(est.W, p.truth.W)) < 1e-8
+    elif case == "exactly_determined":
+        p = problem("sensing", 4, x64=True, samples=4)
+        est, trace = run_fit(cj.FitConfig(iters=30), p.train, p.truth)
+        assert float(trace.objective[int(trace.iterations)]) <= 1e-20
+    else:
+        p = problem("regression", 4, x64=True)
+        X = p.train.X.at[:, 1].set(p.train.X[:, 0])  # two identical samples per user
+        Y = p.train.Y.at[:, 1].set(p.train.Y[:, 0])
+        est, trace = run_fit(cj.FitConfig(iters=30), cj.Observations(X, Y, "regression"), p.truth)
+    it = int(trace.iterations)
+    for a in (est.U, est.V, est.S, trace.objective[: it + 1]):
+        assert np.all(np.isfinite(np.asarray(a)))
+    assert float(jnp.max(jnp.abs(est.S))) < 1e6
+
+
+# ----------------------------------------------------------------------------- batched, streamed, sharded
+
+SMALL_FIT = cj.FitConfig(iters=6, tol=0.0)
+SHORT_PATH = dict(ridge_start=1.0, ridge_stop=0.5, ridge_decay=0.8)  # 4 continuation iterations
+
+
+def test_batched_equals_looped(x64):
+    cfg = cj.ProblemConfig(model="sensing", users=8, d_out=6, d_in=5, rank=2, samples=12, noise=0.1, x64=True)
+    keys = jax.random.split(jax.random.key(0), 3)
+    problems = jax.vmap(lambda k: cj.generate(k, cfg))(keys)
+    fit = lambda o, t: varpro.fit_varpro(o, SMALL_FIT, truth=t, **SHORT_PATH)
+    batched = jax.jit(jax.vmap(fit))(problems.train, problems.truth)
+    one = jax.jit(fit)
+    for i in range(3):
+        looped = one(*jax.tree.map(lambda a: a[i], (problems.train, problems.truth)))
+        for got, want in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], batched)), jax.tree.leaves(looped)):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("model, samples", [("regression", 8), ("sensing", 30)])
+def test_streamed_equals_in_memory(model, samples, x64):
+    pc = cj.ProblemConfig(model=model, users=12, d_out=6, d_in=5, rank=2, samples=samples, noise=0.1, x64=True)
+    prob = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), pc)
+    fc = cj.FitConfig(iters=3, tol=0.0)
+    ref, ref_trace = jax.jit(lambda o, t: varpro.fit_varpro(o, fc, truth=t, **SHORT_PATH))(prob.train, prob.truth)
+    run = jax.jit(lambda o, U, V: varpro.fit_varpro_streaming(o, fc, nchunks=3, truth_U=U, truth_V=V, **SHORT_PATH))
+    est, trace = run(prob.train, prob.truth.U, prob.truth.V)
+    assert int(trace.iterations) == int(ref_trace.iterations)
+    for got, want in ((est.U, ref.U), (est.V, ref.V), (est.S, ref.S), (trace.objective, ref_trace.objective),
+                      (trace.subspace_distance_U, ref_trace.subspace_distance_U)):
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
+WORKER_PROBLEMS = {
+    "regression": dict(model="regression", users=8, d_out=6, d_in=5, rank=2, samples=8, noise=0.1, x64=True),
+    "sensing": dict(model="sensing", users=8, d_out=6, d_in=5, rank=2, samples=30, noise=0.1, x64=True),
+}
+
+
+def _sharded_differences(devices: int) -> dict:
+    """Worker body (fake CPU devices): the fit inside shard_map, users split, against one device."""
+    from jax.sharding import PartitionSpec as P
+
+    from colora_jax._src import sharding
+
+    out = {}
+    for model, kw in WORKER_PROBLEMS.items():
+        prob = jax.jit(cj.generate, static_argnums=1)(jax.random.key(3), cj.ProblemConfig(**kw))
+        fit = lambda o, t, axis=None: varpro.fit_varpro(o, SMALL_FIT, truth=t, axis_name=axis, **SHORT_PATH)
+        ref, ref_trace = jax.jit(fit)(prob.train, prob.truth)
+        out[model] = {}
+        for n in (1, 2, devices):
+            mesh = sharding.users_mesh(n)
+            specs = (P(sharding.AXIS), sharding._TRUTH_SPEC)
+            outs = (cj.Estimate(P(), P(), P(sharding.AXIS)), sharding._TRACE_SPEC)
+            body = functools.partial(fit, axis=sharding.AXIS)
+            run = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=outs))
+            est, trace = run(sharding.shard_users(prob.train, mesh), prob.truth)
+            out[model][n] = {
+                "U": float(np.max(np.abs(est.U - ref.U))),
+                "S": float(np.max(np.abs(est.S - ref.S))),
+                "objective": float(np.max(np.abs(trace.objective - ref_trace.objective) / ref_trace.objective)),
+                "iterations": [int(trace.iterations), int(ref_trace.iterations)],
+                "S_sharded": len(est.S.sharding.device_set) == n,
+            }
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    out = subprocess.run([sys.executable, __file__, "devices", "4"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("model", ["regression", "sensing"])
+def test_sharded_equals_single_device(sharded, model):
+    for devices, d in sharded[model].items():
+        assert d["S_sharded"], devices
+        assert d["iterations"][0] == d["iterations"][1]
+        for name in ("U", "S", "objective"):  # float64: only the order of summation differs
+            assert d[name] < 1e-9, (devices, name, d[name])
+
+
+# ----------------------------------------------------------------------------- errors, docs
+
+
+def test_bad_input_says_what_to_change():
+    p = problem("sensing", 0)
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        varpro.fit_varpro(cj.Observations(p.train.X[:, :3], p.train.Y[:, :3], "sensing"))
+    with pytest.raises(ValueError, match="rank 7 exceeds"):
+        varpro.fit_varpro(p.train, cj.FitConfig(rank=7))
+    with pytest.raises(ValueError, match="disagree"):
+        varpro.fit_varpro(cj.Observations(p.train.X, p.train.Y[:, :5], "sensing"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        varpro.fit_varpro(cj.Observations(p.train.X, p.train.Y.at[0, 0].set(jnp.nan), "sensing"))
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        varpro.fit_varpro(p.train, cj.FitConfig(init="random"))
+    with pytest.raises(ValueError, match="unknown jacobian"):
+        varpro.fit_varpro(p.train, jacobian="newton")
+    with pytest.raises(ValueError, match="ridge_decay"):
+        varpro.fit_varpro(p.train, ridge_decay=1.5)
+    with pytest.raises(TypeError):
+        varpro.fit_varpro(p.train, damping_schedule=3)  # not an option
+
+
+def test_non_finite_data_under_jit_is_reported_not_hidden():
+    p = problem("regression", 0)
+    bad = cj.Observations(p.train.X, p.train.Y.at[1, 2, 3].set(jnp.inf), "regression")
+    _, trace = run_fit(cj.FitConfig(iters=5), bad)
+    assert not bool(trace.finite_input)
+
+
+def test_docstring_example_runs():
+    result = doctest.testmod(varpro, verbose=False)
+    assert result.attempted >= 1 and result.failed == 0
+
+
+if __name__ == "__main__":
+    jax.config.update("jax_enable_x64", True)
+    print(json.dumps(_sharded_differences(int(sys.argv[2]))))
