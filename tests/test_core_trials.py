@@ -50,3 +50,18 @@ def test_evaluation_of_the_truth_is_exact():
     assert 0.2 * PC.noise**2 < float(ev.test_mse) < 3 * PC.noise**2
     noshared = cj.evaluate(p.truth.W, p)
     assert np.isnan(noshared.subspace_distance_U)
+
+
+@pytest.mark.parametrize("method", ["colora", "fedsa-lora", "oracle"])
+def test_trial_distances_are_the_evaluation_of_the_estimate(method):
+    """A trial takes the final subspace distances from the fit's trace; they equal evaluating the estimate."""
+    pc = cj.ProblemConfig(model="regression", users=6, d_out=5, d_in=6, rank=2, samples=10, noise=0.05)
+    fc = cj.FitConfig(iters=15)
+    key = jax.random.key(3)
+    kp, kf = jax.random.split(key)
+    problem = cj.generate(kp, pc)
+    f = cj.fit_method(method, problem.train, fc, key=kf, truth=problem.truth)
+    direct = cj.evaluate(f.W, problem, f.U, f.V)
+    via_trial = cj.trial(key, pc, fc, method).evaluation
+    for name in ("subspace_distance_U", "subspace_distance_V", "rel_error"):
+        np.testing.assert_allclose(getattr(via_trial, name), getattr(direct, name), rtol=1e-4, atol=1e-6)

@@ -98,9 +98,17 @@ class TrialResult(NamedTuple):
 
 
 def fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, method: str = "colora") -> TrialResult:
-    """Fit ``method`` to ``problem.train`` and evaluate it against the truth (pure)."""
+    """Fit ``method`` to ``problem.train`` and evaluate it against the truth (pure).
+
+    The subspace distances of the estimate are the trace's last entries: every method records
+    them with the truth through the same ``fitting.record`` (NaN where it has no shared factor),
+    so they are not computed a second time (``evaluate(W, problem, U, V)`` gives the same numbers).
+    """
     f = fit_method(method, problem.train, fit_config, key=key, truth=problem.truth)
-    return TrialResult(evaluate(f.W, problem, f.U, f.V), f.trace)
+    last = lambda history: history[f.trace.iterations]
+    evaluation = evaluate(f.W, problem)._replace(subspace_distance_U=last(f.trace.subspace_distance_U),
+                                                 subspace_distance_V=last(f.trace.subspace_distance_V))
+    return TrialResult(evaluation, f.trace)
 
 
 @functools.cache

@@ -26,13 +26,13 @@ def objective(obs: Observations, W) -> Float[Array, ""]:
     """Mean squared residual per used sample (summed over outputs for regression), as in ``fit``."""
     used = obs.masked()
     pred = jax.vmap(predict, in_axes=(0, 0, None))(W, used.X, obs.model)
-    return jnp.sum(jnp.square(used.Y - pred)) / jnp.sum(obs.sample_counts())
+    return jnp.sum(jnp.square(used.Y - pred)) / jnp.sum(obs.sample_counts()).astype(W.dtype)
 
 
 def floor(obs: Observations):
     """``fit``'s stopping floor, from the mean squared used measurement."""
     used = obs.masked()
-    return fitting.stopping_floor(jnp.sum(jnp.square(used.Y)) / jnp.sum(obs.sample_counts()))
+    return fitting.stopping_floor(jnp.sum(jnp.square(used.Y)) / jnp.sum(obs.sample_counts()).astype(used.Y.dtype))
 
 
 def finite(obs: Observations):

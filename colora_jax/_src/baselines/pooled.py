@@ -26,7 +26,7 @@ def fit_global(obs: Observations, fc, *, key, truth: GroundTruth | None = None) 
                                  V_users=truth.V_users[:1], W=Wbar, noise=truth.noise)
     est, tr = fitting.fit(pooled, fc, key=key, truth=mean_truth)
     # the pooled fit counts every stored row; report the mean over the used samples
-    tr = tr._replace(objective=tr.objective * (k * n) / jnp.sum(obs.sample_counts()))
+    tr = tr._replace(objective=tr.objective * ((k * n) / jnp.sum(obs.sample_counts()).astype(tr.objective.dtype)))
     if truth is not None:
         spread2 = jnp.sum(jnp.square(truth.W - Wbar))
         rel = jnp.sqrt((k * jnp.square(tr.rel_error) * jnp.sum(jnp.square(Wbar)) + spread2) / jnp.sum(jnp.square(truth.W)))
