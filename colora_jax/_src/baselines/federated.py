@@ -69,7 +69,7 @@ def federated_lora(
     federated.validate()
     d_out, d_in = obs.dims
     r, dtype = config.rank, obs.X.dtype
-    used, counts = obs.masked(), obs.sample_counts()
+    used, counts = obs.masked(), obs.sample_counts().astype(obs.X.dtype)
     global_ = LoRAFactors(
         B=jnp.zeros((d_out, r), dtype),
         A=(federated.init_scale / jnp.sqrt(jnp.asarray(d_in, dtype))) * jax.random.normal(key, (r, d_in), dtype),
@@ -79,7 +79,7 @@ def federated_lora(
 
     def user_loss(p: LoRAFactors, X, Y, n):
         per_sample = jnp.square(Y - predict(p.B @ p.A, X, obs.model)).reshape(Y.shape[0], -1)
-        return jnp.sum(jnp.mean(per_sample, axis=1)) / jnp.maximum(n, 1)  # unused rows are zero
+        return jnp.sum(jnp.mean(per_sample, axis=1)) / jnp.maximum(n, 1.0)  # unused rows are zero
 
     def local(p: LoRAFactors, X, Y, n, steps: int) -> LoRAFactors:
         def body(_, carry):
