@@ -50,7 +50,9 @@ def build(config: cn.DecoderConfig, users_axis: str | None, mesh=None):
         for var in (layer.shared_u, layer.personal):
             key, sub = jax.random.split(key)
             value = 0.3 * jax.random.normal(sub, var[...].shape, var[...].dtype)
-            var.set_value(jax.device_put(value, var[...].sharding))  # keep each variable's placement
+            if not isinstance(var[...], jax.core.Tracer):  # keep each placed variable's placement
+                value = jax.device_put(value, var[...].sharding)
+            var.set_value(value)
     optimizer = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=ADAPTER)
     if mesh is not None:
         cn.shard(model, mesh)  # idempotent for the base; places the adapters by their metadata
@@ -141,6 +143,26 @@ def main():
                       "adapter": per_device_bytes(nnx.state(model, ADAPTER)),
                       "optimizer": per_device_bytes(nnx.state(opt, nnx.optimizer.OptState))},
         }
+    # flax's documented recipe: build inside nnx.jit under jax.set_mesh, constrain the state to its
+    # partition specs (nnx.get_partition_spec), then serve.
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[: (n // 4) * 4]).reshape(n // 4, 4), ("data", "model"), axis_types=auto)
+    with jax.set_mesh(mesh):
+        @nnx.jit
+        def create():
+            model = build(CONFIG, "data")[0]
+            state = nnx.state(model)
+            nnx.update(model, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
+            return model
+
+        model = create()
+        logits = serve(model, *(lambda t, _, i: (t, i))(*batch(mesh)))
+    tokens, _, ids = batch()
+    untrained = serve(build(CONFIG, None)[0], tokens, ids)  # single device, same init, no steps
+    query = model.blocks[0].attn.query
+    out["flax_recipe"] = {
+        "logits": float(np.max(np.abs(np.asarray(logits) - np.asarray(untrained)))),
+        "query_U_spec": spec(query.shared_u), "bank_spec": spec(model.blocks[0].mlp.down.personal),
+    }
     # Mixed precision on the 2-D mesh: bf16 compute, float32 adapters and optimizer state, remat.
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[: (n // 4) * 4]).reshape(n // 4, 4), ("data", "model"), axis_types=auto)
     remat_model, _, remat_losses, remat_logits = run(dataclasses.replace(CONFIG, remat=True), "data", mesh)

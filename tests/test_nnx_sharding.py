@@ -43,6 +43,14 @@ def test_adapters_follow_the_kernel_sharding_and_the_bank_follows_the_users_axis
         assert result["layouts"][layout]["logits_spec"][0] == "data"  # the batch stays split
 
 
+def test_flax_recipe_jit_creation_with_sharding_constraint(result):
+    """Built inside nnx.jit under jax.set_mesh and constrained to nnx.get_partition_spec: the
+    adapters come out laid out by their metadata and serve the single-device logits."""
+    d = result["flax_recipe"]
+    assert d["query_U_spec"] == ["model"] and d["bank_spec"] == ["data"]
+    assert d["logits"] < 2e-5
+
+
 def test_memory_per_device_shrinks_as_laid_out(result):
     single = result["single_bytes"]
     bank = 10 * 16 * 2 * 2 * 4  # 10 adapted layers x 16 users x r^2 float32
