@@ -33,10 +33,9 @@ cells are read back; ``--fresh`` recomputes) and the pretrained base is cached t
 
     python -m proofs_numerics.nnx_shakespeare [--smoke] [--fresh] [--no-progress] [--text PATH]
 
-Data: the Tiny Shakespeare subset shipped in colora_jax/nnx/data by default; cells that need more
-text per role than it holds are skipped and listed. ``--text`` points at another copy, e.g. the
-full corpus ``../shared/data/tinyshakespeare/input.txt``, which holds 9 roles with 22,500+
-characters (the 20,000-character cells).
+Data: the whole Tiny Shakespeare corpus, shipped in colora_jax/nnx/data (9 roles hold 22,500+
+characters, enough for the 20,000-character cells); cells that need more text per role than a
+text holds are skipped and listed. ``--text`` points at another copy.
 """
 
 from __future__ import annotations
@@ -324,7 +323,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the whole pipeline in seconds")
     parser.add_argument("--fresh", action="store_true", help="recompute every cell (and the base)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--text", default=SHAKESPEARE_PATH, help="Tiny Shakespeare text (default: the repo's subset)")
+    parser.add_argument("--text", default=SHAKESPEARE_PATH, help="Tiny Shakespeare text (default: the corpus shipped in colora_jax/nnx/data)")
     parser.add_argument("--results", default=os.path.join("results", NAME), help="resumable cell results and base cache")
     parser.add_argument("--out", default="figures", help="directory for the PNG and JSON")
     args = parser.parse_args()

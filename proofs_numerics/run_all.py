@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-# (module, whether it takes the sweep flags --fresh/--results): the nnx scripts are another engineer's
+# (module, whether it takes the sweep flags --fresh/--results)
 SCRIPTS: tuple[tuple[str, bool], ...] = (
     ("phase_transition", True),
     ("convergence", True),

@@ -17,11 +17,11 @@ spectral_init subspace_distance sum_squares sweep tilt to_jsonable trial trial_k
 """.split()
 
 NNX = """
-CharVocab CoLoRALinear Examples LoRABankLinear METHODS MethodConfig PersonalParam PlantedTeacher SCHEMES
-SharedParam TeacherConfig TrainConfig Transformer TransformerConfig UserIds adapted_layers add_users
-apply_colora apply_lora_bank colora_users count_parameters export_peft fit_method import_peft load_roles
-logit_mse merge next_token_loss per_user_mean planted_teacher predict pretrain restore_adapter
-role_windows save_adapter train
+CharVocab CoLoRALinear Decoder DecoderConfig Examples LoRABankLinear METHODS MethodConfig PersonalParam
+PlantedTeacher SCHEMES SharedParam TeacherConfig TrainConfig Transformer TransformerConfig UserIds
+adapted_layers add_users apply_colora apply_lora_bank colora_users count_parameters export_peft fit_method
+import_peft layer_axes load_roles logit_mse merge next_token_loss per_user_mean planted_teacher predict
+pretrain restore_adapter ridge_penalty role_windows save_adapter select_ridge shard train validation_loss
 """.split()
 
 
@@ -30,6 +30,12 @@ def test_core_surface_is_pinned_and_sorted():
     assert set(colora_jax.__all__) == set(CORE)
     for name in CORE:
         assert getattr(colora_jax, name) is not None
+
+
+def test_one_spelling_per_method():
+    """The NNX harness's methods are registry entries: one name for one method everywhere."""
+    assert set(colora_jax.nnx.METHODS) <= set(colora_jax.METHODS)
+    assert all(colora_jax.METHODS[m].nnx for m in colora_jax.nnx.METHODS)
 
 
 def test_nnx_surface_is_pinned():

@@ -47,10 +47,17 @@ class Method:
     counts: Callable[[int, int, int, int], tuple[int, int]]  # (o, i, r, p) -> (params shared, params per user)
     family: str  # the module family it belongs to (docs grouping)
     needs_truth: bool = False  # the oracle: fitted with the truth's U*, V*
+    nnx: str | None = None  # "module:function" training the method on an NNX model (colora_jax.nnx), if any
 
     @property
     def fit(self) -> Callable:
         return _resolve(self.target)
+
+    @property
+    def nnx_fit(self) -> Callable:
+        if self.nnx is None:
+            raise ValueError(f"method {self.name!r} has no NNX implementation")
+        return _resolve(self.nnx)
 
 
 @functools.cache
@@ -60,6 +67,7 @@ def _resolve(target: str) -> Callable:
 
 
 _PKG = "colora_jax._src"
+_NNX = "colora_jax.nnx._train"
 
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
@@ -81,7 +89,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("colora", f"{_PKG}.baselines.colora:fit_colora", "U S_i V^T, S_i r x r: fit with FitConfig.algorithm",
-               "U,V", lambda o, i, r, p: ((o + i) * r, r * r), "colora"),
+               "U,V", lambda o, i, r, p: ((o + i) * r, r * r), "colora", nnx=f"{_NNX}:train_colora"),
         Method("colora-diag", f"{_PKG}.baselines.colora:fit_colora_diag",
                "U S_i V^T, S_i diagonal: fit with FitConfig.algorithm", "U,V", lambda o, i, r, p: ((o + i) * r, r),
                "colora"),
@@ -90,14 +98,14 @@ METHODS: dict[str, Method] = {
                lambda o, i, r, p: ((o + i) * r, r * r), "colora"),
         Method("colora-centered", f"{_PKG}.centered:fit_colora_centered",
                "U (S_bar + Delta_i) V^T, ||Delta_i|| penalized, lambda chosen on held-out samples (0: colora, inf: global)",
-               "U,V", lambda o, i, r, p: ((o + i) * r + r * r, r * r), "colora"),
+               "U,V", lambda o, i, r, p: ((o + i) * r + r * r, r * r), "colora", nnx=f"{_NNX}:train_centered"),
         Method("local", f"{_PKG}.baselines.local:fit_local", "U_i S_i V_i^T, each user's own LoRA: fit on each user alone",
-               "", lambda o, i, r, p: (0, (o + i) * r), "local"),
+               "", lambda o, i, r, p: (0, (o + i) * r), "local", nnx=f"{_NNX}:train_local"),
         Method("local-full", f"{_PKG}.baselines.local:fit_local_full", "any W_i: per-user min-norm least squares", "",
                lambda o, i, r, p: (0, o * i), "local"),
         Method("global", f"{_PKG}.baselines.pooled:fit_global",
                "U S V^T for everybody: one adapter fitted on all users' data pooled", "U,V",
-               lambda o, i, r, p: ((o + i) * r, 0), "pooled"),
+               lambda o, i, r, p: ((o + i) * r, 0), "pooled", nnx=f"{_NNX}:train_global"),
         Method("fedrep", f"{_PKG}.baselines.one_sided:fit_fedrep",
                "H_i V^T, H_i d_out x r: exact personal H_i, gradient step on V (FedRep)", "V",
                lambda o, i, r, p: (i * r, o * r), "one_sided"),
@@ -109,7 +117,7 @@ METHODS: dict[str, Method] = {
                lambda o, i, r, p: (o * r, i * r), "one_sided"),
         Method("fedavg-lora", f"{_PKG}.baselines.federated:fit_fedavg_lora",
                "B A then fine-tuned: FedAvg of (A, B) with local steps, then per-user fine-tuning", "U,V",
-               lambda o, i, r, p: ((o + i) * r, (o + i) * r), "federated"),
+               lambda o, i, r, p: ((o + i) * r, (o + i) * r), "federated", nnx=f"{_NNX}:train_fedavg"),
         Method("ffa-lora", f"{_PKG}.baselines.federated:fit_ffa_lora",
                "B A0, A0 frozen random: FedAvg of B with local steps, then fine-tuning of B (FFA-LoRA)", "U,V",
                lambda o, i, r, p: (o * r, o * r), "federated"),
@@ -117,7 +125,7 @@ METHODS: dict[str, Method] = {
                "U* S_i V*^T: only S_i fitted, the truth's U*, V* given", "U,V", lambda o, i, r, p: (0, p),
                "references", needs_truth=True),
         Method("base", f"{_PKG}.baselines.references:fit_base", "W_0: the frozen base, nothing adapted (W_i = 0 here)",
-               "", lambda o, i, r, p: (0, 0), "references"),
+               "", lambda o, i, r, p: (0, 0), "references", nnx=f"{_NNX}:train_base"),
     )
 }
 
@@ -140,11 +148,12 @@ def markdown_tables() -> str:
     """The docs tables of algorithms and methods (what ``colora methods`` prints)."""
     lines = ["| algorithm | what it does |", "|---|---|"]
     lines += [f"| `{a.name}` | {a.description} |" for a in ALGORITHMS.values()]
-    lines += ["", "| method | model of user i and how it is fitted | shared factors | params shared | params per user |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| method | model of user i and how it is fitted | shared factors | params shared | params per user"
+              " | NNX |", "|---|---|---|---|---|---|"]
     for m in METHODS.values():
         shared, per_user = (_formula(m.counts, k) for k in (0, 1))
-        lines.append(f"| `{m.name}` | {m.description} | {m.shared or '-'} | {shared} | {per_user} |")
+        nnx = "yes" if m.nnx else "-"
+        lines.append(f"| `{m.name}` | {m.description} | {m.shared or '-'} | {shared} | {per_user} | {nnx} |")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ __all__ = [
     "role_windows",
 ]
 
-SHAKESPEARE_PATH = os.path.join(os.path.dirname(__file__), "data", "tinyshakespeare_subset.txt")
+SHAKESPEARE_PATH = os.path.join(os.path.dirname(__file__), "data", "tinyshakespeare.txt")
 
 
 @dataclasses.dataclass(frozen=True)

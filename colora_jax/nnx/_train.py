@@ -41,6 +41,7 @@ from jaxtyping import Array, Float, Int
 from tqdm.auto import tqdm
 
 from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam
+from colora_jax._src import registry
 from colora_jax.nnx._wrap import adapted_layers, apply_colora, apply_lora_bank, colora_users, ridge_penalty, set_child
 
 __all__ = [
@@ -348,7 +349,7 @@ class MethodConfig:
 Fit = tp.Callable[[nnx.Module, Examples, LossFn, optax.GradientTransformation, MethodConfig, int, tuple, tp.Any], int]
 
 
-def _fit_colora(model, data, loss_fn, tx, config, users, keys, validation) -> int:
+def train_colora(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     scheme = config.colora_scheme
     train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme=scheme), keys[1],
@@ -356,7 +357,7 @@ def _fit_colora(model, data, loss_fn, tx, config, users, keys, validation) -> in
     return count_parameters(model, ADAPTER)
 
 
-def _fit_centered(model, data, loss_fn, tx, config, users, keys, validation) -> int:
+def train_centered(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(
         model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]), centered=True
     )
@@ -364,19 +365,19 @@ def _fit_centered(model, data, loss_fn, tx, config, users, keys, validation) -> 
     return count_parameters(model, ADAPTER)
 
 
-def _fit_local(model, data, loss_fn, tx, config, users, keys, validation) -> int:
+def train_local(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_lora_bank(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="personal"), keys[1], validation)
     return count_parameters(model, PersonalParam)
 
 
-def _fit_global(model, data, loss_fn, tx, config, users, keys, validation) -> int:
+def train_global(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="shared"), keys[1], validation)
     return count_parameters(model, SharedParam)
 
 
-def _fit_fedavg(model, data, loss_fn, tx, config, users, keys, validation) -> int:
+def train_fedavg(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     fed = dataclasses.replace(config.train, scheme="federated", federated_personal=False)
     train(model, data, loss_fn, tx, fed, keys[1])
@@ -386,21 +387,14 @@ def _fit_fedavg(model, data, loss_fn, tx, config, users, keys, validation) -> in
     return count_parameters(model, PersonalParam)
 
 
-def _fit_base(model, data, loss_fn, tx, config, users, keys, validation) -> int:
+def train_base(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     return 0
 
 
-# One entry per method: its name (the project's spelling) and how it is fitted.
-_FITS: dict[str, Fit] = {
-    "colora": _fit_colora,
-    "colora-centered": _fit_centered,
-    "local": _fit_local,
-    "global": _fit_global,
-    "fedavg-lora": _fit_fedavg,
-    "base": _fit_base,
-}
-METHODS: tuple[str, ...] = tuple(_FITS)
+# The NNX methods are the registry's (colora_jax/_src/registry.py): an entry's ``nnx`` names its
+# function here, so one spelling serves the linear harness, the CLI and this one.
+METHODS: tuple[str, ...] = tuple(m.name for m in registry.METHODS.values() if m.nnx is not None)
 
 
 def fit_method(
@@ -423,10 +417,11 @@ def fit_method(
     Returns:
       The adapted model (route ids with :func:`colora_users`) and its trainable parameter count.
     """
-    if method not in _FITS:
-        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} for NNX models: choose one of {', '.join(METHODS)}")
     model = nnx.clone(base)
-    params = _FITS[method](model, data, loss_fn, tx, config, users, tuple(jax.random.split(key, 3)), validation)
+    fit = registry.method(method).nnx_fit
+    params = fit(model, data, loss_fn, tx, config, users, tuple(jax.random.split(key, 3)), validation)
     return model, params
 
 
