@@ -42,6 +42,7 @@ from colora_jax._src.data import measure as measure
 from colora_jax._src.data import predict as predict
 from colora_jax._src.data import tilt as tilt
 from colora_jax._src.counter_rng import normals as nested_normals
+from colora_jax._src.cpu_threads import limit_cpu_threads as limit_cpu_threads
 from colora_jax._src.fitting import Estimate as Estimate
 from colora_jax._src.fitting import Trace as Trace
 from colora_jax._src.fitting import check_observations as check_observations
@@ -139,6 +140,7 @@ __all__ = (
     "generate_truth",
     "geodesic_distance",
     "input_step",
+    "limit_cpu_threads",
     "measure",
     "method_evaluator",
     "min_samples",

@@ -22,6 +22,7 @@ import numpy as np
 
 from colora_jax._src.compile_cache import enable_compile_cache, stats
 from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
+from colora_jax._src.cpu_threads import limit_cpu_threads
 from colora_jax._src.data import STREAM_VERSION
 from colora_jax._src.provenance import code_version, device_info
 from colora_jax._src.trials import run_trials
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print("demo: error: --trials must be >= 1", file=sys.stderr)
         return 2
 
+    limit_cpu_threads()  # $COLORA_JAX_THREADS, if set
     enable_compile_cache()
     fit = FitConfig(rank=RANK, iters=100)
     rates: dict[int, list[float]] = {}

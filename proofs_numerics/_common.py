@@ -19,7 +19,18 @@ import time
 
 import numpy as np
 
-from colora_jax import Cell, SweepResult, code_version, device_info, enable_compile_cache, run_cells, sweep, to_jsonable
+from colora_jax import statistics
+from colora_jax import (
+    Cell,
+    SweepResult,
+    code_version,
+    device_info,
+    enable_compile_cache,
+    limit_cpu_threads,
+    run_cells,
+    sweep,
+    to_jsonable,
+)
 
 SUCCESS = 1e-3  # exact recovery: stacked relative error ||W_hat - W*||_F / ||W*||_F <= 1e-3 (the CLI default)
 
@@ -41,7 +52,9 @@ def arguments(doc: str) -> argparse.Namespace:
 
 def compile_cache() -> None:
     """The persistent compilation cache (the user's cache directory; ``COLORA_JAX_CACHE_DIR`` moves or
-    disables it): compiling dominates small sweeps on a CPU, a second run skips it."""
+    disables it): compiling dominates small sweeps on a CPU, a second run skips it. Also honours
+    ``COLORA_JAX_THREADS`` (CPU cores for XLA)."""
+    limit_cpu_threads()
     enable_compile_cache()
 
 
@@ -78,16 +91,15 @@ def dof_regression(users: int, d_in: int, rank: int) -> float:
     return rank + (d_in - rank) / users
 
 
-def sample_grid(minimum: int, reference: float, lo: float, hi: float, count: int) -> list[int]:
-    """``count`` distinct integers near ``reference * geomspace(lo, hi)``, all ``>= minimum``."""
-    grid = []
-    for x in reference * np.geomspace(lo, hi, count):
-        grid.append(max(int(round(x)), minimum, grid[-1] + 1 if grid else minimum))
-    return grid
+sample_grid = statistics.sample_grid  # (benchmarks/varpro_study.py imports it from here)
 
 
 def threshold(x, probability, level: float = 0.5) -> float:
-    """Where ``probability`` first crosses ``level`` (interpolated in log x); inf if never, x[0] if at once."""
+    """Where ``probability`` first crosses ``level``, interpolated in log x (display only).
+
+    No verdict uses this: thresholds with intervals come from each trial's own threshold
+    (``colora_jax.statistics.trial_thresholds`` and ``median_interval``).
+    """
     x, p = np.asarray(x, float), np.asarray(probability, float)
     above = np.nonzero(p >= level)[0]
     if above.size == 0:
@@ -99,6 +111,61 @@ def threshold(x, probability, level: float = 0.5) -> float:
     return float(np.exp(np.log(x[i - 1]) + t * (np.log(x[i]) - np.log(x[i - 1]))))
 
 
+def success_table(results: list[dict], key: str = "rel_error") -> np.ndarray:
+    """``(trials, cells)`` exact-recovery table of a row of cells (``key`` <= ``SUCCESS``)."""
+    return np.stack([np.asarray(r["evaluation"][key], float) <= SUCCESS for r in results], axis=1)
+
+
+def threshold_summary(grid, success, m_star: float, level: float = statistics.LEVEL) -> dict:
+    """Everything a threshold claim needs from a ``(trials, len(grid))`` success table.
+
+    ``n50`` (median of the trials' thresholds) with its order-statistic interval, the same in
+    units of ``m_star``, the integer floor ``ceil(m*)/m*``, the trials whose recovery is not
+    monotone in n, and the success rate at every n with its Clopper-Pearson band.
+    """
+    th = statistics.trial_thresholds(grid, success)
+    med = statistics.median_interval(th.values, level)
+    trials = success.shape[0]
+    successes = success.sum(axis=0)
+    low, high = statistics.binomial_interval(successes, trials, level)
+    return {
+        "samples": [int(n) for n in grid], "m_star": m_star, "trials": trials,
+        "success": successes / trials, "success_low": low, "success_high": high,
+        "thresholds": th.values, "nonmonotone": th.nonmonotone.tolist(),
+        "n50": med.median, "n50_low": med.low, "n50_high": med.high,
+        "ratio": med.median / m_star, "ratio_low": med.low / m_star, "ratio_high": med.high / m_star,
+        "floor": statistics.integer_floor(m_star),
+    }
+
+
+class Claims:
+    """The pre-registered sub-claims of a script and their verdicts (``colora_jax.statistics.decide``).
+
+    ``add`` records one: the measured value with its interval, the bounds it must lie in, and
+    where the bounds come from; the script passes when every sub-claim holds (an interval that
+    straddles a bound is "undecided": not shown, so not a PASS).
+    """
+
+    def __init__(self):
+        self.items: list[dict] = []
+
+    def add(self, name: str, value: float, low: float, high: float, *, lower: float = -np.inf,
+            upper: float = np.inf, source: str = "") -> str:
+        verdict = statistics.decide(low, high, lower, upper)
+        self.items.append({"claim": name, "value": value, "low": low, "high": high, "lower": lower, "upper": upper,
+                           "source": source, "verdict": verdict})
+        return verdict
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.items) and all(c["verdict"] == "holds" for c in self.items)
+
+    def summary(self) -> dict:
+        """``{name: "value [low, high] verdict"}`` for the printed line and the JSON's ``measured``."""
+        return {c["claim"]: f"{_short(c['value'])} [{_short(c['low'])}, {_short(c['high'])}] {c['verdict']}"
+                for c in self.items}
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process so far (a timing that other jobs' load does not inflate)."""
     import resource
@@ -107,15 +174,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def loglog_fit(x, y) -> tuple[float, float]:
-    """Least-squares ``log10 y = slope log10 x + intercept``; returns ``(slope, intercept)``."""
-    slope, intercept = np.polyfit(np.log10(np.asarray(x, float)), np.log10(np.asarray(y, float)), 1)
-    return float(slope), float(intercept)
-
-
 def finish(name: str, args, config, *, claim: str, passed: bool, measured: dict, results: dict, started: float,
-           figure: str, extra: dict | None = None) -> dict:
-    """Write ``NAME.json`` next to the figure and print the claim with PASS/FAIL and the measured figures."""
+           figure: str, extra: dict | None = None, claims: Claims | None = None) -> dict:
+    """Write ``NAME.json`` next to the figure and print the claim with PASS/FAIL and the measured figures.
+
+    With ``claims`` the record also holds every sub-claim (value, interval, bounds, source, verdict).
+    """
+    if claims is not None:
+        extra = {**(extra or {}), "claims": claims.items}
     record = {
         "name": name, "claim": claim, "passed": bool(passed), "measured": measured,
         "config": dataclasses.asdict(config), "smoke": args.smoke, "seed": config.seed,

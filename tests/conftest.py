@@ -19,6 +19,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import colora_jax  # noqa: E402
 
+# pytest-xdist workers run side by side: each on a core of its own, so that XLA's threads of one
+# worker never wait on a core the other holds (several times slower on a busy 2-core machine)
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw"):
+    colora_jax.limit_cpu_threads(1, offset=int(_worker[2:]))
 colora_jax.enable_compile_cache()  # the user's cache dir, or $COLORA_JAX_CACHE_DIR (off: "off")
 
 settings.register_profile("colora", deadline=None, max_examples=8, derandomize=False, print_blob=True)

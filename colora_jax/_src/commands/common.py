@@ -119,14 +119,19 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
                    help="persistent compilation cache directory (default $COLORA_JAX_CACHE_DIR, else"
                    " $XDG_CACHE_HOME/colora_jax/jax or ~/.cache/colora_jax/jax)")
     g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh, cache nothing")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU cores XLA may use (default $COLORA_JAX_THREADS, else all); on a busy machine 1 is"
+                   " often several times faster (docs/scale.md)")
 
 
 def apply_runtime_flags(args) -> None:
-    """Turn on the compile cache (unless disabled) and float64 when asked, before anything compiles."""
+    """CPU threads, the compile cache (unless disabled) and float64 when asked, before anything compiles."""
     import jax
 
     from colora_jax._src.compile_cache import enable_compile_cache
+    from colora_jax._src.cpu_threads import limit_cpu_threads
 
+    limit_cpu_threads(args.threads)
     enable_compile_cache(args.compile_cache, disable=args.no_compile_cache)
     if getattr(args, "x64", False):
         jax.config.update("jax_enable_x64", True)

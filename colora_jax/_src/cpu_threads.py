@@ -1,0 +1,68 @@
+"""How many CPU cores the XLA:CPU runtime of this process may use.
+
+XLA:CPU splits every sizeable operation across one thread per schedulable core, and each split
+waits for its slowest part. On a machine whose cores are busy with other work, a descheduled
+thread stalls every operation of a fit's loop: measured on this project's 2-core machine with
+one other busy process, a 20-trial ``colora recover`` ran in 3.9-8.1 s with both cores and in
+0.72-0.76 s pinned to one (docs/scale.md). Running several processes side by side (pytest-xdist
+workers, sweeps) has the same effect on each other.
+
+XLA sizes its thread pool and its task partitioning from the cores the process may run on, so
+the only reliable knob is the process's CPU affinity, set before JAX starts its CPU backend:
+``COLORA_JAX_THREADS=N`` (or the CLI's ``--threads N``) keeps the process on N cores (by
+default the CLI uses every core the process may use).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV = "COLORA_JAX_THREADS"
+
+
+def available_cores() -> list[int]:
+    """The cores this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def backend_started() -> bool:
+    """Whether JAX has already created its CPU client (then the thread count is fixed)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return bool(getattr(xla_bridge, "_backends", None))
+
+
+def limit_cpu_threads(threads: int | None = None, *, offset: int = 0) -> int:
+    """Keep this process (and XLA's thread pool) on ``threads`` cores; returns the number in use.
+
+    Args:
+      threads: cores to use (default ``$COLORA_JAX_THREADS``, else all available). Values above
+        the available cores use them all.
+      offset: start at the ``offset``-th available core (wrapping), so that side-by-side
+        processes (test workers) take different cores.
+
+    Must run before the first JAX computation of the process (it raises otherwise): XLA reads
+    the affinity once, when its CPU client starts.
+    """
+    cores = available_cores()
+    if threads is None:
+        value = os.environ.get(ENV, "").strip()
+        if not value:
+            return len(cores)
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"{ENV} must be a positive integer, got {value!r}") from None
+    if threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads}")
+    threads = min(threads, len(cores))
+    if threads == len(cores) and offset == 0:
+        return threads
+    if backend_started():
+        raise ValueError("set the CPU threads before JAX's first computation (the CPU backend has started)")
+    chosen = {cores[(offset + i) % len(cores)] for i in range(threads)}
+    os.sched_setaffinity(0, chosen)
+    return threads
