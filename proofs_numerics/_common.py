@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 
-from colora_jax import statistics
 from colora_jax import (
     Cell,
     SweepResult,
@@ -28,6 +27,7 @@ from colora_jax import (
     enable_compile_cache,
     limit_cpu_threads,
     run_cells,
+    statistics,
     sweep,
     to_jsonable,
 )
@@ -41,8 +41,12 @@ def arguments(doc: str) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny configuration: the whole pipeline in seconds (CI)")
     p.add_argument("--fresh", action="store_true", help="recompute every sweep cell (ignore results/NAME.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--out", default=None, help="directory for NAME.png and NAME.json (default figures/;"
-                   " with --smoke results/smoke/figures, so the committed figures stay untouched)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="directory for NAME.png and NAME.json (default figures/;"
+        " with --smoke results/smoke/figures, so the committed figures stay untouched)",
+    )
     p.add_argument("--results", default="results", help="directory of the resumable sweep files")
     args = p.parse_args()
     args.out = args.out or (os.path.join(args.results, "smoke", "figures") if args.smoke else "figures")
@@ -61,8 +65,15 @@ def compile_cache() -> None:
 def run_sweep(name: str, cells, args, compute=run_cells, tag: str = "") -> SweepResult:
     """``sweep`` over ``cells`` with the script's results file and flags."""
     folder = os.path.join(args.results, "smoke") if args.smoke else args.results
-    return sweep(cells, compute, path=os.path.join(folder, f"{name}.jsonl"), tag=tag, fresh=args.fresh,
-                 progress=not args.no_progress, desc=name)
+    return sweep(
+        cells,
+        compute,
+        path=os.path.join(folder, f"{name}.jsonl"),
+        tag=tag,
+        fresh=args.fresh,
+        progress=not args.no_progress,
+        desc=name,
+    )
 
 
 def with_trace(cells: list[Cell]) -> list[dict]:
@@ -89,6 +100,42 @@ def dof_regression(users: int, d_in: int, rank: int) -> float:
     sample all see the input through the same r-dimensional projection ``V^T x``.)
     """
     return rank + (d_in - rank) / users
+
+
+def noise_error(
+    model: str, users: int, samples: int, d_out: int, d_in: int, rank: int, noise: float, personal_norm: float
+) -> float:
+    """Predicted stacked relative error ``||W_hat - W*||_F / ||W*||_F`` of CoLoRA's least squares under noise.
+
+    Near the truth the estimator is least squares on the tangent space of the model, whose
+    Fisher information per sample is ``I / sigma^2`` in both models, so the error is
+    ``sigma sqrt(m*(k) / n) / ||S*||_F`` for large n (``m*(k) = r^2 + r (d_out + d_in - 2r) / k``,
+    the parameters per user). At finite n each block of parameters is a least squares with
+    Gaussian regressors, and ``E tr((G^T G)^-1) = q / (M - q - 1)`` for ``M`` equations in ``q``
+    regressors inflates its share by ``M / (M - q - 1)``, where ``M`` counts the equations left
+    after the other blocks are eliminated:
+
+    * sensing (one equation per sample, ``N = k n``): personal ``r^2`` with factor
+      ``n / (n - r^2 - 1)``, shared ``p = r (d_out + d_in - 2r)`` (per user ``p / k``) with factor
+      ``N / (N - k r^2 - p - 1)``;
+    * regression (regressors of a sample are its projected input, shared by its ``d_out`` outputs):
+      personal ``r^2`` with ``n / (n - r - 1)``; output side ``r (d_out - r) / k`` with
+      ``N / (N - k r - r - 1)``; input side ``r (d_in - r) / k`` with ``N / (N - k r - d_in - 1)``.
+
+    ``error^2 = sigma^2 / (n ||S*||_F^2) * sum_blocks (parameters per user x factor)``.
+    """
+    r, k, n = rank, users, samples
+    N = k * n
+    if model == "sensing":
+        p = r * (d_out + d_in - 2 * r)
+        total = r * r * n / (n - r * r - 1) + (p / k) * N / (N - k * r * r - p - 1)
+    else:
+        total = (
+            r * r * n / (n - r - 1)
+            + (r * (d_out - r) / k) * N / (N - k * r - r - 1)
+            + (r * (d_in - r) / k) * N / (N - k * r - d_in - 1)
+        )
+    return float(noise * np.sqrt(total / n) / personal_norm)
 
 
 sample_grid = statistics.sample_grid  # (benchmarks/varpro_study.py imports it from here)
@@ -129,11 +176,20 @@ def threshold_summary(grid, success, m_star: float, level: float = statistics.LE
     successes = success.sum(axis=0)
     low, high = statistics.binomial_interval(successes, trials, level)
     return {
-        "samples": [int(n) for n in grid], "m_star": m_star, "trials": trials,
-        "success": successes / trials, "success_low": low, "success_high": high,
-        "thresholds": th.values, "nonmonotone": th.nonmonotone.tolist(),
-        "n50": med.median, "n50_low": med.low, "n50_high": med.high,
-        "ratio": med.median / m_star, "ratio_low": med.low / m_star, "ratio_high": med.high / m_star,
+        "samples": [int(n) for n in grid],
+        "m_star": m_star,
+        "trials": trials,
+        "success": successes / trials,
+        "success_low": low,
+        "success_high": high,
+        "thresholds": th.values,
+        "nonmonotone": th.nonmonotone.tolist(),
+        "n50": med.median,
+        "n50_low": med.low,
+        "n50_high": med.high,
+        "ratio": med.median / m_star,
+        "ratio_low": med.low / m_star,
+        "ratio_high": med.high / m_star,
         "floor": statistics.integer_floor(m_star),
     }
 
@@ -149,11 +205,30 @@ class Claims:
     def __init__(self):
         self.items: list[dict] = []
 
-    def add(self, name: str, value: float, low: float, high: float, *, lower: float = -np.inf,
-            upper: float = np.inf, source: str = "") -> str:
+    def add(
+        self,
+        name: str,
+        value: float,
+        low: float,
+        high: float,
+        *,
+        lower: float = -np.inf,
+        upper: float = np.inf,
+        source: str = "",
+    ) -> str:
         verdict = statistics.decide(low, high, lower, upper)
-        self.items.append({"claim": name, "value": value, "low": low, "high": high, "lower": lower, "upper": upper,
-                           "source": source, "verdict": verdict})
+        self.items.append(
+            {
+                "claim": name,
+                "value": value,
+                "low": low,
+                "high": high,
+                "lower": lower,
+                "upper": upper,
+                "source": source,
+                "verdict": verdict,
+            }
+        )
         return verdict
 
     @property
@@ -162,8 +237,10 @@ class Claims:
 
     def summary(self) -> dict:
         """``{name: "value [low, high] verdict"}`` for the printed line and the JSON's ``measured``."""
-        return {c["claim"]: f"{_short(c['value'])} [{_short(c['low'])}, {_short(c['high'])}] {c['verdict']}"
-                for c in self.items}
+        return {
+            c["claim"]: f"{_short(c['value'])} [{_short(c['low'])}, {_short(c['high'])}] {c['verdict']}"
+            for c in self.items
+        }
 
 
 def cpu_seconds() -> float:
@@ -174,8 +251,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def finish(name: str, args, config, *, claim: str, passed: bool, measured: dict, results: dict, started: float,
-           figure: str, extra: dict | None = None, claims: Claims | None = None) -> dict:
+def finish(
+    name: str,
+    args,
+    config,
+    *,
+    claim: str,
+    passed: bool,
+    measured: dict,
+    results: dict,
+    started: float,
+    figure: str,
+    extra: dict | None = None,
+    claims: Claims | None = None,
+) -> dict:
     """Write ``NAME.json`` next to the figure and print the claim with PASS/FAIL and the measured figures.
 
     With ``claims`` the record also holds every sub-claim (value, interval, bounds, source, verdict).
@@ -183,10 +272,19 @@ def finish(name: str, args, config, *, claim: str, passed: bool, measured: dict,
     if claims is not None:
         extra = {**(extra or {}), "claims": claims.items}
     record = {
-        "name": name, "claim": claim, "passed": bool(passed), "measured": measured,
-        "config": dataclasses.asdict(config), "smoke": args.smoke, "seed": config.seed,
-        "code_version": code_version(), "device": device_info(), "seconds": round(time.time() - started, 1),
-        "figure": os.path.relpath(figure), "results": results, **(extra or {}),
+        "name": name,
+        "claim": claim,
+        "passed": bool(passed),
+        "measured": measured,
+        "config": dataclasses.asdict(config),
+        "smoke": args.smoke,
+        "seed": config.seed,
+        "code_version": code_version(),
+        "device": device_info(),
+        "seconds": round(time.time() - started, 1),
+        "figure": os.path.relpath(figure),
+        "results": results,
+        **(extra or {}),
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:

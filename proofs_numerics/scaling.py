@@ -1,10 +1,11 @@
 """Sample-complexity scaling: the empirical 50% recovery threshold against k, d and r.
 
-Claim: the threshold n50 (samples per user at which half of the trials recover exactly,
-stacked relative error <= 1e-3) scales like the degrees-of-freedom count
-m*(k, d, r) = r^2 + r (2 d - 2 r) / k (sensing, d_out = d_in = d): along each of the three
-series -- users k, dimension d, rank r -- the fitted log-log exponent of n50 lies within 0.15 of
-the exponent of m* fitted on the same points.
+Claim: the threshold n50 (the median of the trials' own thresholds, each the smallest grid n at
+which the trial recovers exactly, stacked relative error <= 1e-3; nested samples) scales like the
+degrees-of-freedom count m*(k, d, r) = r^2 + r (2 d - 2 r) / k (sensing, d_out = d_in = d): along
+each of the three series -- users k, dimension d, rank r -- the fitted log-log exponent of n50
+lies within 0.15 of the exponent of m* fitted on the same points, for the whole 95% bootstrap
+interval of the exponent (trials resampled within every point).
 
     python -m proofs_numerics.scaling [--smoke] [--fresh] [--no-progress]
 """
@@ -12,14 +13,13 @@ the exponent of m* fitted on the same points.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
 import numpy as np
 
-from colora_jax import plotting
-from colora_jax import FitConfig, ProblemConfig, min_samples
-from colora_jax import Cell
+from colora_jax import Cell, FitConfig, ProblemConfig, min_samples, plotting, statistics
 from proofs_numerics import _common
 
 NAME = "scaling"
@@ -32,18 +32,22 @@ class Config:
     seed: int = 0  # PRNG seed of every cell
     model: str = "sensing"  # measurement model (m* is the sensing count)
     users: tuple[int, ...] = (2, 5, 10, 20, 50)  # k series (at base d, r)
-    dims: tuple[int, ...] = (10, 20, 40)  # d = d_out = d_in series (at base k, r)
-    ranks: tuple[int, ...] = (1, 2, 3, 4)  # r series (at base k, d)
+    dims: tuple[int, ...] = (10, 20, 30)  # d = d_out = d_in series (at base k, r)
+    ranks: tuple[int, ...] = (1, 2, 3)  # r series (at base k, d)
     base: tuple[int, int, int] = (10, 20, 2)  # (k, d, r) held fixed in the other series
-    points: int = 10  # sample sizes per threshold
-    grid_lo: float = 0.75  # smallest sample size / m*
-    grid_hi: float = 5.0  # largest sample size / m*
-    trials: int = 30  # trials per cell
+    grid_lo: float = 0.9  # smallest sample size / m* (rounded down)
+    grid_hi: float = 2.2  # largest sample size / m* (AltMin's transitions: 1.4-1.8 m*)
+    grid_ratio: float = 1.08  # grid step: +1 sample, or x1.08 where that is larger
+    trials: int = 24  # trials per cell (n50 interval: order statistics 8-17)
     iters: int = 50  # AltMin iteration budget
     tolerance: float = 0.15  # |exponent(n50) - exponent(m*)| allowed per series
+    level: float = 0.95  # confidence level of every interval
+    resamples: int = 1000  # bootstrap resamples of the exponent
 
 
-SMOKE = Config(users=(2, 6), dims=(6, 8), ranks=(1, 2), base=(2, 6, 1), points=4, trials=3, iters=20)
+SMOKE = Config(
+    users=(2, 6), dims=(6, 8), ranks=(1, 2), base=(2, 6, 1), grid_ratio=1.3, trials=3, iters=20, resamples=50
+)
 
 
 def dof(k: int, d: int, r: int) -> float:
@@ -60,8 +64,13 @@ def points(config: Config):
 
 
 def grid(config: Config, k: int, d: int, r: int) -> list[int]:
-    return _common.sample_grid(min_samples(config.model, r, "full"), dof(k, d, r), config.grid_lo, config.grid_hi,
-                               config.points)
+    m = dof(k, d, r)
+    return statistics.geometric_integers(
+        math.floor(config.grid_lo * m),
+        config.grid_hi * m,
+        config.grid_ratio,
+        minimum=min_samples(config.model, r, "full"),
+    )
 
 
 def cells(config: Config):
@@ -81,41 +90,97 @@ def main() -> None:
     started = time.time()
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args)
-    success = {}
+    rows: dict = {}
     for ((k, d, r, n), _), res in zip(labelled, sw.results):
-        success.setdefault((k, d, r), ([], []))
-        success[(k, d, r)][0].append(n)
-        success[(k, d, r)][1].append(float(np.mean(np.asarray(res["evaluation"]["rel_error"], float) <= _common.SUCCESS)))
-    n50 = {p: _common.threshold(*success[p]) for p in success}
-    fig, axes = plotting.panels(3, width=4.4)
-    results, measured, passed = {}, {}, True
+        rows.setdefault((k, d, r), []).append((n, res))
+    summary, thresholds = {}, {}
+    for p, row in rows.items():
+        summary[p] = _common.threshold_summary(
+            [n for n, _ in row], _common.success_table([r for _, r in row]), dof(*p), config.level
+        )
+        thresholds[p] = summary[p]["thresholds"]
+    fig, axes = plotting.panels(3, width=4.6)
+    claims = _common.Claims()
+    results, measured = {}, {}
     axis_of = {"users": (0, "users k"), "dims": (1, "dimension d = d_out = d_in"), "ranks": (2, "rank r")}
     for ax, (series, pts) in zip(axes, points(config).items()):
         i, label = axis_of[series]
         x = [p[i] for p in pts]
-        y = [n50[p] for p in pts]
         m = [dof(*p) for p in pts]
-        ok = all(np.isfinite(y))
-        slope = _common.loglog_fit(x, y)[0] if ok else float("nan")
-        slope_m = _common.loglog_fit(x, m)[0]
-        ok = ok and abs(slope - slope_m) <= config.tolerance
-        passed = passed and ok
-        measured[f"exponent_{series}"] = round(slope, 3)
+        slope_m = statistics.loglog_fit(x, m).slope
+
+        def exponent(*samples, x=x):
+            med = [np.sort(s)[math.ceil(len(s) / 2) - 1] for s in samples]
+            return statistics.loglog_fit(x, med).slope if np.all(np.isfinite(med)) else np.nan
+
+        value, low, high = statistics.bootstrap_interval(
+            exponent, *[thresholds[p] for p in pts], level=config.level, resamples=config.resamples, seed=config.seed
+        )
+        claims.add(
+            f"exponent in {series} - m*'s ({slope_m:.2f})",
+            value - slope_m,
+            low - slope_m,
+            high - slope_m,
+            lower=-config.tolerance,
+            upper=config.tolerance,
+            source="m* = r^2 + r(2d - 2r)/k (dof count)",
+        )
+        measured[f"exponent_{series}"] = [round(value, 3), round(low, 3), round(high, 3)]
         measured[f"dof_exponent_{series}"] = round(slope_m, 3)
-        results[series] = {"x": x, "n50": y, "m_star": m, "exponent": slope, "dof_exponent": slope_m,
-                           "curves": {str(p): success[p] for p in pts}}
-        ax.plot(x, y, "o-", label=f"measured n50: exponent {slope:.2f}")
+        y = np.array([summary[p]["n50"] for p in pts])
+        lo = np.array([summary[p]["n50_low"] for p in pts])
+        hi = np.array([summary[p]["n50_high"] for p in pts])
+        results[series] = {
+            "x": x,
+            "m_star": m,
+            "exponent": [value, low, high],
+            "dof_exponent": slope_m,
+            "points": {str(p): summary[p] for p in pts},
+        }
+        ax.errorbar(
+            x,
+            y,
+            yerr=[y - lo, np.where(np.isfinite(hi), hi, y) - y],
+            fmt="o-",
+            capsize=3,
+            label=f"n50 (95% interval): exponent {value:.2f} [{low:.2f}, {high:.2f}]",
+        )
         ax.plot(x, m, "s--", color="gray", label=f"m* (dof): exponent {slope_m:.2f}")
         fixed = {"users": "d={1}, r={2}", "dims": "k={0}, r={2}", "ranks": "k={0}, d={1}"}[series].format(*config.base)
-        plotting.grid_axes(ax, f"{label} (log)", "samples per user n (log)", xlog=True, ylog=True, xticks=x,
-                           title=f"threshold against {label.split(' ')[-1]} ({fixed})")
-    figure = plotting.save(fig, os.path.join(args.out, f"{NAME}.png"),
-                           f"50% exact-recovery threshold (rel. error <= {_common.SUCCESS:g}), {config.model},"
-                           f" {config.trials} trials per cell")
-    claim = (f"the 50% recovery threshold scales like m* = r^2 + r(2d-2r)/k: fitted exponents against k, d and r"
-             f" within {config.tolerance} of m*'s ({config.model})")
-    _common.finish(NAME, args, config, claim=claim, passed=passed, measured=measured, results=results,
-                   started=started, figure=figure)
+        plotting.grid_axes(
+            ax,
+            f"{label} (log)",
+            "samples per user n (log)",
+            xlog=True,
+            ylog=True,
+            xticks=x,
+            title=f"threshold against {label.split(' ')[-1]} ({fixed})",
+        )
+    figure = plotting.save(
+        fig,
+        os.path.join(args.out, f"{NAME}.png"),
+        f"50% exact-recovery threshold (rel. error <= {_common.SUCCESS:g}), {config.model},"
+        f" {config.trials} trials per cell",
+    )
+    ratios = [round(summary[p]["ratio"], 2) for p in summary]
+    measured["n50_over_mstar_range"] = [min(ratios), max(ratios)]
+    measured["nonmonotone_trials"] = sum(len(summary[p]["nonmonotone"]) for p in summary)
+    claim = (
+        f"the 50% recovery threshold scales like m* = r^2 + r(2d-2r)/k: fitted exponents against k, d and r"
+        f" within {config.tolerance} of m*'s, 95% bootstrap intervals included ({config.model})"
+    )
+    _common.finish(
+        NAME,
+        args,
+        config,
+        claim=claim,
+        passed=claims.passed,
+        measured={**measured, **claims.summary()},
+        results=results,
+        started=started,
+        figure=figure,
+        claims=claims,
+    )
 
 
 if __name__ == "__main__":
