@@ -27,6 +27,7 @@ SCRIPTS: tuple[tuple[str, bool], ...] = (
     ("spectral_init", True),
     ("fedrep_linear", True),
     ("restricted_isometry", True),
+    ("assumptions", True),
     ("nnx_planted_teacher", False),
     ("nnx_shakespeare", False),
 )
