@@ -1,0 +1,62 @@
+"""The proof scripts' shared predictions and verdict bookkeeping (proofs_numerics/_common.py), on known answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from proofs_numerics import _common
+
+
+@pytest.mark.parametrize("model", ["sensing", "regression"])
+def test_noise_error_tends_to_the_fisher_limit(model):
+    """sigma sqrt(m*(k)/n)/||S|| for large n: every finite-sample factor tends to 1."""
+    for k in (1, 5, 100):
+        limit = 0.01 * math.sqrt(_common.dof_sensing(k, 20, 20, 2) / 1e7) / math.sqrt(2)
+        assert _common.noise_error(model, k, 10**7, 20, 20, 2, 0.01, math.sqrt(2)) == pytest.approx(limit, rel=1e-4)
+
+
+def test_noise_error_single_user_sensing_is_least_squares_on_the_tangent_space():
+    """k = 1, sensing: all 76 tangent parameters seen by n Gaussian equations, E tr((G^T G)^-1) = p / (n - p - 1)."""
+    n, p = 200, 2 * (20 + 20 - 2)
+    joint = 0.01 * math.sqrt(p / (n - p - 1)) / math.sqrt(2)
+    assert _common.noise_error("sensing", 1, n, 20, 20, 2, 0.01, math.sqrt(2)) == pytest.approx(joint, rel=0.02)
+
+
+def test_noise_error_is_linear_in_sigma_and_falls_with_users():
+    e = [_common.noise_error("sensing", k, 200, 20, 20, 2, 0.01, 1.0) for k in (1, 5, 20, 100)]
+    assert all(b < a for a, b in zip(e, e[1:]))
+    assert _common.noise_error("regression", 5, 80, 20, 20, 2, 0.3, 1.0) == pytest.approx(
+        30 * _common.noise_error("regression", 5, 80, 20, 20, 2, 0.01, 1.0)
+    )
+
+
+def test_dof_counts():
+    assert _common.dof_sensing(1, 20, 20, 2) == 76
+    assert _common.dof_sensing(100, 20, 20, 2) == pytest.approx(4.72)
+    assert _common.dof_regression(1, 20, 2) == 20  # one user: n = d_in determines W by least squares
+    assert _common.dof_regression(100, 20, 2) == pytest.approx(2.18)
+
+
+def test_threshold_summary_on_a_known_table():
+    grid = [5, 6, 7, 8]
+    thresholds = np.array([6] * 12 + [7] * 10 + [8] * 8)  # 30 monotone trials
+    success = np.asarray(grid)[None, :] >= thresholds[:, None]
+    s = _common.threshold_summary(grid, success, m_star=4.72)
+    assert s["n50"] == 7 and s["ratio"] == pytest.approx(7 / 4.72)
+    assert s["n50_low"] <= 7 <= s["n50_high"]
+    assert s["floor"] == pytest.approx(5 / 4.72)
+    np.testing.assert_allclose(s["success"], [0, 12 / 30, 22 / 30, 1])
+    assert np.all(s["success_low"] <= s["success"]) and np.all(s["success"] <= s["success_high"])
+    assert s["nonmonotone"] == []
+
+
+def test_claims_pass_only_when_every_interval_is_inside():
+    c = _common.Claims()
+    assert c.add("a", 1.0, 0.9, 1.1, lower=0.8, upper=1.2) == "holds"
+    assert c.passed
+    assert c.add("b", 1.0, 0.9, 1.3, upper=1.2) == "undecided"
+    assert not c.passed
+    summary = c.summary()
+    assert summary["a"].endswith("holds") and summary["b"].endswith("undecided")
+    assert not _common.Claims().passed  # no claim checked is not a pass
