@@ -104,7 +104,8 @@ def _one(key, n, pc: cj.ProblemConfig, fc: cj.FitConfig, method: str):
     return dict(
         rel_error=cj.relative_error(W, problem.truth.W),
         iterations=it,
-        objective_ratio=trace.objective[it] / trace.objective[0],  # failed runs: where they stopped
+        objective_ratio=trace.objective[it] / trace.objective[0],  # (VarPro: index 0 is after the continuation)
+        residual_fraction=trace.objective[it] * problem.train.Y.size / jnp.sum(jnp.square(problem.train.Y[:, :n])),
         distance_start=jnp.maximum(trace.subspace_distance_U[0], trace.subspace_distance_V[0]),
         distance_end=jnp.maximum(trace.subspace_distance_U[it], trace.subspace_distance_V[it]),
         personal_norm=jnp.max(jnp.linalg.norm(est.S, axis=(1, 2))),  # blow-up of the personal solves
@@ -212,7 +213,8 @@ def summary(args) -> None:
                 fail = ~s[:, j]
                 if 0 < fail.sum() < len(fail):
                     pick = lambda name: np.asarray(r[name])[:, j][fail]
-                    print(f"    n={n}: {fail.sum()} failed: objective end/start median {np.median(pick('objective_ratio')):.2g},"
+                    frac = f" (of sum y^2: {np.median(pick('residual_fraction')):.2g})" if "residual_fraction" in r else ""
+                    print(f"    n={n}: {fail.sum()} failed: objective end/start median {np.median(pick('objective_ratio')):.2g}{frac},"
                           f" subspace distance median {np.median(pick('distance_end')):.2f},"
                           f" largest |S_i| median {np.median(pick('personal_norm')):.2g}"
                           f" (successes: {np.median(np.asarray(r['personal_norm'])[:, j][~fail]):.2g})")
@@ -221,36 +223,60 @@ def summary(args) -> None:
 # ----------------------------------------------------------------------------- cost
 
 
+def _best_of(run, *a, repeats: int = 3) -> tuple[float, float, object]:
+    """(best wall seconds, CPU seconds of that call, result) of a warm jitted call."""
+    out = jax.block_until_ready(run(*a))
+    best = (math.inf, math.inf)
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        out = jax.block_until_ready(run(*a))
+        best = min(best, (time.perf_counter() - w, time.process_time() - c))
+    return best[0], best[1], out
+
+
 def cost(args) -> None:
-    """Per-iteration time and iterations to converge, one problem at a time (jit, warm, best of 3)."""
+    """Per-iteration time and iterations to converge, one problem (jit, warm, best of 3)."""
     g = Grid()
+    path = os.path.join(RESULTS, "cost.jsonl")
+    os.makedirs(RESULTS, exist_ok=True)
     for users in [int(u) for u in args.users.split(",")]:
         ms = m_star(args.model, users, g)
         n = max(int(round(args.ratio * ms)), cj.min_samples(args.model, g.rank, "full"))
         pc = cj.ProblemConfig(model=args.model, users=users, d_out=g.d_out, d_in=g.d_in, rank=g.rank, samples=n,
                               test_samples=0)
-        problem = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), pc)
-        row = {}
+        clean = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), pc)
+        noisy = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), dataclasses.replace(pc, noise=0.1))
         for method in args.methods.split(","):
             options = METHODS[method]
-            timing = {}
-            for label, fc in (("one", cj.FitConfig(iters=1, tol=0.0)), ("two", cj.FitConfig(iters=2, tol=0.0)),
-                              ("fit", cj.FitConfig(iters=200, tol=g.tol))):
-                opts = {} if options is None else {**options, "continuation": False} if label != "fit" else options
-                run = jax.jit(lambda o, t: _fit(o, fc, None, t, method if options is None else None) if options is None
-                              else fit_varpro(o, fc, truth=t, **opts))
-                jax.block_until_ready(run(problem.train, problem.truth))
-                best = math.inf
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    est, trace = jax.block_until_ready(run(problem.train, problem.truth))
-                    best = min(best, time.perf_counter() - t0)
-                timing[label] = (best, int(trace.iterations), float(trace.rel_error[int(trace.iterations)]))
-            per_iter = timing["two"][0] - timing["one"][0]
-            row[method] = timing
-            print(f"{args.model} k={users} n={n} ({n / ms:.2f} m*) {method:14s} per iteration {per_iter * 1e3:8.2f} ms"
-                  f" | fit: {timing['fit'][0] * 1e3:8.1f} ms, {timing['fit'][1]} iterations, rel. error"
-                  f" {timing['fit'][2]:.1e}", flush=True)
+            fit = lambda o, t, fc, opts: (cj.fit(o, fc, truth=t) if opts is None else fit_varpro(o, fc, truth=t, **opts))
+            # per iteration: 1 and 11 iterations of the fit proper on noisy data (tol 0), no continuation
+            plain = None if options is None else {**options, "continuation": False}
+            per = []
+            for iters in (1, 11):
+                fc = cj.FitConfig(iters=iters, tol=0.0)
+                run = jax.jit(lambda o, t: fit(o, t, fc, plain))
+                wall, cpu, (_, trace) = _best_of(run, noisy.train, noisy.truth)
+                per.append((wall, cpu, int(trace.iterations)))
+            dit = max(per[1][2] - per[0][2], 1)
+            per_wall, per_cpu = (per[1][0] - per[0][0]) / dit, (per[1][1] - per[0][1]) / dit
+            # whole fit to convergence, noiseless (default tol, budget 200), continuation included
+            fc = cj.FitConfig(iters=200, tol=g.tol)
+            run = jax.jit(lambda o, t: fit(o, t, fc, options))
+            wall, cpu, (est, trace) = _best_of(run, clean.train, clean.truth)
+            it = int(trace.iterations)
+            cont = 0 if options is None else VarProOptions(**options).continuation_iterations
+            rec = dict(model=args.model, users=users, samples=n, ratio=round(n / ms, 3), method=method,
+                       options=options, per_iteration_wall_ms=round(per_wall * 1e3, 3),
+                       per_iteration_cpu_ms=round(per_cpu * 1e3, 3), timed_iterations=dit,
+                       fit_wall_ms=round(wall * 1e3, 2), fit_cpu_ms=round(cpu * 1e3, 2), iterations=it,
+                       continuation_iterations=cont, rel_error=float(trace.rel_error[it]),
+                       load_average=os.getloadavg(), code_version=code_version())
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"{args.model} k={users} n={n} ({n / ms:.2f} m*) {method:14s} per iteration {per_wall * 1e3:8.2f} ms"
+                  f" wall ({per_cpu * 1e3:8.2f} ms CPU) | fit: {wall * 1e3:9.1f} ms wall ({cpu * 1e3:9.1f} ms CPU),"
+                  f" {it} iterations (+{cont} continuation), rel. error {rec['rel_error']:.1e}"
+                  f" | load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def main() -> None:
