@@ -18,6 +18,8 @@ Claims (bounds fixed before the run):
    smooth estimator's error is linear in sigma up to O(sigma^2) terms).
 2. Against k at fixed sigma, the median error over trials / the prediction with the finite-sample
    factors lies in [0.9, 1.1] (95% interval) at every k: the prediction has no fitted constant.
+   (40 trials per k: with 20, the k = 1 intervals were [0.90, 1.05] and [0.89, 1.05], medians
+   0.997 and 0.968 -- undecided for lack of trials, so the count was raised; the bound was not.)
 3. The error is non-increasing in k (median at the next k <= 1.05 x the median at this k).
 
 (History: a first version divided by d_out "equations per sample" for regression; the measured
@@ -55,7 +57,8 @@ class Config:
     noises: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # sigma in the noise sweep
     users: tuple[int, ...] = (1, 5, 20, 100)  # k in the users sweep
     users_noise: float = 1e-2  # sigma in the users sweep
-    trials: int = 20  # trials per cell
+    trials: int = 20  # trials per cell of the noise sweep
+    users_trials: int = 40  # trials per cell of the users sweep (claim 2's intervals: +-5% needs ~40 at k = 1)
     iters: int = 50  # AltMin iteration budget
     slope_tolerance: float = 0.05  # claim 1: the slope's interval inside 1 +- this
     prediction_tolerance: float = 0.1  # claim 2: measured / predicted error's interval inside 1 +- this
@@ -64,6 +67,7 @@ class Config:
 
 
 SMOKE = Config(
+    users_trials=3,
     models=("sensing",),
     d_out=6,
     d_in=6,
@@ -92,7 +96,7 @@ def cells(config: Config):
     out = []
     for model, n in zip(config.models, config.samples):
 
-        def cell(users, noise, model=model, n=n):
+        def cell(users, noise, trials, model=model, n=n):
             pc = ProblemConfig(
                 model=model,
                 users=users,
@@ -103,10 +107,10 @@ def cells(config: Config):
                 test_samples=0,
                 noise=noise,
             )
-            return Cell(pc, fc, config.trials, config.seed)
+            return Cell(pc, fc, trials, config.seed)
 
-        out += [(("noise", model, s), cell(config.noise_users, s)) for s in config.noises]
-        out += [(("users", model, k), cell(k, config.users_noise)) for k in config.users]
+        out += [(("noise", model, s), cell(config.noise_users, s, config.trials)) for s in config.noises]
+        out += [(("users", model, k), cell(k, config.users_noise, config.users_trials)) for k in config.users]
     return out
 
 
@@ -180,7 +184,16 @@ def main() -> None:
             source="more users, fewer parameters per user",
         )
         plotting.band(bx, config.users, users_err, f"CoLoRA, sigma={config.users_noise:g}, n={n}", log=True)
-        bx.plot(config.users, pred, ls=":", color="gray", lw=2, marker="x", label="prediction (finite-sample factors)")
+        bx.plot(
+            config.users,
+            pred,
+            ls=":",
+            color="gray",
+            lw=2,
+            marker="x",
+            label="prediction (finite-sample factors); measured/predicted "
+            + ", ".join(f"{q.median:.2f}" for q in ratios),
+        )
         bx.plot(config.users, large_n, ls="--", color="k", lw=0.8, label="sigma sqrt(m*(k)/n)/||S|| (large n)")
         plotting.grid_axes(
             bx,
@@ -189,7 +202,7 @@ def main() -> None:
             xlog=True,
             ylog=True,
             xticks=config.users,
-            title=f"{model}: error against users; measured/predicted " + ", ".join(f"{q.median:.2f}" for q in ratios),
+            title=f"{model}: error against users ({config.users_trials} trials)",
         )
         measured[f"{model}_noise_slope"] = round(fit.slope, 3)
         measured[f"{model}_measured_over_predicted"] = [round(q.median, 3) for q in ratios]
@@ -205,9 +218,7 @@ def main() -> None:
             "users_sweep_large_n": large_n,
             "ratio": [q._asdict() for q in ratios],
         }
-    figure = plotting.save(
-        fig, os.path.join(args.out, f"{NAME}.png"), f"Noise floor (median and 25-75% over {config.trials} trials)"
-    )
+    figure = plotting.save(fig, os.path.join(args.out, f"{NAME}.png"), "Noise floor (median and 25-75% over trials)")
     claim = (
         f"error is proportional to noise (slope 1 +- {config.slope_tolerance}) and, against k, within"
         f" {config.prediction_tolerance:.0%} of the least-squares prediction with finite-sample factors,"
