@@ -118,7 +118,7 @@ def test_parameter_counts():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ValueError, match="choose from colora, colora-diag, colora-varpro, local"):
+    with pytest.raises(ValueError, match="choose from colora, colora-diag, .*, local, local-full"):
         cj.fit_method("lora", None, cj.FitConfig(), key=jax.random.key(0))
 
 

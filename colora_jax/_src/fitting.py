@@ -242,6 +242,13 @@ def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, mo
     return state, history, it, done
 
 
+def _zeros_like_shape(shape: jax.ShapeDtypeStruct):
+    """Zeros of a shape, varying over the same manual mesh axes (inside ``shard_map``) as the value it stands for."""
+    zeros = jnp.zeros(shape.shape, shape.dtype)
+    vma = tuple(getattr(shape, "vma", None) or ())
+    return jax.lax.pcast(zeros, vma, to="varying") if vma else zeros
+
+
 def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True):
     """The iteration loop of every estimator, inside ``lax.while_loop``: one copy of each step.
 
@@ -266,7 +273,7 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
     current0, metrics0, _ = jax.eval_shape(body, params)
     dtype = metrics0.objective.dtype
     history = Metrics(*(jnp.full((iters + 1,), jnp.nan, dtype) for _ in metrics0))
-    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), current0)
+    zeros = jax.tree.map(_zeros_like_shape, current0)
 
     def loop(carry):
         it, p, hist, f_prev, _, _, _ = carry
