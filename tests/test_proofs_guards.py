@@ -3,11 +3,12 @@
 Sample efficiency. The phase diagram (proofs_numerics/phase_transition) claims AltMin recovers at a
 constant times the degrees-of-freedom count m*(k) and VarPro near m*(k); a regression that cost 50% of
 the sample efficiency would move AltMin's threshold from ~1.7 m* past 2 m*. At one small configuration
-(d_out = d_in = 8, r = 2, k = 20, 40 trials) these tests require:
+(d_out = d_in = 8, r = 2, k = 24, where m* = 5 and 1.2 m* = 6 is an integer) these tests require:
 
-* AltMin: >= 90% exact recoveries at 2 m*, and <= 10% at 0.9 m* (below m* the users' matrices are not
-  determined by the data, so a success there would mean the fit sees more than the data: a leak);
-* VarPro: >= 90% at its aim 1.2 m* (rounded up to an integer sample size), <= 10% at 0.9 m*.
+* AltMin (40 trials): >= 90% exact recoveries at 2 m*, and <= 10% at 0.9 m* (below m* the users'
+  matrices are not determined by the data, so a success there would mean the fit sees more than the
+  data: a leak); measured when written: 100% and 0% (sensing), 100% and 0% (regression);
+* VarPro (20 trials, about a second a fit here): >= 90% at its aim 1.2 m*; measured when written: 95%.
 
 Leakage. Every method's estimate is a function of the observations alone: the ``truth`` argument only
 feeds the per-iteration trace, so a fit with ``truth=None`` must give the identical estimate.
@@ -22,7 +23,7 @@ import pytest
 import colora_jax as cj
 
 SUCCESS = 1e-3  # stacked relative error of an exact recovery (the scripts' and the CLI's)
-TRIALS = 40
+USERS = 24
 
 
 def dof(model: str, users: int, d: int, r: int) -> float:
@@ -30,13 +31,13 @@ def dof(model: str, users: int, d: int, r: int) -> float:
     return r * r + r * (2 * d - 2 * r) / users if model == "sensing" else r + (d - r) / users
 
 
-def success_rates(model: str, method: str, samples: list[int], users: int = 20, d: int = 8, r: int = 2):
-    pc = cj.ProblemConfig(model=model, users=users, d_out=d, d_in=d, rank=r, samples=max(samples))
+def success_rates(model: str, method: str, samples: list[int], trials: int = 40, d: int = 8, r: int = 2):
+    pc = cj.ProblemConfig(model=model, users=USERS, d_out=d, d_in=d, rank=r, samples=max(samples))
     out = cj.run_trials(
         jax.random.key(11),
         pc,
         cj.FitConfig(rank=r, iters=50),
-        TRIALS,
+        trials,
         samples=samples,
         method=method,
         pad_ratio=math.inf,
@@ -46,7 +47,7 @@ def success_rates(model: str, method: str, samples: list[int], users: int = 20, 
 
 @pytest.mark.parametrize("model", ["sensing", "regression"])
 def test_altmin_recovers_at_twice_the_dof_count_and_not_below_it(model):
-    m = dof(model, 20, 8, 2)
+    m = dof(model, USERS, 8, 2)
     low, high = max(math.floor(0.9 * m), cj.min_samples(model, 2, "full")), math.ceil(2 * m)
     assert low < m
     rates = success_rates(model, "colora", [low, high])
@@ -54,12 +55,11 @@ def test_altmin_recovers_at_twice_the_dof_count_and_not_below_it(model):
     assert rates[0] <= 0.1, f"AltMin recovered {rates[0]:.0%} at n={low} < m* = {m:.2f}: more than the data determine"
 
 
-def test_varpro_recovers_at_its_aim_and_not_below_the_dof_count():
-    m = dof("sensing", 20, 8, 2)
-    low, n = math.floor(0.9 * m), math.ceil(1.2 * m)
-    rates = success_rates("sensing", "colora-varpro", [low, n])
-    assert rates[1] >= 0.9, f"VarPro recovered {rates[1]:.0%} at n={n} = {n / m:.2f} m* (aim: >= 90% at 1.2 m*)"
-    assert rates[0] <= 0.1, f"VarPro recovered {rates[0]:.0%} at n={low} < m* = {m:.2f}: more than the data determine"
+def test_varpro_recovers_at_its_aim():
+    m = dof("sensing", USERS, 8, 2)
+    n = math.ceil(1.2 * m - 1e-9)
+    (rate,) = success_rates("sensing", "colora-varpro", [n], trials=20)
+    assert rate >= 0.9, f"VarPro recovered {rate:.0%} at n={n} = {n / m:.2f} m* (aim: >= 90% at 1.2 m*)"
 
 
 LEAK_METHODS = [name for name, m in cj.METHODS.items() if not m.needs_truth]
