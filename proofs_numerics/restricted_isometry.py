@@ -20,13 +20,15 @@ Theory (the upper edge of a Gaussian operator on a set of dimension p seen throu
 * regression: ||Z x||^2 over unit rank-R Z is at most the top eigenvalue of x x^T, so per-user
   p = d_in (the Marchenko-Pastur edge); pooled p(k) = R + (d_in - R) / k.
 
-Both constants are bounded below by maximizing and minimizing the ratio with Adam from random
-starts (a local search: a lower bound on the supremum).
+Both constants are bounded below. Per-user: each user's own constant over rank-R matrices (the
+set's single-user directions), the largest over users; in regression exactly (the extreme
+eigenvalues of X_i^T X_i / n), in sensing by maximizing and minimizing with Adam. Pooled: the
+balanced ratio maximized and minimized with Adam from random starts (a local search).
 
 Claims (bounds fixed before the run; 30% for the asymptotic edge formula and the local search):
 
-1. Per-user: at fixed n the maximized bound does not fall with k: fitted log-log slope in k
-   within [-0.1, 0.1] (95% interval).
+1. Per-user: at fixed n the bound does not fall with k: fitted log-log slope in k >= -0.1 (95%
+   interval; it may rise a little, the largest of k users' constants).
 2. Per-user: measured / predicted within [0.7, 1.3] at every (k, n) (median over operators).
 3. Pooled: measured / predicted within [0.7, 1.3] at every (k, n): it falls with k at fixed n
    toward the personal floor 2 sqrt(R^2/n) + R^2/n (sensing).
@@ -77,10 +79,10 @@ class Config:
     users: tuple[int, ...] = (1, 4, 16, 64)  # k in the users series
     fixed_users: int = 8  # k in the samples series
     samples: tuple[int, ...] = (40, 160, 640)  # n in the samples series
-    steps: int = 200  # Adam steps per maximization
+    steps: int = 150  # Adam steps per maximization
     learning_rate: float = 0.05  # Adam learning rate of the ascent
-    trials: int = 6  # independent operators per point (median interval: min to max of 6)
-    flat_slope: float = 0.1  # claim 1: |slope in k| of the per-user bound
+    trials: int = 9  # independent operators per point (median interval: order statistics 2-8 of 9)
+    flat_slope: float = 0.1  # claim 1: the per-user bound's slope in k is at least -this
     tolerance: float = 0.3  # claims 2, 3: measured / predicted within 1 +- this
     level: float = 0.95  # confidence level of every interval
 
@@ -136,28 +138,43 @@ def ratios(X, model: str, U, V, S):
 
 
 def isometry_trial(key, problem_config: ProblemConfig, fit_config: FitConfig):
-    """Maximized |ratio - 1| over the whole set (per-user) and over balanced directions (pooled)."""
+    """(per-user bound, pooled bound) of one operator.
+
+    Per-user: the set holds every single-user direction (Z_j = 0 for j != i), so each user's own
+    restricted isometry constant over rank-R matrices bounds delta from below; the largest over
+    users is reported. Sensing: maximized and minimized by Adam, user by user. Regression: exact,
+    ``max(lambda_max - 1, 1 - lambda_min)`` of the user's ``X_i^T X_i / n`` (a rank-one Z = u v^T
+    reaches it). Pooled: the balanced ratio maximized and minimized by Adam over (U, V, S_1..S_k).
+    """
     pc, R = problem_config, fit_config.rank
-    kx, ka = jax.random.split(key)
+    kx, ka, ku = jax.random.split(key, 3)
     zeros = jnp.zeros((pc.users, pc.d_out, pc.d_in), pc.dtype)
     X = measure(kx, zeros, pc.samples, 0.0, pc.model).X
     opt = optax.adam(fit_config.learning_rate)
 
-    def extreme(key, which, sign):
-        objective = lambda p: ratios(X, pc.model, *p)[which]
-
+    def extreme(objective, key, users, sign):
         def step(carry, _):
             params, state = carry
             grads = jax.grad(lambda p: -sign * objective(p))(params)
             updates, state = opt.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), None
 
-        params = _direction(key, pc.users, pc.d_out, pc.d_in, R, pc.dtype)
+        params = _direction(key, users, pc.d_out, pc.d_in, R, pc.dtype)
         (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=fit_config.iters)
         return jnp.abs(objective(params) - 1)
 
-    keys = jax.random.split(ka, 4)
-    return tuple(jnp.maximum(extreme(keys[2 * w], w, 1.0), extreme(keys[2 * w + 1], w, -1.0)) for w in (0, 1))
+    def both(objective, key, users):
+        k1, k2 = jax.random.split(key)
+        return jnp.maximum(extreme(objective, k1, users, 1.0), extreme(objective, k2, users, -1.0))
+
+    if pc.model == "regression":
+        lam = jnp.linalg.eigvalsh(jnp.einsum("kni,knj->kij", X, X) / pc.samples)
+        per_user = jnp.max(jnp.maximum(lam[:, -1] - 1, 1 - lam[:, 0]))
+    else:
+        single = lambda Xi, k: both(lambda p: ratios(Xi[None], pc.model, *p)[0], k, 1)
+        per_user = jnp.max(jax.vmap(single)(X, jax.random.split(ku, pc.users)))
+    pooled = both(lambda p: ratios(X, pc.model, *p)[1], ka, pc.users)
+    return per_user, pooled
 
 
 @functools.lru_cache(maxsize=32)
@@ -191,13 +208,13 @@ def main() -> None:
     config = SMOKE if args.smoke else Config()
     started = time.time()
     labelled = cells(config)
-    sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=per_cell(isometry_cell), tag="isometry-v2")
+    sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=per_cell(isometry_cell), tag="isometry-v3")
     values = {label: res for (label, _), res in zip(labelled, sw.results)}
     claims = _common.Claims()
     fig, axes = plotting.panels(2 * len(config.models), rows=len(config.models), width=5.2, height=3.9)
     results, measured = {}, {}
     colors = {"per_user": "tab:red", "pooled": "tab:blue"}
-    label = {"per_user": "per-user (whole set)", "pooled": "pooled (balanced directions)"}
+    label = {"per_user": "per-user (largest single-user constant)", "pooled": "pooled (balanced directions)"}
     for row, model in enumerate(config.models):
         results[model] = {}
         for ax, (series, pts, x_of, xlabel) in zip(
@@ -273,8 +290,8 @@ def main() -> None:
         f" 25-75% over {config.trials} operators; dotted: theory",
     )
     claim = (
-        "the per-user restricted isometry bound does not improve with k (slope in k within"
-        f" +-{config.flat_slope}) and both the per-user and the pooled bounds follow the Gaussian edge"
+        "the per-user restricted isometry bound does not improve with k (slope in k >="
+        f" -{config.flat_slope}) and both the per-user and the pooled bounds follow the Gaussian edge"
         f" 2 sqrt(p/n) + p/n within {config.tolerance:.0%} (both models)"
     )
     _common.finish(
