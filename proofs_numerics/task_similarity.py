@@ -290,6 +290,7 @@ def main() -> None:
         ylog=True,
         title=f"tilted tasks: {config.model}, k={config.users}, n={config.samples}, noise {config.noise:g}",
     )
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
     bx = axes[1]
     het = np.array([1 - m for m in means])
     x = np.where(het > 0, het, 1e-4)
@@ -297,7 +298,11 @@ def main() -> None:
         color, marker = STYLE[m]
         plotting.band(bx, x, err[m][:, idx].T, m, color=color, marker=marker, log=True)
     bx.plot(
-        x, np.sqrt(het * (1 - 1 / config.users)), color="tab:green", ls=":", label="global's bias sqrt((1-m)(1-1/k))"
+        x[het > 0],
+        np.sqrt(het[het > 0] * (1 - 1 / config.users)),
+        color="tab:green",
+        ls=":",
+        label="global's bias sqrt((1-m)(1-1/k))",
     )
     plotting.grid_axes(
         bx,
