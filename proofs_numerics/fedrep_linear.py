@@ -280,7 +280,7 @@ def main() -> None:
             ylog=True,
             title=f"n={n}: rounds to 1e-2 " + ", ".join(f"{m} {rounds[m].median:g}" for m in METHOD),
         )
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="center right")
     sx = axes[len(config.samples)]
     for label in ("fedrep", "fedsgd"):
         vals = grid(config, label)
