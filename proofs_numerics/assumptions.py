@@ -155,7 +155,7 @@ def diversity(config: Config, variant: str) -> float:
             idx = np.arange(config.rank) * (config.rank + 1)
             G = G[np.ix_(idx, idx)]
         eig = np.linalg.eigvalsh(G)
-        values.append(eig[0] / eig.mean())
+        values.append(max(eig[0], 0.0) / eig.mean())  # clipped: rounding can make a zero eigenvalue -1e-17
     return float(np.median(values))
 
 
