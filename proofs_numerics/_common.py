@@ -243,6 +243,16 @@ class Claims:
         }
 
 
+def plain_log_ticks(ax, axis: str = "y") -> None:
+    """Label a log axis with plain numbers (20, 0.002) instead of 2x10^1, minor ticks included
+    where the axis spans less than two decades."""
+    import matplotlib.ticker as ticker
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(ticker.LogFormatter())
+    target.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(2, 0.5)))
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process so far (a timing that other jobs' load does not inflate)."""
     import resource

@@ -156,6 +156,7 @@ def main() -> None:
             xticks=x,
             title=f"threshold against {label.split(' ')[-1]} ({fixed})",
         )
+        _common.plain_log_ticks(ax)
     figure = plotting.save(
         fig,
         os.path.join(args.out, f"{NAME}.png"),

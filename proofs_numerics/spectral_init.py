@@ -224,6 +224,7 @@ def main() -> None:
             ylog=True,
             title=f"{model}: dotted: predicted (no fitted constant); dashed: first-order limit",
         )
+        _common.plain_log_ticks(ax)
     figure = plotting.save(
         fig,
         os.path.join(args.out, f"{NAME}.png"),
