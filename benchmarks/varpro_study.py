@@ -45,10 +45,11 @@ RESULTS = os.path.join("results", "varpro")
 # name -> options of fit_varpro (None: AltMin, fit's own algorithm)
 METHODS: dict[str, dict | None] = {
     "altmin": None,
-    "varpro": {},  # the defaults: Kaufman Jacobian, ridge continuation
-    "varpro-plain": {"continuation": False},  # no continuation: LM from the spectral start
-    "varpro-gp": {"jacobian": "golub-pereyra"},  # full Golub-Pereyra Jacobian, with continuation
-    "varpro-gp-plain": {"jacobian": "golub-pereyra", "continuation": False},
+    "varpro": {},  # the defaults: Kaufman Jacobian, ridge continuation as a fallback
+    "varpro-plain": {"continuation": "never"},  # no continuation: LM from the spectral start
+    "varpro-always": {"continuation": "always"},  # the continuation before every fit
+    "varpro-gp": {"jacobian": "golub-pereyra"},  # full Golub-Pereyra Jacobian (continuation as a fallback)
+    "varpro-gp-plain": {"jacobian": "golub-pereyra", "continuation": "never"},
     "varpro-slow": {"ridge_decay": 0.96},  # twice as many continuation iterations
     "varpro-restarts4": {"restarts": 4},  # the spectral path and 4 from random starts; lowest objective wins
 }
@@ -98,14 +99,15 @@ def _fit(obs, fc, key, truth, method):
 def _one(key, n, pc: cj.ProblemConfig, fc: cj.FitConfig, method: str):
     kp, kf = jax.random.split(key)
     problem = cj.generate(kp, pc)
-    est, trace = _fit(_masked(problem.train, n), fc, kf, problem.truth, method)
+    obs = _masked(problem.train, n)
+    est, trace = _fit(obs, fc, kf, problem.truth, method)
     it = trace.iterations
     W = est.W
     return dict(
         rel_error=cj.relative_error(W, problem.truth.W),
         iterations=it,
         objective_ratio=trace.objective[it] / trace.objective[0],  # (VarPro: index 0 is after the continuation)
-        residual_fraction=trace.objective[it] * problem.train.Y.size / jnp.sum(jnp.square(problem.train.Y[:, :n])),
+        residual_fraction=trace.objective[it] * problem.train.Y.size / jnp.sum(jnp.square(obs.Y)),
         distance_start=jnp.maximum(trace.subspace_distance_U[0], trace.subspace_distance_V[0]),
         distance_end=jnp.maximum(trace.subspace_distance_U[it], trace.subspace_distance_V[it]),
         personal_norm=jnp.max(jnp.linalg.norm(est.S, axis=(1, 2))),  # blow-up of the personal solves
@@ -149,7 +151,7 @@ def _load(path: str) -> list[dict]:
 
 
 def _key(rec: dict) -> tuple:
-    return (rec["model"], rec["users"], rec["method"], rec["init"], rec["trials"], rec["x64"])
+    return (rec["model"], rec["users"], rec["method"], rec["init"], rec["trials"], rec["x64"], len(rec["samples"]))
 
 
 def phase(args) -> None:
@@ -158,13 +160,14 @@ def phase(args) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     done = {_key(r) for r in _load(path)}
     for users in [int(u) for u in args.users.split(",")]:
-        ns = sample_sizes(args.model, users, g)
+        ns = [n for n in sample_sizes(args.model, users, g) if n <= args.max_ratio * m_star(args.model, users, g)]
         pc = cj.ProblemConfig(model=args.model, users=users, d_out=g.d_out, d_in=g.d_in, rank=g.rank,
                               samples=max(ns), test_samples=0, x64=args.x64)
         fc = cj.FitConfig(rank=g.rank, iters=g.iters, tol=g.tol, init=args.init)
         keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(g.seed), t))(jnp.arange(args.trials))
         for method in args.methods.split(","):
-            rec = dict(model=args.model, users=users, method=method, init=args.init, trials=args.trials, x64=args.x64)
+            rec = dict(model=args.model, users=users, method=method, init=args.init, trials=args.trials, x64=args.x64,
+                       samples=ns)
             if _key(rec) in done:
                 continue
             t0 = time.time()
@@ -250,7 +253,7 @@ def cost(args) -> None:
             options = METHODS[method]
             fit = lambda o, t, fc, opts: (cj.fit(o, fc, truth=t) if opts is None else fit_varpro(o, fc, truth=t, **opts))
             # per iteration: 1 and 11 iterations of the fit proper on noisy data (tol 0), no continuation
-            plain = None if options is None else {**options, "continuation": False}
+            plain = None if options is None else {**options, "continuation": "never"}
             per = []
             for iters in (1, 11):
                 fc = cj.FitConfig(iters=iters, tol=0.0)
@@ -289,6 +292,7 @@ def main() -> None:
     ph.add_argument("--trials", type=int, default=50)
     ph.add_argument("--init", default="spectral", choices=["spectral", "random"])
     ph.add_argument("--x64", action="store_true")
+    ph.add_argument("--max-ratio", type=float, default=math.inf, help="keep the grid's n <= this times m*(k)")
     su = sub.add_parser("summary")
     su.add_argument("--model", default=None)
     su.add_argument("--init", default="spectral")

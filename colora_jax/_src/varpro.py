@@ -70,6 +70,7 @@ from colora_jax._src.streaming import stored_blocks
 from colora_jax._src.trials import TrialResult, evaluate
 
 JACOBIANS: tuple[str, ...] = ("kaufman", "golub-pereyra")
+CONTINUATIONS: tuple[str, ...] = ("fallback", "always", "never")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,9 @@ class VarProOptions:
     jacobian: str = "kaufman"  # reduced-residual Jacobian: "kaufman" (approximation) or "golub-pereyra" (full)
     damping: float = 1e-3  # initial LM damping mu, relative to the largest diagonal entry of the normal matrix
     max_tries: int = 10  # damped steps tried in one iteration (mu grows 2x, 4x, 8x, ...) before it gives up
-    continuation: bool = True  # ridge continuation before the fit proper (see ``continuation``)
+    continuation: str = "fallback"  # ridge continuation (see ``continuation``): "always" before the fit; "never";
+    #   "fallback": only when the plain fit from the start does not reach the stopping floor (an exact fit),
+    #   then the lower final objective of the two fits wins
     ridge_start: float = 10.0  # continuation: first ridge on the personal parts, relative to each user's Gram scale
     ridge_stop: float = 0.1  # continuation: last ridge; the fit proper (no ridge) follows
     ridge_decay: float = 0.92  # continuation: the ridge's factor per iteration (one LM iteration per ridge)
@@ -88,11 +91,13 @@ class VarProOptions:
     @property
     def continuation_iterations(self) -> int:
         """LM iterations of the continuation: ridges ``ridge_start * ridge_decay^t >= ridge_stop``."""
-        if not self.continuation:
+        if self.continuation == "never":
             return 0
         return 1 + int(math.floor(math.log(self.ridge_stop / self.ridge_start) / math.log(self.ridge_decay) + 1e-9))
 
     def validate(self) -> "VarProOptions":
+        if self.continuation not in CONTINUATIONS:
+            raise ValueError(f"unknown continuation {self.continuation!r}: choose one of {', '.join(CONTINUATIONS)}")
         if self.jacobian not in JACOBIANS:
             raise ValueError(f"unknown jacobian {self.jacobian!r}: choose one of {', '.join(JACOBIANS)}")
         if not self.damping > 0:
@@ -521,7 +526,7 @@ def _metrics(p: Estimate, sse, count, truth: GroundTruth | None, axis_name):
     return f, subspace_distance(p.U, truth.U), subspace_distance(p.V, truth.V), jnp.sqrt(err2 / ref2)
 
 
-def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions"):
+def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions", skip=False):
     """Ridge continuation: one LM iteration on ``phi_alpha(U, V) = min_S f + sum_i alpha lambda_i ||S_i||^2``
     for each ``alpha = ridge_start * ridge_decay^t >= ridge_stop`` (``lambda_i = ridge_scale_i``,
     each user's Gram scale).
@@ -535,28 +540,38 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions
     Args:
       evaluate_at: ``(U, V, alpha) -> Point`` with the ridge ``alpha``.
       normal: ``Point -> (N, g)`` pooled over users.
+      skip: a (traced) flag: no iteration at all (a ``while_loop``, so a batch skips when all do).
 
     Returns:
       ``(U, V, mu)`` at the end of the path.
     """
     decay = jnp.asarray(opts.ridge_decay, U.dtype)
 
-    def stage(t, carry):
-        U, V, mu = carry
+    def stage(carry):
+        t, U, V, mu = carry
         ev = lambda U_, V_: evaluate_at(U_, V_, opts.ridge_start * decay**t)
         pt = ev(U, V)
         pt, mu, _ = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries)
-        return pt.U, pt.V, mu
+        return t + 1, pt.U, pt.V, mu
 
-    return jax.lax.fori_loop(0, opts.continuation_iterations, stage, (U, V, mu))
+    going = lambda carry: (carry[0] < opts.continuation_iterations) & ~jnp.asarray(skip)
+    _, U, V, mu = jax.lax.while_loop(going, stage, (jnp.asarray(0), U, V, mu))
+    return U, V, mu
 
 
-def _run(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: "VarProOptions", diag: bool, floor, dtype):
-    """Continuation (if asked), then LM iterations under ``altmin.iterate`` (the shared stopping rules)."""
-    mu = jnp.asarray(opts.damping, dtype)
-    U, V = retract(U, V, diag)
-    if opts.continuation:
-        U, V, mu = continuation(evaluate_at, normal, U, V, mu, diag, opts)
+class _Fit(NamedTuple):
+    point: Point
+    buffers: tuple  # the trace's per-iteration arrays (objective first)
+    iterations: Array
+    converged: Array
+
+    @property
+    def final_objective(self):
+        return self.buffers[0][self.iterations]
+
+
+def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: "VarProOptions", diag: bool, floor):
+    """LM iterations from ``(U, V)`` under ``altmin.iterate`` (the shared stopping rules and trace)."""
     pt = evaluate_at(U, V, None)
     ev = lambda U_, V_: evaluate_at(U_, V_, None)
 
@@ -568,7 +583,26 @@ def _run(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: "VarProOpt
     (pt, _, _), buffers, iterations, done = iterate(
         advance, (pt, mu, jnp.asarray(False)), metrics(pt), config.iters, config.tol, floor
     )
-    return pt, buffers, iterations, done
+    return _Fit(pt, buffers, iterations, done)
+
+
+def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: "VarProOptions", diag: bool, floor) -> _Fit:
+    """One fit from the start ``(U, V)``, with the ridge continuation as ``opts.continuation`` says."""
+    U, V = retract(U, V, diag)
+    mu = jnp.asarray(opts.damping, U.dtype)
+    fit = lambda U_, V_, mu_: _lm_fit(evaluate_at, normal, metrics, U_, V_, mu_, config, opts, diag, floor)
+    if opts.continuation == "never":
+        return fit(U, V, mu)
+    if opts.continuation == "always":
+        return fit(*continuation(evaluate_at, normal, U, V, mu, diag, opts))
+    first = fit(U, V, mu)
+    exact = first.final_objective <= floor  # the plain fit interpolates the data: nothing to fall back for
+    Uc, Vc, mu_c = continuation(evaluate_at, normal, U, V, mu, diag, opts, skip=exact)
+    # when exact, the second fit starts where the first ended and stops at once (at the floor)
+    Uc, Vc = jnp.where(exact, first.point.U, Uc), jnp.where(exact, first.point.V, Vc)
+    second = fit(Uc, Vc, mu_c)
+    keep_first = exact | (first.final_objective <= second.final_objective)
+    return jax.tree.map(lambda a, b: jnp.where(keep_first, a, b), first, second)
 
 
 def fit_varpro(
@@ -620,7 +654,7 @@ def fit_varpro(
     gp = opts.jacobian == "golub-pereyra"
     d = blocks.design(observations)
     count, floor = _counts(observations, d, axis_name)
-    scale = ridge_scale(d) if opts.continuation else None
+    scale = ridge_scale(d) if opts.continuation != "never" else None
     evaluate_at = lambda U, V, alpha: evaluate_point(d, U, V, diag, axis_name, ridge=None if alpha is None else alpha * scale)
 
     def normal(pt):
@@ -628,7 +662,7 @@ def fit_varpro(
         return blocks.pool(N, axis_name), blocks.pool(g, axis_name)
 
     metrics = lambda q: _metrics(Estimate(q.U, q.V, q.S), q.sse, count, truth, axis_name)
-    run = lambda U, V: _run(evaluate_at, normal, metrics, U, V, config, opts, diag, floor, d.X.dtype)
+    run = lambda U, V: _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, floor)
     U, V = initialize(d, config, key, axis_name)
     if not opts.restarts:
         pt, buffers, iterations, done = run(U, V)
@@ -640,8 +674,8 @@ def fit_varpro(
         Us, Vs = jax.vmap(lambda kk: initialize(d, random_init, kk, axis_name))(keys)
         Us, Vs = jnp.concatenate([U[None], Us]), jnp.concatenate([V[None], Vs])
         runs = jax.vmap(run)(Us, Vs)
-        final = jax.vmap(lambda b, it: b[0][it])(runs[1], runs[2])
-        pt, buffers, iterations, done = jax.tree.map(lambda a: a[jnp.argmin(final)], runs)
+        best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))
+        pt, buffers, iterations, done = jax.tree.map(lambda a: a[best], runs)
     finite = jnp.all(jnp.isfinite(observations.X)) & jnp.all(jnp.isfinite(observations.Y))
     finite = blocks.pool((~finite).astype(jnp.int32), axis_name) == 0
     return Estimate(pt.U, pt.V, pt.S), Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
@@ -754,7 +788,7 @@ def fit_varpro_chunks(
         dV = nan if truth_V is None else subspace_distance(pt.V, truth_V)
         return pt.sse / count, dU, dV, nan
 
-    pt, buffers, iterations, done = _run(evaluate_at, normal, metrics, U, V, config, opts, diag, floor, dtype)
+    pt, buffers, iterations, done = _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, floor)
     finite = pool(bad) == 0
     return Estimate(pt.U, pt.V, pt.S), Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
 
