@@ -26,6 +26,7 @@ data and the optional test data come from independent ``fold_in`` streams of the
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +205,7 @@ def shared_factors(key: PRNGKeyArray, config: ProblemConfig) -> tuple[Float[Arra
     return orthonormal(g[:d_out]), orthonormal(g[d_out:])
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def generate_truth(key: PRNGKeyArray, config: ProblemConfig, noise=None, first_user=0) -> GroundTruth:
     """Draw the planted shared factors, per-user tilts, personal parts and deviations.
 
@@ -236,6 +238,7 @@ def generate_truth(key: PRNGKeyArray, config: ProblemConfig, noise=None, first_u
     return GroundTruth(U=U, V=V, S=S, U_users=U_users, V_users=V_users, W=W, noise=noise)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 4))
 def measure(
     key: PRNGKeyArray, W: Float[Array, "k d_out d_in"], samples: int, noise, model: str, first_user=0
 ) -> Observations:
@@ -257,6 +260,7 @@ def measure(
     return Observations(X=X, Y=clean + jnp.asarray(noise, W.dtype) * e, model=model)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def generate(key: PRNGKeyArray, config: ProblemConfig, *, noise=None, first_user=0) -> Problem:
     """Generate a planted problem deterministically from ``key``.
 
@@ -268,6 +272,9 @@ def generate(key: PRNGKeyArray, config: ProblemConfig, *, noise=None, first_user
         sweep over noise levels).
       first_user: generate users ``first_user .. first_user + config.users - 1`` of the
         problem's users (one chunk; ``streaming.generate_chunks``); may be traced.
+
+    One compiled program per configuration (``jax.jit``; traced into the caller's program when
+    called inside a transformation).
 
     Returns:
       ``Problem(truth, train, test)``; ``test`` has ``config.test_samples`` per user.

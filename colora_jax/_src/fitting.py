@@ -22,6 +22,7 @@ Entries past ``iterations`` are NaN.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -371,7 +372,7 @@ def fit(
       observations: the users' training data (``Observations``; ``counts`` selects a prefix
         of each user's samples).
       config: static settings: ``algorithm`` (a name in ``registry.ALGORITHMS``: altmin,
-        altgd, adam, varpro), rank, personal part, iterations, tolerance, initialization.
+        altgd, adam, varpro, centered), rank, personal part, iterations, tolerance, initialization.
       key: PRNG key, needed only for ``init="random"``.
       truth: optional ground truth; when given, the trace records distances to it.
       optimizer: for ``algorithm="adam"``: any optax transformation (default
@@ -384,16 +385,27 @@ def fit(
       adam) once the objective's relative decrease is below ``config.tol``, or when the
       objective reaches ``(10 eps)^2`` times the mean squared measurement.
 
-    Example (jit at the call site, configs closed over as static values):
+    Called on concrete arrays, ``fit`` checks them (NaN or inf in a used sample is a ValueError)
+    and runs as one compiled program (cached per configuration and shapes); inside ``jit``,
+    ``vmap`` or ``shard_map`` it is traced into the caller's program.
+
+    Example:
       >>> import jax, colora_jax as cj
       >>> pc = cj.ProblemConfig(model="sensing", users=20, d_out=8, d_in=8, rank=2, samples=24)
-      >>> problem = jax.jit(cj.generate, static_argnums=1)(jax.random.key(0), pc)
-      >>> run = jax.jit(lambda obs, truth: cj.fit(obs, cj.FitConfig(rank=2), truth=truth))
-      >>> estimate, trace = run(problem.train, problem.truth)
+      >>> problem = cj.generate(jax.random.key(0), pc)
+      >>> estimate, trace = cj.fit(problem.train, cj.FitConfig(rank=2), truth=problem.truth)
       >>> bool(trace.rel_error[trace.iterations] < 1e-3), estimate.S.shape
       (True, (20, 2, 2))
     """
     config.validate()
+    check_observations(observations, config.rank, config.personal)
+    check_counts(observations, config.rank, config.personal)
+    check_finite(observations)
+    return _fit(observations, config, key, truth, optimizer, axis_name)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def _fit(observations, config, key, truth, optimizer, axis_name):
     extra = {} if optimizer is None else {"optimizer": optimizer}  # only the first-order algorithms take one
     return registry.algorithm(config.algorithm).fit(observations, config, key=key, truth=truth, axis_name=axis_name,
                                                     **extra)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 from jaxtyping import PRNGKeyArray
 
 from colora_jax._src import registry
@@ -39,9 +42,14 @@ def fit_method(
       ``MethodFit(W, U, V, trace)``. Raises ValueError (at trace time) if the method cannot
       run on these observations, e.g. a personal least squares with too few samples.
     """
-    entry = registry.method(method)
+    registry.method(method)
     fit_config.validate()
-    return entry.fit(observations, fit_config, key=key, truth=truth, **options)
+    return _fit_method(method, observations, fit_config, key, truth, tuple(sorted(options.items())))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 5))
+def _fit_method(method, observations, fit_config, key, truth, options):
+    return registry.method(method).fit(observations, fit_config, key=key, truth=truth, **dict(options))
 
 
 def parameter_counts(method: str, problem_config: ProblemConfig | SharedInputConfig) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from colora_jax._src.data import STREAM_VERSION
 from colora_jax._src.provenance import code_version
 from colora_jax._src.serialization import to_jsonable
 from colora_jax._src.shared_input import SharedInputConfig
-from colora_jax._src.trials import method_evaluator, run_trials
+from colora_jax._src.trials import method_evaluator, plan_trials
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +94,9 @@ def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = metho
         raise ValueError("cell_trials computes cells that differ only in problem.samples: group them with group_key")
     for c in cells:
         c.problem.validate()
-    problem = dataclasses.replace(first.problem, samples=first.generated_samples())
-    return run_trials(jax.random.key(first.seed), problem, first.fit, first.trials, samples=[c.problem.samples for c in cells],
-                      fn=fn_for(first.method))
+    plan = plan_trials(first.problem, first.fit, first.trials, samples=[c.problem.samples for c in cells],
+                       fn=fn_for(first.method), generate_samples=first.generated_samples())
+    return plan.run(jax.random.key(first.seed))
 
 
 def run_cells(cells: Sequence[Cell], trace: bool = False, fn_for: Callable[[str], Callable] = method_evaluator) -> list:

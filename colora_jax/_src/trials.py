@@ -66,6 +66,7 @@ def population_risk(W: Float[Array, "k d_out d_in"], truth: GroundTruth, model: 
     return mse, mse / (jnp.mean(jnp.sum(jnp.square(truth.W), axis=(1, 2))) + noise_var)
 
 
+@jax.jit
 def evaluate(W: Float[Array, "k d_out d_in"], problem: Problem, U=None, V=None) -> Evaluation:
     """Score users' matrices ``W`` (and shared factors, if the method has them) on a problem.
 
@@ -261,7 +262,7 @@ def run_trials(
     samples: int | Sequence[int] | None = None,
     noise: float | None = None,
     batch: int | None = None,
-    pad_ratio: float = 2.0,
+    pad_ratio: float = float("inf"),
     fn: Callable | None = None,
     on_batch: Callable[[int], None] | None = None,
 ):
@@ -280,7 +281,8 @@ def run_trials(
       batch: trials per compiled call (default ``default_batch``). The last batch is padded
         to the same size, so one executable serves the whole run.
       pad_ratio: sample counts within this ratio of each other share one compiled program
-        (``sample_buckets``): fewer compiles against fits that carry unused rows.
+        (``sample_buckets``; default one program for every count): a fit on ``n`` of ``N``
+        stored samples costs what one on ``N`` does, so a finite ratio trades compiles for that.
       fn: a per-problem function ``fn(problem, key, fit_config)`` replacing ``method``
         (hashable and stable: a module-level function or a cached partial).
       on_batch: called with the number of trials finished after each batch (progress bars).
@@ -349,10 +351,16 @@ def plan_trials(
     method: str = "colora",
     samples: int | Sequence[int] | None = None,
     batch: int | None = None,
-    pad_ratio: float = 2.0,
+    pad_ratio: float = float("inf"),
     fn: Callable | None = None,
+    generate_samples: int | None = None,
 ) -> TrialPlan:
-    """Validate a ``run_trials`` call and compile its programs (one per ``sample_buckets`` group)."""
+    """Validate a ``run_trials`` call and compile its programs (one per ``sample_buckets`` group).
+
+    ``generate_samples`` fixes how many samples per user are drawn (at least the largest count;
+    one program for all counts), e.g. a sweep cell's ``pad_samples``, so that a cell's result
+    does not depend on which other cells share its call.
+    """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     if not pad_ratio >= 1:
@@ -365,9 +373,12 @@ def plan_trials(
         raise ValueError("samples is an empty list: give at least one sample count")
     check_samples(problem_config, fit_config, grid)
     fn = fn or method_evaluator(method)
+    if generate_samples is not None and generate_samples < max(grid):
+        raise ValueError(f"generate_samples={generate_samples} is below the largest sample count {max(grid)}")
     programs = []
-    for counts in sample_buckets(grid, pad_ratio):
-        generated = generated_config(problem_config, counts)
+    buckets = [sorted(set(grid))] if generate_samples is not None else sample_buckets(grid, pad_ratio)
+    for counts in buckets:
+        generated = generated_config(problem_config, counts if generate_samples is None else [generate_samples])
         check_memory(generated)
         size = default_batch(generated, trials) if batch is None else max(1, min(batch, trials))
         programs.append(_Program(counts, generated, size, compiled_trials(generated, fit_config, size, fn=fn)))
