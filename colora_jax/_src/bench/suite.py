@@ -228,7 +228,7 @@ def run(quick: bool, sections=SECTIONS) -> dict:
     if "versus_numpy" in sections:
         trials, numpy_trials = (4, 1) if quick else (128, 10)
         out["versus_numpy"] = []
-        for n in (16, 80):
+        for n in (16,) if quick else (16, 80):
             _stage(f"colora vs NumPy, sensing n={n}")
             out["versus_numpy"].append(versus_numpy(n, trials, numpy_trials))
     ks = (64, 128) if quick else (1_000, 10_000, 100_000)
