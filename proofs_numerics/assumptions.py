@@ -82,7 +82,7 @@ SMOKE = Config(
     users=3,
     d_out=5,
     d_in=5,
-    variants=("base", "condition 10", "g = 1 distinct S*", "diagonal S*"),
+    variants=("base", "g = 1 distinct S*", "diagonal S*"),
     grid_hi=1.8,
     trials=4,
     iters=15,

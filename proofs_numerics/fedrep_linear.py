@@ -82,7 +82,7 @@ SMOKE = Config(
     problem=dataclasses.replace(FEDREP_SYNTHETIC, users=8, d_in=6, test_samples=5),
     samples=(5, 10),
     rounds=10,
-    fedrep_steps=(0.5, 1.0),
+    fedrep_steps=(1.0,),
     fedsgd_rates=(0.1,),
     trials=2,
     bars_samples=10,

@@ -80,7 +80,7 @@ SMOKE = Config(
     method_users=((1, 4), (4,)),
     grid_hi=(1.6, 1.3),
     grid_ratio=1.2,
-    trials=(6, 6),
+    trials=(6, 2),
     iters=15,
 )
 
