@@ -262,7 +262,6 @@ def main() -> None:
                         fit.low,
                         fit.high,
                         lower=-config.flat_slope,
-                        upper=config.flat_slope,
                         source="single-user directions lie in the set for every k",
                     )
                     measured[f"{model}_per_user_slope_in_k"] = round(fit.slope, 3)
