@@ -275,6 +275,7 @@ def main() -> None:
                 xticks=x,
                 title=f"{model}: {fixed}, {config.d_out}x{config.d_in}, differences of rank {2 * config.rank}",
             )
+            _common.plain_log_ticks(ax)
         measured[f"{model}_pooled_over_per_user_at_k{config.users[-1]}"] = round(
             float(
                 np.median(values[(model, config.users[-1], config.fixed_samples)]["pooled"])
