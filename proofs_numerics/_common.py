@@ -244,13 +244,19 @@ class Claims:
 
 
 def plain_log_ticks(ax, axis: str = "y") -> None:
-    """Label a log axis with plain numbers (20, 0.002) instead of 2x10^1, minor ticks included
-    where the axis spans less than two decades."""
+    """Label a log axis with plain numbers (20, 0.002) instead of 2x10^1: decades and, between
+    them, the multiples 2, 3 and 5."""
     import matplotlib.ticker as ticker
 
+    def label(value, _):
+        if value <= 0:
+            return ""
+        mantissa = round(value / 10 ** np.floor(np.log10(value) + 1e-9), 6)
+        return f"{value:g}" if mantissa in (1, 2, 3, 5) else ""
+
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(ticker.LogFormatter())
-    target.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(2, 0.5)))
+    target.set_major_formatter(ticker.FuncFormatter(label))
+    target.set_minor_formatter(ticker.FuncFormatter(label))
 
 
 def cpu_seconds() -> float:

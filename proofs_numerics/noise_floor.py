@@ -204,6 +204,7 @@ def main() -> None:
             xticks=config.users,
             title=f"{model}: error against users ({config.users_trials} trials)",
         )
+        bx.legend(fontsize=7, loc="upper right", framealpha=0.9)
         _common.plain_log_ticks(bx)
         measured[f"{model}_noise_slope"] = round(fit.slope, 3)
         measured[f"{model}_measured_over_predicted"] = [round(q.median, 3) for q in ratios]
