@@ -2,11 +2,10 @@
 
 Each script runs in a subprocess (scripts set process-wide JAX flags, e.g. float64), with its
 sweep file and figure in a temporary directory; compiled executables come from the checkout's
-results/jax_cache when a previous run left them there (cold, the first run compiles ~25
-executables: minutes on a loaded 2-core CPU; warm, well under a minute of CPU). No smoke run is
-expected to PASS (tiny problems, 2-4 trials, short budgets): the smoke runs check the pipeline,
-the default runs check the claims; e.g. convergence's 15 smoke iterations cannot reach float64
-precision, and task_similarity's smoke config has no global or oracle method, so it always FAILs.
+the persistent compilation cache when a previous run left them there (cold, the first run
+compiles a few dozen executables: minutes on a loaded 2-core CPU; warm, about 65 s of CPU for the
+nine scripts). No smoke run is expected to PASS (tiny problems, 2-6 trials, short budgets: most
+intervals are undecided): the smoke runs check the pipeline, the default runs check the claims.
 The nnx_* scripts are another engineer's and are tested with their own code.
 """
 
