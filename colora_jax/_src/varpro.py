@@ -61,12 +61,21 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from colora_jax._src import blocks
-from colora_jax._src.altmin import Estimate, Trace, check_finite, check_observations, initialize, iterate, stopping_floor
-from colora_jax._src.config import ALGORITHMS, FitConfig, ProblemConfig
+from colora_jax._src.config import FitConfig, ProblemConfig
 from colora_jax._src.data import GroundTruth, Observations, generate
+from colora_jax._src.fitting import (
+    Estimate,
+    Trace,
+    check_observations,
+    initialize,
+    iterate,
+    make_trace,
+    record,
+    setup,
+    stopping_floor,
+)
 from colora_jax._src.linalg import psd_solve, qr_positive, top_eigenvectors
-from colora_jax._src.metrics import subspace_distance
-from colora_jax._src.streaming import stored_blocks
+from colora_jax._src.streaming import stored_chunks
 from colora_jax._src.trials import TrialResult, evaluate
 
 JACOBIANS: tuple[str, ...] = ("kaufman", "golub-pereyra")
@@ -111,13 +120,6 @@ class VarProOptions:
         if self.restarts < 0:
             raise ValueError(f"restarts must be >= 0, got {self.restarts}")
         return self
-
-
-def check_config(config: FitConfig) -> None:
-    """``FitConfig.validate`` for every field but the algorithm name (until "varpro" is registered)."""
-    if config.algorithm not in ALGORITHMS:
-        config = dataclasses.replace(config, algorithm=ALGORITHMS[0])
-    config.validate()
 
 
 # ----------------------------------------------------------------------------- per-user helpers
@@ -507,25 +509,6 @@ def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, 
 # ----------------------------------------------------------------------------- the driver
 
 
-def _counts(observations: Observations, d: blocks.Design, axis_name):
-    """Samples pooled over users (``fit``'s normalization of the objective) and the stopping floor."""
-    count = blocks.pool(jnp.asarray(observations.Y.size, d.X.dtype), axis_name)
-    count = count / (observations.dims[0] if observations.model == "regression" else 1)
-    floor = stopping_floor(blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count)
-    return count, floor
-
-
-def _metrics(p: Estimate, sse, count, truth: GroundTruth | None, axis_name):
-    """The trace's entries at one iterate (as ``fit`` records them)."""
-    f = sse / count
-    if truth is None:
-        nan = jnp.full((), jnp.nan, f.dtype)
-        return f, nan, nan, nan
-    err2 = blocks.pool(jnp.sum(jnp.square(p.W - truth.W)), axis_name)
-    ref2 = blocks.pool(jnp.sum(jnp.square(truth.W)), axis_name)
-    return f, subspace_distance(p.U, truth.U), subspace_distance(p.V, truth.V), jnp.sqrt(err2 / ref2)
-
-
 def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions", skip=False):
     """Ridge continuation: one LM iteration on ``phi_alpha(U, V) = min_S f + sum_i alpha lambda_i ||S_i||^2``
     for each ``alpha = ridge_start * ridge_decay^t >= ridge_stop`` (``lambda_i = ridge_scale_i``,
@@ -561,13 +544,13 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions
 
 class _Fit(NamedTuple):
     point: Point
-    buffers: tuple  # the trace's per-iteration arrays (objective first)
+    history: tuple  # the trace's per-iteration ``Metrics``
     iterations: Array
     converged: Array
 
     @property
     def final_objective(self):
-        return self.buffers[0][self.iterations]
+        return self.history.objective[self.iterations]
 
 
 def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: "VarProOptions", diag: bool, floor):
@@ -611,31 +594,34 @@ def fit_varpro(
     *,
     key: PRNGKeyArray | None = None,
     truth: GroundTruth | None = None,
+    optimizer=None,
     axis_name: str | None = None,
     **options,
 ) -> tuple[Estimate, Trace]:
     """Fit the shared factors by variable projection (Levenberg-Marquardt on ``phi(U, V)``).
 
-    Same contract as ``altmin.fit``: ``config`` gives the rank, personal part, iteration budget
-    ``iters``, tolerance ``tol`` and initialization (``config.algorithm`` is not read); an
-    iteration is one accepted Levenberg-Marquardt step, after which every ``S_i`` is the exact
-    personal solve. The objective never increases.
+    Same contract as ``fit``: ``config`` gives the rank, personal part, iteration budget
+    ``iters``, tolerance ``tol`` and initialization; an iteration is one accepted
+    Levenberg-Marquardt step, after which every ``S_i`` is the exact personal solve. The
+    objective never increases.
 
     Args:
-      observations: the users' training data.
-      config: static settings (as for ``fit``).
-      key: PRNG key, needed only for ``init="random"``.
+      observations: the users' training data (``counts`` selects a prefix of each user's samples).
+      config: static settings (as for ``fit``; ``config.algorithm`` is not read).
+      key: PRNG key, needed for ``init="random"`` and for ``restarts``.
       truth: optional ground truth; when given, the trace records distances to it.
+      optimizer: not taken (a Gauss-Newton method); must be None.
       axis_name: mesh axis over which users are sharded (inside ``shard_map``), else ``None``.
       **options: fields of ``VarProOptions`` (``jacobian``, ``damping``, ``max_tries``,
         ``continuation``, ``ridge_start``, ``ridge_stop``, ``ridge_decay``, ``restarts``).
 
     Returns:
-      ``(Estimate, Trace)`` as ``fit``: trace index 0 is the initialization (after the ridge
-      continuation, when asked for), the objective is the mean squared residual per sample,
-      entries past ``iterations`` are NaN. Iteration stops after ``config.iters`` iterations,
-      once the objective's relative decrease is ``<= config.tol`` (including when no damped
-      step decreases it), or at the floor ``(10 eps)^2`` times the mean squared measurement.
+      ``(Estimate, Trace)`` as ``fit``: trace index 0 is the start of the returned fit (the
+      initialization, or the end of the ridge continuation when that fit won), the objective is
+      the mean squared residual per used sample, entries past ``iterations`` are NaN. Iteration
+      stops after ``config.iters`` iterations, once the objective's relative decrease is
+      ``<= config.tol`` (including when no damped step decreases it), or at the floor
+      ``(10 eps)^2`` times the mean squared measurement.
 
     Example:
       >>> import jax, colora_jax as cj
@@ -646,14 +632,11 @@ def fit_varpro(
       >>> bool(cj.relative_error(est.W, problem.truth.W) < 1e-3)
       True
     """
+    if optimizer is not None:
+        raise ValueError("varpro takes no optimizer (it is a Gauss-Newton method): drop optimizer=")
     opts = VarProOptions(**options).validate()
-    check_config(config)
-    check_observations(observations, config.rank, config.personal)
-    check_finite(observations)
-    diag = config.personal == "diag"
-    gp = opts.jacobian == "golub-pereyra"
-    d = blocks.design(observations)
-    count, floor = _counts(observations, d, axis_name)
+    s = setup(observations, config, key, axis_name)
+    d, diag, gp = s.design, config.personal == "diag", opts.jacobian == "golub-pereyra"
     scale = ridge_scale(d) if opts.continuation != "never" else None
     evaluate_at = lambda U, V, alpha: evaluate_point(d, U, V, diag, axis_name, ridge=None if alpha is None else alpha * scale)
 
@@ -661,24 +644,23 @@ def fit_varpro(
         N, g = normal_equations(d, pt, diag, gp)
         return blocks.pool(N, axis_name), blocks.pool(g, axis_name)
 
-    metrics = lambda q: _metrics(Estimate(q.U, q.V, q.S), q.sse, count, truth, axis_name)
-    run = lambda U, V: _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, floor)
-    U, V = initialize(d, config, key, axis_name)
+    def metrics(q: Point):
+        W = None if truth is None else Estimate(q.U, q.V, q.S).W
+        return record(q.sse / s.count, U=q.U, V=q.V, W=W, truth=truth, axis_name=axis_name)
+
+    run = lambda U, V: _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, s.floor)
     if not opts.restarts:
-        pt, buffers, iterations, done = run(U, V)
+        pt, history, iterations, done = run(s.U, s.V)
     else:
         if key is None:
             raise ValueError("restarts > 0 draws random starts: pass key=jax.random.key(seed) to fit_varpro")
         random_init = dataclasses.replace(config, init="random")
         keys = jax.random.split(jax.random.fold_in(key, 1), opts.restarts)
         Us, Vs = jax.vmap(lambda kk: initialize(d, random_init, kk, axis_name))(keys)
-        Us, Vs = jnp.concatenate([U[None], Us]), jnp.concatenate([V[None], Vs])
-        runs = jax.vmap(run)(Us, Vs)
+        runs = jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))
         best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))
-        pt, buffers, iterations, done = jax.tree.map(lambda a: a[best], runs)
-    finite = jnp.all(jnp.isfinite(observations.X)) & jnp.all(jnp.isfinite(observations.Y))
-    finite = blocks.pool((~finite).astype(jnp.int32), axis_name) == 0
-    return Estimate(pt.U, pt.V, pt.S), Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
+        pt, history, iterations, done = jax.tree.map(lambda a: a[best], runs)
+    return Estimate(pt.U, pt.V, pt.S), make_trace(history, iterations, done, s.finite)
 
 
 def varpro_trial(key, problem_config: ProblemConfig, fit_config: FitConfig, options: VarProOptions = VarProOptions()):
@@ -715,7 +697,7 @@ def _scan_chunks(part, per_user, nchunks):
 
 
 def fit_varpro_chunks(
-    block: Callable[[Array], Observations],
+    chunk: Callable[[Array], Observations],
     nchunks: int,
     config: FitConfig = FitConfig(),
     *,
@@ -728,10 +710,10 @@ def fit_varpro_chunks(
     """``fit_varpro`` with the users visited chunk by chunk (memory: one chunk plus ``k r^2``).
 
     Args:
-      block: ``block(b)`` returns the observations of users ``b m .. (b+1) m - 1`` (``b`` traced;
-        see ``streaming.fit_blocks``). Every chunk has the same shapes.
+      chunk: ``chunk(c)`` returns the observations of users ``c m .. (c+1) m - 1`` (``c`` traced;
+        see ``streaming.fit_chunks``). Every chunk has the same shapes.
       nchunks: number of chunks; the users are ``nchunks * m``.
-      config, key, axis_name, options: as for ``fit_varpro``.
+      config, key, axis_name, options: as for ``fit_varpro`` (no ``restarts``).
       truth_U, truth_V: optional planted shared factors for the trace's subspace distances
         (``rel_error`` stays NaN: the users' ``W`` are never formed).
 
@@ -741,23 +723,22 @@ def fit_varpro_chunks(
     opts = VarProOptions(**options).validate()
     if opts.restarts:
         raise ValueError("restarts are not streamed: use restarts=0 with fit_varpro_chunks (or fit_varpro)")
-    check_config(config)
-    first = jax.eval_shape(block, jnp.asarray(0))
+    config.validate()
+    first = jax.eval_shape(chunk, jnp.asarray(0))
     check_observations(first, config.rank, config.personal)
     diag, r, gp = config.personal == "diag", config.rank, opts.jacobian == "golub-pereyra"
-    dtype = first.X.dtype
     k = nchunks * first.users
-    S0 = jnp.zeros((k, r, r), dtype)
+    S0 = jnp.zeros((k, r, r), first.X.dtype)
     pool = lambda x: blocks.pool(x, axis_name)
-    design = lambda b: blocks.design(block(b))
+    design = lambda c: blocks.design(chunk(c))
 
-    def init_part(b, _):
-        obs = block(b)
-        bad = jnp.sum(~jnp.isfinite(obs.X)) + jnp.sum(~jnp.isfinite(obs.Y))
-        return (blocks.spectral_moments(blocks.design(obs)), jnp.sum(jnp.square(obs.Y)), bad), None
+    def init_part(c, _):
+        d = design(c)
+        bad = jnp.sum(~jnp.isfinite(d.X)) + jnp.sum(~jnp.isfinite(d.Y))
+        return (blocks.spectral_moments(d), jnp.sum(jnp.square(d.Y)), jnp.sum(d.counts), bad), None
 
-    ((MU, MV), yy, bad), _ = _scan_chunks(init_part, S0, nchunks)
-    count = pool(jnp.asarray(k * first.samples, dtype))
+    ((MU, MV), yy, n_used, bad), _ = _scan_chunks(init_part, S0, nchunks)
+    count = pool(n_used)
     floor = stopping_floor(pool(yy) / count)
     if config.init == "spectral":
         U, V = top_eigenvectors(pool(MU), r), top_eigenvectors(pool(MV), r)
@@ -765,8 +746,8 @@ def fit_varpro_chunks(
         U, V = initialize(design(jnp.asarray(0)), config, key, axis_name)
 
     def evaluate_at(U, V, alpha):
-        def part(b, _):
-            d = design(b)
+        def part(c, _):
+            d = design(c)
             q = evaluate_point(d, U, V, diag, ridge=None if alpha is None else alpha * ridge_scale(d))
             return q.sse, (q.S, q.ridge)
 
@@ -774,25 +755,19 @@ def fit_varpro_chunks(
         return Point(U, V, S.reshape(k, r, r), pool(sse), None if lam is None else lam.reshape(k), ())
 
     def normal(pt):
-        def part(b, chunk):
-            Sb, lam = chunk
-            q = evaluate_point(design(b), pt.U, pt.V, diag, S=Sb, ridge=lam)
-            return normal_equations(design(b), q, diag, gp), None
+        def part(c, per_user):
+            Sc, lam = per_user
+            q = evaluate_point(design(c), pt.U, pt.V, diag, S=Sc, ridge=lam)
+            return normal_equations(design(c), q, diag, gp), None
 
         N, g = _scan_chunks(part, (pt.S, pt.ridge), nchunks)[0]
         return pool(N), pool(g)
 
-    def metrics(pt):
-        nan = jnp.full((), jnp.nan, dtype)
-        dU = nan if truth_U is None else subspace_distance(pt.U, truth_U)
-        dV = nan if truth_V is None else subspace_distance(pt.V, truth_V)
-        return pt.sse / count, dU, dV, nan
-
-    pt, buffers, iterations, done = _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, floor)
-    finite = pool(bad) == 0
-    return Estimate(pt.U, pt.V, pt.S), Trace(*buffers, iterations=iterations, converged=done, finite_input=finite)
+    metrics = lambda q: record(q.sse / count, U=q.U, V=q.V, truth_U=truth_U, truth_V=truth_V)
+    pt, history, iterations, done = _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, floor)
+    return Estimate(pt.U, pt.V, pt.S), make_trace(history, iterations, done, pool(bad) == 0)
 
 
 def fit_varpro_streaming(observations: Observations, config: FitConfig = FitConfig(), *, nchunks: int, **kwargs):
     """``fit_varpro_chunks`` over stored observations cut into ``nchunks`` chunks of users."""
-    return fit_varpro_chunks(stored_blocks(observations, nchunks), nchunks, config, **kwargs)
+    return fit_varpro_chunks(stored_chunks(observations, nchunks), nchunks, config, **kwargs)
