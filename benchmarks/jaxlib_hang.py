@@ -45,9 +45,17 @@ def main() -> int:
     for i in range(args.repeats):
         start = time.perf_counter()
         try:
-            subprocess.run([sys.executable, "-c", CHILD], check=True, capture_output=True, timeout=args.timeout,
-                           env={"COLORA_JAX_CACHE_DIR": "off", "TF_CPP_MIN_LOG_LEVEL": "3",
-                                **{k: v for k, v in __import__("os").environ.items() if k != "COLORA_JAX_CACHE_DIR"}})
+            subprocess.run(
+                [sys.executable, "-c", CHILD],
+                check=True,
+                capture_output=True,
+                timeout=args.timeout,
+                env={
+                    "COLORA_JAX_CACHE_DIR": "off",
+                    "TF_CPP_MIN_LOG_LEVEL": "3",
+                    **{k: v for k, v in __import__("os").environ.items() if k != "COLORA_JAX_CACHE_DIR"},
+                },
+            )
             print(f"run {i + 1}: completed in {time.perf_counter() - start:.1f} s")
         except subprocess.TimeoutExpired:
             hung += 1

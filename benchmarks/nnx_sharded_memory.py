@@ -47,8 +47,11 @@ def on_device0(tree) -> int:
 
 def layout(mesh_shape, users_axis, users, rank, batch):
     n = mesh_shape[0] * mesh_shape[1]
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n]).reshape(mesh_shape), ("data", "model"),
-                             axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.devices()[:n]).reshape(mesh_shape),
+        ("data", "model"),
+        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+    )
     model = cn.shard(cn.Decoder(MODEL, rngs=nnx.Rngs(0)), mesh)
     cn.apply_colora(model, users=users, rank=rank, targets=TARGETS, rngs=nnx.Rngs(1), users_axis=users_axis)
     cn.shard(model, mesh)
@@ -70,13 +73,18 @@ def layout(mesh_shape, users_axis, users, rank, batch):
     plan = step.lower(model, optimizer, tokens, ids).compile().memory_analysis()
     params = nnx.state(model, nnx.Param)
     return {
-        "mesh": list(mesh_shape), "bank": users_axis or "replicated",
+        "mesh": list(mesh_shape),
+        "bank": users_axis or "replicated",
         "base_params": on_device0(params) - on_device0(nnx.state(model, ADAPTER)),
         "shared_factors": on_device0(nnx.state(model, cn.SharedParam)),
         "personal_bank": on_device0(nnx.state(model, cn.PersonalParam)),
         "adam_state": on_device0(nnx.state(optimizer, nnx.optimizer.OptState)),
-        "step_plan": {k: int(getattr(plan, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                                          "temp_size_in_bytes", "alias_size_in_bytes")} if plan else None,
+        "step_plan": {
+            k: int(getattr(plan, k))
+            for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes")
+        }
+        if plan
+        else None,
     }
 
 
@@ -89,20 +97,41 @@ def main() -> None:
     parser.add_argument("--out", default="figures")
     args = parser.parse_args()
     n = len(jax.devices())
-    layouts = [((1, 1), None), ((n, 1), None), ((n, 1), "data"), ((1, 4), None), ((n // 4, 4), None), ((n // 4, 4), "data")]
+    layouts = [
+        ((1, 1), None),
+        ((n, 1), None),
+        ((n, 1), "data"),
+        ((1, 4), None),
+        ((n // 4, 4), None),
+        ((n // 4, 4), "data"),
+    ]
     rows = [layout(shape, axis, args.users, args.rank, args.batch) for shape, axis in layouts]
-    record = {"model": dataclasses.asdict(MODEL), "model_parameters": MODEL.parameters(), "targets": TARGETS,
-              "users": args.users, "rank": args.rank, "batch": args.batch, "devices": n, "layouts": rows,
-              "code_version": code_version("benchmarks/nnx_sharded_memory.py"), "device": device_info()}
+    record = {
+        "model": dataclasses.asdict(MODEL),
+        "model_parameters": MODEL.parameters(),
+        "targets": TARGETS,
+        "users": args.users,
+        "rank": args.rank,
+        "batch": args.batch,
+        "devices": n,
+        "layouts": rows,
+        "code_version": code_version("benchmarks/nnx_sharded_memory.py"),
+        "device": device_info(),
+    }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "nnx_sharded_memory.json"), "w") as f:
         json.dump(record, f, indent=1)
-    print(f"{'mesh (data, model)':20s} {'bank':11s} {'base MiB':>9s} {'U,V KiB':>8s} {'bank MiB':>9s} {'Adam MiB':>9s}"
-          f" {'step temp MiB':>13s}")
+    print(
+        f"{'mesh (data, model)':20s} {'bank':11s} {'base MiB':>9s} {'U,V KiB':>8s} {'bank MiB':>9s} {'Adam MiB':>9s}"
+        f" {'step temp MiB':>13s}"
+    )
     for r in rows:
         temp = r["step_plan"]["temp_size_in_bytes"] / 2**20 if r["step_plan"] else float("nan")
-        print(f"{str(tuple(r['mesh'])):20s} {r['bank']:11s} {r['base_params'] / 2**20:9.2f} {r['shared_factors'] / 2**10:8.1f}"
-              f" {r['personal_bank'] / 2**20:9.2f} {r['adam_state'] / 2**20:9.2f} {temp:13.2f}")
+        print(
+            f"{str(tuple(r['mesh'])):20s} {r['bank']:11s} {r['base_params'] / 2**20:9.2f}"
+            f" {r['shared_factors'] / 2**10:8.1f}"
+            f" {r['personal_bank'] / 2**20:9.2f} {r['adam_state'] / 2**20:9.2f} {temp:13.2f}"
+        )
 
 
 if __name__ == "__main__":

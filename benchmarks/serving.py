@@ -75,7 +75,11 @@ class Config:
 
 SMOKE = Config(
     model=cn.DecoderConfig(vocab=64, seq_len=4, width=32, depth=1, heads=4, kv_heads=2, head_dim=8, mlp_hidden=64),
-    batch=64, users=64, distinct_users=(1, 64), bank_sizes=(64, 256), repeats=2,
+    batch=64,
+    users=64,
+    distinct_users=(1, 64),
+    bank_sizes=(64, 256),
+    repeats=2,
 )
 
 
@@ -86,7 +90,9 @@ def _adapted(config: Config, method: str, users: int, key) -> nnx.Module:
     if method == "local":
         cn.apply_lora_bank(model, users=users, rank=config.rank, targets=config.targets, rngs=rngs)
     else:  # global: one shared LoRA, i.e. CoLoRA with a bank of one identity
-        cn.apply_colora(model, users=users if method == "colora" else 1, rank=config.rank, targets=config.targets, rngs=rngs)
+        cn.apply_colora(
+            model, users=users if method == "colora" else 1, rank=config.rank, targets=config.targets, rngs=rngs
+        )
     for _, layer in cn.adapted_layers(model):  # non-zero adapters: nothing trivially zero
         for var in (layer.shared_u, layer.personal) if method != "local" else (layer.lora_b,):
             k_values, sub = jax.random.split(k_values)
@@ -148,16 +154,21 @@ class Bench:
         self.serve = jax.jit(serve).lower(self.trainable, self.frozen, self.tokens, ids0).compile()
         self.serve_compile = time.perf_counter() - t
         t = time.perf_counter()
-        self.step = jax.jit(step, donate_argnums=(0, 1)).lower(
-            self.trainable, self.opt_state, self.frozen, self.tokens, ids0).compile()
+        self.step = (
+            jax.jit(step, donate_argnums=(0, 1))
+            .lower(self.trainable, self.opt_state, self.frozen, self.tokens, ids0)
+            .compile()
+        )
         self.step_compile = time.perf_counter() - t
         bank = users if method != "global" else 0
         personal = _nbytes(nnx.state(nnx.merge(self.graphdef, self.trainable, self.frozen), cn.PersonalParam))
         self.memory = {
-            "adapter_bytes": _nbytes(self.trainable), "optimizer_bytes": _nbytes(self.opt_state),
+            "adapter_bytes": _nbytes(self.trainable),
+            "optimizer_bytes": _nbytes(self.opt_state),
             "personal_bytes_per_user": personal / bank if bank else 0.0,
             "optimizer_bytes_per_user": 2 * personal / bank if bank else 0.0,  # Adam: two moments per parameter
-            "base_bytes": _nbytes(nnx.state(nnx.merge(self.graphdef, self.trainable, self.frozen), nnx.Param)) - _nbytes(self.trainable),
+            "base_bytes": _nbytes(nnx.state(nnx.merge(self.graphdef, self.trainable, self.frozen), nnx.Param))
+            - _nbytes(self.trainable),
         }
 
     def ids(self, distinct: int):
@@ -179,8 +190,10 @@ def sweep_distinct(config: Config, key) -> dict:
         ids = {n: bench.ids(n) for n in config.distinct_users}
         serve_t = {n: [] for n in config.distinct_users}
         step_t = {n: [] for n in config.distinct_users}
-        first = {"serve": _timed(lambda: bench.run_serve(ids[config.distinct_users[0]]), 1)[0],
-                 "train": _timed(lambda: bench.run_step(ids[config.distinct_users[0]]), 1)[0]}
+        first = {
+            "serve": _timed(lambda: bench.run_serve(ids[config.distinct_users[0]]), 1)[0],
+            "train": _timed(lambda: bench.run_step(ids[config.distinct_users[0]]), 1)[0],
+        }
         for n in config.distinct_users:
             _timed(lambda: bench.run_serve(ids[n]), config.warmup)
             _timed(lambda: bench.run_step(ids[n]), config.warmup)
@@ -193,13 +206,14 @@ def sweep_distinct(config: Config, key) -> dict:
             "compile_seconds": {"serve": bench.serve_compile, "train": bench.step_compile},
             "first_call_seconds": first,
             "serve_tokens_per_second": {str(n): tokens / statistics.median(t) for n, t in serve_t.items()},
-            "train_tokens_per_second": {str(n): config.batch * (config.model.seq_len - 1) / statistics.median(t)
-                                        for n, t in step_t.items()},
+            "train_tokens_per_second": {
+                str(n): config.batch * (config.model.seq_len - 1) / statistics.median(t) for n, t in step_t.items()
+            },
             "memory": bench.memory,
         }
         print(f"{method:7s} N sweep: serve {out[method]['serve_tokens_per_second']}", flush=True)
         print(f"{'':7s}          train {out[method]['train_tokens_per_second']}", flush=True)
-        del bench
+        bench = None  # frees the model before the next one is built
     return out
 
 
@@ -210,8 +224,10 @@ def sweep_bank(config: Config, key) -> dict:
         for users in config.bank_sizes if method != "global" else config.bank_sizes[:1]:
             need = _estimate_bytes(config, method, users)
             if need > config.memory_limit_gb * 2**30:
-                out[method][str(users)] = {"skipped": f"adapter + Adam state needs {need / 2**30:.1f} GiB"
-                                           f" > memory_limit_gb {config.memory_limit_gb}"}
+                out[method][str(users)] = {
+                    "skipped": f"adapter + Adam state needs {need / 2**30:.1f} GiB"
+                    f" > memory_limit_gb {config.memory_limit_gb}"
+                }
                 print(f"{method:7s} bank {users}: skipped ({need / 2**30:.1f} GiB)", flush=True)
                 continue
             bench = Bench(config, method, users, key)
@@ -226,11 +242,13 @@ def sweep_bank(config: Config, key) -> dict:
                 "compile_seconds": {"serve": bench.serve_compile, "train": bench.step_compile},
                 "memory": bench.memory,
             }
-            print(f"{method:7s} bank {users}: serve {out[method][str(users)]['serve_tokens_per_second']:,.0f}"
-                  f" train {out[method][str(users)]['train_tokens_per_second']:,.0f} tokens/s;"
-                  f" adapter+Adam {(bench.memory['adapter_bytes'] + bench.memory['optimizer_bytes']) / 2**20:,.1f} MiB",
-                  flush=True)
-            del bench
+            print(
+                f"{method:7s} bank {users}: serve {out[method][str(users)]['serve_tokens_per_second']:,.0f}"
+                f" train {out[method][str(users)]['train_tokens_per_second']:,.0f} tokens/s;"
+                f" adapter+Adam {(bench.memory['adapter_bytes'] + bench.memory['optimizer_bytes']) / 2**20:,.1f} MiB",
+                flush=True,
+            )
+            bench = None  # frees the model before the next one is built
     return out
 
 
@@ -242,6 +260,7 @@ def checked_overhead(config: Config, key) -> dict:
     ids = jnp.arange(config.batch, dtype=jnp.int32) % config.users
     out = {}
     for checked in (False, True):
+
         @jax.jit
         def serve(state, tokens, ids):
             m = nnx.merge(graphdef, state)
@@ -249,8 +268,11 @@ def checked_overhead(config: Config, key) -> dict:
                 return m(tokens)[:, -1]
 
         _timed(lambda: serve(state, tokens, ids), 1 + config.warmup)
-        out["checked" if checked else "unchecked"] = config.batch * config.model.seq_len / statistics.median(
-            _timed(lambda: serve(state, tokens, ids), config.repeats))
+        out["checked" if checked else "unchecked"] = (
+            config.batch
+            * config.model.seq_len
+            / statistics.median(_timed(lambda: serve(state, tokens, ids), config.repeats))
+        )
     return out
 
 
@@ -268,13 +290,23 @@ def plot(record: dict, path: str) -> None:
         ax.set_ylim(0, None)
         ax = axes[2 + i]
         for m in METHODS:
-            pts = [(int(u), v[f"{mode}_tokens_per_second"]) for u, v in record["bank_size"][m].items() if "skipped" not in v]
+            pts = [
+                (int(u), v[f"{mode}_tokens_per_second"])
+                for u, v in record["bank_size"][m].items()
+                if "skipped" not in v
+            ]
             if pts:
                 ax.plot(*zip(*pts), "-o", label=labels[m])
             for u, v in record["bank_size"][m].items():
                 if "skipped" in v:
-                    ax.annotate(f"{labels[m]}: {u} users\n{v['skipped'].split(' >')[0]}", (int(u), 0),
-                                fontsize=6, xytext=(0, 20), textcoords="offset points", ha="right")
+                    ax.annotate(
+                        f"{labels[m]}: {u} users\n{v['skipped'].split(' >')[0]}",
+                        (int(u), 0),
+                        fontsize=6,
+                        xytext=(0, 20),
+                        textcoords="offset points",
+                        ha="right",
+                    )
         ax.set_xscale("log")
         ax.set_xlabel(f"bank size (users held), {record['config']['batch']} distinct users per batch")
         ax.set_ylabel(f"{mode} tokens / second")
@@ -283,10 +315,13 @@ def plot(record: dict, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     c = record["config"]["model"]
-    fig.suptitle(f"Decoder width {c['width']}, depth {c['depth']}, {c['heads']}/{c['kv_heads']} heads, vocab {c['vocab']}"
-                 f" ({record['model_parameters']:,} parameters); batch {record['config']['batch']} x {c['seq_len']} tokens,"
-                 f" rank {record['config']['rank']}; {record['device']['backend']} ({record['device']['device_kind']}),"
-                 f" load {record['load_average']}", fontsize=9)
+    fig.suptitle(
+        f"Decoder width {c['width']}, depth {c['depth']}, {c['heads']}/{c['kv_heads']} heads, vocab {c['vocab']}"
+        f" ({record['model_parameters']:,} parameters); batch {record['config']['batch']} x {c['seq_len']} tokens,"
+        f" rank {record['config']['rank']}; {record['device']['backend']} ({record['device']['device_kind']}),"
+        f" load {record['load_average']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -302,8 +337,12 @@ def main() -> None:
     start = time.time()
     load_before = os.getloadavg()
     record = {
-        "config": dataclasses.asdict(config), "smoke": args.smoke, "seed": config.seed,
-        "code_version": code_version("benchmarks/serving.py"), "device": device_info(), "model_parameters": config.model.parameters(),
+        "config": dataclasses.asdict(config),
+        "smoke": args.smoke,
+        "seed": config.seed,
+        "code_version": code_version("benchmarks/serving.py"),
+        "device": device_info(),
+        "model_parameters": config.model.parameters(),
         "persistent_compilation_cache": jax.config.jax_compilation_cache_dir,
         "distinct_users": sweep_distinct(config, key),
         "bank_size": sweep_bank(config, key),
@@ -318,9 +357,11 @@ def main() -> None:
     d = record["distinct_users"]
     lo, hi = str(min(config.distinct_users)), str(max(config.distinct_users))
     ratio = d["colora"]["serve_tokens_per_second"][hi] / d["colora"]["serve_tokens_per_second"][lo]
-    print(f"CoLoRA serving {hi} vs {lo} distinct users: ratio {ratio:.3f}; checked/unchecked serving"
-          f" {record['checked_serving_tokens_per_second']}; load (1, 5, 15 min) before/after {record['load_average']};"
-          f" {record['seconds']} s")
+    print(
+        f"CoLoRA serving {hi} vs {lo} distinct users: ratio {ratio:.3f}; checked/unchecked serving"
+        f" {record['checked_serving_tokens_per_second']}; load (1, 5, 15 min) before/after {record['load_average']};"
+        f" {record['seconds']} s"
+    )
 
 
 if __name__ == "__main__":

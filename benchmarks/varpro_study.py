@@ -77,8 +77,9 @@ def m_star(model: str, users: int, g: Grid) -> float:
 
 
 def sample_sizes(model: str, users: int, g: Grid) -> list[int]:
-    return _common.sample_grid(cj.min_samples(model, g.rank, "full"), m_star(model, users, g), g.grid_lo,
-                               g.grid_hi, g.points)
+    return _common.sample_grid(
+        cj.min_samples(model, g.rank, "full"), m_star(model, users, g), g.grid_lo, g.grid_hi, g.points
+    )
 
 
 def _masked(obs: cj.Observations, n) -> cj.Observations:
@@ -136,9 +137,9 @@ def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, flo
     """Median and its distribution-free interval ``[x_(l), x_(u)]`` (order statistics, binomial)."""
     x = np.sort(values)
     N = len(x)
-    l = int(stats.binom.ppf((1 - level) / 2, N, 0.5))  # P(Bin < l) <= alpha/2 (0-based index l-1 -> x[l-1])
+    lo_rank = int(stats.binom.ppf((1 - level) / 2, N, 0.5))  # P(Bin < lo_rank) <= alpha/2 -> x[lo_rank - 1]
     u = int(stats.binom.ppf(1 - (1 - level) / 2, N, 0.5))
-    lo = x[max(l - 1, 0)]
+    lo = x[max(lo_rank - 1, 0)]
     hi = x[min(u, N - 1)]
     return float(np.median(x)), float(lo), float(hi)
 
@@ -161,13 +162,28 @@ def phase(args) -> None:
     done = {_key(r) for r in _load(path)}
     for users in [int(u) for u in args.users.split(",")]:
         ns = [n for n in sample_sizes(args.model, users, g) if n <= args.max_ratio * m_star(args.model, users, g)]
-        pc = cj.ProblemConfig(model=args.model, users=users, d_out=g.d_out, d_in=g.d_in, rank=g.rank,
-                              samples=max(ns), test_samples=0, x64=args.x64)
+        pc = cj.ProblemConfig(
+            model=args.model,
+            users=users,
+            d_out=g.d_out,
+            d_in=g.d_in,
+            rank=g.rank,
+            samples=max(ns),
+            test_samples=0,
+            x64=args.x64,
+        )
         fc = cj.FitConfig(rank=g.rank, iters=g.iters, tol=g.tol, init=args.init)
         keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(g.seed), t))(jnp.arange(args.trials))
         for method in args.methods.split(","):
-            rec = dict(model=args.model, users=users, method=method, init=args.init, trials=args.trials, x64=args.x64,
-                       samples=ns)
+            rec = dict(
+                model=args.model,
+                users=users,
+                method=method,
+                init=args.init,
+                trials=args.trials,
+                x64=args.x64,
+                samples=ns,
+            )
             if _key(rec) in done:
                 continue
             t0 = time.time()
@@ -182,9 +198,14 @@ def phase(args) -> None:
             out = {name: np.stack([np.asarray(c[name], float) for c in cells], axis=1) for name in cells[0]}
             success = out["rel_error"] <= _common.SUCCESS
             rec.update(
-                samples=ns, m_star=m_star(args.model, users, g), grid=dataclasses.asdict(g),
-                options=METHODS[method], compile_seconds=round(compile_s, 1), seconds=[round(s, 2) for s in seconds],
-                load_average=os.getloadavg(), code_version=code_version(),
+                samples=ns,
+                m_star=m_star(args.model, users, g),
+                grid=dataclasses.asdict(g),
+                options=METHODS[method],
+                compile_seconds=round(compile_s, 1),
+                seconds=[round(s, 2) for s in seconds],
+                load_average=os.getloadavg(),
+                code_version=code_version(),
                 success=success.astype(int).tolist(),
                 **{name: np.round(v, 6).tolist() for name, v in out.items()},
             )
@@ -200,14 +221,20 @@ def _print_record(rec: dict) -> None:
     n50 = _common.threshold(rec["samples"], s.mean(axis=0))
     med, lo, hi = median_interval(trial_thresholds(rec["samples"], s))
     ms = rec["m_star"]
-    print(f"{rec['model']:10s} k={rec['users']:<4d} {rec['method']:16s} [{rec['init']}] successes/{N}: {rates} | "
-          f"n50/m* interp {n50 / ms:.2f}, median trial threshold {med / ms:.2f} [{lo / ms:.2f}, {hi / ms:.2f}] "
-          f"| {sum(rec['seconds']):.0f} s + compile {rec['compile_seconds']:.0f} s", flush=True)
+    print(
+        f"{rec['model']:10s} k={rec['users']:<4d} {rec['method']:16s} [{rec['init']}] successes/{N}: {rates} | "
+        f"n50/m* interp {n50 / ms:.2f}, median trial threshold {med / ms:.2f} [{lo / ms:.2f}, {hi / ms:.2f}] "
+        f"| {sum(rec['seconds']):.0f} s + compile {rec['compile_seconds']:.0f} s",
+        flush=True,
+    )
 
 
 def summary(args) -> None:
-    recs = [r for r in _load(os.path.join(RESULTS, "phase.jsonl"))
-            if (args.model in (None, r["model"])) and r["init"] == args.init]
+    recs = [
+        r
+        for r in _load(os.path.join(RESULTS, "phase.jsonl"))
+        if (args.model in (None, r["model"])) and r["init"] == args.init
+    ]
     for r in sorted(recs, key=lambda r: (r["model"], r["users"], list(METHODS).index(r["method"]))):
         _print_record(r)
         if args.failures and r["method"] != "altmin":
@@ -216,11 +243,16 @@ def summary(args) -> None:
                 fail = ~s[:, j]
                 if 0 < fail.sum() < len(fail):
                     pick = lambda name: np.asarray(r[name])[:, j][fail]
-                    frac = f" (of sum y^2: {np.median(pick('residual_fraction')):.2g})" if "residual_fraction" in r else ""
-                    print(f"    n={n}: {fail.sum()} failed: objective end/start median {np.median(pick('objective_ratio')):.2g}{frac},"
-                          f" subspace distance median {np.median(pick('distance_end')):.2f},"
-                          f" largest |S_i| median {np.median(pick('personal_norm')):.2g}"
-                          f" (successes: {np.median(np.asarray(r['personal_norm'])[:, j][~fail]):.2g})")
+                    frac = (
+                        f" (of sum y^2: {np.median(pick('residual_fraction')):.2g})" if "residual_fraction" in r else ""
+                    )
+                    print(
+                        f"    n={n}: {fail.sum()} failed: objective end/start median"
+                        f" {np.median(pick('objective_ratio')):.2g}{frac},"
+                        f" subspace distance median {np.median(pick('distance_end')):.2f},"
+                        f" largest |S_i| median {np.median(pick('personal_norm')):.2g}"
+                        f" (successes: {np.median(np.asarray(r['personal_norm'])[:, j][~fail]):.2g})"
+                    )
 
 
 # ----------------------------------------------------------------------------- cost
@@ -245,13 +277,14 @@ def cost(args) -> None:
     for users in [int(u) for u in args.users.split(",")]:
         ms = m_star(args.model, users, g)
         n = max(int(round(args.ratio * ms)), cj.min_samples(args.model, g.rank, "full"))
-        pc = cj.ProblemConfig(model=args.model, users=users, d_out=g.d_out, d_in=g.d_in, rank=g.rank, samples=n,
-                              test_samples=0)
+        pc = cj.ProblemConfig(
+            model=args.model, users=users, d_out=g.d_out, d_in=g.d_in, rank=g.rank, samples=n, test_samples=0
+        )
         clean = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), pc)
         noisy = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), dataclasses.replace(pc, noise=0.1))
         for method in args.methods.split(","):
             options = METHODS[method]
-            fit = lambda o, t, fc, opts: (cj.fit(o, fc, truth=t) if opts is None else fit_varpro(o, fc, truth=t, **opts))
+            fit = lambda o, t, fc, opts: cj.fit(o, fc, truth=t) if opts is None else fit_varpro(o, fc, truth=t, **opts)
             # per iteration: 1 and 11 iterations of the fit proper on noisy data (tol 0), no continuation
             plain = None if options is None else {**options, "continuation": "never"}
             per = []
@@ -268,18 +301,33 @@ def cost(args) -> None:
             wall, cpu, (est, trace) = _best_of(run, clean.train, clean.truth)
             it = int(trace.iterations)
             cont = 0 if options is None else VarProOptions(**options).continuation_iterations
-            rec = dict(model=args.model, users=users, samples=n, ratio=round(n / ms, 3), method=method,
-                       options=options, per_iteration_wall_ms=round(per_wall * 1e3, 3),
-                       per_iteration_cpu_ms=round(per_cpu * 1e3, 3), timed_iterations=dit,
-                       fit_wall_ms=round(wall * 1e3, 2), fit_cpu_ms=round(cpu * 1e3, 2), iterations=it,
-                       continuation_iterations=cont, rel_error=float(trace.rel_error[it]),
-                       load_average=os.getloadavg(), code_version=code_version())
+            rec = dict(
+                model=args.model,
+                users=users,
+                samples=n,
+                ratio=round(n / ms, 3),
+                method=method,
+                options=options,
+                per_iteration_wall_ms=round(per_wall * 1e3, 3),
+                per_iteration_cpu_ms=round(per_cpu * 1e3, 3),
+                timed_iterations=dit,
+                fit_wall_ms=round(wall * 1e3, 2),
+                fit_cpu_ms=round(cpu * 1e3, 2),
+                iterations=it,
+                continuation_iterations=cont,
+                rel_error=float(trace.rel_error[it]),
+                load_average=os.getloadavg(),
+                code_version=code_version(),
+            )
             with open(path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            print(f"{args.model} k={users} n={n} ({n / ms:.2f} m*) {method:14s} per iteration {per_wall * 1e3:8.2f} ms"
-                  f" wall ({per_cpu * 1e3:8.2f} ms CPU) | fit: {wall * 1e3:9.1f} ms wall ({cpu * 1e3:9.1f} ms CPU),"
-                  f" {it} iterations (+{cont} continuation), rel. error {rec['rel_error']:.1e}"
-                  f" | load {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"{args.model} k={users} n={n} ({n / ms:.2f} m*) {method:14s} per iteration {per_wall * 1e3:8.2f} ms"
+                f" wall ({per_cpu * 1e3:8.2f} ms CPU) | fit: {wall * 1e3:9.1f} ms wall ({cpu * 1e3:9.1f} ms CPU),"
+                f" {it} iterations (+{cont} continuation), rel. error {rec['rel_error']:.1e}"
+                f" | load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
 
 
 def main() -> None:

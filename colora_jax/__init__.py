@@ -32,6 +32,8 @@ from colora_jax._src.compile_cache import enable_compile_cache as enable_compile
 from colora_jax._src.config import FitConfig as FitConfig
 from colora_jax._src.config import ProblemConfig as ProblemConfig
 from colora_jax._src.config import min_samples as min_samples
+from colora_jax._src.counter_rng import normals as nested_normals
+from colora_jax._src.cpu_threads import limit_cpu_threads as limit_cpu_threads
 from colora_jax._src.data import STREAM_VERSION as STREAM_VERSION
 from colora_jax._src.data import GroundTruth as GroundTruth
 from colora_jax._src.data import Observations as Observations
@@ -41,15 +43,13 @@ from colora_jax._src.data import generate_truth as generate_truth
 from colora_jax._src.data import measure as measure
 from colora_jax._src.data import predict as predict
 from colora_jax._src.data import tilt as tilt
-from colora_jax._src.counter_rng import normals as nested_normals
-from colora_jax._src.cpu_threads import limit_cpu_threads as limit_cpu_threads
 from colora_jax._src.fitting import Estimate as Estimate
 from colora_jax._src.fitting import Trace as Trace
 from colora_jax._src.fitting import check_observations as check_observations
 from colora_jax._src.fitting import fit as fit
+from colora_jax._src.linalg import psd_solve as psd_solve
 from colora_jax._src.methods import fit_method as fit_method
 from colora_jax._src.methods import parameter_counts as parameter_counts
-from colora_jax._src.linalg import psd_solve as psd_solve
 from colora_jax._src.metrics import chordal_distance_squared as chordal_distance_squared
 from colora_jax._src.metrics import geodesic_distance as geodesic_distance
 from colora_jax._src.metrics import per_user_relative_error as per_user_relative_error

@@ -51,8 +51,9 @@ def fitted_line(ax, x, slope: float, intercept: float, label: str, **style):
     ax.plot(x, 10**intercept * x**slope, ls="--", color=style.pop("color", "k"), lw=1, label=label, **style)
 
 
-def grid_axes(ax, xlabel: str, ylabel: str, xlog: bool = False, ylog: bool = False, title: str | None = None,
-              xticks=None):
+def grid_axes(
+    ax, xlabel: str, ylabel: str, xlog: bool = False, ylog: bool = False, title: str | None = None, xticks=None
+):
     """Labels, log scales, a light grid and a legend (when something is labelled).
 
     ``xticks``: label exactly these x values (plain numbers, no minor labels), e.g. the swept k.

@@ -119,10 +119,17 @@ def main() -> None:
     parser.add_argument("--torch-python", default=os.path.join(HERE, ".venv-interop", "bin", "python"))
     parser.add_argument("--out", default="figures", help="directory for nnx_interop.json")
     args = parser.parse_args()
-    record: dict = {"sizes": SIZES, "claims": {"outputs": OUTPUT_TOL, "merged_weights": MERGE_TOL},
-                    "code_version": code_version("interop")}
-    versions = subprocess.run([args.torch_python, "-c", "import torch, peft; print(torch.__version__, peft.__version__)"],
-                              capture_output=True, text=True, check=True).stdout.split()
+    record: dict = {
+        "sizes": SIZES,
+        "claims": {"outputs": OUTPUT_TOL, "merged_weights": MERGE_TOL},
+        "code_version": code_version("interop"),
+    }
+    versions = subprocess.run(
+        [args.torch_python, "-c", "import torch, peft; print(torch.__version__, peft.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     record["torch"], record["peft"] = versions
     ok = True
     with tempfile.TemporaryDirectory() as d:
@@ -157,16 +164,20 @@ def main() -> None:
             "merged_outputs_max_abs": float(np.max(np.abs(torch_out["y_merged"] - forward(model, x, user)))),
         }
         one["passed"] = bool(
-            one["peft_wrapped"] == adapted and not one["peft_warnings"]
-            and one["outputs_max_abs"] <= OUTPUT_TOL and one["merged_weights_max_abs"] <= MERGE_TOL
+            one["peft_wrapped"] == adapted
+            and not one["peft_warnings"]
+            and one["outputs_max_abs"] <= OUTPUT_TOL
+            and one["merged_weights_max_abs"] <= MERGE_TOL
         )
         record["jax_to_peft"] = one
         ok &= one["passed"]
         print(f"JAX -> PEFT  adapted {adapted}")
         print(f"             PEFT wrapped {info['wrapped']}  warnings: {info['warnings'] or 'none'}")
-        print(f"             outputs max |diff| {one['outputs_max_abs']:.2e} (claim {OUTPUT_TOL:g});"
-              f" merge_and_unload vs merge: weights {one['merged_weights_max_abs']:.2e} (claim {MERGE_TOL:g}),"
-              f" outputs {one['merged_outputs_max_abs']:.2e}  {'PASS' if one['passed'] else 'FAIL'}")
+        print(
+            f"             outputs max |diff| {one['outputs_max_abs']:.2e} (claim {OUTPUT_TOL:g});"
+            f" merge_and_unload vs merge: weights {one['merged_weights_max_abs']:.2e} (claim {MERGE_TOL:g}),"
+            f" outputs {one['merged_outputs_max_abs']:.2e}  {'PASS' if one['passed'] else 'FAIL'}"
+        )
 
         # 2. PEFT -> JAX
         run_torch(args.torch_python, "make", d)
@@ -179,17 +190,23 @@ def main() -> None:
             diff = max(float(np.max(np.abs(forward(imported, x, u) - y))) for u in range(3))
             ranks = {n: m.rank for n, m in cn.adapted_layers(imported)}
             res = {
-                "use_rslora": config.get("use_rslora"), "rank_pattern": config.get("rank_pattern"),
-                "alpha_pattern": config.get("alpha_pattern"), "target_modules": config.get("target_modules"),
-                "peft_scaling": info["scaling"], "imported_ranks": ranks,
+                "use_rslora": config.get("use_rslora"),
+                "rank_pattern": config.get("rank_pattern"),
+                "alpha_pattern": config.get("alpha_pattern"),
+                "target_modules": config.get("target_modules"),
+                "peft_scaling": info["scaling"],
+                "imported_ranks": ranks,
                 "outputs_max_abs": diff,
             }
             res["passed"] = bool(sorted(ranks) == info["wrapped"] and diff <= OUTPUT_TOL)
             record["peft_to_jax"][name] = res
             ok &= res["passed"]
-            print(f"PEFT -> JAX  {name}: rslora={res['use_rslora']} ranks {ranks}"
-                  f"\n             PEFT scalings {info['scaling']}"
-                  f"\n             outputs max |diff| over 3 users {diff:.2e} (claim {OUTPUT_TOL:g})  {'PASS' if res['passed'] else 'FAIL'}")
+            print(
+                f"PEFT -> JAX  {name}: rslora={res['use_rslora']} ranks {ranks}"
+                f"\n             PEFT scalings {info['scaling']}"
+                f"\n             outputs max |diff| over 3 users {diff:.2e} (claim {OUTPUT_TOL:g})"
+                f"  {'PASS' if res['passed'] else 'FAIL'}"
+            )
     record["passed"] = bool(ok)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "nnx_interop.json"), "w") as f:

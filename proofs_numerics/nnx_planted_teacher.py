@@ -22,7 +22,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
@@ -80,16 +79,26 @@ def run_cell(config: Config, base: nnx.Module, samples: int, angle: float, key, 
     """All methods on one planted problem; per-user relative held-out loss and recovery."""
     k_teacher, k_fit = jax.random.split(key)
     teacher_cfg = cn.TeacherConfig(
-        users=config.users, rank=config.rank, targets=config.targets, samples=samples,
-        test_samples=config.test_samples, task_angle=angle, strength=config.strength,
+        users=config.users,
+        rank=config.rank,
+        targets=config.targets,
+        samples=samples,
+        test_samples=config.test_samples,
+        task_angle=angle,
+        strength=config.strength,
     )
     planted = cn.planted_teacher(k_teacher, base, teacher_cfg)
     test = planted.test
     method_cfg = cn.MethodConfig(
-        rank=config.rank, targets=config.targets, finetune_steps=config.finetune_steps,
+        rank=config.rank,
+        targets=config.targets,
+        finetune_steps=config.finetune_steps,
         train=cn.TrainConfig(
-            steps=config.steps, batch_size=config.batch_size, groups=config.groups,
-            local_steps=config.local_steps, progress=progress,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            groups=config.groups,
+            local_steps=config.local_steps,
+            progress=progress,
         ),
     )
     tx = optax.adam(config.learning_rate)
@@ -109,8 +118,14 @@ def run_cell(config: Config, base: nnx.Module, samples: int, angle: float, key, 
                 for name, layer in cn.adapted_layers(model)
             }
     relative = {m: np.asarray(losses[m] / losses["base"]).tolist() for m in METHODS}
-    return {"samples": samples, "task_angle": angle, "relative_loss": relative, "base_loss": np.asarray(losses["base"]).tolist(),
-            "trainable_parameters": params, "subspace_distance": distance}
+    return {
+        "samples": samples,
+        "task_angle": angle,
+        "relative_loss": relative,
+        "base_loss": np.asarray(losses["base"]).tolist(),
+        "trainable_parameters": params,
+        "subspace_distance": distance,
+    }
 
 
 def plot(results: dict, config: dict, path: str) -> None:
@@ -125,9 +140,20 @@ def plot(results: dict, config: dict, path: str) -> None:
         for m in METHODS:
             per_user = np.array([c["relative_loss"][m] for c in sweep])
             mid, lo, hi = per_user.mean(1), np.percentile(per_user, 25, 1), np.percentile(per_user, 75, 1)
-            ax.errorbar(xs, mid, yerr=[mid - np.minimum(lo, mid), np.maximum(hi, mid) - mid], marker=markers[m],
-                        capsize=3, label=f"{m} ({sweep[0]['trainable_parameters'][m]} params)")
-        ax.set(xlabel=xlabel, ylabel="held-out loss / frozen base's\n(mean over users, bars: 25-75%)", yscale="log", title=title)
+            ax.errorbar(
+                xs,
+                mid,
+                yerr=[mid - np.minimum(lo, mid), np.maximum(hi, mid) - mid],
+                marker=markers[m],
+                capsize=3,
+                label=f"{m} ({sweep[0]['trainable_parameters'][m]} params)",
+            )
+        ax.set(
+            xlabel=xlabel,
+            ylabel="held-out loss / frozen base's\n(mean over users, bars: 25-75%)",
+            yscale="log",
+            title=title,
+        )
         ax.grid(alpha=0.3)
     axes[0].set_xscale("log", base=2)
     axes[0].legend(fontsize=8)
@@ -136,8 +162,12 @@ def plot(results: dict, config: dict, path: str) -> None:
         for factor, style in (("U", "-o"), ("V", "--s")):
             ys = [np.mean([d[factor] for d in c["subspace_distance"].values()]) for c in sweep]
             ax.plot(xs, ys, style, label=f"shared {factor}")
-        ax.set(xlabel=xlabel, ylabel="sin(largest principal angle) to planted\n(CoLoRA, mean over layers)",
-               ylim=(0, 1.05), title=f"recovery, {title}")
+        ax.set(
+            xlabel=xlabel,
+            ylabel="sin(largest principal angle) to planted\n(CoLoRA, mean over layers)",
+            ylim=(0, 1.05),
+            title=f"recovery, {title}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[2].set_xscale("log", base=2)
@@ -164,7 +194,9 @@ def main() -> None:
     k_base, k_cells = jax.random.split(key)
     base = cn.Transformer(config.model, rngs=nnx.Rngs(params=k_base))
     cells = {}
-    todo = [(n, config.angle_grid[0]) for n in config.samples_grid] + [(config.samples_at, a) for a in config.angle_grid]
+    todo = [(n, config.angle_grid[0]) for n in config.samples_grid] + [
+        (config.samples_at, a) for a in config.angle_grid
+    ]
     for i, (n, a) in enumerate(dict.fromkeys(todo)):
         print(f"[{i + 1}/{len(dict.fromkeys(todo))}] samples={n} task_angle={a}", flush=True)
         cells[(n, a)] = run_cell(config, base, n, a, jax.random.fold_in(k_cells, i), not args.no_progress)
@@ -184,9 +216,15 @@ def main() -> None:
     )
     os.makedirs(args.out, exist_ok=True)
     record = {
-        "claim": claim, "passed": passed, "config": dataclasses.asdict(config), "smoke": args.smoke,
-        "seed": config.seed, "code_version": code_version("proofs_numerics/nnx_planted_teacher.py"), "device": device_info(),
-        "seconds": round(time.time() - start, 1), "results": results,
+        "claim": claim,
+        "passed": passed,
+        "config": dataclasses.asdict(config),
+        "smoke": args.smoke,
+        "seed": config.seed,
+        "code_version": code_version("proofs_numerics/nnx_planted_teacher.py"),
+        "device": device_info(),
+        "seconds": round(time.time() - start, 1),
+        "results": results,
     }
     with open(os.path.join(args.out, f"{NAME}.json"), "w") as f:
         json.dump(record, f, indent=1)

@@ -97,8 +97,19 @@ class Config:
 
 
 SMOKE = Config(
-    seeds=(0, 1), seq_len=16, width=16, depth=1, heads=2, pretrain_steps=20, roles_grid=(3,), chars_grid=(200, 400),
-    test_chars=200, val_chars=150, steps=20, eval_every=10, ridges=(0.1,),
+    seeds=(0, 1),
+    seq_len=16,
+    width=16,
+    depth=1,
+    heads=2,
+    pretrain_steps=20,
+    roles_grid=(3,),
+    chars_grid=(200, 400),
+    test_chars=200,
+    val_chars=150,
+    steps=20,
+    eval_every=10,
+    ridges=(0.1,),
 )
 
 
@@ -109,9 +120,15 @@ def build_roles(config: Config, text_path: str):
     vocab = cn.CharVocab.from_texts(roles.values())
     users = ranked[: max(config.roles_grid)]
     pre = [r for r in ranked if r not in users]
-    windows = [cn.role_windows(vocab.encode(roles[r]), config.seq_len, config.seq_len // 2)
-               for r in pre if len(roles[r]) > config.seq_len + 1]
-    pretrain = (jnp.asarray(np.concatenate([w[0] for w in windows])), jnp.asarray(np.concatenate([w[1] for w in windows])))
+    windows = [
+        cn.role_windows(vocab.encode(roles[r]), config.seq_len, config.seq_len // 2)
+        for r in pre
+        if len(roles[r]) > config.seq_len + 1
+    ]
+    pretrain = (
+        jnp.asarray(np.concatenate([w[0] for w in windows])),
+        jnp.asarray(np.concatenate([w[1] for w in windows])),
+    )
     return vocab, {r: roles[r] for r in users}, users, pretrain, sum(len(roles[r]) for r in pre)
 
 
@@ -121,22 +138,42 @@ def split(config: Config, vocab, texts: dict[str, str], users: list[str], chars:
     def examples(start, stop, stride):
         parts = [cn.role_windows(vocab.encode(texts[r][start:stop]), config.seq_len, stride) for r in users]
         ids = np.concatenate([np.full(len(p[0]), u) for u, p in enumerate(parts)])
-        return cn.Examples(jnp.asarray(np.concatenate([p[0] for p in parts])),
-                           jnp.asarray(np.concatenate([p[1] for p in parts])), jnp.asarray(ids, jnp.int32))
+        return cn.Examples(
+            jnp.asarray(np.concatenate([p[0] for p in parts])),
+            jnp.asarray(np.concatenate([p[1] for p in parts])),
+            jnp.asarray(ids, jnp.int32),
+        )
 
     t, v = config.test_chars, config.val_chars
-    return (examples(t + v, t + v + chars, config.train_stride), examples(t, t + v, config.seq_len),
-            examples(0, t, config.seq_len))
+    return (
+        examples(t + v, t + v + chars, config.train_stride),
+        examples(t, t + v, config.seq_len),
+        examples(0, t, config.seq_len),
+    )
 
 
 def pretrained_base(config: Config, vocab, pretrain, cache: str, progress: bool) -> nnx.Module:
     """The base model, pretrained once and cached (keyed by every field that shapes it)."""
-    fields = {k: getattr(config, k) for k in ("base_seed", "seq_len", "width", "depth", "heads", "pretrain_steps",
-                                               "pretrain_lr", "batch_size", "roles_grid")}
-    key = hashlib.sha256(json.dumps({**fields, "vocab": vocab.chars, "n": int(pretrain[0].shape[0])},
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    cfg = cn.TransformerConfig(vocab=len(vocab.chars), seq_len=config.seq_len, width=config.width,
-                               depth=config.depth, heads=config.heads)
+    fields = {
+        k: getattr(config, k)
+        for k in (
+            "base_seed",
+            "seq_len",
+            "width",
+            "depth",
+            "heads",
+            "pretrain_steps",
+            "pretrain_lr",
+            "batch_size",
+            "roles_grid",
+        )
+    }
+    key = hashlib.sha256(
+        json.dumps({**fields, "vocab": vocab.chars, "n": int(pretrain[0].shape[0])}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    cfg = cn.TransformerConfig(
+        vocab=len(vocab.chars), seq_len=config.seq_len, width=config.width, depth=config.depth, heads=config.heads
+    )
     k_init, k_pre = jax.random.split(jax.random.key(config.base_seed))
     base = cn.Transformer(cfg, rngs=nnx.Rngs(params=k_init))
     path = os.path.join(cache, f"base-{key}.npz")
@@ -147,8 +184,16 @@ def pretrained_base(config: Config, vocab, pretrain, cache: str, progress: bool)
         nnx.update(base, jax.tree.unflatten(treedef, [jnp.asarray(saved[f"a{i}"]) for i in range(len(leaves))]))
         print(f"base: restored {path}", flush=True)
         return base
-    losses = cn.pretrain(base, *pretrain, cn.next_token_loss, optax.adam(config.pretrain_lr),
-                         steps=config.pretrain_steps, batch_size=config.batch_size, key=k_pre, progress=progress)
+    losses = cn.pretrain(
+        base,
+        *pretrain,
+        cn.next_token_loss,
+        optax.adam(config.pretrain_lr),
+        steps=config.pretrain_steps,
+        batch_size=config.batch_size,
+        key=k_pre,
+        progress=progress,
+    )
     print(f"base: pretrained {config.pretrain_steps} steps, last-100 loss {np.mean(losses[-100:]):.3f}", flush=True)
     os.makedirs(cache, exist_ok=True)
     np.savez(path, **{f"a{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(nnx.state(base)))})
@@ -185,33 +230,51 @@ def run_cell(config: Config, base, vocab, texts, ranked, roles: int, chars: int,
     train, val, test = split(config, vocab, texts, users, chars)
     key = jax.random.fold_in(jax.random.key(seed), roles * 1_000_003 + chars)  # the same for every method
     method_cfg = cn.MethodConfig(
-        rank=config.rank, targets=config.targets,
-        train=cn.TrainConfig(steps=config.steps, batch_size=config.batch_size, eval_every=config.eval_every,
-                             progress=progress),
+        rank=config.rank,
+        targets=config.targets,
+        train=cn.TrainConfig(
+            steps=config.steps, batch_size=config.batch_size, eval_every=config.eval_every, progress=progress
+        ),
     )
     tx = optax.adam(config.learning_rate)
-    fit = lambda m: cn.fit_method(m, base, train, cn.next_token_loss, tx, method_cfg, users=roles, key=key,
-                                  validation=val)
+    fit = lambda m: cn.fit_method(
+        m, base, train, cn.next_token_loss, tx, method_cfg, users=roles, key=key, validation=val
+    )
     models, params = {}, {}
     for method in ("base", "global", "local", "colora"):
         models[method], params[method] = fit(method)
-    val_scores = {0.0: cn.validation_loss(models["colora"], val, cn.next_token_loss),
-                  math.inf: cn.validation_loss(models["global"], val, cn.next_token_loss)}
-    _, ridge_scores, ridge_model = cn.select_ridge(base, train, val, cn.next_token_loss, tx, method_cfg, config.ridges,
-                                                   users=roles, key=key)
+    val_scores = {
+        0.0: cn.validation_loss(models["colora"], val, cn.next_token_loss),
+        math.inf: cn.validation_loss(models["global"], val, cn.next_token_loss),
+    }
+    _, ridge_scores, ridge_model = cn.select_ridge(
+        base, train, val, cn.next_token_loss, tx, method_cfg, config.ridges, users=roles, key=key
+    )
     val_scores.update(ridge_scores)
     chosen = min(sorted(val_scores), key=lambda lam: val_scores[lam])
     models["colora-centered"] = {0.0: models["colora"], math.inf: models["global"]}.get(chosen, ridge_model)
-    params["colora-centered"] = cn.count_parameters(models["colora-centered"], nnx.Any(cn.SharedParam, cn.PersonalParam))
+    params["colora-centered"] = cn.count_parameters(
+        models["colora-centered"], nnx.Any(cn.SharedParam, cn.PersonalParam)
+    )
     loss = {}
     for method, model in models.items():
         per_example = cn.next_token_loss(cn.predict(model, test.inputs, test.user_ids), test.targets)
         loss[method] = np.asarray(cn.per_user_mean(per_example, test.user_ids, roles)).tolist()
     return {
-        "roles": roles, "chars": chars, "seed": seed, "users": users, "loss": loss, "trainable_parameters": params,
-        "validation": {str(k): v for k, v in val_scores.items()}, "chosen_ridge": str(chosen),
+        "roles": roles,
+        "chars": chars,
+        "seed": seed,
+        "users": users,
+        "loss": loss,
+        "trainable_parameters": params,
+        "validation": {str(k): v for k, v in val_scores.items()},
+        "chosen_ridge": str(chosen),
         "heterogeneity": heterogeneity(models["local"], models["global"]),
-        "windows": {"train": int(train.inputs.shape[0]), "val": int(val.inputs.shape[0]), "test": int(test.inputs.shape[0])},
+        "windows": {
+            "train": int(train.inputs.shape[0]),
+            "val": int(val.inputs.shape[0]),
+            "test": int(test.inputs.shape[0]),
+        },
     }
 
 
@@ -233,14 +296,26 @@ def summarize(config: Config, cells: list[dict]) -> dict:
             if not group:
                 continue
             mean = {m: float(np.mean([np.mean(c["loss"][m]) for c in group])) for m in METHODS}
-            diff = {m: paired_ci([np.mean(c["loss"][m]) - np.mean(c["loss"]["global"]) for c in group])
-                    for m in METHODS if m != "global"}
-            roles_better = {m: int(sum(np.sum(np.asarray(c["loss"][m]) < np.asarray(c["loss"]["global"])) for c in group))
-                            for m in ("colora", "colora-centered", "local")}
+            diff = {
+                m: paired_ci([np.mean(c["loss"][m]) - np.mean(c["loss"]["global"]) for c in group])
+                for m in METHODS
+                if m != "global"
+            }
+            roles_better = {
+                m: int(sum(np.sum(np.asarray(c["loss"][m]) < np.asarray(c["loss"]["global"])) for c in group))
+                for m in ("colora", "colora-centered", "local")
+            }
             out[f"{roles}x{chars}"] = {
-                "roles": roles, "chars": chars, "seeds": len(group), "mean_loss": mean, "diff_to_global": diff,
-                "roles_better_than_global": roles_better, "role_seed_pairs": roles * len(group),
-                "heterogeneity": {k: float(np.mean([c["heterogeneity"][k] for c in group])) for k in ("distance", "dispersion")},
+                "roles": roles,
+                "chars": chars,
+                "seeds": len(group),
+                "mean_loss": mean,
+                "diff_to_global": diff,
+                "roles_better_than_global": roles_better,
+                "role_seed_pairs": roles * len(group),
+                "heterogeneity": {
+                    k: float(np.mean([c["heterogeneity"][k] for c in group])) for k in ("distance", "dispersion")
+                },
                 "chosen_ridges": [c["chosen_ridge"] for c in group],
             }
     return out
@@ -248,14 +323,16 @@ def summarize(config: Config, cells: list[dict]) -> dict:
 
 def claims(config: Config, summary: dict) -> tuple[bool, list[str]]:
     lines, ok = [], True
-    for key, s in summary.items():
+    for s in summary.values():
         if s["chars"] <= config.scarce_chars:
             for m in ("colora", "colora-centered"):
                 mean, lo, hi = s["diff_to_global"][m]
                 good = mean < config.margin
                 ok &= good
-                lines.append(f"{'PASS' if good else 'FAIL'} (1) R={s['roles']} c={s['chars']}: {m} - global = {mean:+.4f}"
-                             f" [{lo:+.4f}, {hi:+.4f}] nats (claim: mean < {config.margin})")
+                lines.append(
+                    f"{'PASS' if good else 'FAIL'} (1) R={s['roles']} c={s['chars']}: {m} - global = {mean:+.4f}"
+                    f" [{lo:+.4f}, {hi:+.4f}] nats (claim: mean < {config.margin})"
+                )
     for roles in config.roles_grid:
         done = [s for s in summary.values() if s["roles"] == roles]
         if not done:
@@ -265,8 +342,10 @@ def claims(config: Config, summary: dict) -> tuple[bool, list[str]]:
         good = any(hi < 0 for _, _, hi in his.values())
         ok &= good
         text = ", ".join(f"{m} {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" for m, d in his.items())
-        lines.append(f"{'PASS' if good else 'FAIL'} (2) R={roles} c={s['chars']} (largest c): {text} nats vs global"
-                     " (claim: one interval entirely below 0)")
+        lines.append(
+            f"{'PASS' if good else 'FAIL'} (2) R={roles} c={s['chars']} (largest c): {text} nats vs global"
+            " (claim: one interval entirely below 0)"
+        )
     return ok, lines
 
 
@@ -282,19 +361,32 @@ def plot(record: dict, path: str) -> None:
         xs = [s["chars"] for s in cells]
         marker = "o" if j == 0 else "s"
         for m in METHODS:
-            axes[0].plot(xs, [s["mean_loss"][m] for s in cells], styles[m], marker=marker, ms=4,
-                         label=f"{m}, R={roles}")
+            axes[0].plot(
+                xs, [s["mean_loss"][m] for s in cells], styles[m], marker=marker, ms=4, label=f"{m}, R={roles}"
+            )
         for m in ("local", "colora", "colora-centered"):
             d = np.array([s["diff_to_global"][m] for s in cells])
-            axes[1].errorbar(np.array(xs) * (1 + 0.04 * (METHODS.index(m) - 3)), d[:, 0],
-                             yerr=[d[:, 0] - d[:, 1], d[:, 2] - d[:, 0]], fmt=styles[m][:2] + marker, capsize=3, ms=4,
-                             label=f"{m} - global, R={roles}")
+            axes[1].errorbar(
+                np.array(xs) * (1 + 0.04 * (METHODS.index(m) - 3)),
+                d[:, 0],
+                yerr=[d[:, 0] - d[:, 1], d[:, 2] - d[:, 0]],
+                fmt=styles[m][:2] + marker,
+                capsize=3,
+                ms=4,
+                label=f"{m} - global, R={roles}",
+            )
         for s in cells:
             d = s["diff_to_global"]["colora"]
-            axes[2].errorbar(s["heterogeneity"]["distance"], -d[0], yerr=[[d[2] - d[0]], [d[0] - d[1]]],
-                             fmt="C2" + marker, capsize=3)
-            axes[2].annotate(f"c={s['chars']}", (s["heterogeneity"]["distance"], -d[0]), fontsize=7,
-                             xytext=(3, 3), textcoords="offset points")
+            axes[2].errorbar(
+                s["heterogeneity"]["distance"], -d[0], yerr=[[d[2] - d[0]], [d[0] - d[1]]], fmt="C2" + marker, capsize=3
+            )
+            axes[2].annotate(
+                f"c={s['chars']}",
+                (s["heterogeneity"]["distance"], -d[0]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     axes[0].set_xscale("log")
     axes[0].set_ylim(0, None)
     axes[0].set_xlabel("training characters per role (c)")
@@ -308,11 +400,14 @@ def plot(record: dict, path: str) -> None:
     axes[2].axhline(0, color="k", lw=0.8)
     axes[2].set_xlabel("heterogeneity: mean ||dW_i(local) - dW(global)|| / ||dW(global)||")
     axes[2].set_ylabel("CoLoRA gain over global (nats), 95% CI")
-    axes[2].set_title("o: R=%d   s: R=%d" % tuple(grid[:2]) if len(grid) > 1 else "", fontsize=8)
+    axes[2].set_title("o: R={}   s: R={}".format(*grid[:2]) if len(grid) > 1 else "", fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Shakespeare roles as users ({record['text']}; rank {record['config']['rank']},"
-                 f" {len(record['config']['seeds'])} seeds)", fontsize=10)
+    fig.suptitle(
+        f"Shakespeare roles as users ({record['text']}; rank {record['config']['rank']},"
+        f" {len(record['config']['seeds'])} seeds)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -323,8 +418,14 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the whole pipeline in seconds")
     parser.add_argument("--fresh", action="store_true", help="recompute every cell (and the base)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--text", default=SHAKESPEARE_PATH, help="Tiny Shakespeare text (default: the corpus shipped in colora_jax/nnx/data)")
-    parser.add_argument("--results", default=os.path.join("results", NAME), help="resumable cell results and base cache")
+    parser.add_argument(
+        "--text",
+        default=SHAKESPEARE_PATH,
+        help="Tiny Shakespeare text (default: the corpus shipped in colora_jax/nnx/data)",
+    )
+    parser.add_argument(
+        "--results", default=os.path.join("results", NAME), help="resumable cell results and base cache"
+    )
     parser.add_argument("--out", default="figures", help="directory for the PNG and JSON")
     args = parser.parse_args()
     config = SMOKE if args.smoke else Config()
@@ -339,13 +440,19 @@ def main() -> None:
         for chars in config.chars_grid:
             short = [r for r in ranked[:roles] if len(texts[r]) < need + chars]
             (skipped if short else plan).append((roles, chars))
-    print(f"{len(ranked)} candidate users; pretraining on the other roles ({pre_chars:,} characters);"
-          f" {len(plan)} cells x {len(config.seeds)} seeds; skipped for lack of text: {skipped}", flush=True)
+    print(
+        f"{len(ranked)} candidate users; pretraining on the other roles ({pre_chars:,} characters);"
+        f" {len(plan)} cells x {len(config.seeds)} seeds; skipped for lack of text: {skipped}",
+        flush=True,
+    )
     path = os.path.join(results, "cells.jsonl")
     if args.fresh and os.path.exists(path):
         os.remove(path)
-    tag = hashlib.sha256(json.dumps({**dataclasses.asdict(config), "text": os.path.abspath(args.text)},
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(
+        json.dumps(
+            {**dataclasses.asdict(config), "text": os.path.abspath(args.text)}, sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:16]
     done = {}
     if os.path.exists(path):
         for line in open(path):
@@ -373,14 +480,25 @@ def main() -> None:
                 os.fsync(f.fileno())
             cells.append(rec)
             means = "  ".join(f"{m} {np.mean(rec['loss'][m]):.4f}" for m in METHODS)
-            print(f"R={roles:3d} c={chars:6d} seed={seed}: {means}  lambda*={rec['chosen_ridge']}"
-                  f"  heterogeneity {rec['heterogeneity']['distance']:.2f}  [{rec['seconds']} s]", flush=True)
+            print(
+                f"R={roles:3d} c={chars:6d} seed={seed}: {means}  lambda*={rec['chosen_ridge']}"
+                f"  heterogeneity {rec['heterogeneity']['distance']:.2f}  [{rec['seconds']} s]",
+                flush=True,
+            )
     summary = summarize(config, cells)
     passed, lines = claims(config, summary)
     record = {
-        "passed": passed, "claims": lines, "config": dataclasses.asdict(config), "smoke": args.smoke,
-        "code_version": version, "device": device_info(), "text": os.path.basename(args.text),
-        "skipped_cells": skipped, "pretrain_characters": pre_chars, "summary": summary, "cells": cells,
+        "passed": passed,
+        "claims": lines,
+        "config": dataclasses.asdict(config),
+        "smoke": args.smoke,
+        "code_version": version,
+        "device": device_info(),
+        "text": os.path.basename(args.text),
+        "skipped_cells": skipped,
+        "pretrain_characters": pre_chars,
+        "summary": summary,
+        "cells": cells,
         "seconds": round(time.time() - start, 1),
         "cells_code_versions": sorted({c.get("code_version", "?") for c in cells}),
     }
@@ -390,8 +508,10 @@ def main() -> None:
     plot(record, os.path.join(args.out, f"{NAME}.png"))
     for line in lines:
         print(line)
-    print(f"{'PASS' if passed else 'FAIL'}: personal parts no worse when data is scarce, and paying at the largest c"
-          f"  [{record['seconds']} s]")
+    print(
+        f"{'PASS' if passed else 'FAIL'}: personal parts no worse when data is scarce, and paying at the largest c"
+        f"  [{record['seconds']} s]"
+    )
 
 
 if __name__ == "__main__":

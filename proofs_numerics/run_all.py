@@ -45,15 +45,26 @@ def command(name: str, sweeps: bool, args) -> list[str]:
 def row(name: str, out: str, status: int, seconds: float) -> dict:
     path = os.path.join(out, f"{name}.json")
     if status != 0 or not os.path.exists(path) or os.path.getmtime(path) < time.time() - seconds - 1:
-        return {"script": name, "result": "ERROR", "measured": f"exit status {status}", "figure": "-", "claim": "-",
-                "seconds": seconds}
+        return {
+            "script": name,
+            "result": "ERROR",
+            "measured": f"exit status {status}",
+            "figure": "-",
+            "claim": "-",
+            "seconds": seconds,
+        }
     with open(path) as f:
         record = json.load(f)
     measured = record.get("measured")
     measured = "; ".join(f"{k}={v}" for k, v in measured.items()) if measured else "(in the claim)"
-    return {"script": name, "result": "PASS" if record["passed"] else "FAIL", "measured": measured,
-            "figure": record.get("figure", os.path.join(out, f"{name}.png")), "claim": record["claim"],
-            "seconds": seconds}
+    return {
+        "script": name,
+        "result": "PASS" if record["passed"] else "FAIL",
+        "measured": measured,
+        "figure": record.get("figure", os.path.join(out, f"{name}.png")),
+        "claim": record["claim"],
+        "seconds": seconds,
+    }
 
 
 def table(rows: list[dict]) -> str:

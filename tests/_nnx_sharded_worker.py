@@ -97,7 +97,11 @@ def run(config, users_axis=None, mesh=None, steps=2):
 
 
 def adapter_arrays(model):
-    return {f"{n}.{k}": np.asarray(getattr(m, k)[...]) for n, m in cn.adapted_layers(model) for k in ("shared_u", "shared_v", "personal")}
+    return {
+        f"{n}.{k}": np.asarray(getattr(m, k)[...])
+        for n, m in cn.adapted_layers(model)
+        for k in ("shared_u", "shared_v", "personal")
+    }
 
 
 def per_device_bytes(tree) -> int:
@@ -115,10 +119,15 @@ def main():
     auto = (jax.sharding.AxisType.Auto,) * 2
     ref_model, ref_opt, ref_losses, ref_logits = run(CONFIG)
     ref = adapter_arrays(ref_model)
-    out = {"devices": n, "single_bytes": {"params": per_device_bytes(nnx.state(ref_model, nnx.Param)),
-                                          "adapter": per_device_bytes(nnx.state(ref_model, ADAPTER)),
-                                          "optimizer": per_device_bytes(nnx.state(ref_opt, nnx.optimizer.OptState))},
-           "layouts": {}}
+    out = {
+        "devices": n,
+        "single_bytes": {
+            "params": per_device_bytes(nnx.state(ref_model, nnx.Param)),
+            "adapter": per_device_bytes(nnx.state(ref_model, ADAPTER)),
+            "optimizer": per_device_bytes(nnx.state(ref_opt, nnx.optimizer.OptState)),
+        },
+        "layouts": {},
+    }
     layouts = {
         "data": ((n, 1), None),  # data parallel, bank replicated
         "data_bank_split": ((n, 1), "data"),  # data parallel, bank split over users
@@ -136,17 +145,24 @@ def main():
             "loss": max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses)),
             "adapters": max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref),
             "logits": float(np.max(np.abs(np.asarray(logits) - np.asarray(ref_logits)))),
-            "query_U_spec": spec(query.shared_u), "query_kernel_spec": spec(query.base.kernel),
-            "down_V_spec": spec(down.shared_v), "bank_spec": spec(down.personal),
+            "query_U_spec": spec(query.shared_u),
+            "query_kernel_spec": spec(query.base.kernel),
+            "down_V_spec": spec(down.shared_v),
+            "bank_spec": spec(down.personal),
             "logits_spec": [None if p is None else str(p) for p in logits.sharding.spec],
-            "bytes": {"params": per_device_bytes(nnx.state(model, nnx.Param)),
-                      "adapter": per_device_bytes(nnx.state(model, ADAPTER)),
-                      "optimizer": per_device_bytes(nnx.state(opt, nnx.optimizer.OptState))},
+            "bytes": {
+                "params": per_device_bytes(nnx.state(model, nnx.Param)),
+                "adapter": per_device_bytes(nnx.state(model, ADAPTER)),
+                "optimizer": per_device_bytes(nnx.state(opt, nnx.optimizer.OptState)),
+            },
         }
     # flax's documented recipe: build inside nnx.jit under jax.set_mesh, constrain the state to its
     # partition specs (nnx.get_partition_spec), then serve.
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[: (n // 4) * 4]).reshape(n // 4, 4), ("data", "model"), axis_types=auto)
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.devices()[: (n // 4) * 4]).reshape(n // 4, 4), ("data", "model"), axis_types=auto
+    )
     with jax.set_mesh(mesh):
+
         @nnx.jit
         def create():
             model = build(CONFIG, "data")[0]
@@ -161,15 +177,22 @@ def main():
     query = model.blocks[0].attn.query
     out["flax_recipe"] = {
         "logits": float(np.max(np.abs(np.asarray(logits) - np.asarray(untrained)))),
-        "query_U_spec": spec(query.shared_u), "bank_spec": spec(model.blocks[0].mlp.down.personal),
+        "query_U_spec": spec(query.shared_u),
+        "bank_spec": spec(model.blocks[0].mlp.down.personal),
     }
     # Mixed precision on the 2-D mesh: bf16 compute, float32 adapters and optimizer state, remat.
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[: (n // 4) * 4]).reshape(n // 4, 4), ("data", "model"), axis_types=auto)
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.devices()[: (n // 4) * 4]).reshape(n // 4, 4), ("data", "model"), axis_types=auto
+    )
     remat_model, _, remat_losses, remat_logits = run(dataclasses.replace(CONFIG, remat=True), "data", mesh)
     remat = adapter_arrays(remat_model)
-    bf16_model, bf16_opt, bf16_losses, bf16_logits = run(dataclasses.replace(CONFIG, dtype="bfloat16", remat=True), "data", mesh)
+    bf16_model, bf16_opt, bf16_losses, bf16_logits = run(
+        dataclasses.replace(CONFIG, dtype="bfloat16", remat=True), "data", mesh
+    )
     bf16 = adapter_arrays(bf16_model)
-    moved = lambda arrays: np.concatenate([(arrays[k] - start[k]).ravel() for k in sorted(arrays) if "shared" in k or "personal" in k])
+    moved = lambda arrays: np.concatenate(
+        [(arrays[k] - start[k]).ravel() for k in sorted(arrays) if "shared" in k or "personal" in k]
+    )
     start = adapter_arrays(build(CONFIG, None)[0])
     u_ref, u_bf16 = moved(ref), moved(bf16)
     out["remat_f32"] = {
@@ -181,9 +204,16 @@ def main():
         "loss": max(abs(a - b) / abs(b) for a, b in zip(bf16_losses, ref_losses)),
         "update_cosine": float(u_ref @ u_bf16 / (np.linalg.norm(u_ref) * np.linalg.norm(u_bf16))),
         "adapter_dtypes": sorted({str(v.dtype) for v in bf16.values()}),
-        "optimizer_dtypes": sorted({str(a.dtype) for a in jax.tree.leaves(nnx.state(bf16_opt, nnx.optimizer.OptState))
-                                    if jnp.issubdtype(a.dtype, jnp.floating)}),
-        "activation_dtype": str(bf16_model.blocks[0].attn.query.base(jnp.ones((1, 2, CONFIG.width), jnp.bfloat16)).dtype),
+        "optimizer_dtypes": sorted(
+            {
+                str(a.dtype)
+                for a in jax.tree.leaves(nnx.state(bf16_opt, nnx.optimizer.OptState))
+                if jnp.issubdtype(a.dtype, jnp.floating)
+            }
+        ),
+        "activation_dtype": str(
+            bf16_model.blocks[0].attn.query.base(jnp.ones((1, 2, CONFIG.width), jnp.bfloat16)).dtype
+        ),
         "finite": bool(np.all(np.isfinite(bf16_losses))),
     }
     print(json.dumps(out))

@@ -1,12 +1,12 @@
 """Subprocess helper of test_sharding.py and test_multiprocess.py (needs its own XLA_FLAGS).
 
-    python tests/_sharded_worker.py devices N
-        On N fake CPU devices: for both models, the sharded fit on 1, 2, ..., N devices against
-        the single-device fit; prints one JSON line of the largest differences.
-    python tests/_sharded_worker.py process I P PORT OUT
-        Process I of P under jax.distributed (coordinator on 127.0.0.1:PORT), one CPU device
-        each, holding its slice of the users; process 0 writes the fitted U, V, S and trace to
-        OUT (.npz).
+python tests/_sharded_worker.py devices N
+    On N fake CPU devices: for both models, the sharded fit on 1, 2, ..., N devices against
+    the single-device fit; prints one JSON line of the largest differences.
+python tests/_sharded_worker.py process I P PORT OUT
+    Process I of P under jax.distributed (coordinator on 127.0.0.1:PORT), one CPU device
+    each, holding its slice of the users; process 0 writes the fitted U, V, S and trace to
+    OUT (.npz).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import colora_jax as cj  # noqa: E402
 
 # shared with the tests: the same problems and fit on every side
 PROBLEMS = {
-    "regression": cj.ProblemConfig(model="regression", users=8, d_out=6, d_in=5, rank=2, samples=8, noise=0.1, x64=True),
+    "regression": cj.ProblemConfig(
+        model="regression", users=8, d_out=6, d_in=5, rank=2, samples=8, noise=0.1, x64=True
+    ),
     "sensing": cj.ProblemConfig(model="sensing", users=8, d_out=6, d_in=5, rank=2, samples=30, noise=0.1, x64=True),
 }
 FIT = cj.FitConfig(rank=2, iters=6, tol=0.0)
@@ -49,7 +51,7 @@ def compare_devices(n_devices):
             if n_devices % n:
                 continue
             mesh = cj.users_mesh(n)
-            run = jax.jit(lambda o, t: cj.fit_sharded(o, FIT, mesh=mesh, truth=t))
+            run = jax.jit(lambda o, t, mesh=mesh: cj.fit_sharded(o, FIT, mesh=mesh, truth=t))
             est, trace = run(cj.shard_users(prob.train, mesh), prob.truth)
             out[model][n] = {
                 "U": float(np.max(np.abs(est.U - ref.U))),
@@ -71,7 +73,9 @@ def compare_devices(n_devices):
 
 def distributed(process_id, processes, port, path):
     jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}", num_processes=processes, process_id=process_id,
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=processes,
+        process_id=process_id,
         initialization_timeout=60,
     )
     from jax.experimental import multihost_utils
@@ -84,7 +88,10 @@ def distributed(process_id, processes, port, path):
         mine = slice(process_id * k // processes, (process_id + 1) * k // processes)
         users = cj.users_sharding(mesh)
         obs = jax.tree.map(
-            lambda a: jax.make_array_from_process_local_data(users, np.asarray(a[mine]), a.shape), prob.train
+            lambda a, users=users, mine=mine: jax.make_array_from_process_local_data(
+                users, np.asarray(a[mine]), a.shape
+            ),
+            prob.train,
         )
         est, trace = jax.jit(lambda o: cj.fit_sharded(o, FIT, mesh=mesh))(obs)
         est, trace = multihost_utils.process_allgather((est, trace), tiled=True)

@@ -98,7 +98,7 @@ def test_every_method_sees_the_same_problem_and_colora_is_the_core_trial():
     key = cj.trial_keys(jax.random.key(0), 0, 1)[0]
     core = jax.jit(lambda k: cj.fit(cj.generate(jax.random.split(k)[0], pc).train, fc))(key)
     for method in ("colora", "oracle", "local"):  # every method fits the problem the core trial generates
-        ours = jax.jit(lambda k: cj.trial(k, pc, fc, method))(key)
+        ours = jax.jit(lambda k, method=method: cj.trial(k, pc, fc, method))(key)
         assert ours.evaluation.rel_error.shape == ()
     ours = jax.jit(lambda k: cj.trial(k, pc, fc, "colora"))(key)
     np.testing.assert_allclose(ours.trace.objective, core[1].objective, rtol=1e-5)
@@ -140,9 +140,7 @@ COMPARED = {"scarce": (SCARCE, ("colora", "oracle", "local", "global")), "crosso
 def runs():
     key = jax.random.key(0)
     return {
-        (name, m): cj.run_trials(key, pc, FC, 3, method=m)
-        for name, (pc, methods) in COMPARED.items()
-        for m in methods
+        (name, m): cj.run_trials(key, pc, FC, 3, method=m) for name, (pc, methods) in COMPARED.items() for m in methods
     }
 
 

@@ -6,10 +6,37 @@ import pytest
 
 from colora_jax.cli import main
 
-SMALL = ["compare", "--users", "6", "--d-out", "5", "--d-in", "4", "--samples", "12", "--trials", "2",
-         "--iters", "30", "--test-samples", "4", "--noise", "0.01", "--methods", "colora,local-full,oracle"]
-FIELDS = ("median_rel_error", "iqr_rel_error", "test_mse", "subspace_distance_U", "subspace_distance_V",
-          "params_shared", "params_per_user", "seconds")
+SMALL = [
+    "compare",
+    "--users",
+    "6",
+    "--d-out",
+    "5",
+    "--d-in",
+    "4",
+    "--samples",
+    "12",
+    "--trials",
+    "2",
+    "--iters",
+    "30",
+    "--test-samples",
+    "4",
+    "--noise",
+    "0.01",
+    "--methods",
+    "colora,local-full,oracle",
+]
+FIELDS = (
+    "median_rel_error",
+    "iqr_rel_error",
+    "test_mse",
+    "subspace_distance_U",
+    "subspace_distance_V",
+    "params_shared",
+    "params_per_user",
+    "seconds",
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,15 @@ SMALL = ["recover", "--users", "6", "--d-out", "6", "--d-in", "5", "--samples", 
 def test_json_output_has_the_documented_fields(capsys):
     assert main(SMALL + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    for field in ("config", "success_rate", "rel_errors", "subspace_distance_U", "subspace_distance_V", "iterations", "seconds"):
+    for field in (
+        "config",
+        "success_rate",
+        "rel_errors",
+        "subspace_distance_U",
+        "subspace_distance_V",
+        "iterations",
+        "seconds",
+    ):
         assert field in out
     assert len(out["rel_errors"]) == 3 and len(out["subspace_distance_U"]) == 3
     assert out["config"]["problem"]["users"] == 6 and out["config"]["seed"] == 0
@@ -52,7 +60,9 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, fragment, capsys):
 
 
 def test_console_script_exit_code():
-    proc = subprocess.run([sys.executable, "-m", "colora_jax.cli", "recover", "--rank", "0"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "colora_jax.cli", "recover", "--rank", "0"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("colora: error:") and "Traceback" not in proc.stderr
 
 
@@ -74,8 +84,10 @@ def test_several_sample_sizes_fit_prefixes_of_the_same_trials(capsys):
     [
         (["recover", "--success-threshold", "-1"], "positive number"),
         (["recover", "--test-samples", "-3"], "non-negative integer"),
-        (["recover", "--users", "100000000", "--d-out", "1000", "--d-in", "1000", "--trials", "1"],
-         "use fewer users or samples"),
+        (
+            ["recover", "--users", "100000000", "--d-out", "1000", "--d-in", "1000", "--trials", "1"],
+            "use fewer users or samples",
+        ),
     ],
 )
 def test_impossible_runs_are_refused_before_anything_runs(argv, fragment, capsys):
@@ -86,8 +98,9 @@ def test_impossible_runs_are_refused_before_anything_runs(argv, fragment, capsys
 
 def _recover_in_a_new_process(cache_dir, *extra):
     env = {**__import__("os").environ, "COLORA_JAX_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.run([sys.executable, "-m", "colora_jax.cli", *SMALL, "--json", *extra], capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "colora_jax.cli", *SMALL, "--json", *extra], capture_output=True, text=True, env=env
+    )
     return proc
 
 

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import colora_jax as cj
 
@@ -23,7 +24,7 @@ def problem(model, seed, personal="full", x64=False, **kw):
     return cj.generate(jax.random.key(seed), cfg)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_fit(fc: cj.FitConfig):
     return jax.jit(lambda obs, truth, key: cj.fit(obs, fc, truth=truth, key=key))
 
@@ -94,8 +95,13 @@ def _check_monotone(model, personal, seed, scale):
     assert np.all(np.diff(f) <= 1e-10 * f[:-1]), f
 
 
-@given(seed=st.integers(0, 2**31 - 1), p=st.integers(1, 40), rows=st.integers(1, 90),
-       decades=st.floats(0.0, 6.0), rank_deficient=st.booleans())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    p=st.integers(1, 40),
+    rows=st.integers(1, 90),
+    decades=st.floats(0.0, 6.0),
+    rank_deficient=st.booleans(),
+)
 def test_psd_solve_is_an_exact_least_squares_solve(seed, p, rows, decades, rank_deficient):
     """The Cholesky-with-refinement solve of ``F^T F x = F^T y`` minimizes ``||y - F x||`` as
     well as LAPACK's SVD-based lstsq, for badly scaled and rank-deficient (or wide) ``F``."""

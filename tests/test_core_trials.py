@@ -32,7 +32,9 @@ def test_batched_trials_equal_looped_trials(x64):
 def test_second_call_does_not_recompile():
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, duration, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+        lambda event, duration, **kw: (
+            compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+        )
     )
     cj.run_trials(jax.random.key(0), PC, FC, 3, batch=3)
     before = len(compiles)

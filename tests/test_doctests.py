@@ -8,8 +8,7 @@ import colora_jax as cj
 import colora_jax.nnx as cn
 
 
-@pytest.mark.parametrize("obj", [cj.fit, cj.run_trials, cj.principal_angles, cn.apply_colora],
-                         ids=lambda o: o.__name__)
+@pytest.mark.parametrize("obj", [cj.fit, cj.run_trials, cj.principal_angles, cn.apply_colora], ids=lambda o: o.__name__)
 def test_docstring_example(obj):
     tests = [t for t in doctest.DocTestFinder().find(obj, obj.__name__, globs={}) if t.examples]
     assert tests, f"{obj.__name__} has no docstring example"

@@ -28,8 +28,12 @@ def distributed_result(tmp_path_factory):
     path = tmp_path_factory.mktemp("multiprocess") / "result.npz"
     port = str(_free_port())
     procs = [
-        subprocess.Popen([sys.executable, str(WORKER), "process", str(i), str(PROCESSES), port, str(path)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "process", str(i), str(PROCESSES), port, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(PROCESSES)
     ]
     try:

@@ -70,7 +70,9 @@ class Nested(nnx.Module):
     """Two blocks with the same leaf names, so that a last-component target would over-match."""
 
     def __init__(self, rngs):
-        self.blocks = nnx.List([nnx.Dict(up=nnx.Linear(4, 6, rngs=rngs), down=nnx.Linear(6, 4, rngs=rngs)) for _ in range(2)])
+        self.blocks = nnx.List(
+            [nnx.Dict(up=nnx.Linear(4, 6, rngs=rngs), down=nnx.Linear(6, 4, rngs=rngs)) for _ in range(2)]
+        )
         self.up = nnx.Linear(4, 4, rngs=rngs)
 
     def __call__(self, x):
@@ -101,10 +103,14 @@ def _peft_forward(model, directory, x):
             if f"base_model.model.{name}.lora_A.weight" in tensors:
                 a = tensors[f"base_model.model.{name}.lora_A.weight"]
                 b = tensors[f"base_model.model.{name}.lora_B.weight"]
-                r, alpha = lookup(config["rank_pattern"], name, config["r"]), lookup(config["alpha_pattern"], name, config["lora_alpha"])
+                r, alpha = (
+                    lookup(config["rank_pattern"], name, config["r"]),
+                    lookup(config["alpha_pattern"], name, config["lora_alpha"]),
+                )
                 assert a.shape[0] == r
                 out = out + (alpha / (math.sqrt(r) if config["use_rslora"] else r)) * (h @ a.T) @ b.T
             return out
+
         return f
 
     plain = model
@@ -156,9 +162,16 @@ def test_import_honours_rslora_and_rank_and_alpha_patterns(tmp_path, rslora):
         tensors[f"base_model.model.{name}.lora_A.weight"] = rng.normal(size=(r, d_in)).astype(np.float32)
         tensors[f"base_model.model.{name}.lora_B.weight"] = rng.normal(size=(d_out, r)).astype(np.float32)
     config = {
-        "peft_type": "LORA", "r": 2, "lora_alpha": 8, "use_rslora": rslora,
-        "rank_pattern": {r"blocks\.0\.down": 3, "^up": 1}, "alpha_pattern": {r".*\.0\.down": 5, "^up": 3},
-        "target_modules": r"(blocks\.\d\.(up|down))|up", "bias": "none", "use_dora": False, "modules_to_save": None,
+        "peft_type": "LORA",
+        "r": 2,
+        "lora_alpha": 8,
+        "use_rslora": rslora,
+        "rank_pattern": {r"blocks\.0\.down": 3, "^up": 1},
+        "alpha_pattern": {r".*\.0\.down": 5, "^up": 3},
+        "target_modules": r"(blocks\.\d\.(up|down))|up",
+        "bias": "none",
+        "use_dora": False,
+        "modules_to_save": None,
     }
     save_file(tensors, os.path.join(tmp_path, "adapter_model.safetensors"))
     json.dump(config, open(os.path.join(tmp_path, "adapter_config.json"), "w"))
@@ -166,7 +179,9 @@ def test_import_honours_rslora_and_rank_and_alpha_patterns(tmp_path, rslora):
     assert {n: m.rank for n, m in cn.adapted_layers(imported)} == ranks
     x = np.asarray(jax.random.normal(jax.random.key(4), (3, 4)))
     with cn.colora_users(imported, jnp.array([0, 1, 1])):
-        np.testing.assert_allclose(imported(jnp.asarray(x)), _peft_forward(Nested(nnx.Rngs(0)), tmp_path, x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            imported(jnp.asarray(x)), _peft_forward(Nested(nnx.Rngs(0)), tmp_path, x), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize(
@@ -192,7 +207,9 @@ def test_import_rejects_what_it_cannot_represent(tmp_path, field, value, message
 
 def test_einsum_and_linear_general_export_import_and_checkpoint(tmp_path):
     cfg = cn.DecoderConfig(vocab=16, seq_len=6, width=8, depth=1, heads=4, kv_heads=2, head_dim=4, mlp_hidden=12)
-    model = cn.apply_colora(cn.Decoder(cfg, rngs=nnx.Rngs(0)), users=3, rank=2, targets=["query", "key", "out", "up"], rngs=nnx.Rngs(1))
+    model = cn.apply_colora(
+        cn.Decoder(cfg, rngs=nnx.Rngs(0)), users=3, rank=2, targets=["query", "key", "out", "up"], rngs=nnx.Rngs(1)
+    )
     _randomize(model, jax.random.key(2))
     tokens = jax.random.randint(jax.random.key(3), (3, 6), 0, 16)
     cn.export_peft(model, 2, tmp_path / "peft")
@@ -203,7 +220,9 @@ def test_einsum_and_linear_general_export_import_and_checkpoint(tmp_path):
     with cn.colora_users(model, jnp.full((3,), 2)), cn.colora_users(imported, jnp.zeros((3,), int)):
         np.testing.assert_allclose(imported(tokens), model(tokens), rtol=1e-5, atol=1e-5)
     cn.save_adapter(tmp_path / "ckpt", model)
-    restored = cn.apply_colora(cn.Decoder(cfg, rngs=nnx.Rngs(0)), users=3, rank=2, targets=["query", "key", "out", "up"], rngs=nnx.Rngs(9))
+    restored = cn.apply_colora(
+        cn.Decoder(cfg, rngs=nnx.Rngs(0)), users=3, rank=2, targets=["query", "key", "out", "up"], rngs=nnx.Rngs(9)
+    )
     cn.restore_adapter(tmp_path / "ckpt", restored)
     ids = jnp.array([0, 2, 1])
     with cn.colora_users(model, ids), cn.colora_users(restored, ids):
@@ -228,11 +247,17 @@ def test_checkpoint_round_trip_and_a_late_user(tmp_path):
     x = jax.random.normal(jax.random.key(2), (16, 4))
     data = _train.Examples(x, jnp.sin(x[:, :3]), jnp.full((16,), int(new[0])))
     losses = _train.train(
-        restored, data, lambda y, t: jnp.mean((y - t) ** 2, axis=-1), optax.adam(1e-2),
-        _train.TrainConfig(scheme="personal", steps=30, batch_size=8, progress=False), jax.random.key(3),
+        restored,
+        data,
+        lambda y, t: jnp.mean((y - t) ** 2, axis=-1),
+        optax.adam(1e-2),
+        _train.TrainConfig(scheme="personal", steps=30, batch_size=8, progress=False),
+        jax.random.key(3),
     )
     assert losses[-1] < losses[0]
-    jax.tree.map(np.testing.assert_array_equal, shared_before, jax.tree.map(np.asarray, nnx.state(restored, cn.SharedParam)))
+    jax.tree.map(
+        np.testing.assert_array_equal, shared_before, jax.tree.map(np.asarray, nnx.state(restored, cn.SharedParam))
+    )
     np.testing.assert_array_equal(restored.first.personal[...][:3], old_bank)
     assert not np.allclose(restored.first.personal[...][3], np.eye(2))
 
@@ -242,7 +267,11 @@ def _changed(before, after):
 
 
 def _flat(model):
-    return {".".join(map(str, p)): (type(v).__name__, np.asarray(v[...])) for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable) and not isinstance(v, cn.UserIds)}
+    return {
+        ".".join(map(str, p)): (type(v).__name__, np.asarray(v[...]))
+        for p, v in nnx.iter_graph(model)
+        if isinstance(v, nnx.Variable) and not isinstance(v, cn.UserIds)
+    }
 
 
 @pytest.mark.parametrize(
@@ -289,15 +318,24 @@ def test_federated_round_averages_shared_and_keeps_each_groups_personal_rows():
     for g in (0, 1):
         model = _colora_mlp(users=2)
         rows = np.flatnonzero(np.asarray(ids) == g)
-        _train.train(model, _train.Examples(x[rows], data.targets[rows], ids[rows]), loss, optax.sgd(0.1), step, jax.random.key(g))
+        _train.train(
+            model,
+            _train.Examples(x[rows], data.targets[rows], ids[rows]),
+            loss,
+            optax.sgd(0.1),
+            step,
+            jax.random.key(g),
+        )
         local.append(model)
     fed = _colora_mlp(users=2)
     cfg = _train.TrainConfig(scheme="federated", steps=1, local_steps=1, groups=2, batch_size=4, progress=False)
     _train.train(fed, data, loss, optax.sgd(0.1), cfg, jax.random.key(9))
     for layer in ("first", "second"):
-        get = lambda m, name: np.asarray(getattr(getattr(m, layer), name)[...])
+        get = lambda m, name, layer=layer: np.asarray(getattr(getattr(m, layer), name)[...])
         for name in ("shared_u", "shared_v"):
-            np.testing.assert_allclose(get(fed, name), 0.75 * get(local[0], name) + 0.25 * get(local[1], name), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                get(fed, name), 0.75 * get(local[0], name) + 0.25 * get(local[1], name), rtol=1e-5, atol=1e-6
+            )
         np.testing.assert_array_equal(get(fed, "personal")[0], get(local[0], "personal")[0])
         np.testing.assert_array_equal(get(fed, "personal")[1], get(local[1], "personal")[1])
 
@@ -305,7 +343,9 @@ def test_federated_round_averages_shared_and_keeps_each_groups_personal_rows():
 def test_method_names_are_the_projects():
     assert cn.METHODS == ("colora", "colora-centered", "local", "global", "fedavg-lora", "base")
     with pytest.raises(ValueError, match="choose one of colora, colora-centered, local"):
-        cn.fit_method("lora_bank", MLP(nnx.Rngs(0)), None, None, None, cn.MethodConfig(), users=2, key=jax.random.key(0))
+        cn.fit_method(
+            "lora_bank", MLP(nnx.Rngs(0)), None, None, None, cn.MethodConfig(), users=2, key=jax.random.key(0)
+        )
 
 
 def test_centred_ridge_nests_global_and_colora():
@@ -317,14 +357,23 @@ def test_centred_ridge_nests_global_and_colora():
     loss = lambda y, t: jnp.mean((y - t) ** 2, axis=-1)
     penalties = {}
     for ridge in (0.0, 1e4):
-        model = cn.apply_colora(MLP(nnx.Rngs(0)), users=4, rank=2, targets=["first", "second"], rngs=nnx.Rngs(1), centered=True)
+        model = cn.apply_colora(
+            MLP(nnx.Rngs(0)), users=4, rank=2, targets=["first", "second"], rngs=nnx.Rngs(1), centered=True
+        )
         cfg = _train.TrainConfig(scheme="joint", steps=40, batch_size=16, ridge=ridge, progress=False)
         losses = _train.train(model, data, loss, optax.adam(1e-2), cfg, jax.random.key(7))
         assert np.mean(losses[-5:]) < np.mean(losses[:5])
         penalties[ridge] = float(cn.ridge_penalty(model))
     assert penalties[1e4] < 1e-3 * penalties[0.0]
     with pytest.raises(ValueError, match="centered=True"):
-        _train.train(_colora_mlp(), data, loss, optax.adam(1e-2), _train.TrainConfig(steps=1, ridge=1.0, progress=False), jax.random.key(0))
+        _train.train(
+            _colora_mlp(),
+            data,
+            loss,
+            optax.adam(1e-2),
+            _train.TrainConfig(steps=1, ridge=1.0, progress=False),
+            jax.random.key(0),
+        )
 
 
 def test_select_ridge_picks_the_best_validation_loss():
@@ -334,7 +383,9 @@ def test_select_ridge_picks_the_best_validation_loss():
     loss = lambda y, t: jnp.mean((y - t) ** 2, axis=-1)
     cfg = cn.MethodConfig(rank=2, targets=("first",), train=_train.TrainConfig(steps=10, batch_size=16, progress=False))
     train, val = (_train.Examples(*(a[s] for a in data)) for s in (slice(0, 48), slice(48, 64)))
-    best, scores, model = cn.select_ridge(MLP(nnx.Rngs(0)), train, val, loss, optax.adam(1e-2), cfg, (0.0, 1.0, 100.0), users=4, key=jax.random.key(1))
+    best, scores, model = cn.select_ridge(
+        MLP(nnx.Rngs(0)), train, val, loss, optax.adam(1e-2), cfg, (0.0, 1.0, 100.0), users=4, key=jax.random.key(1)
+    )
     assert set(scores) == {0.0, 1.0, 100.0} and scores[best] == min(scores.values())
     assert cn.validation_loss(model, val, loss) == pytest.approx(scores[best], rel=1e-6)
 

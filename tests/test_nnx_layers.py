@@ -147,7 +147,9 @@ def test_layer_matches_the_equation(users, rank, seed, kind_of_layer, centered):
     V = np.asarray(layer.shared_v[...]).reshape(d_in, rank)
     S = np.asarray(layer.personal[...]) + (np.asarray(layer.center[...]) if centered else 0)
     K, b = np.asarray(base.kernel[...]), np.asarray(base.bias[...])
-    expected = np.stack([_reference(kind_of_layer, K, b, np.asarray(x[n : n + 1]), V @ S[i].T @ U.T)[0] for n, i in enumerate(ids)])
+    expected = np.stack(
+        [_reference(kind_of_layer, K, b, np.asarray(x[n : n + 1]), V @ S[i].T @ U.T)[0] for n, i in enumerate(ids)]
+    )
     np.testing.assert_allclose(layer(x, jnp.asarray(ids)), expected, rtol=TOL, atol=TOL)
 
 
@@ -292,13 +294,21 @@ def test_adapter_sharding_follows_the_wrapped_kernel():
     specs = nnx.get_partition_spec(nnx.state(model))
     attn, mlp = specs["blocks"][0]["attn"], specs["blocks"][0]["mlp"]
     P = jax.sharding.PartitionSpec
-    assert attn["query"]["shared_v"].get_value() == P(None, None) and attn["query"]["shared_u"].get_value() == P("model", None, None)
-    assert attn["out"]["shared_v"].get_value() == P("model", None, None) and attn["out"]["shared_u"].get_value() == P(None, None)
-    assert mlp["up"]["shared_u"].get_value() == P("model", None) and mlp["down"]["shared_v"].get_value() == P("model", None)
+    assert attn["query"]["shared_v"].get_value() == P(None, None) and attn["query"]["shared_u"].get_value() == P(
+        "model", None, None
+    )
+    assert attn["out"]["shared_v"].get_value() == P("model", None, None) and attn["out"]["shared_u"].get_value() == P(
+        None, None
+    )
+    assert mlp["up"]["shared_u"].get_value() == P("model", None) and mlp["down"]["shared_v"].get_value() == P(
+        "model", None
+    )
     assert mlp["down"]["personal"].get_value() == P("data", None, None)
     local = cn.apply_lora_bank(_decoder(), users=4, rank=2, targets=["query"], rngs=nnx.Rngs(1))
     lspecs = nnx.get_partition_spec(nnx.state(local))["blocks"][0]["attn"]["query"]
-    assert lspecs["lora_a"].get_value() == P(None, None, None) and lspecs["lora_b"].get_value() == P(None, "model", None, None)
+    assert lspecs["lora_a"].get_value() == P(None, None, None) and lspecs["lora_b"].get_value() == P(
+        None, "model", None, None
+    )
 
 
 def test_centred_ridge_is_gauge_invariant_and_is_the_deviation_norm_for_orthonormal_factors():
@@ -316,6 +326,10 @@ def test_centred_ridge_is_gauge_invariant_and_is_the_deviation_norm_for_orthonor
     layer.shared_u.set_value(qu)
     layer.shared_v.set_value(qv)
     layer.personal.set_value(d)
-    np.testing.assert_allclose(_layers.deviation_penalty(layer), np.mean(np.sum(np.asarray(d) ** 2, axis=(1, 2))), rtol=1e-5)
+    np.testing.assert_allclose(
+        _layers.deviation_penalty(layer), np.mean(np.sum(np.asarray(d) ** 2, axis=(1, 2))), rtol=1e-5
+    )
     with pytest.raises(ValueError, match="centered=True"):
-        cn.ridge_penalty(cn.apply_colora(MLP(3, 4, 2, nnx.Rngs(0)), users=2, rank=1, targets=["first"], rngs=nnx.Rngs(1)))
+        cn.ridge_penalty(
+            cn.apply_colora(MLP(3, 4, 2, nnx.Rngs(0)), users=2, rank=1, targets=["first"], rngs=nnx.Rngs(1))
+        )

@@ -20,14 +20,35 @@ from proofs_numerics.run_all import SCRIPTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OURS = [name for name, sweeps in SCRIPTS if sweeps]
-FIELDS = {"name", "claim", "passed", "measured", "config", "smoke", "seed", "code_version", "device", "seconds",
-          "figure", "results"}
+FIELDS = {
+    "name",
+    "claim",
+    "passed",
+    "measured",
+    "config",
+    "smoke",
+    "seed",
+    "code_version",
+    "device",
+    "seconds",
+    "figure",
+    "results",
+}
 
 
 @pytest.mark.parametrize("name", OURS)
 def test_smoke_configuration_writes_figure_and_record(name, tmp_path):
-    cmd = [sys.executable, "-m", f"proofs_numerics.{name}", "--smoke", "--no-progress", "--out", str(tmp_path),
-           "--results", str(tmp_path / "results")]
+    cmd = [
+        sys.executable,
+        "-m",
+        f"proofs_numerics.{name}",
+        "--smoke",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]

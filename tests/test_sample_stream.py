@@ -8,15 +8,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import colora_jax as cj
 from colora_jax._src.counter_rng import threefry2x32  # the hash itself is internal; its output is public
 
 pytestmark = pytest.mark.usefixtures("x64")
 
-BASE = cj.ProblemConfig(model="sensing", users=5, d_out=6, d_in=5, rank=2, samples=12, noise=0.1, task_angle=0.3,
-                        deviation=0.1, x64=True)
+BASE = cj.ProblemConfig(
+    model="sensing", users=5, d_out=6, d_in=5, rank=2, samples=12, noise=0.1, task_angle=0.3, deviation=0.1, x64=True
+)
 
 
 def test_hash_is_jax_threefry_bit_for_bit():

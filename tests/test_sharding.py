@@ -12,7 +12,6 @@ import pytest
 
 import colora_jax as cj
 
-
 WORKER = pathlib.Path(__file__).with_name("_sharded_worker.py")
 
 

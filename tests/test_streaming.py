@@ -19,8 +19,13 @@ def test_streamed_equals_in_memory_fit(x64, strict_numerics, model, samples):
     run = jax.jit(lambda o, U, V: cj.fit_streaming(o, FIT, nchunks=3, truth_U=U, truth_V=V))
     est, trace = run(prob.train, prob.truth.U, prob.truth.V)
     assert int(trace.iterations) == int(ref_trace.iterations)
-    for got, want in ((est.U, ref.U), (est.V, ref.V), (est.S, ref.S), (trace.objective, ref_trace.objective),
-                      (trace.subspace_distance_U, ref_trace.subspace_distance_U)):
+    for got, want in (
+        (est.U, ref.U),
+        (est.V, ref.V),
+        (est.S, ref.S),
+        (trace.objective, ref_trace.objective),
+        (trace.subspace_distance_U, ref_trace.subspace_distance_U),
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     assert bool(trace.finite_input)
 

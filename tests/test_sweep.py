@@ -4,7 +4,6 @@ computed in one runner call equals each cell computed alone."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -91,11 +90,14 @@ def test_cell_key_is_the_resolved_configuration(monkeypatch):
 def test_a_group_of_cells_equals_each_cell_alone(model, x64):
     """One runner call for cells that differ only in samples (generated once with pad_samples)
     gives each cell's trials exactly as a call for that cell alone (float64: 1e-12)."""
-    pc = cj.ProblemConfig(model=model, users=4, d_out=5, d_in=4, rank=2, samples=30, test_samples=0, noise=0.01,
-                          x64=True)
+    pc = cj.ProblemConfig(
+        model=model, users=4, d_out=5, d_in=4, rank=2, samples=30, test_samples=0, noise=0.01, x64=True
+    )
     fc = cj.FitConfig(rank=2, iters=8, tol=0.0)
-    cells = [Cell(cj.ProblemConfig(**{**pc.__dict__, "samples": n}), fc, trials=3, seed=5, pad_samples=30)
-             for n in (9, 18, 30)]
+    cells = [
+        Cell(cj.ProblemConfig(**{**pc.__dict__, "samples": n}), fc, trials=3, seed=5, pad_samples=30)
+        for n in (9, 18, 30)
+    ]
     together = run_cells(cells, trace=True)
     for cell, joint in zip(cells, together):
         alone = run_cells([cell], trace=True)[0]
@@ -106,8 +108,9 @@ def test_a_group_of_cells_equals_each_cell_alone(model, x64):
 def test_sweep_groups_cells_and_records_each(tmp_path):
     pc = cj.ProblemConfig(model="sensing", users=3, d_out=4, d_in=4, rank=1, samples=6, test_samples=0)
     fc = cj.FitConfig(rank=1, iters=5)
-    cells = [Cell(cj.ProblemConfig(**{**pc.__dict__, "samples": n}), fc, trials=2, seed=1, pad_samples=8)
-             for n in (4, 6, 8)]
+    cells = [
+        Cell(cj.ProblemConfig(**{**pc.__dict__, "samples": n}), fc, trials=2, seed=1, pad_samples=8) for n in (4, 6, 8)
+    ]
     calls = []
 
     def compute(group):

@@ -24,7 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 import colora_jax as cj  # noqa: E402
 from colora_jax._src import blocks, varpro  # noqa: E402
@@ -58,7 +59,7 @@ def problem(model, seed, personal="full", x64=False, shape=(12, 8, 6), **kw):
 _generate = jax.jit(cj.generate, static_argnums=1)  # one compile per configuration (eager: one per operation)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted(fc: cj.FitConfig, options: tuple = ()):
     return jax.jit(lambda obs, truth, key: varpro.fit_varpro(obs, fc, truth=truth, key=key, **dict(options)))
 
@@ -87,8 +88,11 @@ def test_recovers_planted_truth(model, personal, seed):
 
 @pytest.mark.usefixtures("strict_numerics")
 @settings(max_examples=3)
-@given(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from([(6, 9, 5), (30, 5, 8)]),
-       model=st.sampled_from(["regression", "sensing"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=st.sampled_from([(6, 9, 5), (30, 5, 8)]),
+    model=st.sampled_from(["regression", "sensing"]),
+)
 def test_recovers_planted_truth_across_shapes(seed, shape, model):
     """Other numbers of users and rectangular shapes (both wider and taller than before)."""
     p = problem(model, seed, shape=shape, samples=2 * SAMPLES[model])
@@ -96,8 +100,9 @@ def test_recovers_planted_truth_across_shapes(seed, shape, model):
     assert float(trace.rel_error[int(trace.iterations)]) < 1e-3
 
 
-@pytest.mark.parametrize("model, jacobian", [("regression", "kaufman"), ("sensing", "kaufman"),
-                                             ("sensing", "golub-pereyra")])
+@pytest.mark.parametrize(
+    "model, jacobian", [("regression", "kaufman"), ("sensing", "kaufman"), ("sensing", "golub-pereyra")]
+)
 def test_float64_noiseless_recovery_reaches_1e_10(model, jacobian, x64):
     p = problem(model, 3, x64=True)
     est, trace = run_fit(cj.FitConfig(iters=30, tol=0.0), p.train, p.truth, jacobian=jacobian)
@@ -145,8 +150,9 @@ def test_objective_never_increases_on_arbitrary_data(model, personal, seed, scal
             Y=jax.random.normal(ky, p.train.Y.shape, jnp.float64),  # no low-rank structure at all
             model=model,
         )
-        _, trace = run_fit(cj.FitConfig(personal=personal, init="random", iters=15, tol=0.0), obs, seed=seed,
-                           continuation="always")
+        _, trace = run_fit(
+            cj.FitConfig(personal=personal, init="random", iters=15, tol=0.0), obs, seed=seed, continuation="always"
+        )
         f = np.asarray(trace.objective)[: int(trace.iterations) + 1]
         assert np.all(np.isfinite(f))
         assert np.all(np.diff(f) <= 0), f
@@ -193,9 +199,9 @@ def _reference(obs, U, V, diag, lam):
 
     def s_star(U_, V_):
         J, y = personal_jacobians(U_, V_), obs.Y.reshape(k, -1)
-        return jax.vmap(lambda J, y, l: jnp.linalg.solve(J.T @ J + l * jnp.eye(q), J.T @ y))(J, y, lam)
+        return jax.vmap(lambda J, y, lam_i: jnp.linalg.solve(J.T @ J + lam_i * jnp.eye(q), J.T @ y))(J, y, lam)
 
-    split = lambda th: (th[: U.size].reshape(U.shape), th[U.size:].reshape(V.shape))
+    split = lambda th: (th[: U.size].reshape(U.shape), th[U.size :].reshape(V.shape))
 
     def reduced(th):
         U_, V_ = split(th)
@@ -286,7 +292,9 @@ def _one_step(obs, diag, mu):
     N, g = varpro.normal_equations(d, pt, diag, False)
     h = varpro.horizontal(N, g, varpro.gauge_projector(U, V, diag))
     delta, predicted = varpro.damped_step(h, mu)
-    new, _, accepted = varpro.lm_iteration(lambda U_, V_: varpro.evaluate_point(d, U_, V_, diag), N, g, pt, mu, diag, 10)
+    new, _, accepted = varpro.lm_iteration(
+        lambda U_, V_: varpro.evaluate_point(d, U_, V_, diag), N, g, pt, mu, diag, 10
+    )
     return delta, predicted, h, pt.sse, new, accepted
 
 
@@ -329,8 +337,9 @@ def test_batched_equals_looped(x64):
     batched = jax.jit(jax.vmap(fit))(problems.train, problems.truth)
     one = jax.jit(fit)
     for i in range(3):
-        looped = one(*jax.tree.map(lambda a: a[i], (problems.train, problems.truth)))
-        for got, want in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], batched)), jax.tree.leaves(looped)):
+        at_i = lambda tree, i=i: jax.tree.map(lambda a: a[i], tree)
+        looped = one(*at_i((problems.train, problems.truth)))
+        for got, want in zip(jax.tree.leaves(at_i(batched)), jax.tree.leaves(looped)):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
@@ -343,8 +352,13 @@ def test_streamed_equals_in_memory(model, samples, x64):
     run = jax.jit(lambda o, U, V: varpro.fit_varpro_streaming(o, fc, nchunks=3, truth_U=U, truth_V=V, **SHORT_PATH))
     est, trace = run(prob.train, prob.truth.U, prob.truth.V)
     assert int(trace.iterations) == int(ref_trace.iterations)
-    for got, want in ((est.U, ref.U), (est.V, ref.V), (est.S, ref.S), (trace.objective, ref_trace.objective),
-                      (trace.subspace_distance_U, ref_trace.subspace_distance_U)):
+    for got, want in (
+        (est.U, ref.U),
+        (est.V, ref.V),
+        (est.S, ref.S),
+        (trace.objective, ref_trace.objective),
+        (trace.subspace_distance_U, ref_trace.subspace_distance_U),
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
 
 

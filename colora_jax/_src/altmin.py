@@ -12,9 +12,6 @@ from __future__ import annotations
 from colora_jax._src import blocks
 from colora_jax._src.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
 
-# TODO(lead): remove once varpro imports these from fitting (they moved there).
-from colora_jax._src.fitting import Trace, check_finite, check_observations, initialize, iterate, stopping_floor  # noqa: F401,E402
-
 
 def altmin_body(d: blocks.Design, U, V, diag: bool, axis_name=None):
     """One AltMin iteration from ``(U, V)``: the current iterate and its objective, then the next ``(U, V)``.

@@ -116,7 +116,10 @@ def _check(config: FitConfig) -> None:
 
 
 def _fit(observations, config: FitConfig, ridge, *, key=None, truth=None, axis_name=None):
-    """The centred fit with a (possibly traced) ``ridge``; ``fit`` with ``algorithm="centered"`` uses ``config.ridge``."""
+    """The centred fit with a (possibly traced) ``ridge``.
+
+    ``fit`` with ``algorithm="centered"`` uses ``config.ridge``.
+    """
     _check(config)
 
     def make_body(s: Setup, config, optimizer, axis_name):
@@ -127,8 +130,9 @@ def _fit(observations, config: FitConfig, ridge, *, key=None, truth=None, axis_n
 
 def fit_centered(observations, config, *, key=None, truth=None, axis_name=None):
     """``fit`` with ``algorithm="centered"``: the centred objective with ``lambda = config.ridge``."""
-    return _fit(observations, config, jnp.asarray(config.ridge, observations.X.dtype), key=key, truth=truth,
-                axis_name=axis_name)
+    return _fit(
+        observations, config, jnp.asarray(config.ridge, observations.X.dtype), key=key, truth=truth, axis_name=axis_name
+    )
 
 
 def validation_split(obs: Observations, fraction: float = VALIDATION_FRACTION):
@@ -153,8 +157,10 @@ def fit_colora_centered(obs: Observations, fc: FitConfig, *, key=None, truth=Non
     train_counts, all_counts = validation_split(obs)
     need = min_samples(obs.model, fc.rank, "full")
     if int(obs.samples - max(1, int(VALIDATION_FRACTION * obs.samples))) < need:
-        raise ValueError(f"colora-centered holds out a fifth of each user's samples to choose lambda: use at least"
-                         f" {int(need / (1 - VALIDATION_FRACTION)) + 1} samples per user")
+        raise ValueError(
+            f"colora-centered holds out a fifth of each user's samples to choose lambda: use at least"
+            f" {int(need / (1 - VALIDATION_FRACTION)) + 1} samples per user"
+        )
     dtype = obs.X.dtype
     grid = jnp.asarray(RIDGE_GRID, dtype)
     train = Observations(obs.X, obs.Y, obs.model, counts=train_counts)

@@ -102,8 +102,9 @@ def enable_compile_cache(path: str | os.PathLike | None = None, *, disable: bool
     if target is not None:
         reason = _writable(target)
         if reason is not None:
-            print(f"colora_jax: compile cache {target} is not writable ({reason}); compiling without it",
-                  file=sys.stderr)
+            print(
+                f"colora_jax: compile cache {target} is not writable ({reason}); compiling without it", file=sys.stderr
+            )
             target = None
     jax.config.update("jax_compilation_cache_dir", target)
     if target is not None:
@@ -113,7 +114,10 @@ def enable_compile_cache(path: str | os.PathLike | None = None, *, disable: bool
     return target
 
 
-_CACHE_WARNINGS = ("Error reading persistent compilation cache entry", "Error writing persistent compilation cache entry")
+_CACHE_WARNINGS = (
+    "Error reading persistent compilation cache entry",
+    "Error writing persistent compilation cache entry",
+)
 
 
 def _one_line_cache_warnings() -> None:
@@ -130,8 +134,10 @@ def _one_line_cache_warnings() -> None:
         if not _state.get("warned"):
             _state["warned"] = "yes"
             reason = text.split(": ", 1)[-1]
-            print(f"colora_jax: compile cache {_state.get('dir')}: unusable entries are compiled afresh ({reason})",
-                  file=sys.stderr)
+            print(
+                f"colora_jax: compile cache {_state.get('dir')}: unusable entries are compiled afresh ({reason})",
+                file=sys.stderr,
+            )
 
     warnings.showwarning = showwarning
 

@@ -8,6 +8,7 @@ that says what to change; they run at trace time (shapes and static numbers only
 from __future__ import annotations
 
 import dataclasses
+
 import jax.numpy as jnp
 
 from colora_jax._src import registry
@@ -16,7 +17,6 @@ MODELS: tuple[str, ...] = ("regression", "sensing")
 PERSONALS: tuple[str, ...] = ("full", "diag")
 INITS: tuple[str, ...] = ("spectral", "random")
 PERSONAL_MEANS: tuple[str, ...] = ("random", "zero")
-ALGORITHMS: tuple[str, ...] = tuple(registry.ALGORITHMS)  # TODO(lead): drop once varpro reads the registry
 
 
 def choice(name: str, value: str, allowed) -> None:

@@ -121,4 +121,3 @@ def normals(
     radius = jnp.sqrt(-2.0 * jnp.log1p(-u1))  # 1 - u1 lies in (0, 1]: no log(0)
     angle = (2 * np.pi) * u2
     return jnp.concatenate([radius * jnp.cos(angle), radius * jnp.sin(angle)], axis=-1)[..., :width]
-

@@ -23,7 +23,7 @@ Entries past ``iterations`` are NaN.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +63,10 @@ class Metrics(NamedTuple):
 class Trace(NamedTuple):
     """Per-iteration record of a fit (index 0 = initialization)."""
 
-    objective: Float[Array, "T"]  # mean squared residual per used sample
-    subspace_distance_U: Float[Array, "T"]  # sin of the largest angle to truth.U (NaN w/o truth)
-    subspace_distance_V: Float[Array, "T"]
-    rel_error: Float[Array, "T"]  # ||W_hat - W*||_F / ||W*||_F over all users (NaN w/o truth)
+    objective: Float[Array, " T"]  # mean squared residual per used sample
+    subspace_distance_U: Float[Array, " T"]  # sin of the largest angle to truth.U (NaN w/o truth)
+    subspace_distance_V: Float[Array, " T"]
+    rel_error: Float[Array, " T"]  # ||W_hat - W*||_F / ||W*||_F over all users (NaN w/o truth)
     iterations: Int[Array, ""]  # iterations run
     converged: Bool[Array, ""]  # stopped by tolerance or floor (not by the budget)
     finite_input: Bool[Array, ""]  # False if the used observations held NaN or inf
@@ -287,7 +287,15 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
             converged = converged | ((it > 0) & (f_prev - f <= tol * f_prev))
         return it + 1, nxt, hist, f, converged | (it >= iters), converged, current
 
-    start = (jnp.asarray(0), params, history, jnp.full((), jnp.inf, dtype), jnp.asarray(False), jnp.asarray(False), zeros)
+    start = (
+        jnp.asarray(0),
+        params,
+        history,
+        jnp.full((), jnp.inf, dtype),
+        jnp.asarray(False),
+        jnp.asarray(False),
+        zeros,
+    )
     calls, _, history, _, _, converged, current = jax.lax.while_loop(lambda c: ~c[4], loop, start)
     return current, history, calls - 1, converged
 
@@ -407,5 +415,6 @@ def fit(
 @functools.partial(jax.jit, static_argnums=(1, 4, 5))
 def _fit(observations, config, key, truth, optimizer, axis_name):
     extra = {} if optimizer is None else {"optimizer": optimizer}  # only the first-order algorithms take one
-    return registry.algorithm(config.algorithm).fit(observations, config, key=key, truth=truth, axis_name=axis_name,
-                                                    **extra)
+    return registry.algorithm(config.algorithm).fit(
+        observations, config, key=key, truth=truth, axis_name=axis_name, **extra
+    )

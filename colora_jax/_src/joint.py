@@ -37,5 +37,6 @@ def make_body(s: Setup, config, optimizer, axis_name):
 
 def fit_joint(observations, config, *, key=None, truth=None, optimizer=None, axis_name=None):
     """``fit`` with ``algorithm="adam"`` (see the module docstring)."""
-    return fit_by_steps(make_body, observations, config, key=key, truth=truth, optimizer=optimizer,
-                        axis_name=axis_name, monotone=False)
+    return fit_by_steps(
+        make_body, observations, config, key=key, truth=truth, optimizer=optimizer, axis_name=axis_name, monotone=False
+    )

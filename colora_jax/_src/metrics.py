@@ -40,7 +40,7 @@ def orthonormal_basis(A: Float[Array, "d p"]) -> Float[Array, "d p"]:
     return q
 
 
-def principal_angles(A: Float[Array, "d p"], B: Float[Array, "d q"]) -> Float[Array, "min(p,q)"]:
+def principal_angles(A: Float[Array, "d p"], B: Float[Array, "d q"]) -> Float[Array, " min(p,q)"]:
     """Principal angles between span(A) and span(B), ascending, in radians.
 
     Args:
@@ -138,6 +138,8 @@ def relative_error(W_hat: Float[Array, "*k d_out d_in"], W_star: Float[Array, "*
     return jnp.linalg.norm(W_hat - W_star) / jnp.linalg.norm(W_star)
 
 
-def per_user_relative_error(W_hat: Float[Array, "k d_out d_in"], W_star: Float[Array, "k d_out d_in"]) -> Float[Array, "k"]:
+def per_user_relative_error(
+    W_hat: Float[Array, "k d_out d_in"], W_star: Float[Array, "k d_out d_in"]
+) -> Float[Array, " k"]:
     """``||W_i_hat - W_i*||_F / ||W_i*||_F`` for each user i."""
     return jax.vmap(relative_error)(W_hat, W_star)

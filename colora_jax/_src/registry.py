@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,60 +72,158 @@ _NNX = "colora_jax.nnx._train"
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
-        Algorithm("altmin", f"{_PKG}.altmin:fit_altmin",
-                  "exact alternating minimization: per-user r^2 least squares, pooled U and V least squares"),
-        Algorithm("altgd", f"{_PKG}.altgd:fit_altgd",
-                  "exact personal step, one gradient step on U and on V (FedRep's scheme); no (d r)^2 system"),
-        Algorithm("adam", f"{_PKG}.joint:fit_joint",
-                  "joint first-order training of U, V and every S_i with optax (adam by default), as LoRA is trained"),
-        Algorithm("varpro", f"{_PKG}.varpro:fit_varpro",
-                  "variable projection: Levenberg-Marquardt on U, V with every S_i eliminated exactly"),
-        Algorithm("centered", f"{_PKG}.centered:fit_centered",
-                  "exact alternating minimization with S_i pulled to a shared centre: + ridge sum_i n_i ||U (S_i - S_bar) V^T||^2"),
+        Algorithm(
+            "altmin",
+            f"{_PKG}.altmin:fit_altmin",
+            "exact alternating minimization: per-user r^2 least squares, pooled U and V least squares",
+        ),
+        Algorithm(
+            "altgd",
+            f"{_PKG}.altgd:fit_altgd",
+            "exact personal step, one gradient step on U and on V (FedRep's scheme); no (d r)^2 system",
+        ),
+        Algorithm(
+            "adam",
+            f"{_PKG}.joint:fit_joint",
+            "joint first-order training of U, V and every S_i with optax (adam by default), as LoRA is trained",
+        ),
+        Algorithm(
+            "varpro",
+            f"{_PKG}.varpro:fit_varpro",
+            "variable projection: Levenberg-Marquardt on U, V with every S_i eliminated exactly",
+        ),
+        Algorithm(
+            "centered",
+            f"{_PKG}.centered:fit_centered",
+            "exact alternating minimization with S_i pulled to a shared centre:"
+            " + ridge sum_i n_i ||U (S_i - S_bar) V^T||^2",
+        ),
     )
 }
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("colora", f"{_PKG}.baselines.colora:fit_colora", "U S_i V^T, S_i r x r: fit with FitConfig.algorithm",
-               "U,V", lambda o, i, r, p: ((o + i) * r, r * r), "colora", nnx=f"{_NNX}:train_colora"),
-        Method("colora-diag", f"{_PKG}.baselines.colora:fit_colora_diag",
-               "U S_i V^T, S_i diagonal: fit with FitConfig.algorithm", "U,V", lambda o, i, r, p: ((o + i) * r, r),
-               "colora"),
-        Method("colora-varpro", f"{_PKG}.baselines.colora:fit_colora_varpro",
-               "U S_i V^T, S_i r x r: variable projection (algorithm varpro)", "U,V",
-               lambda o, i, r, p: ((o + i) * r, r * r), "colora"),
-        Method("colora-centered", f"{_PKG}.centered:fit_colora_centered",
-               "U (S_bar + Delta_i) V^T, ||Delta_i|| penalized, lambda chosen on held-out samples (0: colora, inf: global)",
-               "U,V", lambda o, i, r, p: ((o + i) * r + r * r, r * r), "colora", nnx=f"{_NNX}:train_centered"),
-        Method("local", f"{_PKG}.baselines.local:fit_local", "U_i S_i V_i^T, each user's own LoRA: fit on each user alone",
-               "", lambda o, i, r, p: (0, (o + i) * r), "local", nnx=f"{_NNX}:train_local"),
-        Method("local-full", f"{_PKG}.baselines.local:fit_local_full", "any W_i: per-user min-norm least squares", "",
-               lambda o, i, r, p: (0, o * i), "local"),
-        Method("global", f"{_PKG}.baselines.pooled:fit_global",
-               "U S V^T for everybody: one adapter fitted on all users' data pooled", "U,V",
-               lambda o, i, r, p: ((o + i) * r, 0), "pooled", nnx=f"{_NNX}:train_global"),
-        Method("fedrep", f"{_PKG}.baselines.one_sided:fit_fedrep",
-               "H_i V^T, H_i d_out x r: exact personal H_i, gradient step on V (FedRep)", "V",
-               lambda o, i, r, p: (i * r, o * r), "one_sided"),
-        Method("fedsa-lora", f"{_PKG}.baselines.one_sided:fit_fedsa_lora",
-               "B_i A, A shared: exact personal B_i, exact pooled step on A (FedSA-LoRA)", "V",
-               lambda o, i, r, p: (i * r, o * r), "one_sided"),
-        Method("alora", f"{_PKG}.baselines.one_sided:fit_alora",
-               "B A_i, B shared: exact personal A_i, exact pooled step on B", "U",
-               lambda o, i, r, p: (o * r, i * r), "one_sided"),
-        Method("fedavg-lora", f"{_PKG}.baselines.federated:fit_fedavg_lora",
-               "B A then fine-tuned: FedAvg of (A, B) with local steps, then per-user fine-tuning", "U,V",
-               lambda o, i, r, p: ((o + i) * r, (o + i) * r), "federated", nnx=f"{_NNX}:train_fedavg"),
-        Method("ffa-lora", f"{_PKG}.baselines.federated:fit_ffa_lora",
-               "B A0, A0 frozen random: FedAvg of B with local steps, then fine-tuning of B (FFA-LoRA)", "U,V",
-               lambda o, i, r, p: (o * r, o * r), "federated"),
-        Method("oracle", f"{_PKG}.baselines.references:fit_oracle",
-               "U* S_i V*^T: only S_i fitted, the truth's U*, V* given", "U,V", lambda o, i, r, p: (0, p),
-               "references", needs_truth=True),
-        Method("base", f"{_PKG}.baselines.references:fit_base", "W_0: the frozen base, nothing adapted (W_i = 0 here)",
-               "", lambda o, i, r, p: (0, 0), "references", nnx=f"{_NNX}:train_base"),
+        Method(
+            "colora",
+            f"{_PKG}.baselines.colora:fit_colora",
+            "U S_i V^T, S_i r x r: fit with FitConfig.algorithm",
+            "U,V",
+            lambda o, i, r, p: ((o + i) * r, r * r),
+            "colora",
+            nnx=f"{_NNX}:train_colora",
+        ),
+        Method(
+            "colora-diag",
+            f"{_PKG}.baselines.colora:fit_colora_diag",
+            "U S_i V^T, S_i diagonal: fit with FitConfig.algorithm",
+            "U,V",
+            lambda o, i, r, p: ((o + i) * r, r),
+            "colora",
+        ),
+        Method(
+            "colora-varpro",
+            f"{_PKG}.baselines.colora:fit_colora_varpro",
+            "U S_i V^T, S_i r x r: variable projection (algorithm varpro)",
+            "U,V",
+            lambda o, i, r, p: ((o + i) * r, r * r),
+            "colora",
+        ),
+        Method(
+            "colora-centered",
+            f"{_PKG}.centered:fit_colora_centered",
+            "U (S_bar + Delta_i) V^T, ||Delta_i|| penalized,"
+            " lambda chosen on held-out samples (0: colora, inf: global)",
+            "U,V",
+            lambda o, i, r, p: ((o + i) * r + r * r, r * r),
+            "colora",
+            nnx=f"{_NNX}:train_centered",
+        ),
+        Method(
+            "local",
+            f"{_PKG}.baselines.local:fit_local",
+            "U_i S_i V_i^T, each user's own LoRA: fit on each user alone",
+            "",
+            lambda o, i, r, p: (0, (o + i) * r),
+            "local",
+            nnx=f"{_NNX}:train_local",
+        ),
+        Method(
+            "local-full",
+            f"{_PKG}.baselines.local:fit_local_full",
+            "any W_i: per-user min-norm least squares",
+            "",
+            lambda o, i, r, p: (0, o * i),
+            "local",
+        ),
+        Method(
+            "global",
+            f"{_PKG}.baselines.pooled:fit_global",
+            "U S V^T for everybody: one adapter fitted on all users' data pooled",
+            "U,V",
+            lambda o, i, r, p: ((o + i) * r, 0),
+            "pooled",
+            nnx=f"{_NNX}:train_global",
+        ),
+        Method(
+            "fedrep",
+            f"{_PKG}.baselines.one_sided:fit_fedrep",
+            "H_i V^T, H_i d_out x r: exact personal H_i, gradient step on V (FedRep)",
+            "V",
+            lambda o, i, r, p: (i * r, o * r),
+            "one_sided",
+        ),
+        Method(
+            "fedsa-lora",
+            f"{_PKG}.baselines.one_sided:fit_fedsa_lora",
+            "B_i A, A shared: exact personal B_i, exact pooled step on A (FedSA-LoRA)",
+            "V",
+            lambda o, i, r, p: (i * r, o * r),
+            "one_sided",
+        ),
+        Method(
+            "alora",
+            f"{_PKG}.baselines.one_sided:fit_alora",
+            "B A_i, B shared: exact personal A_i, exact pooled step on B",
+            "U",
+            lambda o, i, r, p: (o * r, i * r),
+            "one_sided",
+        ),
+        Method(
+            "fedavg-lora",
+            f"{_PKG}.baselines.federated:fit_fedavg_lora",
+            "B A then fine-tuned: FedAvg of (A, B) with local steps, then per-user fine-tuning",
+            "U,V",
+            lambda o, i, r, p: ((o + i) * r, (o + i) * r),
+            "federated",
+            nnx=f"{_NNX}:train_fedavg",
+        ),
+        Method(
+            "ffa-lora",
+            f"{_PKG}.baselines.federated:fit_ffa_lora",
+            "B A0, A0 frozen random: FedAvg of B with local steps, then fine-tuning of B (FFA-LoRA)",
+            "U,V",
+            lambda o, i, r, p: (o * r, o * r),
+            "federated",
+        ),
+        Method(
+            "oracle",
+            f"{_PKG}.baselines.references:fit_oracle",
+            "U* S_i V*^T: only S_i fitted, the truth's U*, V* given",
+            "U,V",
+            lambda o, i, r, p: (0, p),
+            "references",
+            needs_truth=True,
+        ),
+        Method(
+            "base",
+            f"{_PKG}.baselines.references:fit_base",
+            "W_0: the frozen base, nothing adapted (W_i = 0 here)",
+            "",
+            lambda o, i, r, p: (0, 0),
+            "references",
+            nnx=f"{_NNX}:train_base",
+        ),
     )
 }
 
@@ -148,8 +246,11 @@ def markdown_tables() -> str:
     """The docs tables of algorithms and methods (what ``colora methods`` prints)."""
     lines = ["| algorithm | what it does |", "|---|---|"]
     lines += [f"| `{a.name}` | {a.description} |" for a in ALGORITHMS.values()]
-    lines += ["", "| method | model of user i and how it is fitted | shared factors | params shared | params per user"
-              " | NNX |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | model of user i and how it is fitted | shared factors | params shared | params per user | NNX |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in METHODS.values():
         shared, per_user = (_formula(m.counts, k) for k in (0, 1))
         nnx = "yes" if m.nnx else "-"
@@ -161,8 +262,17 @@ def _formula(counts, which: int) -> str:
     """A parameter count written back as a formula in o, i, r, p (evaluated at distinct primes)."""
     o, i, r, p = 1009, 1013, 7, 3
     value = counts(o, i, r, p)[which]
-    for text, v in (("0", 0), ("(o + i) r", (o + i) * r), ("(o + i) r + r^2", (o + i) * r + r * r), ("r^2", r * r), ("r", r), ("o i", o * i), ("i r", i * r),
-                    ("o r", o * r), ("p", p)):
+    for text, v in (
+        ("0", 0),
+        ("(o + i) r", (o + i) * r),
+        ("(o + i) r + r^2", (o + i) * r + r * r),
+        ("r^2", r * r),
+        ("r", r),
+        ("o i", o * i),
+        ("i r", i * r),
+        ("o r", o * r),
+        ("p", p),
+    ):
         if value == v:
             return text
     raise ValueError(f"no formula for parameter count {value}")

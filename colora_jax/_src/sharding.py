@@ -18,16 +18,16 @@ The mesh may span several processes (``jax.distributed``): build the global obse
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from colora_jax._src.fitting import Estimate, Trace, check_finite, fit
 from colora_jax._src.config import FitConfig
 from colora_jax._src.data import GroundTruth, Observations, Problem
+from colora_jax._src.fitting import Estimate, Trace, check_finite, fit
 from colora_jax._src.trials import TrialResult, evaluate
 
 AXIS = "users"  # the mesh axis the users are split over
@@ -106,7 +106,7 @@ def sharded_fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, *, me
     return TrialResult(evaluate(estimate.W, problem, estimate.U, estimate.V), trace)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sharded_evaluator(devices: int):
     """A stable, hashable ``sharded_fit_and_evaluate`` over the first ``devices`` devices (``run_trials(fn=...)``)."""
     return functools.partial(sharded_fit_and_evaluate, mesh=users_mesh(devices))

@@ -69,12 +69,19 @@ def generate_shared_input(key: PRNGKeyArray, config: SharedInputConfig, *, noise
     k, r, dtype = config.users, config.rank, config.dtype
     noise = config.noise if noise is None else noise
     kt = jax.random.fold_in(key, TRUTH_STREAM)
-    V = orthonormal(counter_rng.normals(jax.random.fold_in(kt, 0), 1, 1, config.d_in * r, dtype).reshape(config.d_in, r))
+    V = orthonormal(
+        counter_rng.normals(jax.random.fold_in(kt, 0), 1, 1, config.d_in * r, dtype).reshape(config.d_in, r)
+    )
     H = counter_rng.normals(jax.random.fold_in(kt, 1), k, 1, config.d_out * r, dtype).reshape(k, config.d_out, r)
     U = jnp.eye(config.d_out, dtype=dtype)
     W = jnp.einsum("kor,ir->koi", H, V)
     truth = GroundTruth(
-        U=U, V=V, S=H, U_users=jnp.broadcast_to(U, (k,) + U.shape), V_users=jnp.broadcast_to(V, (k,) + V.shape), W=W,
+        U=U,
+        V=V,
+        S=H,
+        U_users=jnp.broadcast_to(U, (k,) + U.shape),
+        V_users=jnp.broadcast_to(V, (k,) + V.shape),
+        W=W,
         noise=jnp.asarray(noise, dtype),
     )
     train = measure(jax.random.fold_in(key, TRAIN_STREAM), W, config.samples, noise, config.model)

@@ -22,13 +22,16 @@ normal equations.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from colora_jax._src import blocks as bk
+from colora_jax._src.config import FitConfig, ProblemConfig
+from colora_jax._src.data import TRUTH_STREAM, Observations, generate, shared_factors
 from colora_jax._src.fitting import (
     Estimate,
     Trace,
@@ -40,15 +43,15 @@ from colora_jax._src.fitting import (
     run_loop,
     stopping_floor,
 )
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import TRUTH_STREAM, Observations, generate, shared_factors
 from colora_jax._src.linalg import top_eigenvectors
 
 
 def sum_over_chunks(part, S, nchunks):
     """``sum_c part(c, S_c)[0]`` over chunks with ``lax.scan``, and the stacked ``part(c, S_c)[1]``."""
     xs = (jnp.arange(nchunks), S.reshape((nchunks, -1) + S.shape[1:]))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda x: part(*x)[0], jax.tree.map(lambda a: a[0], xs)))
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda x: part(*x)[0], jax.tree.map(lambda a: a[0], xs))
+    )
 
     def step(total, x):
         value, out = part(*x)
@@ -177,6 +180,3 @@ def generate_chunks(key: PRNGKeyArray, config: ProblemConfig, nchunks: int) -> P
     X, Y, S = jax.lax.fori_loop(0, nchunks, write, out)
     U, V = shared_factors(jax.random.fold_in(key, TRUTH_STREAM), config)
     return PlantedChunks(U, V, S, Observations(X, Y, config.model))
-
-
-stored_blocks = stored_chunks  # TODO(lead): drop once varpro uses stored_chunks

@@ -32,7 +32,8 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 
@@ -58,7 +59,9 @@ class Cell:
     def generated_samples(self) -> int:
         """Samples per user that are generated (the prefix ``problem.samples`` of them is fitted)."""
         if self.pad_samples and self.pad_samples < self.problem.samples:
-            raise ValueError(f"pad_samples={self.pad_samples} is below samples={self.problem.samples}: raise it or use 0")
+            raise ValueError(
+                f"pad_samples={self.pad_samples} is below samples={self.problem.samples}: raise it or use 0"
+            )
         return max(self.pad_samples, self.problem.samples)
 
 
@@ -78,8 +81,13 @@ def cell_key(cell: Cell, tag: str = "") -> str:
 
 def group_key(cell: Cell):
     """Cells with equal group keys differ only in ``problem.samples``: one runner call computes them."""
-    return (dataclasses.replace(cell.problem, samples=cell.generated_samples()), cell.fit, cell.trials, cell.seed,
-            cell.method)
+    return (
+        dataclasses.replace(cell.problem, samples=cell.generated_samples()),
+        cell.fit,
+        cell.trials,
+        cell.seed,
+        cell.method,
+    )
 
 
 def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = method_evaluator):
@@ -94,8 +102,14 @@ def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = metho
         raise ValueError("cell_trials computes cells that differ only in problem.samples: group them with group_key")
     for c in cells:
         c.problem.validate()
-    plan = plan_trials(first.problem, first.fit, first.trials, samples=[c.problem.samples for c in cells],
-                       fn=fn_for(first.method), generate_samples=first.generated_samples())
+    plan = plan_trials(
+        first.problem,
+        first.fit,
+        first.trials,
+        samples=[c.problem.samples for c in cells],
+        fn=fn_for(first.method),
+        generate_samples=first.generated_samples(),
+    )
     return plan.run(jax.random.key(first.seed))
 
 
@@ -104,9 +118,9 @@ def run_cells(cells: Sequence[Cell], trace: bool = False, fn_for: Callable[[str]
     evaluation, tr = cell_trials(cells, fn_for)
     out = []
     for j in range(len(cells)):
-        one = {"evaluation": jax.tree.map(lambda a: a[:, j], evaluation)._asdict()}
+        one = {"evaluation": jax.tree.map(lambda a, j=j: a[:, j], evaluation)._asdict()}
         if trace:
-            one["trace"] = jax.tree.map(lambda a: a[:, j], tr)._asdict()
+            one["trace"] = jax.tree.map(lambda a, j=j: a[:, j], tr)._asdict()
         out.append(to_jsonable(one))
     return out
 
@@ -212,21 +226,36 @@ def sweep(
     groups: dict = {}
     for k in todo:
         groups.setdefault(group_key(by_key[k]) if getattr(compute, "groups", True) else k, []).append(k)
-    with tqdm(total=len(set(keys)), initial=reused, desc=desc, unit="cell", disable=not progress, file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(set(keys)),
+        initial=reused,
+        desc=desc,
+        unit="cell",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
         for members in groups.values():
             t0 = time.perf_counter()
             results = compute([by_key[k] for k in members])
             seconds = round((time.perf_counter() - t0) / len(members), 4)
             for k, result in zip(members, results, strict=True):
                 record = {
-                    "key": k, "config": cell_config(by_key[k]), "tag": tag, "stream": STREAM_VERSION,
-                    "result": to_jsonable(result), "seconds": seconds, "code_version": version,
+                    "key": k,
+                    "config": cell_config(by_key[k]),
+                    "tag": tag,
+                    "stream": STREAM_VERSION,
+                    "result": to_jsonable(result),
+                    "seconds": seconds,
+                    "code_version": version,
                 }
                 append_result(path, record)
                 done[k] = record
             bar.update(len(members))
     return SweepResult(
-        results=[done[k]["result"] for k in keys], computed=len(todo), reused=reused, stale=stale,
+        results=[done[k]["result"] for k in keys],
+        computed=len(todo),
+        reused=reused,
+        stale=stale,
         seconds=time.perf_counter() - start,
     )

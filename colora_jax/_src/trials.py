@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ class Evaluation(NamedTuple):
     """How well an estimate matches a planted problem."""
 
     rel_error: Float[Array, ""]  # ||W_hat - W*||_F / ||W*||_F, all users stacked
-    per_user_rel_error: Float[Array, "k"]  # the same for each user
+    per_user_rel_error: Float[Array, " k"]  # the same for each user
     subspace_distance_U: Float[Array, ""]  # sin of the largest angle, span(U_hat) vs span(U*)
     subspace_distance_V: Float[Array, ""]
     test_mse: Float[Array, ""]  # held-out mean squared prediction error per sample
@@ -53,7 +54,9 @@ def prediction_error(W: Float[Array, "k d_out d_in"], obs: Observations) -> tupl
     return mse, mse / (jnp.sum(jnp.square(obs.Y)) / per_sample)
 
 
-def population_risk(W: Float[Array, "k d_out d_in"], truth: GroundTruth, model: str) -> tuple[Float[Array, ""], Float[Array, ""]]:
+def population_risk(
+    W: Float[Array, "k d_out d_in"], truth: GroundTruth, model: str
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """The exact held-out error of a Gaussian design: what ``prediction_error`` estimates.
 
     With ``x`` (or ``X``) standard Gaussian and noise of std ``sigma``, a new sample of user i
@@ -107,8 +110,9 @@ def fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, method: str =
     """
     f = fit_method(method, problem.train, fit_config, key=key, truth=problem.truth)
     last = lambda history: history[f.trace.iterations]
-    evaluation = evaluate(f.W, problem)._replace(subspace_distance_U=last(f.trace.subspace_distance_U),
-                                                 subspace_distance_V=last(f.trace.subspace_distance_V))
+    evaluation = evaluate(f.W, problem)._replace(
+        subspace_distance_U=last(f.trace.subspace_distance_U), subspace_distance_V=last(f.trace.subspace_distance_V)
+    )
     return TrialResult(evaluation, f.trace)
 
 
@@ -121,8 +125,15 @@ def method_evaluator(method: str) -> Callable[..., TrialResult]:
     return functools.partial(fit_and_evaluate, method=method)
 
 
-def trial(key, problem_config: ProblemConfig | SharedInputConfig, fit_config: FitConfig, method: str = "colora",
-          *, samples=None, noise=None) -> TrialResult:
+def trial(
+    key,
+    problem_config: ProblemConfig | SharedInputConfig,
+    fit_config: FitConfig,
+    method: str = "colora",
+    *,
+    samples=None,
+    noise=None,
+) -> TrialResult:
     """Generate one problem from ``key``, fit ``method`` and evaluate the fit (pure; jit/vmap it).
 
     ``samples`` (may be traced) fits the first ``samples`` of each user's
@@ -300,8 +311,9 @@ def run_trials(
       >>> bool((out.evaluation.rel_error[:, 1] < 1e-3).all())
       True
     """
-    plan = plan_trials(problem_config, fit_config, trials, method=method, samples=samples, batch=batch,
-                       pad_ratio=pad_ratio, fn=fn)
+    plan = plan_trials(
+        problem_config, fit_config, trials, method=method, samples=samples, batch=batch, pad_ratio=pad_ratio, fn=fn
+    )
     return plan.run(key, noise=noise, on_batch=on_batch)
 
 
@@ -331,10 +343,16 @@ class TrialPlan:
             for n in program.counts:
                 parts = []
                 for start in range(0, self.trials, size):
-                    out = jax.device_get(program.run(trial_keys(key, start, start + size), jnp.asarray(n, jnp.int32),
-                                                     jnp.asarray(level, program.generated.dtype)))
-                    parts.append(jax.tree.map(lambda a: a[: min(size, self.trials - start)], out))
-                    done += min(size, self.trials - start)
+                    out = jax.device_get(
+                        program.run(
+                            trial_keys(key, start, start + size),
+                            jnp.asarray(n, jnp.int32),
+                            jnp.asarray(level, program.generated.dtype),
+                        )
+                    )
+                    keep = min(size, self.trials - start)
+                    parts.append(jax.tree.map(lambda a, keep=keep: a[:keep], out))
+                    done += keep
                     if on_batch is not None:
                         on_batch(done * self.trials // total)
                 by_count[n] = jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts)

@@ -54,7 +54,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -161,7 +162,11 @@ def small_psd_solve(G: Float[Array, "k q q"], H: Float[Array, "k q ..."], refine
     if q > 9:
         return jax.vmap(psd_solve)(G, H)
     finfo = jnp.finfo(G.dtype)
-    A = G + (10 * q * finfo.eps * jnp.diagonal(G, axis1=1, axis2=2) + finfo.tiny)[:, :, None] * jnp.eye(q, dtype=G.dtype)[None]
+    A = (
+        G
+        + (10 * q * finfo.eps * jnp.diagonal(G, axis1=1, axis2=2) + finfo.tiny)[:, :, None]
+        * jnp.eye(q, dtype=G.dtype)[None]
+    )
     L = [[None] * q for _ in range(q)]
     inv = [None] * q
     for j in range(q):
@@ -198,7 +203,7 @@ def small_psd_solve(G: Float[Array, "k q q"], H: Float[Array, "k q ..."], refine
     return X
 
 
-def _ridged(H: Float[Array, "k q q"], ridge: Float[Array, "k"] | None) -> Float[Array, "k q q"]:
+def _ridged(H: Float[Array, "k q q"], ridge: Float[Array, " k"] | None) -> Float[Array, "k q q"]:
     return H if ridge is None else H + ridge[:, None, None] * jnp.eye(H.shape[-1], dtype=H.dtype)[None]
 
 
@@ -209,11 +214,11 @@ class Point(NamedTuple):
     V: Float[Array, "d_in r"]
     S: Float[Array, "k r r"]
     sse: Float[Array, ""]  # f(U, V, S) (+ sum_i ridge_i ||S_i||^2), pooled over all users
-    ridge: Float[Array, "k"] | None  # each user's ridge lambda_i on S_i (None: the exact personal solves)
+    ridge: Float[Array, " k"] | None  # each user's ridge lambda_i on S_i (None: the exact personal solves)
     cache: tuple  # sensing: (X_ij V, r_ij); regression: (C_i V, V^T C_i V, Y_i^T X_i V)
 
 
-def ridge_scale(d: blocks.Design) -> Float[Array, "k"]:
+def ridge_scale(d: blocks.Design) -> Float[Array, " k"]:
     """Each user's Gram scale ``E[J_S^T J_S] / I`` for orthonormal U, V: ``sum_j ||X_ij||^2 / (d_out d_in)``
     (sensing) or ``tr(C_i) / d_in`` (regression), i.e. ``n`` for standard Gaussian designs."""
     if d.model == "regression":
@@ -414,12 +419,15 @@ def gauge_projector(U, V, diag: bool) -> Float[Array, "p p"]:
     (``A``, ``B`` any ``r x r``, or diagonal when the personal part is diagonal)."""
     r = U.shape[1]
     if diag:  # column a moves along u_a only: blocks u_a u_a^T / |u_a|^2 on (., a), (., a)
+
         def side(F):
             Fn = F / jnp.sum(jnp.square(F), axis=0, keepdims=True)
             return jnp.einsum("oa,pa,ab->oapb", F, Fn, jnp.eye(r, dtype=F.dtype)).reshape(F.size, F.size)
     else:  # span(U) (x) R^r: P_U (x) I_r
+
         def side(F):
             return jnp.kron(F @ jnp.linalg.solve(F.T @ F, F.T), jnp.eye(r, dtype=F.dtype))
+
     PU, PV = side(U), side(V)
     zeros = jnp.zeros((PU.shape[0], PV.shape[0]), U.dtype)
     return jnp.block([[PU, zeros], [zeros.T, PV]])
@@ -436,13 +444,13 @@ class Horizontal(NamedTuple):
     """The Gauss-Newton system restricted to the horizontal space (``P_h = I - P_g``)."""
 
     N: Float[Array, "p p"]  # P_h N P_h
-    g: Float[Array, "p"]  # P_h g
+    g: Float[Array, " p"]  # P_h g
     Ph: Float[Array, "p p"]
     Pg: Float[Array, "p p"]
     scale: Float[Array, ""]  # c, the largest diagonal entry of P_h N P_h
 
 
-def horizontal(N: Float[Array, "p p"], g: Float[Array, "p"], Pg: Float[Array, "p p"]) -> Horizontal:
+def horizontal(N: Float[Array, "p p"], g: Float[Array, " p"], Pg: Float[Array, "p p"]) -> Horizontal:
     Ph = jnp.eye(Pg.shape[0], dtype=Pg.dtype) - Pg
     Nh = Ph @ N @ Ph
     return Horizontal(Nh, Ph @ g, Ph, Pg, jnp.max(jnp.diagonal(Nh)) + jnp.finfo(N.dtype).tiny)
@@ -470,8 +478,9 @@ class _Tries(NamedTuple):
     hopeless: Array  # the model's predicted decrease fell below the rounding of f
 
 
-def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int,
-                 active=True):
+def lm_iteration(
+    evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int, active=True
+):
     """One Levenberg-Marquardt iteration on the shared factors from ``pt`` (objective ``pt.sse``).
 
     Tries damped Gauss-Newton steps ``(P_h (N + mu c I) P_h + c P_g) delta = P_h g``, raising
@@ -489,7 +498,7 @@ def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, 
 
     def attempt(t: _Tries) -> _Tries:
         delta, predicted = damped_step(h, t.mu)
-        dU, dV = delta[: d_out * r].reshape(pt.U.shape), delta[d_out * r:].reshape(pt.V.shape)
+        dU, dV = delta[: d_out * r].reshape(pt.U.shape), delta[d_out * r :].reshape(pt.V.shape)
         new = evaluate_at(*retract(pt.U + dU, pt.V + dV, diag))
         rho = (pt.sse - new.sse) / predicted
         ok = new.sse < pt.sse  # False for NaN
@@ -638,7 +647,9 @@ def fit_varpro(
     s = setup(observations, config, key, axis_name)
     d, diag, gp = s.design, config.personal == "diag", opts.jacobian == "golub-pereyra"
     scale = ridge_scale(d) if opts.continuation != "never" else None
-    evaluate_at = lambda U, V, alpha: evaluate_point(d, U, V, diag, axis_name, ridge=None if alpha is None else alpha * scale)
+    evaluate_at = lambda U, V, alpha: evaluate_point(
+        d, U, V, diag, axis_name, ridge=None if alpha is None else alpha * scale
+    )
 
     def normal(pt):
         N, g = normal_equations(d, pt, diag, gp)
@@ -667,12 +678,11 @@ def varpro_trial(key, problem_config: ProblemConfig, fit_config: FitConfig, opti
     """``trials.trial`` with the variable-projection fit (for ``run_trials(fn=...)``)."""
     kp, kf = jax.random.split(key)
     problem = generate(kp, problem_config)
-    estimate, trace = fit_varpro(problem.train, fit_config, key=kf, truth=problem.truth,
-                                 **dataclasses.asdict(options))
+    estimate, trace = fit_varpro(problem.train, fit_config, key=kf, truth=problem.truth, **dataclasses.asdict(options))
     return TrialResult(evaluate(estimate.W, problem, estimate.U, estimate.V), trace)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def varpro_trial_fn(options: VarProOptions = VarProOptions()):
     """A stable, hashable ``varpro_trial`` with these options (for ``run_trials(fn=...)``)."""
     return functools.partial(varpro_trial, options=options)

@@ -32,7 +32,9 @@ def _variables(model: nnx.Module, kind: type[nnx.Variable]) -> dict[str, nnx.Var
     return {path_name(p): v for p, v in nnx.iter_graph(model) if isinstance(v, kind)}
 
 
-def save_adapter(directory: str | os.PathLike, model: nnx.Module, parts: tp.Sequence[str] = ("shared", "personal")) -> None:
+def save_adapter(
+    directory: str | os.PathLike, model: nnx.Module, parts: tp.Sequence[str] = ("shared", "personal")
+) -> None:
     """Save the chosen parts (``"shared"``, ``"personal"``) of ``model``'s adapter under ``directory``."""
     directory = os.path.abspath(directory)
     with ocp.StandardCheckpointer() as ckpt:

@@ -57,7 +57,9 @@ class DecoderConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.heads % self.kv_heads:
-            raise ValueError(f"heads {self.heads} must be divisible by kv_heads {self.kv_heads} (grouped-query attention)")
+            raise ValueError(
+                f"heads {self.heads} must be divisible by kv_heads {self.kv_heads} (grouped-query attention)"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even (rotary embeddings rotate pairs)")
         return self
@@ -106,7 +108,9 @@ class _Attention(nnx.Module):
         q = _rope(self.query(x), self.rope_base)
         k = _rope(self.key(x), self.rope_base)
         v = self.value(x)
-        y = jax.nn.dot_product_attention(q, k, v.astype(q.dtype), is_causal=True)  # grouped-query: N/K heads per kv head
+        y = jax.nn.dot_product_attention(
+            q, k, v.astype(q.dtype), is_causal=True
+        )  # grouped-query: N/K heads per kv head
         return self.out(y)
 
 

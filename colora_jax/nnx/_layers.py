@@ -206,7 +206,9 @@ def layer_axes(base: nnx.Module) -> LayerAxes:
         return LayerAxes((0,), (1,), shape)
     if isinstance(base, nnx.LinearGeneral):
         if base.batch_axis:
-            raise ValueError("CoLoRA cannot adapt an nnx.LinearGeneral with batch_axis (a separate kernel per batch index)")
+            raise ValueError(
+                "CoLoRA cannot adapt an nnx.LinearGeneral with batch_axis (a separate kernel per batch index)"
+            )
         n_in = len(base.in_features)
         return LayerAxes(tuple(range(n_in)), tuple(range(n_in, len(shape))), shape)
     if isinstance(base, nnx.Einsum):
@@ -221,9 +223,7 @@ def layer_axes(base: nnx.Module) -> LayerAxes:
                 " adapt; adapt a layer without per-head (batch-like) kernel axes"
             )
         return LayerAxes(in_dims, out_dims, shape)
-    raise ValueError(
-        f"CoLoRA wraps nnx.Linear, nnx.LinearGeneral or nnx.Einsum, got {type(base).__name__}"
-    )
+    raise ValueError(f"CoLoRA wraps nnx.Linear, nnx.LinearGeneral or nnx.Einsum, got {type(base).__name__}")
 
 
 def _letters(x_ndim: int, base: nnx.Module, axes: LayerAxes) -> tuple[str, str, str]:
@@ -518,8 +518,12 @@ class LoRABankLinear(nnx.Module):
         log_ba = adapter_sharding(logical, axes) or (None, None)
         phys_ba = adapter_sharding(None if physical is None else physical[0], axes)
         mesh = None if physical is None else physical[1]
-        log_a, phys_a = _bank_specs(users_axis, (None,) * len(a_shape), log_ba[1], None if mesh is None else (phys_ba[1], mesh))
-        log_b, phys_b = _bank_specs(users_axis, (None,) * len(b_shape), log_ba[0], None if mesh is None else (phys_ba[0], mesh))
+        log_a, phys_a = _bank_specs(
+            users_axis, (None,) * len(a_shape), log_ba[1], None if mesh is None else (phys_ba[1], mesh)
+        )
+        log_b, phys_b = _bank_specs(
+            users_axis, (None,) * len(b_shape), log_ba[0], None if mesh is None else (phys_ba[0], mesh)
+        )
         self.lora_a = _param(PersonalParam, jnp.broadcast_to(a, (users, *a_shape)), log_a, phys_a, extra)
         self.lora_b = _param(PersonalParam, jnp.broadcast_to(b, (users, *b_shape)), log_b, phys_b, extra)
         self.user_ids = UserIds(_empty_ids())

@@ -103,9 +103,15 @@ def export_peft(model: nnx.Module, user: int, directory: str | os.PathLike) -> N
 # import does not implement: each is rejected with the reason.
 _UNSUPPORTED: dict[str, tuple[tp.Callable[[tp.Any], bool], str]] = {
     "use_dora": (bool, "DoRA (use_dora=True) rescales the weight's column norms; it is not a low-rank update"),
-    "bias": (lambda b: b not in (None, "none"), "bias='{}' trains biases too; only bias='none' is a pure low-rank update"),
+    "bias": (
+        lambda b: b not in (None, "none"),
+        "bias='{}' trains biases too; only bias='none' is a pure low-rank update",
+    ),
     "modules_to_save": (bool, "modules_to_save {} carries full trained modules, which CoLoRA does not hold"),
-    "fan_in_fan_out": (bool, "fan_in_fan_out=True (GPT-2 Conv1D weights) stores the factors transposed; re-save with nn.Linear"),
+    "fan_in_fan_out": (
+        bool,
+        "fan_in_fan_out=True (GPT-2 Conv1D weights) stores the factors transposed; re-save with nn.Linear",
+    ),
     "layer_replication": (bool, "layer_replication {} duplicates layers of the base model"),
     "lora_bias": (bool, "lora_bias=True adds a trained bias to lora_B"),
     "target_parameters": (bool, "target_parameters {} adapts raw parameters, not modules"),
@@ -160,7 +166,9 @@ def import_peft(model: nnx.Module, directory: str | os.PathLike, *, users: int) 
     for key, value in load_file(os.path.join(directory, PEFT_WEIGHTS)).items():
         match = _KEY.fullmatch(key)
         if match is None:
-            raise ValueError(f"unexpected tensor {key!r} in {PEFT_WEIGHTS}: only lora_A / lora_B weights can be imported")
+            raise ValueError(
+                f"unexpected tensor {key!r} in {PEFT_WEIGHTS}: only lora_A / lora_B weights can be imported"
+            )
         factors.setdefault(match[1], {})[match[2]] = value
     for name, pair in factors.items():
         if set(pair) != {"A", "B"}:
@@ -184,5 +192,7 @@ def import_peft(model: nnx.Module, directory: str | os.PathLike, *, users: int) 
     wrapped = replace_layers(model, [f"(?:{re.escape(n)})" for n in factors], build)
     missing = set(factors) - {n for n, _ in adapted_layers(wrapped)}
     if missing:
-        raise ValueError(f"the adapter has factors for {sorted(missing)}, which this model does not have (or are not linear)")
+        raise ValueError(
+            f"the adapter has factors for {sorted(missing)}, which this model does not have (or are not linear)"
+        )
     return wrapped

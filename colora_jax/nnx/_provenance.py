@@ -27,7 +27,10 @@ def code_version(*paths: str) -> str:
         head = subprocess.run(["git", "describe", "--always"], cwd=root, capture_output=True, text=True, timeout=10)
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", *NNX_LIBRARY, *paths],
-            cwd=root, capture_output=True, text=True, timeout=10,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         if head.returncode == 0 and status.returncode == 0:
             return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")

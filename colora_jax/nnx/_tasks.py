@@ -120,9 +120,7 @@ def planted_teacher(key: Array, base: nnx.Module, config: TeacherConfig) -> Plan
             return Examples(tokens, teacher(tokens), ids)
 
     k_train, k_test = jax.random.split(k_data)
-    return PlantedTeacher(
-        teacher, shared_u, shared_v, draw(k_train, config.samples), draw(k_test, config.test_samples)
-    )
+    return PlantedTeacher(teacher, shared_u, shared_v, draw(k_train, config.samples), draw(k_test, config.test_samples))
 
 
 def load_roles(path: str | os.PathLike = SHAKESPEARE_PATH) -> dict[str, str]:
@@ -151,9 +149,7 @@ class CharVocab(tp.NamedTuple):
         return np.array([lookup.get(c, 0) for c in text], np.int32)
 
 
-def role_windows(
-    tokens: np.ndarray, seq_len: int, stride: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def role_windows(tokens: np.ndarray, seq_len: int, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Windows of ``seq_len`` inputs and their next-character targets (shifted by one)."""
     stride = stride or seq_len
     starts = np.arange(0, len(tokens) - seq_len, stride)

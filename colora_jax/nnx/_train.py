@@ -40,8 +40,8 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 from tqdm.auto import tqdm
 
-from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam
 from colora_jax._src import registry
+from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam
 from colora_jax.nnx._wrap import adapted_layers, apply_colora, apply_lora_bank, colora_users, ridge_penalty, set_child
 
 __all__ = [
@@ -155,7 +155,9 @@ def train(
     """
     config.validate()
     if validation is not None and config.scheme == "federated":
-        raise ValueError("early stopping on validation data is not defined for the federated scheme: pass validation=None")
+        raise ValueError(
+            "early stopping on validation data is not defined for the federated scheme: pass validation=None"
+        )
     best: dict = {}
 
     def checkpoint():
@@ -233,16 +235,16 @@ def _federated(model, data, tx, config, key, run) -> None:
     for k in jax.random.split(key, max(1, config.steps // config.local_steps)):
         start = _snapshot(nnx.state(model, ADAPTER))
         shared, personal = None, _snapshot(nnx.state(model, PersonalParam))
-        for g, (members, r, w, kg) in enumerate(zip(groups, rows, weights, jax.random.split(k, config.groups))):
+        for members, r, w, kg in zip(groups, rows, weights, jax.random.split(k, config.groups)):
             if not r.shape[0]:
                 continue
             nnx.update(model, start)
             run(nnx.Optimizer(model, tx, wrt=wrt), r, config.local_steps, kg)
-            local = jax.tree.map(lambda a: w * a, nnx.state(model, SharedParam))
+            local = jax.tree.map(lambda a, w=w: w * a, nnx.state(model, SharedParam))
             shared = local if shared is None else jax.tree.map(jnp.add, shared, local)
             mine = jnp.zeros(users, bool).at[members].set(True)
             personal = jax.tree.map(
-                lambda keep, new: jnp.where(mine.reshape(-1, *([1] * (new.ndim - 1))), new, keep),
+                lambda keep, new, mine=mine: jnp.where(mine.reshape(-1, *([1] * (new.ndim - 1))), new, keep),
                 personal,
                 nnx.state(model, PersonalParam),
             )
@@ -352,8 +354,15 @@ Fit = tp.Callable[[nnx.Module, Examples, LossFn, optax.GradientTransformation, M
 def train_colora(model, data, loss_fn, tx, config, users, keys, validation) -> int:
     apply_colora(model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]))
     scheme = config.colora_scheme
-    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme=scheme), keys[1],
-          None if scheme == "federated" else validation)
+    train(
+        model,
+        data,
+        loss_fn,
+        tx,
+        dataclasses.replace(config.train, scheme=scheme),
+        keys[1],
+        None if scheme == "federated" else validation,
+    )
     return count_parameters(model, ADAPTER)
 
 
@@ -361,7 +370,15 @@ def train_centered(model, data, loss_fn, tx, config, users, keys, validation) ->
     apply_colora(
         model, users=users, rank=config.rank, targets=config.targets, rngs=nnx.Rngs(params=keys[0]), centered=True
     )
-    train(model, data, loss_fn, tx, dataclasses.replace(config.train, scheme="joint", ridge=config.ridge), keys[1], validation)
+    train(
+        model,
+        data,
+        loss_fn,
+        tx,
+        dataclasses.replace(config.train, scheme="joint", ridge=config.ridge),
+        keys[1],
+        validation,
+    )
     return count_parameters(model, ADAPTER)
 
 
@@ -449,8 +466,15 @@ def select_ridge(
     scores, models = {}, {}
     for lam in ridges:
         models[float(lam)], _ = fit_method(
-            "colora-centered", base, data, loss_fn, tx, dataclasses.replace(config, ridge=lam),
-            users=users, key=key, validation=validation,
+            "colora-centered",
+            base,
+            data,
+            loss_fn,
+            tx,
+            dataclasses.replace(config, ridge=lam),
+            users=users,
+            key=key,
+            validation=validation,
         )
         scores[float(lam)] = validation_loss(models[float(lam)], validation, loss_fn)
     best = min(sorted(scores), key=lambda lam: scores[lam])

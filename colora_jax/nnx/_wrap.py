@@ -28,7 +28,6 @@ from colora_jax.nnx._layers import (
     ADAPTABLE,
     CoLoRALinear,
     LoRABankLinear,
-    PersonalParam,
     check_user_ids,
     deviation_penalty,
 )
@@ -93,9 +92,7 @@ def set_child(model: nnx.Module, path: tuple[tp.Any, ...], new: nnx.Module) -> N
         setattr(parent, path[-1], new)
 
 
-def replace_layers(
-    model: M, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Module, str], nnx.Module]
-) -> M:
+def replace_layers(model: M, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Module, str], nnx.Module]) -> M:
     """Replace, in place, each adaptable layer whose path matches ``targets`` by ``build(layer, dotted_path)``.
 
     Adaptable: ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``.
@@ -199,9 +196,7 @@ def apply_lora_bank(
 
 
 @contextlib.contextmanager
-def colora_users(
-    model: nnx.Module, user_ids: Int[Array, " batch"], *, checked: bool = True
-) -> tp.Iterator[nnx.Module]:
+def colora_users(model: nnx.Module, user_ids: Int[Array, " batch"], *, checked: bool = True) -> tp.Iterator[nnx.Module]:
     """Route ``user_ids`` (one per example) to every adapted layer of ``model`` inside the block.
 
     Ids are checked once against the smallest bank: concrete ids raise ``ValueError`` now;

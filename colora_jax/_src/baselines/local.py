@@ -30,8 +30,13 @@ def fit_local(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -
         W, tr = jax.vmap(lambda i, X, Y, c: one(i, X, Y, c, None))(users, obs.X, obs.Y, counts)
     else:
         own = GroundTruth(
-            U=truth.U_users, V=truth.V_users, S=truth.S[:, None], U_users=truth.U_users[:, None],
-            V_users=truth.V_users[:, None], W=truth.W[:, None], noise=jnp.broadcast_to(truth.noise, (obs.users,)),
+            U=truth.U_users,
+            V=truth.V_users,
+            S=truth.S[:, None],
+            U_users=truth.U_users[:, None],
+            V_users=truth.V_users[:, None],
+            W=truth.W[:, None],
+            noise=jnp.broadcast_to(truth.noise, (obs.users,)),
         )
         W, tr = jax.vmap(one)(users, obs.X, obs.Y, counts, own)
     T = fc.iters + 1
@@ -59,4 +64,6 @@ def fit_local_full(obs: Observations, fc, *, key=None, truth: GroundTruth | None
     need_samples(obs, d_out, d_in, "local-full")
     d = blocks.design(obs)
     W = blocks.personal_step(d, jnp.eye(d_out, dtype=obs.X.dtype), jnp.eye(d_in, dtype=obs.X.dtype), False)
-    return MethodFit(W, None, None, fitting.single_shot_trace(record_fit(obs, W, None, None, truth), fc.iters, finite(obs)))
+    return MethodFit(
+        W, None, None, fitting.single_shot_trace(record_fit(obs, W, None, None, truth), fc.iters, finite(obs))
+    )

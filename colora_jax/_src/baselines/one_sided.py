@@ -53,7 +53,9 @@ def one_sided_fit(
     d_out, d_in = obs.dims
     r = config.rank
     if r > (d_in if shared == "input" else d_out):
-        raise ValueError(f"rank {r} exceeds the shared side's dimension {d_in if shared == 'input' else d_out}: lower the rank")
+        raise ValueError(
+            f"rank {r} exceeds the shared side's dimension {d_in if shared == 'input' else d_out}: lower the rank"
+        )
     d = blocks.design(obs)
     n, dtype = d.counts, obs.X.dtype
     U0, V0 = blocks.spectral_init(d, r)  # only the shared side's is used (the other may be rank-deficient)

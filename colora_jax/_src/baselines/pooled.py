@@ -17,18 +17,28 @@ def fit_global(obs: Observations, fc, *, key, truth: GroundTruth | None = None) 
     """
     k, n = obs.users, obs.samples
     used = obs.masked()  # unused rows are zero rows of the pooled user: they drop out exactly
-    pooled = Observations(used.X.reshape((1, k * n) + obs.X.shape[2:]), used.Y.reshape((1, k * n) + obs.Y.shape[2:]),
-                          obs.model)
+    pooled = Observations(
+        used.X.reshape((1, k * n) + obs.X.shape[2:]), used.Y.reshape((1, k * n) + obs.Y.shape[2:]), obs.model
+    )
     mean_truth = None
     if truth is not None:
         Wbar = jnp.mean(truth.W, axis=0, keepdims=True)
-        mean_truth = GroundTruth(U=truth.U, V=truth.V, S=truth.S[:1], U_users=truth.U_users[:1],
-                                 V_users=truth.V_users[:1], W=Wbar, noise=truth.noise)
+        mean_truth = GroundTruth(
+            U=truth.U,
+            V=truth.V,
+            S=truth.S[:1],
+            U_users=truth.U_users[:1],
+            V_users=truth.V_users[:1],
+            W=Wbar,
+            noise=truth.noise,
+        )
     est, tr = fitting.fit(pooled, fc, key=key, truth=mean_truth)
     # the pooled fit counts every stored row; report the mean over the used samples
     tr = tr._replace(objective=tr.objective * ((k * n) / jnp.sum(obs.sample_counts()).astype(tr.objective.dtype)))
     if truth is not None:
         spread2 = jnp.sum(jnp.square(truth.W - Wbar))
-        rel = jnp.sqrt((k * jnp.square(tr.rel_error) * jnp.sum(jnp.square(Wbar)) + spread2) / jnp.sum(jnp.square(truth.W)))
+        rel = jnp.sqrt(
+            (k * jnp.square(tr.rel_error) * jnp.sum(jnp.square(Wbar)) + spread2) / jnp.sum(jnp.square(truth.W))
+        )
         tr = tr._replace(rel_error=rel)
     return MethodFit(jnp.broadcast_to(est.W, (k,) + est.W.shape[1:]), est.U, est.V, tr)

@@ -27,11 +27,15 @@ def fit_oracle(obs: Observations, fc, *, key=None, truth: GroundTruth | None = N
     S = blocks.personal_step(blocks.design(obs), truth.U, truth.V, diag)
     W = jnp.einsum("or,krs,is->koi", truth.U, S, truth.V)
     U = truth.U if a == b else None  # a shared-input truth's U* = I is no shared factor
-    return MethodFit(W, U, truth.V, fitting.single_shot_trace(record_fit(obs, W, U, truth.V, truth), fc.iters, finite(obs)))
+    return MethodFit(
+        W, U, truth.V, fitting.single_shot_trace(record_fit(obs, W, U, truth.V, truth), fc.iters, finite(obs))
+    )
 
 
 def fit_base(obs: Observations, fc, *, key=None, truth: GroundTruth | None = None) -> MethodFit:
     """The frozen base model: nothing is adapted, so every user's update is ``W_i = 0``."""
     d_out, d_in = obs.dims
     W = jnp.zeros((obs.users, d_out, d_in), obs.X.dtype)
-    return MethodFit(W, None, None, fitting.single_shot_trace(record_fit(obs, W, None, None, truth), fc.iters, finite(obs)))
+    return MethodFit(
+        W, None, None, fitting.single_shot_trace(record_fit(obs, W, None, None, truth), fc.iters, finite(obs))
+    )

@@ -16,15 +16,38 @@ import sys
 import tempfile
 import time
 
-RECOVER = ["-m", "colora_jax.cli", "recover", "--model", "sensing", "--users", "50", "--d-out", "20", "--d-in", "20",
-           "--rank", "2", "--samples", "16", "--trials", "20", "--json"]
+RECOVER = [
+    "-m",
+    "colora_jax.cli",
+    "recover",
+    "--model",
+    "sensing",
+    "--users",
+    "50",
+    "--d-out",
+    "20",
+    "--d-in",
+    "20",
+    "--rank",
+    "2",
+    "--samples",
+    "16",
+    "--trials",
+    "20",
+    "--json",
+]
 
 
 def _run(args: list[str], cache: str, out_dir: str) -> dict:
     env = {**os.environ, "COLORA_JAX_CACHE_DIR": cache, "TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, *[a.replace("{out}", out_dir) for a in args]], capture_output=True,
-                          text=True, env=env, timeout=3600)
+    done = subprocess.run(
+        [sys.executable, *[a.replace("{out}", out_dir) for a in args]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"{' '.join(args)} failed: {done.stderr[-2000:]}")
@@ -34,9 +57,13 @@ def _run(args: list[str], cache: str, out_dir: str) -> dict:
 def _recover(cache: str, out_dir: str) -> dict:
     r = _run(RECOVER, cache, out_dir)
     record = json.loads(r["stdout"])
-    return {"wall_seconds": r["wall_seconds"], "compile_seconds": record["compile_seconds"],
-            "run_seconds": record["run_seconds"], "xla_compile_seconds": record["compile_cache"]["compile_seconds"],
-            "cache": {k: record["compile_cache"][k] for k in ("hits", "misses")}}
+    return {
+        "wall_seconds": r["wall_seconds"],
+        "compile_seconds": record["compile_seconds"],
+        "run_seconds": record["run_seconds"],
+        "xla_compile_seconds": record["compile_cache"]["compile_seconds"],
+        "cache": {k: record["compile_cache"][k] for k in ("hits", "misses")},
+    }
 
 
 def _demo(cache: str, out_dir: str) -> dict:
@@ -44,16 +71,25 @@ def _demo(cache: str, out_dir: str) -> dict:
     with open(os.path.join(out_dir, "demo_recovery.json")) as f:
         record = json.load(f)
     cc = record["compile_cache"]
-    return {"wall_seconds": r["wall_seconds"], "xla_compile_seconds": cc["compile_seconds"],
-            "cache": {k: cc[k] for k in ("hits", "misses")}, "success_rate": record["success_rate"]}
+    return {
+        "wall_seconds": r["wall_seconds"],
+        "xla_compile_seconds": cc["compile_seconds"],
+        "cache": {k: cc[k] for k in ("hits", "misses")},
+        "success_rate": record["success_rate"],
+    }
 
 
 def _phase_grid(cache: str, out_dir: str) -> dict:
     r = _run(["-m", "colora_jax._src.bench.phase_grid"], cache, out_dir)
     record = json.loads(r["stdout"].strip().splitlines()[-1])
     cc = record["compile_cache"]
-    return {"wall_seconds": r["wall_seconds"], "run_seconds": record["seconds"], "cells": record["cells"],
-            "xla_compile_seconds": cc["compile_seconds"], "cache": {k: cc[k] for k in ("hits", "misses")}}
+    return {
+        "wall_seconds": r["wall_seconds"],
+        "run_seconds": record["seconds"],
+        "cells": record["cells"],
+        "xla_compile_seconds": cc["compile_seconds"],
+        "cache": {k: cc[k] for k in ("hits", "misses")},
+    }
 
 
 COMMANDS = {
@@ -80,7 +116,9 @@ def lines(latency: dict) -> list[str]:
     for name in COMMANDS:
         if name in latency:
             c, w = latency[name]["cold"], latency[name]["warm"]
-            text.append(f"latency {name}: cold {c['wall_seconds']:.1f} s ({c['xla_compile_seconds']:.1f} s XLA compile,"
-                        f" {c['cache']['misses']} programs compiled), warm {w['wall_seconds']:.1f} s"
-                        f" ({w['cache']['hits']} programs loaded, {w['cache']['misses']} compiled)")
+            text.append(
+                f"latency {name}: cold {c['wall_seconds']:.1f} s ({c['xla_compile_seconds']:.1f} s XLA compile,"
+                f" {c['cache']['misses']} programs compiled), warm {w['wall_seconds']:.1f} s"
+                f" ({w['cache']['hits']} programs loaded, {w['cache']['misses']} compiled)"
+            )
     return text

@@ -52,8 +52,12 @@ def main() -> dict:
             errors = out.evaluation.per_user_rel_error if method == "local" else out.evaluation.rel_error
             rate = np.mean(errors <= SUCCESS, axis=tuple(a for a in range(errors.ndim) if a != 1))
             rows[f"{model}/{method}/k={users}"] = {"samples": ns, "success": [round(float(p), 3) for p in rate]}
-    return {"cells": sum(len(r["samples"]) for r in rows.values()), "seconds": time.perf_counter() - start,
-            "compile_cache": stats(), "rows": rows}
+    return {
+        "cells": sum(len(r["samples"]) for r in rows.values()),
+        "seconds": time.perf_counter() - start,
+        "compile_cache": stats(),
+        "rows": rows,
+    }
 
 
 if __name__ == "__main__":

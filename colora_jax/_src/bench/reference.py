@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 DTYPE = np.float32  # as colora's default; float32 BLAS and generation are NumPy's fastest setting too
 
 
@@ -100,12 +99,16 @@ def main(argv=None) -> None:
     for X, y in data:
         altmin(X, y, r)
     t3 = time.perf_counter()
-    print(json.dumps({
-        "trials_per_second": trials / (t1 - t0),
-        "fits_per_second": trials / (t3 - t2),
-        "rel_error_max": float(max(res[0] for res in results)),
-        "iterations_mean": float(np.mean([res[2] for res in results])),
-    }))
+    print(
+        json.dumps(
+            {
+                "trials_per_second": trials / (t1 - t0),
+                "fits_per_second": trials / (t3 - t2),
+                "rel_error_max": float(max(res[0] for res in results)),
+                "iterations_mean": float(np.mean([res[2] for res in results])),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

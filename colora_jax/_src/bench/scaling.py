@@ -20,10 +20,12 @@ from colora_jax._src.sharding import fit_sharded, shard_users, users_mesh
 
 
 def time_sharded(devices: int, users: int, d: int, rank=4) -> float:
-    pc = ProblemConfig(model="regression", users=users, d_out=d, d_in=d, rank=rank, samples=16, test_samples=0, noise=0.1)
+    pc = ProblemConfig(
+        model="regression", users=users, d_out=d, d_in=d, rank=rank, samples=16, test_samples=0, noise=0.1
+    )
     mesh = users_mesh(devices)
     obs = shard_users(jax.jit(lambda k: generate(k, pc).train)(jax.random.key(0)), mesh)
-    return seconds_per_iteration(lambda fc: (lambda o: fit_sharded(o, fc, mesh=mesh)), obs, rank)[0]
+    return seconds_per_iteration(lambda fc: lambda o: fit_sharded(o, fc, mesh=mesh), obs, rank)[0]
 
 
 def main(max_devices: int, per_device: int, d: int) -> dict:
@@ -31,8 +33,11 @@ def main(max_devices: int, per_device: int, d: int) -> dict:
     strong = [time_sharded(n, per_device * max_devices, d) for n in counts]
     weak = [time_sharded(n, per_device * n, d) for n in counts]
     return {
-        "devices": counts, "users_per_device": per_device, "d": d,
-        "strong_seconds": strong, "weak_seconds": weak,
+        "devices": counts,
+        "users_per_device": per_device,
+        "d": d,
+        "strong_seconds": strong,
+        "weak_seconds": weak,
         "strong_efficiency": [strong[0] / (n * t) for n, t in zip(counts, strong)],
         "weak_efficiency": [weak[0] / t for t in weak],
     }

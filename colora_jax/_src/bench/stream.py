@@ -22,19 +22,28 @@ from colora_jax._src.streaming import fit_streaming, generate_chunks
 
 
 def main(users: int, nchunks: int) -> dict:
-    pc = ProblemConfig(model="regression", users=users, d_out=32, d_in=32, rank=4, samples=16, test_samples=0, noise=0.1)
+    pc = ProblemConfig(
+        model="regression", users=users, d_out=32, d_in=32, rank=4, samples=16, test_samples=0, noise=0.1
+    )
     t = time.perf_counter()
     planted = jax.jit(generate_chunks, static_argnums=(1, 2))(jax.random.key(0), pc, nchunks)
     jax.block_until_ready(planted)
     gen_s = time.perf_counter() - t
-    make = lambda fc: (lambda o: fit_streaming(o, fc, nchunks=nchunks, truth_U=planted.U, truth_V=planted.V))
+    make = lambda fc: lambda o: fit_streaming(o, fc, nchunks=nchunks, truth_U=planted.U, truth_V=planted.V)
     seconds, compile_s, _ = seconds_per_iteration(make, planted.train, pc.rank, iters=(1, 3), repeats=1)
     return {
-        "users": users, "chunks": nchunks, "samples": 16, "d": 32, "rank": 4, "dtype": "float32",
+        "users": users,
+        "chunks": nchunks,
+        "samples": 16,
+        "d": 32,
+        "rank": 4,
+        "dtype": "float32",
         "data": "stored (generated once, chunk by chunk); statistics formed per chunk on every pass",
         "data_bytes": planted.train.X.nbytes + planted.train.Y.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "generate_seconds": gen_s, "compile_seconds": compile_s, "seconds_per_iteration": seconds,
+        "generate_seconds": gen_s,
+        "compile_seconds": compile_s,
+        "seconds_per_iteration": seconds,
     }
 
 

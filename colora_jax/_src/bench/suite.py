@@ -8,7 +8,6 @@ matrices), fake devices (``XLA_FLAGS``), and the streamed run whose peak RSS is 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -22,16 +21,17 @@ import numpy as np
 
 from colora_jax._src import blocks
 from colora_jax._src.altmin import altmin_body
-from colora_jax._src.fitting import fit, initialize
 from colora_jax._src.config import FitConfig, ProblemConfig
 from colora_jax._src.data import generate
+from colora_jax._src.fitting import fit, initialize
 from colora_jax._src.trials import compiled_trials, generated_config, run_trials
 
 
 def _child(module: str, args, env=None, timeout=3600) -> dict:
     env = {**os.environ, **(env or {})}
-    out = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                         env=env, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
     if out.returncode:
         raise RuntimeError(f"{module} failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -61,8 +61,11 @@ def versus_numpy(samples: int, trials: int, numpy_trials: int, users=50, d=20, r
     fit_all = jax.jit(jax.vmap(lambda o: fit(o, fc)))
     jax.block_until_ready(fit_all(problems.train))
     fit_s = _best(lambda: fit_all(problems.train))
-    ref = _child("colora_jax._src.bench.reference", [users, d, rank, samples, numpy_trials],
-                 env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    ref = _child(
+        "colora_jax._src.bench.reference",
+        [users, d, rank, samples, numpy_trials],
+        env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    )
     colora_tps = trials / trial_s
     return {
         "config": {"model": "sensing", "users": users, "d_out": d, "d_in": d, "rank": rank, "samples": samples},
@@ -92,7 +95,7 @@ def seconds_per_iteration(make, obs, rank: int, iters=(2, 8), repeats=3):
         t = time.perf_counter()
         compiled = jax.jit(make(fc)).lower(obs).compile()
         compile_s = time.perf_counter() - t
-        seconds = _best(lambda: compiled(obs), repeats)
+        seconds = _best(lambda compiled=compiled: compiled(obs), repeats)
         runs.append((seconds, int(compiled(obs)[1].iterations), compile_s, compiled.memory_analysis()))
     (t0, i0, _, _), (t1, i1, compile_s, mem) = runs
     return (t1 - t0) / max(i1 - i0, 1), compile_s, mem
@@ -107,8 +110,9 @@ def iteration_time(users: int, d: int, samples=16, rank=4, iters=(2, 12)) -> dic
     for the two ``iters`` over their difference. ``setup_seconds``: what a fit does once before
     iterating (the statistics ``C_i``, ``Bt_i``, spectral init, first personal step).
     """
-    pc = ProblemConfig(model="regression", users=users, d_out=d, d_in=d, rank=rank, samples=samples,
-                       test_samples=0, noise=0.1)
+    pc = ProblemConfig(
+        model="regression", users=users, d_out=d, d_in=d, rank=rank, samples=samples, test_samples=0, noise=0.1
+    )
     obs = jax.jit(lambda k: generate(k, pc).train)(jax.random.key(0))
 
     def setup(o):  # what fit does before its loop
@@ -119,6 +123,7 @@ def iteration_time(users: int, d: int, samples=16, rank=4, iters=(2, 12)) -> dic
         def body(_, carry):
             _, sse, nxt = altmin_body(dz, *carry[0], False, None)
             return nxt, sse
+
         return jax.lax.fori_loop(0, n, body, (start, jnp.zeros((), start[0].dtype)))
 
     setup_c = jax.jit(setup).lower(obs).compile()
@@ -129,10 +134,13 @@ def iteration_time(users: int, d: int, samples=16, rank=4, iters=(2, 12)) -> dic
         t = time.perf_counter()
         compiled = jax.jit(run_steps, static_argnums=2).lower(dz, start, n).compile()
         compile_s = time.perf_counter() - t
-        times.append(_best(lambda: compiled(dz, start)))
+        times.append(_best(lambda compiled=compiled: compiled(dz, start)))
     mem = compiled.memory_analysis()
     return {
-        "users": users, "d": d, "samples": samples, "rank": rank,
+        "users": users,
+        "d": d,
+        "samples": samples,
+        "rank": rank,
         "seconds_per_iteration": (times[1] - times[0]) / (iters[1] - iters[0]),
         "setup_seconds": setup_s,
         "compile_seconds": compile_s,
@@ -181,22 +189,32 @@ def roofline(it: dict, bandwidth: float, flop_rate: float | None = None) -> dict
     per_user = min(n * 2 * d, 2 * d * d) * itemsize
     floor_bytes = it["users"] * per_user
     floor_s = floor_bytes / bandwidth
-    out = {"bytes_per_iteration_floor": floor_bytes, "bandwidth_bytes_per_second": bandwidth,
-           "floor_seconds": floor_s, "measured_seconds": it["seconds_per_iteration"],
-           "ratio": it["seconds_per_iteration"] / floor_s}
+    out = {
+        "bytes_per_iteration_floor": floor_bytes,
+        "bandwidth_bytes_per_second": bandwidth,
+        "floor_seconds": floor_s,
+        "measured_seconds": it["seconds_per_iteration"],
+        "ratio": it["seconds_per_iteration"] / floor_s,
+    }
     if flop_rate is not None:
         flops = iteration_flops(it["users"], d, n, it["rank"])
         flop_s = flops / flop_rate
-        out |= {"flops_per_iteration_floor": flops, "matmul_flops_per_second": flop_rate,
-                "flop_floor_seconds": flop_s,
-                "ratio_to_roofline": it["seconds_per_iteration"] / max(floor_s, flop_s)}
+        out |= {
+            "flops_per_iteration_floor": flops,
+            "matmul_flops_per_second": flop_rate,
+            "flop_floor_seconds": flop_s,
+            "ratio_to_roofline": it["seconds_per_iteration"] / max(floor_s, flop_s),
+        }
     return out
 
 
 def device_scaling(max_devices: int, users_per_device: int, d: int) -> dict:
     """Seconds per iteration of the sharded fit on 1..max_devices fake CPU devices (child process)."""
-    return _child("colora_jax._src.bench.scaling", [max_devices, users_per_device, d],
-                  env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={max_devices}"})
+    return _child(
+        "colora_jax._src.bench.scaling",
+        [max_devices, users_per_device, d],
+        env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={max_devices}"},
+    )
 
 
 def streaming(users: int, nchunks: int) -> dict:
@@ -275,14 +293,26 @@ def plot(result: dict, path) -> None:
     ax[1].set(xlabel="d = d_in = d_out", ylabel="s / AltMin iteration", title=f"k={vd[0]['users']}")
     sc = result["device_scaling"]
     for kind in ("strong", "weak"):
-        ax[2].plot(sc["devices"], sc[f"{kind}_efficiency"], "o-", label=f"{kind} (fixed {'total' if kind == 'strong' else 'per device'})")
-    ax[2].set(xlabel="fake CPU devices", ylabel="scaling efficiency", ylim=(0, 1.1), title=f"{os.cpu_count()} physical cores")
+        ax[2].plot(
+            sc["devices"],
+            sc[f"{kind}_efficiency"],
+            "o-",
+            label=f"{kind} (fixed {'total' if kind == 'strong' else 'per device'})",
+        )
+    ax[2].set(
+        xlabel="fake CPU devices", ylabel="scaling efficiency", ylim=(0, 1.1), title=f"{os.cpu_count()} physical cores"
+    )
     ax[2].legend()
     rf = result["roofline"]
-    ax[3].bar(["bytes /\nbandwidth", "flops /\nmatmul rate", "measured"],
-              [rf["floor_seconds"], rf["flop_floor_seconds"], rf["measured_seconds"]], color=["C0", "C1", "C2"])
-    ax[3].set(ylabel="s / iteration", title=f"k={vk[-1]['users']}: {rf['ratio']:.1f}x bytes floor,"
-              f" {rf['ratio_to_roofline']:.1f}x roofline")
+    ax[3].bar(
+        ["bytes /\nbandwidth", "flops /\nmatmul rate", "measured"],
+        [rf["floor_seconds"], rf["flop_floor_seconds"], rf["measured_seconds"]],
+        color=["C0", "C1", "C2"],
+    )
+    ax[3].set(
+        ylabel="s / iteration",
+        title=f"k={vk[-1]['users']}: {rf['ratio']:.1f}x bytes floor, {rf['ratio_to_roofline']:.1f}x roofline",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -21,8 +21,12 @@ def register(subparsers) -> None:
         " measured iteration time to the memory-bandwidth floor. Writes JSON and a figure.",
     )
     p.add_argument("--quick", action="store_true", help="small sizes: the whole suite in about a minute")
-    p.add_argument("--sections", type=_sections, default=suite.SECTIONS,
-                   help=f"comma-separated parts to run (default all: {','.join(suite.SECTIONS)})")
+    p.add_argument(
+        "--sections",
+        type=_sections,
+        default=suite.SECTIONS,
+        help=f"comma-separated parts to run (default all: {','.join(suite.SECTIONS)})",
+    )
     p.add_argument("--out", default="figures", help="directory for bench.json and bench.png")
     p.add_argument("--json", action="store_true", help="print the whole JSON result")
     p.set_defaults(run=run)
@@ -32,8 +36,9 @@ def _sections(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [s for s in names if s not in suite.SECTIONS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown section {', '.join(map(repr, unknown)) or '(none)'}: choose from"
-                                         f" {', '.join(suite.SECTIONS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown section {', '.join(map(repr, unknown)) or '(none)'}: choose from {', '.join(suite.SECTIONS)}"
+        )
     return names
 
 
@@ -46,8 +51,9 @@ def _writable_folder(folder: str) -> pathlib.Path:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise common.UsageError(f"colora bench: cannot write to --out {folder} ({err.strerror or err}): choose a"
-                                " writable folder") from None
+        raise common.UsageError(
+            f"colora bench: cannot write to --out {folder} ({err.strerror or err}): choose a writable folder"
+        ) from None
     return out
 
 
@@ -61,17 +67,23 @@ def run(args) -> int:
     for line in latency.lines(result.get("latency", {})):
         print(line)
     for v in result.get("versus_numpy", []):
-        print(f"sensing k={v['config']['users']} d={v['config']['d_in']} r={v['config']['rank']}"
-              f" n={v['config']['samples']}: colora {v['colora_trials_per_second']:.1f} trials/s vs NumPy"
-              f" {v['numpy_trials_per_second']:.2f} -> {v['ratio_trials']:.0f}x (fits only: {v['ratio_fits']:.0f}x)")
+        print(
+            f"sensing k={v['config']['users']} d={v['config']['d_in']} r={v['config']['rank']}"
+            f" n={v['config']['samples']}: colora {v['colora_trials_per_second']:.1f} trials/s vs NumPy"
+            f" {v['numpy_trials_per_second']:.2f} -> {v['ratio_trials']:.0f}x (fits only: {v['ratio_fits']:.0f}x)"
+        )
     if "roofline" in result:
         rf = result["roofline"]
-        print(f"roofline: {rf['measured_seconds'] * 1e3:.1f} ms/iteration, {rf['ratio']:.1f}x the"
-          f" {rf['floor_seconds'] * 1e3:.1f} ms bandwidth floor, {rf['ratio_to_roofline']:.1f}x the roofline"
-              f" (flop floor {rf['flop_floor_seconds'] * 1e3:.1f} ms)")
+        print(
+            f"roofline: {rf['measured_seconds'] * 1e3:.1f} ms/iteration, {rf['ratio']:.1f}x the"
+            f" {rf['floor_seconds'] * 1e3:.1f} ms bandwidth floor, {rf['ratio_to_roofline']:.1f}x the roofline"
+            f" (flop floor {rf['flop_floor_seconds'] * 1e3:.1f} ms)"
+        )
     if "streaming" in result:
         st = result["streaming"]
-        print(f"streamed k={st['users']}: {st['seconds_per_iteration']:.2f} s/iteration, peak RSS"
-              f" {st['peak_rss_bytes'] / 2**30:.2f} GiB")
+        print(
+            f"streamed k={st['users']}: {st['seconds_per_iteration']:.2f} s/iteration, peak RSS"
+            f" {st['peak_rss_bytes'] / 2**30:.2f} GiB"
+        )
     print(f"wrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if (out / "bench.png").exists() else ""))
     return 0

@@ -67,33 +67,70 @@ def add_problem_flags(p: argparse.ArgumentParser, *, many_samples: bool = False,
     """
     d = ProblemConfig()
     g = p.add_argument_group("problem")
-    g.add_argument("--model", choices=MODELS, default=defaults.get("model", d.model),
-                   help="regression: y = W_i x + e (vector output); sensing: y = <X, W_i> + e")
+    g.add_argument(
+        "--model",
+        choices=MODELS,
+        default=defaults.get("model", d.model),
+        help="regression: y = W_i x + e (vector output); sensing: y = <X, W_i> + e",
+    )
     g.add_argument("--users", type=_positive_int, default=defaults.get("users", d.users), help="number of users k")
     g.add_argument("--d-out", type=_positive_int, default=defaults.get("d_out", d.d_out), help="output dimension")
     g.add_argument("--d-in", type=_positive_int, default=defaults.get("d_in", d.d_in), help="input dimension")
     g.add_argument("--rank", type=_positive_int, default=defaults.get("rank", d.rank), help="adapter rank r")
     if many_samples:
-        g.add_argument("--samples", type=_positive_int, nargs="+", default=[defaults.get("samples", d.samples)],
-                       help="training samples per user; several values fit each trial's first n samples for every n"
-                       " (one compiled program, common random numbers)")
+        g.add_argument(
+            "--samples",
+            type=_positive_int,
+            nargs="+",
+            default=[defaults.get("samples", d.samples)],
+            help="training samples per user; several values fit each trial's first n samples for every n"
+            " (one compiled program, common random numbers)",
+        )
     else:
-        g.add_argument("--samples", type=_positive_int, default=defaults.get("samples", d.samples),
-                       help="training samples per user")
-    g.add_argument("--test-samples", type=_nonnegative_int, default=d.test_samples,
-                   help="held-out samples per user (default 0: the exact population risk of the Gaussian design)")
+        g.add_argument(
+            "--samples",
+            type=_positive_int,
+            default=defaults.get("samples", d.samples),
+            help="training samples per user",
+        )
+    g.add_argument(
+        "--test-samples",
+        type=_nonnegative_int,
+        default=d.test_samples,
+        help="held-out samples per user (default 0: the exact population risk of the Gaussian design)",
+    )
     g.add_argument("--noise", type=_finite_float, default=d.noise, help="noise standard deviation")
-    g.add_argument("--task-angle", type=_finite_float, default=d.task_angle,
-                   help="principal angle (radians, in [0, pi/2]) between each user's subspaces and the shared ones")
-    g.add_argument("--deviation", type=_finite_float, default=d.deviation,
-                   help="relative Frobenius size of a personal full-rank term added to each W_i*")
-    g.add_argument("--personal", choices=PERSONALS, default=d.personal,
-                   help="personal part of the truth and of the fit: full r x r or diagonal")
+    g.add_argument(
+        "--task-angle",
+        type=_finite_float,
+        default=d.task_angle,
+        help="principal angle (radians, in [0, pi/2]) between each user's subspaces and the shared ones",
+    )
+    g.add_argument(
+        "--deviation",
+        type=_finite_float,
+        default=d.deviation,
+        help="relative Frobenius size of a personal full-rank term added to each W_i*",
+    )
+    g.add_argument(
+        "--personal",
+        choices=PERSONALS,
+        default=d.personal,
+        help="personal part of the truth and of the fit: full r x r or diagonal",
+    )
     g.add_argument("--condition", type=_finite_float, default=d.condition, help="condition number of each S_i*")
-    g.add_argument("--personal-mean", choices=PERSONAL_MEANS, default=d.personal_mean,
-                   help="'zero' re-centres the S_i* to average zero")
-    g.add_argument("--personal-groups", type=_nonnegative_int, default=d.personal_groups,
-                   help="0: every user its own S_i*; g > 0: only g distinct S_i* (low task diversity)")
+    g.add_argument(
+        "--personal-mean",
+        choices=PERSONAL_MEANS,
+        default=d.personal_mean,
+        help="'zero' re-centres the S_i* to average zero",
+    )
+    g.add_argument(
+        "--personal-groups",
+        type=_nonnegative_int,
+        default=d.personal_groups,
+        help="0: every user its own S_i*; g > 0: only g distinct S_i* (low task diversity)",
+    )
     g.add_argument("--x64", action="store_true", help="float64 throughout (default float32)")
     g.add_argument("--trials", type=_positive_int, default=defaults.get("trials", 10), help="independent trials")
     g.add_argument("--seed", type=int, default=0, help="PRNG seed of the experiment")
@@ -103,8 +140,12 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the CoLoRA estimator (``FitConfig``)."""
     d = FitConfig()
     g = p.add_argument_group("estimator")
-    g.add_argument("--algorithm", choices=tuple(registry.ALGORITHMS), default=d.algorithm,
-                   help="altmin: exact blocks; altgd: exact S, gradient steps on U, V; adam: joint")
+    g.add_argument(
+        "--algorithm",
+        choices=tuple(registry.ALGORITHMS),
+        default=d.algorithm,
+        help="altmin: exact blocks; altgd: exact S, gradient steps on U, V; adam: joint",
+    )
     g.add_argument("--iters", type=_positive_int, default=d.iters, help="iteration budget")
     g.add_argument("--tol", type=_finite_float, default=d.tol, help="stop when the relative decrease < tol")
     g.add_argument("--init", choices=INITS, default=d.init, help="initialization of U, V")
@@ -115,13 +156,21 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """Flags every subcommand takes: where compiled programs are cached."""
     g = p.add_argument_group("runtime")
-    g.add_argument("--compile-cache", metavar="DIR", default=None,
-                   help="persistent compilation cache directory (default $COLORA_JAX_CACHE_DIR, else"
-                   " $XDG_CACHE_HOME/colora_jax/jax or ~/.cache/colora_jax/jax)")
+    g.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help="persistent compilation cache directory (default $COLORA_JAX_CACHE_DIR, else"
+        " $XDG_CACHE_HOME/colora_jax/jax or ~/.cache/colora_jax/jax)",
+    )
     g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh, cache nothing")
-    g.add_argument("--threads", type=_positive_int, default=None,
-                   help="CPU cores XLA may use (default $COLORA_JAX_THREADS, else all); on a busy machine 1 is"
-                   " often several times faster (docs/scale.md)")
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU cores XLA may use (default $COLORA_JAX_THREADS, else all); on a busy machine 1 is"
+        " often several times faster (docs/scale.md)",
+    )
 
 
 def apply_runtime_flags(args) -> None:
@@ -140,18 +189,34 @@ def apply_runtime_flags(args) -> None:
 def problem_config(args) -> ProblemConfig:
     samples = max(args.samples) if isinstance(args.samples, list) else args.samples
     return ProblemConfig(
-        model=args.model, users=args.users, d_out=args.d_out, d_in=args.d_in, rank=args.rank,
-        samples=samples, test_samples=args.test_samples, noise=args.noise,
-        task_angle=args.task_angle, deviation=args.deviation, personal=args.personal,
-        condition=args.condition, personal_mean=args.personal_mean, personal_groups=args.personal_groups,
+        model=args.model,
+        users=args.users,
+        d_out=args.d_out,
+        d_in=args.d_in,
+        rank=args.rank,
+        samples=samples,
+        test_samples=args.test_samples,
+        noise=args.noise,
+        task_angle=args.task_angle,
+        deviation=args.deviation,
+        personal=args.personal,
+        condition=args.condition,
+        personal_mean=args.personal_mean,
+        personal_groups=args.personal_groups,
         x64=args.x64,
     ).validate()
 
 
 def fit_config(args) -> FitConfig:
     return FitConfig(
-        rank=args.rank, personal=args.personal, algorithm=args.algorithm, iters=args.iters,
-        tol=args.tol, init=args.init, step_size=args.step_size, learning_rate=args.learning_rate,
+        rank=args.rank,
+        personal=args.personal,
+        algorithm=args.algorithm,
+        iters=args.iters,
+        tol=args.tol,
+        init=args.init,
+        step_size=args.step_size,
+        learning_rate=args.learning_rate,
     ).validate()
 
 

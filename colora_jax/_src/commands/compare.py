@@ -49,13 +49,18 @@ def register(subparsers) -> None:
     )
     common.add_problem_flags(p, samples=None)
     common.add_fit_flags(p)
-    p.add_argument("--methods", type=_methods, default=METHODS,
-                   help=f"comma-separated methods (default all: {','.join(METHODS)})")
-    p.add_argument("--preset", choices=("fedrep",), default=None,
-                   help="fedrep: FedRep's synthetic setting, W_i* = h_i^T V*^T with scalar output"
-                   f" (d_in {FEDREP_SYNTHETIC.d_in}, rank {FEDREP_SYNTHETIC.rank}, {FEDREP_SYNTHETIC.users} users,"
-                   f" noise {FEDREP_SYNTHETIC.noise}); only --samples (default {FEDREP_SYNTHETIC.samples}),"
-                   " --test-samples and --x64 apply to the problem")
+    p.add_argument(
+        "--methods", type=_methods, default=METHODS, help=f"comma-separated methods (default all: {','.join(METHODS)})"
+    )
+    p.add_argument(
+        "--preset",
+        choices=("fedrep",),
+        default=None,
+        help="fedrep: FedRep's synthetic setting, W_i* = h_i^T V*^T with scalar output"
+        f" (d_in {FEDREP_SYNTHETIC.d_in}, rank {FEDREP_SYNTHETIC.rank}, {FEDREP_SYNTHETIC.users} users,"
+        f" noise {FEDREP_SYNTHETIC.noise}); only --samples (default {FEDREP_SYNTHETIC.samples}),"
+        " --test-samples and --x64 apply to the problem",
+    )
     p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=run)
@@ -65,8 +70,10 @@ def configs(args):
     """The problem and fit configurations the flags describe (the preset replaces the problem)."""
     if args.preset == "fedrep":
         pc = dataclasses.replace(
-            FEDREP_SYNTHETIC, samples=args.samples or FEDREP_SYNTHETIC.samples,
-            test_samples=args.test_samples, x64=args.x64,
+            FEDREP_SYNTHETIC,
+            samples=args.samples or FEDREP_SYNTHETIC.samples,
+            test_samples=args.test_samples,
+            x64=args.x64,
         ).validate()
         args.rank = pc.rank
         return pc, common.fit_config(args)
@@ -82,11 +89,25 @@ def _median(a) -> float:
 
 def _row(method, pc, out, seconds, error):
     shared, per_user = parameter_counts(method, pc)
-    row = {"status": "ok" if error is None else f"error: {error}", "params_shared": shared,
-           "params_per_user": per_user, "seconds": seconds}
+    row = {
+        "status": "ok" if error is None else f"error: {error}",
+        "params_shared": shared,
+        "params_per_user": per_user,
+        "seconds": seconds,
+    }
     if error is not None:
-        return row | {k: None for k in ("median_rel_error", "iqr_rel_error", "rel_error_quartiles", "test_mse",
-                                         "subspace_distance_U", "subspace_distance_V", "iterations")}
+        return row | {
+            k: None
+            for k in (
+                "median_rel_error",
+                "iqr_rel_error",
+                "rel_error_quartiles",
+                "test_mse",
+                "subspace_distance_U",
+                "subspace_distance_V",
+                "iterations",
+            )
+        }
     ev = out.evaluation
     q25, q50, q75 = np.percentile(np.asarray(ev.per_user_rel_error, dtype=float), [25, 50, 75])
     return row | {
@@ -112,8 +133,15 @@ def compare(args) -> dict:
             t0 = time.perf_counter()
             out, error = None, None
             try:
-                out = run_trials(key, pc, fc, args.trials, batch=batch, method=method,
-                                 on_batch=lambda done, i=i: bar.update(i * args.trials + done - bar.n))
+                out = run_trials(
+                    key,
+                    pc,
+                    fc,
+                    args.trials,
+                    batch=batch,
+                    method=method,
+                    on_batch=lambda done, i=i: bar.update(i * args.trials + done - bar.n),
+                )
             except ValueError as err:
                 error = str(err)
             rows[method] = _row(method, pc, out, time.perf_counter() - t0, error)
@@ -148,10 +176,16 @@ def table(result: dict) -> str:
     if "task_angle" in pc:
         head += f", task angle {pc['task_angle']:g}, deviation {pc['deviation']:g}"
     head += f" ({result['config']['trials']} trials, seed {result['config']['seed']})"
-    lines = [head, "per-user relative error ||W_i_hat - W_i*||_F / ||W_i*||_F over all users and trials;"
-             " sin U, sin V: sin-distance of the shared factors to U*, V*", ""]
-    cols = f"{'method':<12} {'rel.err median':>14} {'[25%, 75%]':>20} {'test MSE':>9} {'sin U':>9} {'sin V':>9}" \
-           f" {'shared':>7} {'per user':>8} {'seconds':>8}"
+    lines = [
+        head,
+        "per-user relative error ||W_i_hat - W_i*||_F / ||W_i*||_F over all users and trials;"
+        " sin U, sin V: sin-distance of the shared factors to U*, V*",
+        "",
+    ]
+    cols = (
+        f"{'method':<12} {'rel.err median':>14} {'[25%, 75%]':>20} {'test MSE':>9} {'sin U':>9} {'sin V':>9}"
+        f" {'shared':>7} {'per user':>8} {'seconds':>8}"
+    )
     lines += [cols, "-" * len(cols)]
     for name, r in result["methods"].items():
         if r["status"] != "ok":

@@ -27,11 +27,18 @@ def register(subparsers) -> None:
     )
     common.add_problem_flags(p, many_samples=True)
     common.add_fit_flags(p)
-    p.add_argument("--success-threshold", type=common._positive_float, default=1e-3,
-                   help="a trial succeeds when its stacked relative error is <= this (a positive number)")
-    p.add_argument("--devices", type=common._positive_int, default=None,
-                   help="split each trial's users over this many devices (default 1; the users must be"
-                   " divisible by it)")
+    p.add_argument(
+        "--success-threshold",
+        type=common._positive_float,
+        default=1e-3,
+        help="a trial succeeds when its stacked relative error is <= this (a positive number)",
+    )
+    p.add_argument(
+        "--devices",
+        type=common._positive_int,
+        default=None,
+        help="split each trial's users over this many devices (default 1; the users must be divisible by it)",
+    )
     p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.set_defaults(run=run)
@@ -73,14 +80,33 @@ def recover(args) -> dict:
         "device": device_info(),
         "devices": devices,
     }
-    timing = {"seconds": t2 - t0, "compile_seconds": t1 - t0, "run_seconds": t2 - t1,
-              "trials_per_second": args.trials / (t2 - t1), "compile_cache": compile_cache.stats()}
+    timing = {
+        "seconds": t2 - t0,
+        "compile_seconds": t1 - t0,
+        "run_seconds": t2 - t1,
+        "trials_per_second": args.trials / (t2 - t1),
+        "compile_cache": compile_cache.stats(),
+    }
     ev, tr = out.evaluation, out.trace
     if len(samples) == 1:
-        return {"config": config, **_summary(jax.tree.map(lambda a: a[:, 0], ev), jax.tree.map(lambda a: a[:, 0], tr),
-                                             args.success_threshold), **timing}
-    by_samples = [{"samples": n, **_summary(jax.tree.map(lambda a: a[:, j], ev), jax.tree.map(lambda a: a[:, j], tr),
-                                            args.success_threshold)} for j, n in enumerate(samples)]
+        return {
+            "config": config,
+            **_summary(
+                jax.tree.map(lambda a: a[:, 0], ev), jax.tree.map(lambda a: a[:, 0], tr), args.success_threshold
+            ),
+            **timing,
+        }
+    by_samples = [
+        {
+            "samples": n,
+            **_summary(
+                jax.tree.map(lambda a, j=j: a[:, j], ev),
+                jax.tree.map(lambda a, j=j: a[:, j], tr),
+                args.success_threshold,
+            ),
+        }
+        for j, n in enumerate(samples)
+    ]
     return {"config": config, "by_samples": by_samples, **timing}
 
 
