@@ -31,11 +31,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import colora_jax as cj  # noqa: E402
+from colora_jax import statistics  # noqa: E402
 from colora_jax._src.provenance import code_version  # noqa: E402
 from colora_jax._src.varpro import VarProOptions, fit_varpro  # noqa: E402
 from proofs_numerics import _common  # noqa: E402
@@ -82,14 +82,6 @@ def sample_sizes(model: str, users: int, g: Grid) -> list[int]:
     )
 
 
-def _masked(obs: cj.Observations, n) -> cj.Observations:
-    """The first ``n`` samples of every user (the others zeroed: they drop out of every least squares)."""
-    N = obs.samples
-    keep = (jnp.arange(N) < n).astype(obs.X.dtype)
-    shape = lambda a: (1, N) + (1,) * (a.ndim - 2)
-    return cj.Observations(obs.X * keep.reshape(shape(obs.X)), obs.Y * keep.reshape(shape(obs.Y)), obs.model)
-
-
 def _fit(obs, fc, key, truth, method):
     options = METHODS[method]
     if options is None:
@@ -100,7 +92,7 @@ def _fit(obs, fc, key, truth, method):
 def _one(key, n, pc: cj.ProblemConfig, fc: cj.FitConfig, method: str):
     kp, kf = jax.random.split(key)
     problem = cj.generate(kp, pc)
-    obs = _masked(problem.train, n)
+    obs = problem.train.with_counts(n)  # the first n samples of the nested stream
     est, trace = _fit(obs, fc, kf, problem.truth, method)
     it = trace.iterations
     W = est.W
@@ -108,40 +100,11 @@ def _one(key, n, pc: cj.ProblemConfig, fc: cj.FitConfig, method: str):
         rel_error=cj.relative_error(W, problem.truth.W),
         iterations=it,
         objective_ratio=trace.objective[it] / trace.objective[0],  # (VarPro: index 0 is after the continuation)
-        residual_fraction=trace.objective[it] * problem.train.Y.size / jnp.sum(jnp.square(obs.Y)),
+        residual_fraction=trace.objective[it] * problem.train.Y.size / jnp.sum(jnp.square(obs.masked().Y)),
         distance_start=jnp.maximum(trace.subspace_distance_U[0], trace.subspace_distance_V[0]),
         distance_end=jnp.maximum(trace.subspace_distance_U[it], trace.subspace_distance_V[it]),
         personal_norm=jnp.max(jnp.linalg.norm(est.S, axis=(1, 2))),  # blow-up of the personal solves
     )
-
-
-def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def trial_thresholds(ns: list[int], success: np.ndarray) -> np.ndarray:
-    """Each trial's smallest grid n from which it succeeds at every larger grid n (inf: never)."""
-    out = np.full(success.shape[0], np.inf)
-    for t, row in enumerate(success):
-        for j in range(len(ns) - 1, -1, -1):
-            if not row[j]:
-                break
-            out[t] = ns[j]
-    return out
-
-
-def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Median and its distribution-free interval ``[x_(l), x_(u)]`` (order statistics, binomial)."""
-    x = np.sort(values)
-    N = len(x)
-    lo_rank = int(stats.binom.ppf((1 - level) / 2, N, 0.5))  # P(Bin < lo_rank) <= alpha/2 -> x[lo_rank - 1]
-    u = int(stats.binom.ppf(1 - (1 - level) / 2, N, 0.5))
-    lo = x[max(lo_rank - 1, 0)]
-    hi = x[min(u, N - 1)]
-    return float(np.median(x)), float(lo), float(hi)
 
 
 def _load(path: str) -> list[dict]:
@@ -219,7 +182,8 @@ def _print_record(rec: dict) -> None:
     N = s.shape[0]
     rates = " ".join(f"{n}:{int(c.sum())}" for n, c in zip(rec["samples"], s.T))
     n50 = _common.threshold(rec["samples"], s.mean(axis=0))
-    med, lo, hi = median_interval(trial_thresholds(rec["samples"], s))
+    th = statistics.trial_thresholds(rec["samples"], s)
+    med, lo, hi, _ = statistics.median_interval(th.values)
     ms = rec["m_star"]
     print(
         f"{rec['model']:10s} k={rec['users']:<4d} {rec['method']:16s} [{rec['init']}] successes/{N}: {rates} | "

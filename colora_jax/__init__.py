@@ -92,6 +92,9 @@ from colora_jax._src.trials import prediction_error as prediction_error
 from colora_jax._src.trials import run_trials as run_trials
 from colora_jax._src.trials import trial as trial
 from colora_jax._src.trials import trial_keys as trial_keys
+from colora_jax._src.varpro import VarProOptions as VarProOptions
+from colora_jax._src.varpro import fit_varpro as fit_varpro
+from colora_jax._src.varpro import fit_varpro_chunks as fit_varpro_chunks
 
 __version__ = "0.2.0"
 
@@ -117,6 +120,7 @@ __all__ = (
     "SweepResult",
     "Trace",
     "TrialResult",
+    "VarProOptions",
     "cell_key",
     "cell_trials",
     "check_observations",
@@ -133,6 +137,8 @@ __all__ = (
     "fit_method",
     "fit_sharded",
     "fit_streaming",
+    "fit_varpro",
+    "fit_varpro_chunks",
     "generate",
     "generate_chunks",
     "generate_problem",

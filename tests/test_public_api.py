@@ -6,9 +6,9 @@ import colora_jax.nnx
 CORE = """
 ALGORITHMS Cell Design Estimate Evaluation FEDREP_SYNTHETIC FederatedConfig FitConfig GroundTruth LoRAFactors
 METHODS MethodFit Observations PlantedChunks Problem ProblemConfig STREAM_VERSION SharedInputConfig SweepResult
-Trace TrialResult cell_key cell_trials check_observations chordal_distance_squared code_version design
+Trace TrialResult VarProOptions cell_key cell_trials check_observations chordal_distance_squared code_version design
 device_info enable_compile_cache evaluate federated_lora fit fit_and_evaluate fit_chunks fit_method
-fit_sharded fit_streaming generate generate_chunks generate_problem generate_shared_input generate_truth
+fit_sharded fit_streaming fit_varpro fit_varpro_chunks generate generate_chunks generate_problem generate_shared_input generate_truth
 geodesic_distance input_step limit_cpu_threads measure method_evaluator min_samples one_sided_fit output_step
 moment_estimates nested_normals parameter_counts per_cell per_user_relative_error personal_step population_risk
 predict prediction_error psd_solve residuals users_sharding

@@ -634,10 +634,9 @@ def fit_varpro(
 
     Example:
       >>> import jax, colora_jax as cj
-      >>> from colora_jax._src.varpro import fit_varpro
       >>> pc = cj.ProblemConfig(model="sensing", users=20, d_out=8, d_in=8, samples=12)
       >>> problem = cj.generate(jax.random.key(0), pc)
-      >>> est, trace = jax.jit(lambda o: fit_varpro(o, cj.FitConfig(iters=30)))(problem.train)
+      >>> est, trace = jax.jit(lambda o: cj.fit_varpro(o, cj.FitConfig(iters=30)))(problem.train)
       >>> bool(cj.relative_error(est.W, problem.truth.W) < 1e-3)
       True
     """
