@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 ## The test suite (pytest + hypothesis), two workers.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
 
 bench: $(STAMP)
 	$(BIN)/colora bench

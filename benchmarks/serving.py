@@ -44,9 +44,9 @@ import matplotlib.pyplot as plt
 import optax
 from flax import nnx
 
+from colora_jax import device_info
 from colora_jax import nnx as cn
-from colora_jax._src.provenance import device_info
-from colora_jax.nnx._provenance import code_version
+from colora_jax.nnx import code_version
 
 NAME = "nnx_serving"
 METHODS = ("colora", "local", "global")

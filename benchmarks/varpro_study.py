@@ -35,9 +35,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import colora_jax as cj  # noqa: E402
-from colora_jax import statistics  # noqa: E402
-from colora_jax._src.provenance import code_version  # noqa: E402
-from colora_jax._src.varpro import VarProOptions, fit_varpro  # noqa: E402
+from colora_jax import (  # noqa: E402
+    VarProOptions,
+    code_version,
+    fit_varpro,
+    statistics,  # noqa: E402
+)
 from proofs_numerics import _common  # noqa: E402
 
 RESULTS = os.path.join("results", "varpro")

@@ -30,10 +30,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from colora_jax import device_info, subspace_distance
 from colora_jax import nnx as cn
-from colora_jax import subspace_distance
-from colora_jax._src.provenance import device_info
-from colora_jax.nnx._provenance import code_version
+from colora_jax.nnx import code_version
 
 NAME = "nnx_planted_teacher"
 METHODS = ("colora", "local", "global", "fedavg-lora", "base")  # fitted by colora_jax.nnx.fit_method

@@ -58,10 +58,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from colora_jax import device_info
 from colora_jax import nnx as cn
-from colora_jax._src.provenance import device_info
-from colora_jax.nnx._provenance import code_version
-from colora_jax.nnx._tasks import SHAKESPEARE_PATH
+from colora_jax.nnx import SHAKESPEARE_PATH, code_version
 
 NAME = "nnx_shakespeare"
 METHODS = ("base", "global", "local", "colora", "colora-centered")

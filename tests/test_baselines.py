@@ -47,6 +47,7 @@ def shared_input():
     return cj.generate_problem(jax.random.key(2), pc)
 
 
+@pytest.mark.xdist_group("baselines_shared_input")
 def test_fedsa_lora_recovers_a_personal_output_side_with_monotone_objective(shared_input):
     p = shared_input
     f = _fit("fedsa-lora", p.train, cj.FitConfig(rank=2, iters=200), p.truth)
@@ -56,6 +57,7 @@ def test_fedsa_lora_recovers_a_personal_output_side_with_monotone_objective(shar
     assert np.all(np.diff(obj) <= 1e-5 * obj[:-1]), "exact block steps never increase the objective"
 
 
+@pytest.mark.xdist_group("baselines_shared_input")
 def test_alora_recovers_a_personal_input_side(shared_input):
     """alora is fedsa-lora with the sides exchanged: it recovers W_i* = V* H_i*^T."""
     W = jnp.swapaxes(shared_input.truth.W, 1, 2)  # (k, 6, 4): shared output side V*
@@ -148,6 +150,7 @@ def _median(runs, setting, method):
     return float(np.median(runs[setting, method].evaluation.per_user_rel_error))
 
 
+@pytest.mark.xdist_group("baselines_runs")
 def test_scarce_shared_data_colora_is_near_the_oracle_and_far_below_local_and_global(runs):
     colora, oracle = _median(runs, "scarce", "colora"), _median(runs, "scarce", "oracle")
     assert colora < 3 * oracle
@@ -155,10 +158,12 @@ def test_scarce_shared_data_colora_is_near_the_oracle_and_far_below_local_and_gl
     assert colora < 0.1 * _median(runs, "scarce", "global")
 
 
+@pytest.mark.xdist_group("baselines_runs")
 def test_tilted_tasks_with_enough_data_local_overtakes_colora(runs):
     assert _median(runs, "crossover", "local") < 0.5 * _median(runs, "crossover", "colora")
 
 
+@pytest.mark.xdist_group("baselines_runs")
 @pytest.mark.parametrize("method", ["local", "global"])
 def test_pooled_trace_error_equals_the_evaluation(runs, method):
     """The trace's stacked relative error of local (pooled over users) and global (converted

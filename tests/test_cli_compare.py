@@ -6,6 +6,9 @@ import pytest
 
 from colora_jax.cli import main
 
+# one worker runs the whole module: its tests share one expensive module-scoped fixture
+pytestmark = pytest.mark.xdist_group("cli_compare")
+
 SMALL = [
     "compare",
     "--users",

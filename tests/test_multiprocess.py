@@ -13,6 +13,9 @@ import pytest
 
 import colora_jax as cj
 
+# one worker runs the whole module: its tests share one expensive module-scoped fixture
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 WORKER = pathlib.Path(__file__).with_name("_sharded_worker.py")
 PROCESSES = 2
 

@@ -11,6 +11,9 @@ import sys
 
 import pytest
 
+# one worker runs the whole module: its tests share one expensive module-scoped fixture
+pytestmark = pytest.mark.xdist_group("nnx_sharding")
+
 WORKER = pathlib.Path(__file__).with_name("_nnx_sharded_worker.py")
 LAYOUTS = ["data", "data_bank_split", "model", "data_model"]
 

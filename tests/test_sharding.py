@@ -12,6 +12,9 @@ import pytest
 
 import colora_jax as cj
 
+# one worker runs the whole module: its tests share one expensive module-scoped fixture
+pytestmark = pytest.mark.xdist_group("sharding")
+
 WORKER = pathlib.Path(__file__).with_name("_sharded_worker.py")
 
 

@@ -30,21 +30,6 @@ from hypothesis import strategies as st
 import colora_jax as cj  # noqa: E402
 from colora_jax._src import blocks, varpro  # noqa: E402
 
-CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "jax_cache")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache():
-    """Compiled fits are kept in the checkout's ``results/jax_cache`` (as the proof scripts do):
-    compiling, not computing, is what these tests spend their time on, and a second run skips it."""
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-
-
 SHAPE = {"regression": (12, 8, 6), "sensing": (12, 8, 6)}  # (users, d_out, d_in)
 SAMPLES = {"regression": 6, "sensing": 20}  # about 2 m*(k) or more: every start recovers
 
@@ -401,6 +386,7 @@ def sharded():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.xdist_group("varpro_sharded")  # one worker: one subprocess
 @pytest.mark.parametrize("model", ["regression", "sensing"])
 def test_sharded_equals_single_device(sharded, model):
     d = sharded[model]  # 4 devices, 2 users each
@@ -449,6 +435,5 @@ def test_docstring_example_runs():
 
 if __name__ == "__main__":
     jax.config.update("jax_enable_x64", True)
-    jax.config.update("jax_compilation_cache_dir", CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    cj.enable_compile_cache()  # the suite's cache (the user's cache dir, or $COLORA_JAX_CACHE_DIR)
     print(json.dumps(_sharded_differences(int(sys.argv[2]))))

@@ -9,7 +9,16 @@ from colora_jax.nnx._decoder import Decoder, DecoderConfig, shard
 from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam, UserIds, layer_axes
 from colora_jax.nnx._models import Transformer, TransformerConfig
 from colora_jax.nnx._peft import export_peft, import_peft
-from colora_jax.nnx._tasks import CharVocab, PlantedTeacher, TeacherConfig, load_roles, planted_teacher, role_windows
+from colora_jax.nnx._provenance import code_version
+from colora_jax.nnx._tasks import (
+    SHAKESPEARE_PATH,
+    CharVocab,
+    PlantedTeacher,
+    TeacherConfig,
+    load_roles,
+    planted_teacher,
+    role_windows,
+)
 from colora_jax.nnx._train import (
     METHODS,
     SCHEMES,
@@ -38,6 +47,8 @@ from colora_jax.nnx._wrap import (
 )
 
 __all__ = [
+    "SHAKESPEARE_PATH",
+    "code_version",
     "adapted_layers",
     "add_users",
     "apply_colora",
