@@ -267,7 +267,10 @@ def cost(args) -> None:
             run = jax.jit(lambda o, t: fit(o, t, fc, options))
             wall, cpu, (est, trace) = _best_of(run, clean.train, clean.truth)
             it = int(trace.iterations)
-            cont = 0 if options is None else VarProOptions(**options).continuation_iterations
+            # the continuation's length when it runs ("fallback": only if the plain fit does not interpolate)
+            opts = None if options is None else VarProOptions(**options)
+            cont = 0 if opts is None or opts.continuation == "never" else opts.continuation_iterations
+            when = "" if opts is None or opts.continuation != "fallback" else " if needed"
             rec = dict(
                 model=args.model,
                 users=users,
@@ -281,7 +284,8 @@ def cost(args) -> None:
                 fit_wall_ms=round(wall * 1e3, 2),
                 fit_cpu_ms=round(cpu * 1e3, 2),
                 iterations=it,
-                continuation_iterations=cont,
+                continuation_iterations=cont,  # its length when it runs (see continuation_mode)
+                continuation_mode=None if opts is None else opts.continuation,
                 rel_error=float(trace.rel_error[it]),
                 load_average=os.getloadavg(),
                 code_version=code_version(),
@@ -291,7 +295,7 @@ def cost(args) -> None:
             print(
                 f"{args.model} k={users} n={n} ({n / ms:.2f} m*) {method:14s} per iteration {per_wall * 1e3:8.2f} ms"
                 f" wall ({per_cpu * 1e3:8.2f} ms CPU) | fit: {wall * 1e3:9.1f} ms wall ({cpu * 1e3:9.1f} ms CPU),"
-                f" {it} iterations (+{cont} continuation), rel. error {rec['rel_error']:.1e}"
+                f" {it} iterations (+{cont} continuation{when}), rel. error {rec['rel_error']:.1e}"
                 f" | load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
