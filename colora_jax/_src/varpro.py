@@ -563,7 +563,7 @@ class _Fit(NamedTuple):
 
 
 def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: "VarProOptions", diag: bool, floor):
-    """LM iterations from ``(U, V)`` under ``altmin.iterate`` (the shared stopping rules and trace)."""
+    """LM iterations from ``(U, V)`` under ``fitting.iterate`` (the shared stopping rules and trace)."""
     pt = evaluate_at(U, V, None)
     ev = lambda U_, V_: evaluate_at(U_, V_, None)
 
