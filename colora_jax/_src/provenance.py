@@ -8,17 +8,28 @@ import subprocess
 
 import jax
 
+# What a run writes or documents, not what it runs: a change there does not make a result dirty
+# (a demo run rewrites figures/demo_recovery.json; a second run must still name a clean commit).
+_NOT_CODE = ("figures", "docs", "README.md")
+
 
 @functools.cache
 def code_version() -> str:
-    """``git describe --always --dirty`` of the checkout holding this package, else the version."""
+    """``git describe --always`` of the checkout holding this package, ``-dirty`` if a tracked file
+    other than the outputs and prose (``figures/``, ``docs/``, ``README.md``) differs from it;
+    else the installed version. Cached: a run records the version it started with."""
     root = pathlib.Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, timeout=10
+        head = subprocess.run(["git", "describe", "--always"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in _NOT_CODE)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+        if head.returncode == 0 and head.stdout.strip() and status.returncode == 0:
+            return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
     from importlib.metadata import PackageNotFoundError, version
