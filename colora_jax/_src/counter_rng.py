@@ -17,7 +17,9 @@ Why not ``jax.random.normal``: its streams depend on the requested shape (not ne
 CPU its ``threefry2x32`` primitive runs the rounds as a rolled loop that materializes every
 intermediate array, and its ``erf_inv`` transform is the costliest part of drawing normals.
 Written as one elementwise expression, the hash and Box-Muller fuse into a single loop:
-cheaper to compile and to run (measured in docs/scale.md). The hash is tested bit for bit
+cheaper to compile and to run (20 trials x 50 users x 16 samples x 400 entries, float32, this
+2-core CPU: 0.27 s to compile and 53 ms to run, against 1.26 s and 98 ms for ``jax.random.normal``
+with partitionable threefry, jax 0.9.2). The hash is tested bit for bit
 against ``jax.extend.random.threefry2x32_p``.
 
 Every operation is elementwise in ``(i, j, position)``, so generation shards over users
