@@ -139,7 +139,7 @@ def phase(args) -> None:
             x64=args.x64,
         )
         fc = cj.FitConfig(rank=g.rank, iters=g.iters, tol=g.tol, init=args.init)
-        keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(g.seed), t))(jnp.arange(args.trials))
+        keys = cj.trial_keys(jax.random.key(g.seed), 0, args.trials)  # trial t: fold_in(key, t)
         for method in args.methods.split(","):
             rec = dict(
                 model=args.model,

@@ -13,25 +13,35 @@ import jax
 _NOT_CODE = ("figures", "docs", "README.md")
 
 
-@functools.cache
-def code_version() -> str:
-    """``git describe --always`` of the checkout holding this package, ``-dirty`` if a tracked file
-    other than the outputs and prose (``figures/``, ``docs/``, ``README.md``) differs from it;
-    else the installed version. Cached: a run records the version it started with."""
+def git_version(*pathspecs: str) -> str | None:
+    """``git describe --always`` of the checkout holding this package, with ``-dirty`` if a tracked
+    file matched by ``pathspecs`` (git pathspecs, e.g. ``":(exclude)docs"``) differs from it; None
+    outside a git checkout."""
     root = pathlib.Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "describe", "--always"], cwd=root, capture_output=True, text=True, timeout=10)
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in _NOT_CODE)],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *pathspecs],
             cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
         )
-        if head.returncode == 0 and head.stdout.strip() and status.returncode == 0:
-            return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        pass
+        return None
+    if head.returncode != 0 or not head.stdout.strip() or status.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+@functools.cache
+def code_version() -> str:
+    """``git describe --always`` of the checkout holding this package, ``-dirty`` if a tracked file
+    other than the outputs and prose (``figures/``, ``docs/``, ``README.md``) differs from it;
+    else the installed version. Cached: a run records the version it started with."""
+    found = git_version(".", *(f":(exclude){p}" for p in _NOT_CODE))
+    if found is not None:
+        return found
     from importlib.metadata import PackageNotFoundError, version
 
     try:
