@@ -1,8 +1,9 @@
 """What ran: the code version of the NNX path's results, for a working tree shared with others.
 
 ``colora_jax.code_version()`` marks a result ``-dirty`` whenever any code file of the checkout is
-modified (anything but ``figures/``, ``docs/`` and the README); the NNX scripts only depend on the NNX path's own files, so their results record the
-commit and mark ``-dirty`` only when one of those files differs from it.
+modified (anything but ``figures/``, ``docs/`` and the README); the NNX scripts only depend on
+the NNX path's own files, so their results record the commit and mark ``-dirty`` only when one
+of those files differs from it.
 """
 
 from __future__ import annotations
