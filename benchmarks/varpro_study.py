@@ -74,9 +74,7 @@ class Grid:
 
 
 def m_star(model: str, users: int, g: Grid) -> float:
-    if model == "sensing":
-        return _common.dof_sensing(users, g.d_out, g.d_in, g.rank)
-    return _common.dof_regression(users, g.d_in, g.rank)
+    return cj.degrees_of_freedom(model, users, g.d_out, g.d_in, g.rank)
 
 
 def sample_sizes(model: str, users: int, g: Grid) -> list[int]:

@@ -31,6 +31,7 @@ from colora_jax._src.blocks import sum_squares as sum_squares
 from colora_jax._src.compile_cache import enable_compile_cache as enable_compile_cache
 from colora_jax._src.config import FitConfig as FitConfig
 from colora_jax._src.config import ProblemConfig as ProblemConfig
+from colora_jax._src.config import degrees_of_freedom as degrees_of_freedom
 from colora_jax._src.config import min_samples as min_samples
 from colora_jax._src.counter_rng import normals as nested_normals
 from colora_jax._src.cpu_threads import limit_cpu_threads as limit_cpu_threads
@@ -126,6 +127,7 @@ __all__ = (
     "check_observations",
     "chordal_distance_squared",
     "code_version",
+    "degrees_of_freedom",
     "design",
     "device_info",
     "enable_compile_cache",

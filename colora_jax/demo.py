@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from colora_jax._src.compile_cache import enable_compile_cache, stats
-from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
+from colora_jax._src.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
 from colora_jax._src.cpu_threads import limit_cpu_threads
 from colora_jax._src.data import STREAM_VERSION
 from colora_jax._src.provenance import code_version, device_info
@@ -35,7 +35,7 @@ THRESHOLD = 1e-3  # a trial succeeds when ||W_hat - W*||_F / ||W*||_F <= THRESHO
 
 def dof_per_user(k: int) -> float:
     """m*(k) = r^2 + r (d_out + d_in - 2 r) / k: parameters per user of the CoLoRA model."""
-    return RANK**2 + RANK * (2 * D - 2 * RANK) / k
+    return degrees_of_freedom("sensing", k, D, D, RANK)
 
 
 def main(argv: list[str] | None = None) -> int:

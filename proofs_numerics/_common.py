@@ -23,6 +23,7 @@ from colora_jax import (
     Cell,
     SweepResult,
     code_version,
+    degrees_of_freedom,
     device_info,
     enable_compile_cache,
     limit_cpu_threads,
@@ -82,24 +83,13 @@ def with_trace(cells: list[Cell]) -> list[dict]:
 
 
 def dof_sensing(users: int, d_out: int, d_in: int, rank: int) -> float:
-    """Degrees of freedom per user, ``m*(k) = r^2 + r (d_out + d_in - 2 r) / k``.
-
-    In the sensing model each sample is one scalar equation, so ``m*(k)`` is the fewest
-    samples per user that can determine the k users' ``U S_i V^T``.
-    """
-    return rank**2 + rank * (d_out + d_in - 2 * rank) / users
+    """``m*(k) = r^2 + r (d_out + d_in - 2 r) / k`` (``colora_jax.degrees_of_freedom``, sensing)."""
+    return degrees_of_freedom("sensing", users, d_out, d_in, rank)
 
 
 def dof_regression(users: int, d_in: int, rank: int) -> float:
-    """Fewest samples per user that can determine the users' ``U S_i V^T`` in the regression model.
-
-    ``U`` is the column space of any user's outputs (``n >= r``); given ``U``, the equations
-    ``U^T y_ij = S_i V^T x_ij`` are ``r`` per sample, against ``r (d_in - r)`` unknowns in
-    span(V) and ``r^2`` per user: ``k n r >= r (d_in - r) + k r^2``, i.e. ``n >= r + (d_in - r) / k``.
-    (The plain count ``m*(k) / d_out`` is lower but not attainable: the ``d_out`` outputs of a
-    sample all see the input through the same r-dimensional projection ``V^T x``.)
-    """
-    return rank + (d_in - rank) / users
+    """``r + (d_in - r) / k`` (``colora_jax.degrees_of_freedom``, regression: why not ``m*(k) / d_out``)."""
+    return degrees_of_freedom("regression", users, d_in, d_in, rank)
 
 
 def noise_error(

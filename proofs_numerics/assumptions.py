@@ -105,10 +105,8 @@ def problem_config(config: Config, variant: str, n: int) -> ProblemConfig:
 
 
 def dof(config: Config, variant: str) -> float:
-    r, k = config.rank, config.users
-    if VARIANTS[variant][0].get("personal") == "diag":
-        return r + r * (config.d_out + config.d_in - 2) / k
-    return _common.dof_sensing(k, config.d_out, config.d_in, r)
+    personal = VARIANTS[variant][0].get("personal", "full")
+    return cj.degrees_of_freedom("sensing", config.users, config.d_out, config.d_in, config.rank, personal)
 
 
 def grid(config: Config, variant: str) -> list[int]:

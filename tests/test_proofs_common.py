@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import colora_jax as cj
 from proofs_numerics import _common
 
 
@@ -36,6 +37,14 @@ def test_dof_counts():
     assert _common.dof_sensing(100, 20, 20, 2) == pytest.approx(4.72)
     assert _common.dof_regression(1, 20, 2) == 20  # one user: n = d_in determines W by least squares
     assert _common.dof_regression(100, 20, 2) == pytest.approx(2.18)
+    # the library's count, which the scripts, the demo and the benchmarks read
+    assert cj.degrees_of_freedom("sensing", 20, 10, 10, 2) == pytest.approx(5.6)  # the demo's m*(20)
+    assert cj.degrees_of_freedom("sensing", 4, 12, 8, 2, "diag") == pytest.approx(2 + 2 * 18 / 4)
+    assert cj.degrees_of_freedom("regression", 5, 30, 20, 2) == pytest.approx(2 + 18 / 5)  # d_out plays no part
+    with pytest.raises(ValueError, match="full personal parts only"):
+        cj.degrees_of_freedom("regression", 5, 20, 20, 2, "diag")
+    with pytest.raises(ValueError, match="personal"):
+        cj.degrees_of_freedom("sensing", 5, 20, 20, 2, "diagonal")
 
 
 def test_threshold_summary_on_a_known_table():

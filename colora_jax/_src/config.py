@@ -39,6 +39,30 @@ def min_samples(model: str, rank: int, personal: str) -> int:
     return rank if personal == "full" else 1
 
 
+def degrees_of_freedom(model: str, users: int, d_out: int, d_in: int, rank: int, personal: str = "full") -> float:
+    """Fewest samples per user that can determine the k users' ``U S_i V^T``: ``m*(k)``.
+
+    Sensing (one scalar equation per sample): the parameters per user,
+    ``m*(k) = r^2 + r (d_out + d_in - 2 r) / k`` (``r + r (d_out + d_in - 2) / k`` when the
+    personal parts are diagonal). Regression: ``U`` is the column space of any user's outputs
+    (``n >= r``); given ``U``, the equations ``U^T y_ij = S_i V^T x_ij`` are ``r`` per sample,
+    against ``r (d_in - r)`` unknowns in span(V) and ``r^2`` per user, so ``k n r >= r (d_in - r)
+    + k r^2``, i.e. ``n >= r + (d_in - r) / k``. (The plain count ``m*(k) / d_out`` is lower but
+    not attainable: the ``d_out`` outputs of a sample all see the input through the same
+    r-dimensional projection ``V^T x``.) Regression with diagonal personal parts is not derived
+    here and raises.
+    """
+    choice("model", model, MODELS)
+    choice("personal", personal, PERSONALS)
+    if model == "sensing":
+        if personal == "diag":
+            return rank + rank * (d_out + d_in - 2) / users
+        return rank**2 + rank * (d_out + d_in - 2 * rank) / users
+    if personal == "diag":
+        raise ValueError("degrees_of_freedom: the regression count is derived for full personal parts only")
+    return rank + (d_in - rank) / users
+
+
 @dataclasses.dataclass(frozen=True)
 class ProblemConfig:
     """A planted heterogeneous linear-regression problem, ``W_i* = U_i* S_i* V_i*^T (+ D_i)``."""

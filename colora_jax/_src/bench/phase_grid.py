@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from colora_jax._src.compile_cache import enable_compile_cache, stats
-from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
+from colora_jax._src.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
 from colora_jax._src.trials import run_trials
 
 USERS, D, RANK, POINTS, TRIALS = (1, 5, 20, 100), 20, 2, 12, 50
@@ -26,9 +26,7 @@ SUCCESS = 1e-3
 
 
 def dof(model: str, k: int) -> float:
-    if model == "sensing":
-        return RANK**2 + RANK * (2 * D - 2 * RANK) / k
-    return RANK + (D - RANK) / k
+    return degrees_of_freedom(model, k, D, D, RANK)
 
 
 def grid(model: str, k: int) -> list[int]:
