@@ -40,7 +40,7 @@ def test_fedrep_recovers_fedreps_linear_model():
     assert float(cj.subspace_distance(f.V, p.truth.V)) < TOL and f.U is None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: under --dist loadgroup other modules run in between
 def shared_input():
     """A sensing problem W_i* = H_i* V*^T with a full d_out x r personal H_i*."""
     pc = cj.SharedInputConfig(model="sensing", users=6, d_out=4, d_in=6, rank=2, samples=24, noise=0.0)
@@ -138,7 +138,7 @@ FC = cj.FitConfig(iters=60)
 COMPARED = {"scarce": (SCARCE, ("colora", "oracle", "local", "global")), "crossover": (CROSSOVER, ("colora", "local"))}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: under --dist loadgroup other modules run in between
 def runs():
     key = jax.random.key(0)
     return {

@@ -6,7 +6,7 @@ import pytest
 
 from colora_jax.cli import main
 
-# one worker runs the whole module: its tests share one expensive module-scoped fixture
+# one worker runs the whole module: its tests share one expensive session-scoped fixture
 pytestmark = pytest.mark.xdist_group("cli_compare")
 
 SMALL = [
@@ -42,7 +42,7 @@ FIELDS = (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: under --dist loadgroup other modules run in between
 def result():
     import contextlib
     import io

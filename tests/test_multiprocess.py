@@ -13,7 +13,7 @@ import pytest
 
 import colora_jax as cj
 
-# one worker runs the whole module: its tests share one expensive module-scoped fixture
+# one worker runs the whole module: its tests share one expensive session-scoped fixture
 pytestmark = pytest.mark.xdist_group("multiprocess")
 
 WORKER = pathlib.Path(__file__).with_name("_sharded_worker.py")
@@ -26,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: under --dist loadgroup other modules run in between
 def distributed_result(tmp_path_factory):
     path = tmp_path_factory.mktemp("multiprocess") / "result.npz"
     port = str(_free_port())

@@ -224,7 +224,10 @@ def test_user_id_out_of_range_fails_loudly_eagerly_and_under_jit():
             jax.block_until_ready(routed(model, x, jnp.asarray(bad)))
         with pytest.raises(Exception, match=r"out of range under jit.*\[0, 2\]"):
             jax.block_until_ready(direct(model.first, x, jnp.asarray(bad)))
-    np.testing.assert_array_equal(routed(model, x, jnp.array([2, 0])), _call_with(model, x, jnp.array([2, 0]), True))
+    # valid ids pass through: the eager logits, up to float32 rounding (jit may fuse differently)
+    np.testing.assert_allclose(
+        routed(model, x, jnp.array([2, 0])), _call_with(model, x, jnp.array([2, 0]), True), rtol=1e-6, atol=1e-7
+    )
 
 
 def _call_with(model, x, ids, checked):

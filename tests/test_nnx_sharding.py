@@ -11,14 +11,14 @@ import sys
 
 import pytest
 
-# one worker runs the whole module: its tests share one expensive module-scoped fixture
+# one worker runs the whole module: its tests share one expensive session-scoped fixture
 pytestmark = pytest.mark.xdist_group("nnx_sharding")
 
 WORKER = pathlib.Path(__file__).with_name("_nnx_sharded_worker.py")
 LAYOUTS = ["data", "data_bank_split", "model", "data_model"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: under --dist loadgroup other modules run in between
 def result():
     # XLA_FLAGS must be set before jax is imported: a fresh process with 8 fake CPU devices
     out = subprocess.run([sys.executable, str(WORKER), "8"], capture_output=True, text=True, timeout=600)

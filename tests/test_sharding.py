@@ -12,13 +12,13 @@ import pytest
 
 import colora_jax as cj
 
-# one worker runs the whole module: its tests share one expensive module-scoped fixture
+# one worker runs the whole module: its tests share one expensive session-scoped fixture
 pytestmark = pytest.mark.xdist_group("sharding")
 
 WORKER = pathlib.Path(__file__).with_name("_sharded_worker.py")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: under --dist loadgroup other modules run in between
 def differences():
     # XLA_FLAGS must be set before jax is imported: a fresh process with 4 fake CPU devices
     out = subprocess.run([sys.executable, str(WORKER), "devices", "4"], capture_output=True, text=True, timeout=600)

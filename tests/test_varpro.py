@@ -379,7 +379,7 @@ def _sharded_differences(devices: int) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: under --dist loadgroup other modules run in between
 def sharded():
     out = subprocess.run([sys.executable, __file__, "devices", "4"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -54,9 +54,14 @@ def stats() -> dict:
     """This process so far: the cache directory, lookups, hits, misses, XLA compiles and their seconds.
 
     ``compiles`` counts every backend compile (cache misses, and programs not cached); a warm
-    run of a command that was run before has ``misses == 0``.
+    run of a command that was run before has ``misses == 0``. ``executables_loaded`` and
+    ``executables_saved`` count the trial programs stored whole (``executable_cache``): a loaded
+    one is neither traced nor looked up in JAX's cache.
     """
-    return {"dir": _state.get("dir"), **_counts, "misses": _counts["requests"] - _counts["hits"]}
+    from colora_jax._src import executable_cache
+
+    counts = {"dir": _state.get("dir"), **_counts, "misses": _counts["requests"] - _counts["hits"]}
+    return counts | executable_cache.stats()
 
 
 def default_cache_dir() -> str | None:

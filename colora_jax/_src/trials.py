@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from colora_jax._src import executable_cache
 from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
 from colora_jax._src.data import GroundTruth, Observations, Problem, predict
 from colora_jax._src.fitting import Trace
@@ -198,7 +199,19 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
     keys = trial_keys(jax.random.key(0), 0, batch)
     samples = jnp.asarray(problem_config.samples, jnp.int32)
     noise = jnp.zeros((), problem_config.dtype)
-    return jax.jit(run).lower(keys, samples, noise).compile()
+    lower = lambda: jax.jit(run).lower(keys, samples, noise)
+    method = _method_of(fn)
+    if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
+        return lower().compile()
+    parts = (problem_config, fit_config, batch, method, keys.dtype, samples.dtype, noise.dtype)
+    return executable_cache.load_or_compile("trials", parts, lower)
+
+
+def _method_of(fn) -> str | None:
+    """The method name of a ``method_evaluator`` function, else None."""
+    if isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and not fn.args:
+        return fn.keywords.get("method")
+    return None
 
 
 @jax.jit

@@ -1,0 +1,149 @@
+"""Compiled trial programs saved whole, so that a warm run skips tracing and lowering too.
+
+JAX's persistent compilation cache (``compile_cache``) skips XLA's compile, but its key is the
+lowered program, so every process still traces and lowers the trial program before it can look
+it up: 0.9 s of the 2.3 s a warm ``colora recover`` took. Here the compiled executable itself is
+stored, keyed by everything that determines it *before* tracing:
+
+- the static arguments (problem and fit configurations, batch, method) and the argument shapes,
+- a hash of the colora_jax source files (any edit, committed or not, gives new keys),
+- the JAX and jaxlib versions, the backend (platform, version, device kind and count), the CPU
+  cores this process may use, ``XLA_FLAGS``, XLA's compile options (which carry
+  ``jax_disable_most_optimizations``) and JAX's trace-time configuration (``jax_enable_x64``,
+  dtype and rank promotion, matmul precision, ...).
+
+A key whose parts do not have a stable text form (an object printed with its address) is not
+cached. Entries live in ``<compile cache dir>/colora_executables`` and are on exactly when the
+compile cache is (``enable_compile_cache``, ``COLORA_JAX_CACHE_DIR``, ``--no-compile-cache``).
+An entry that cannot be read or loaded is compiled afresh (one warning line per process); a
+directory that cannot be written is skipped silently (the compile cache already said so).
+
+Loading relies on ``jax.experimental.serialize_executable``; before the first load on CPU the
+LAPACK kernels are initialized (jaxlib 0.9.2 initializes them while lowering a linear-algebra
+op, which a loaded program never does: without this, running it crashes the process).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pathlib
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable
+
+SUBDIR = "colora_executables"
+_counts = {"executables_loaded": 0, "executables_saved": 0}
+_state: dict[str, bool] = {}
+
+
+def stats() -> dict:
+    """Executables loaded from and saved to the cache by this process."""
+    return dict(_counts)
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """sha256 over the colora_jax package's Python sources (names and contents)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _environment() -> str:
+    import jax
+    import jaxlib
+    from jax._src import compiler, config
+
+    device = jax.devices()[0]
+    # XLA's compile options: debug options from XLA_FLAGS, jax_disable_most_optimizations, ...
+    options = compiler.get_compile_options(num_replicas=1, num_partitions=1).SerializeAsString()
+    return repr(
+        (
+            jax.__version__,
+            jaxlib.__version__,
+            device.platform,
+            device.client.platform_version,
+            device.device_kind,
+            jax.device_count(),
+            jax.process_count(),
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            os.environ.get("XLA_FLAGS", ""),
+            hashlib.sha256(options).hexdigest(),
+            config.trace_context(),
+        )
+    )
+
+
+def entry_path(name: str, parts: tuple) -> pathlib.Path | None:
+    """Where the executable for ``parts`` lives (None: the cache is off or the key is unstable)."""
+    from colora_jax._src import compile_cache
+
+    root = compile_cache.cache_dir()
+    if root is None:
+        return None
+    text = repr((name, parts, source_fingerprint(), _environment()))
+    if " at 0x" in text:  # an object printed with its address: not the same key in another process
+        return None
+    return pathlib.Path(root) / SUBDIR / f"{name}-{hashlib.sha256(text.encode()).hexdigest()}.pkl"
+
+
+def _prepare_backend() -> None:
+    """Initialize what lowering would have (the CPU LAPACK kernels) before running a loaded program."""
+    if _state.get("prepared"):
+        return
+    import jax
+
+    if jax.default_backend() == "cpu":
+        import numpy as np
+        from jax._src.lib import lapack
+
+        lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float32))  # initializes the LAPACK table
+    _state["prepared"] = True
+
+
+def _warn_once(path: pathlib.Path, err: Exception) -> None:
+    if not _state.get("warned"):
+        _state["warned"] = True
+        print(
+            f"colora_jax: compiled program {path.name} could not be loaded ({type(err).__name__}: {err});"
+            " compiling it afresh",
+            file=sys.stderr,
+        )
+
+
+def load_or_compile(name: str, parts: tuple, lower: Callable):
+    """The compiled program for ``parts``: loaded from the cache, or ``lower().compile()`` (then saved).
+
+    ``parts`` must determine the program completely, given the source, JAX and backend (which
+    the key adds); ``lower()`` returns the ``jax.stages.Lowered`` to compile on a miss.
+    """
+    from jax.experimental import serialize_executable
+
+    path = entry_path(name, parts)
+    if path is not None and path.exists():
+        try:
+            blob, in_tree, out_tree = pickle.loads(path.read_bytes())
+            _prepare_backend()
+            compiled = serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
+            _counts["executables_loaded"] += 1
+            return compiled
+        except Exception as err:  # a corrupt or foreign entry: compile instead
+            _warn_once(path, err)
+    compiled = lower().compile()
+    if path is not None:
+        try:
+            data = pickle.dumps(serialize_executable.serialize(compiled))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
+                f.write(data)
+            os.replace(f.name, path)  # atomic: a concurrent reader sees the whole entry or none
+            _counts["executables_saved"] += 1
+        except Exception:  # not serializable here, or not writable: the program still runs
+            pass
+    return compiled
