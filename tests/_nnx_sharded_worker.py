@@ -19,7 +19,7 @@ import sys
 
 if __name__ == "__main__":  # before jax is imported; importing this module changes nothing
     DEVICES = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 import dataclasses  # noqa: E402

@@ -18,7 +18,9 @@ import sys
 if __name__ == "__main__":  # before jax is imported; importing this module (tests) changes nothing
     MODE = sys.argv[1]
     LOCAL_DEVICES = int(sys.argv[2]) if MODE == "devices" else 1
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={LOCAL_DEVICES}"
+    )
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402

@@ -55,3 +55,16 @@ def test_a_loaded_program_equals_the_compiled_one_and_a_caller_function_is_not_s
     custom = lambda problem, key, fit_config: trials.fit_and_evaluate(problem, key, fit_config)
     trials.compiled_trials(PC, FC, 3, fn=custom)
     assert executable_cache.stats()["executables_saved"] == after["executables_saved"]
+
+
+def test_eviction_deletes_the_least_recently_used_entries_first(tmp_path):
+    import os
+
+    for i, name in enumerate(["old", "mid", "new"]):
+        path = tmp_path / f"trials-{name}.pkl"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + i, 1000 + i))
+    (tmp_path / "other.txt").write_bytes(b"y" * 1000)  # not an entry: never counted or deleted
+    assert executable_cache.evict(tmp_path, max_bytes=250) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", "trials-mid.pkl", "trials-new.pkl"]
+    assert executable_cache.evict(tmp_path, max_bytes=250) == 0

@@ -12,7 +12,9 @@ import os
 import sys
 
 if __name__ == "__main__":  # before jax is imported (the sharded worker); importing the tests changes nothing
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(sys.argv[2])}"
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={int(sys.argv[2])}"
+    )
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 import doctest  # noqa: E402

@@ -16,7 +16,8 @@ A key whose parts do not have a stable text form (an object printed with its add
 cached. Entries live in ``<compile cache dir>/colora_executables`` and are on exactly when the
 compile cache is (``enable_compile_cache``, ``COLORA_JAX_CACHE_DIR``, ``--no-compile-cache``).
 An entry that cannot be read or loaded is compiled afresh (one warning line per process); a
-directory that cannot be written is skipped silently (the compile cache already said so).
+directory that cannot be written is skipped silently (the compile cache already said so). The
+folder is kept under ``MAX_BYTES`` (2 GiB) by deleting the least recently used entries.
 
 Loading relies on ``jax.experimental.serialize_executable``; before the first load on CPU the
 LAPACK kernels are initialized (jaxlib 0.9.2 initializes them while lowering a linear-algebra
@@ -35,6 +36,7 @@ import tempfile
 from collections.abc import Callable
 
 SUBDIR = "colora_executables"
+MAX_BYTES = 2 * 2**30  # beyond this the least recently used entries are deleted (each is about 1 MB)
 _counts = {"executables_loaded": 0, "executables_saved": 0}
 _state: dict[str, bool] = {}
 
@@ -132,6 +134,7 @@ def load_or_compile(name: str, parts: tuple, lower: Callable):
             _prepare_backend()
             compiled = serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
             _counts["executables_loaded"] += 1
+            _touch(path)
             return compiled
         except Exception as err:  # a corrupt or foreign entry: compile instead
             _warn_once(path, err)
@@ -144,6 +147,34 @@ def load_or_compile(name: str, parts: tuple, lower: Callable):
                 f.write(data)
             os.replace(f.name, path)  # atomic: a concurrent reader sees the whole entry or none
             _counts["executables_saved"] += 1
+            evict(path.parent)
         except Exception:  # not serializable here, or not writable: the program still runs
             pass
     return compiled
+
+
+def _touch(path: pathlib.Path) -> None:
+    try:
+        os.utime(path)  # last use, for eviction (atime is often not kept)
+    except OSError:
+        pass
+
+
+def evict(folder: pathlib.Path, max_bytes: int = MAX_BYTES) -> int:
+    """Delete the least recently used entries until ``folder`` holds at most ``max_bytes``; returns
+    how many were deleted. Every source edit gives new keys, so old entries would only accumulate."""
+    entries = []
+    for entry in os.scandir(folder):
+        if entry.is_file() and entry.name.endswith(".pkl"):
+            stat = entry.stat()
+            entries.append((stat.st_mtime, stat.st_size, entry.path))
+    total, deleted = sum(size for _, size, _ in entries), 0
+    for _, size, name in sorted(entries):
+        if total <= max_bytes:
+            break
+        try:
+            os.remove(name)
+            total, deleted = total - size, deleted + 1
+        except OSError:
+            pass
+    return deleted
