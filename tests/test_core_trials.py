@@ -6,8 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import colora_jax as cj
+from colora_jax._src.trials import default_batch, trial_bytes
 
 pytestmark = pytest.mark.usefixtures("strict_numerics")
 
@@ -67,3 +70,25 @@ def test_trial_distances_are_the_evaluation_of_the_estimate(method):
     via_trial = cj.trial(key, pc, fc, method).evaluation
     for name in ("subspace_distance_U", "subspace_distance_V", "rel_error"):
         np.testing.assert_allclose(getattr(via_trial, name), getattr(direct, name), rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=50)
+@given(trials=st.integers(1, 500), fit=st.integers(1, 600))
+def test_default_batch_uses_the_fewest_calls_and_pads_less_than_one_trial_per_call(trials, fit):
+    """``fit`` trials fit the memory budget: no batch exceeds it, no more calls than the budget
+    forces, and the padded last batch wastes fewer trials than there are calls."""
+    budget = fit * trial_bytes(PC)
+    batch = default_batch(PC, trials, budget_bytes=budget)
+    calls = -(-trials // batch)
+    assert 1 <= batch <= min(trials, fit)
+    assert calls == -(-trials // min(trials, fit))
+    assert calls * batch - trials < calls
+
+
+def test_results_do_not_depend_on_the_batch_size():
+    """Each trial is computed alone inside the vmapped call: 2, 3 or 6 trials a call, the same bits
+    (so choosing the batch for speed changes no result)."""
+    key = jax.random.key(4)
+    runs = [cj.run_trials(key, PC, FC, 6, batch=b) for b in (2, 3, 6)]
+    for other in runs[1:]:
+        jax.tree.map(np.testing.assert_array_equal, runs[0], other)

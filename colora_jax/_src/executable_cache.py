@@ -19,13 +19,17 @@ An entry that cannot be read or loaded is compiled afresh (one warning line per 
 directory that cannot be written is skipped silently (the compile cache already said so). The
 folder is kept under ``MAX_BYTES`` (2 GiB) by deleting the least recently used entries.
 
-Loading relies on ``jax.experimental.serialize_executable``; before the first load on CPU the
-LAPACK kernels are initialized (jaxlib 0.9.2 initializes them while lowering a linear-algebra
-op, which a loaded program never does: without this, running it crashes the process).
+Loading relies on ``jax.experimental.serialize_executable``, with two jaxlib 0.9.2 pitfalls
+handled here. Before the first load on CPU the LAPACK kernels are initialized (jaxlib
+initializes them while lowering a linear-algebra op, which a loaded program never does: without
+this, running it crashes the process). And a program to be stored is compiled with JAX's
+persistent cache bypassed: an executable that JAX loaded from its own cache serializes without
+its kernels, and the stored copy then fails in the next process ("Function ... not found").
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -36,6 +40,7 @@ import tempfile
 from collections.abc import Callable
 
 SUBDIR = "colora_executables"
+FORMAT = 2  # part of every key: entries written by an older layout (or the bug above) are never read
 MAX_BYTES = 2 * 2**30  # beyond this the least recently used entries are deleted (each is about 1 MB)
 _counts = {"executables_loaded": 0, "executables_saved": 0}
 _state: dict[str, bool] = {}
@@ -89,7 +94,7 @@ def entry_path(name: str, parts: tuple) -> pathlib.Path | None:
     root = compile_cache.cache_dir()
     if root is None:
         return None
-    text = repr((name, parts, source_fingerprint(), _environment()))
+    text = repr((FORMAT, name, parts, source_fingerprint(), _environment()))
     if " at 0x" in text:  # an object printed with its address: not the same key in another process
         return None
     return pathlib.Path(root) / SUBDIR / f"{name}-{hashlib.sha256(text.encode()).hexdigest()}.pkl"
@@ -138,19 +143,34 @@ def load_or_compile(name: str, parts: tuple, lower: Callable):
             return compiled
         except Exception as err:  # a corrupt or foreign entry: compile instead
             _warn_once(path, err)
-    compiled = lower().compile()
-    if path is not None:
-        try:
-            data = pickle.dumps(serialize_executable.serialize(compiled))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
-                f.write(data)
-            os.replace(f.name, path)  # atomic: a concurrent reader sees the whole entry or none
-            _counts["executables_saved"] += 1
-            evict(path.parent)
-        except Exception:  # not serializable here, or not writable: the program still runs
-            pass
+    if path is None:
+        return lower().compile()
+    with _fresh_compile():
+        compiled = lower().compile()
+    try:
+        data = pickle.dumps(serialize_executable.serialize(compiled))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
+            f.write(data)
+        os.replace(f.name, path)  # atomic: a concurrent reader sees the whole entry or none
+        _counts["executables_saved"] += 1
+        evict(path.parent)
+    except Exception:  # not serializable here, or not writable: the program still runs
+        pass
     return compiled
+
+
+@contextlib.contextmanager
+def _fresh_compile():
+    """Compile without JAX's persistent cache, whose loaded executables cannot be stored again."""
+    from jax._src import compilation_cache, config
+
+    compilation_cache.reset_cache()  # JAX decides once per process whether its cache is used
+    try:
+        with config.enable_compilation_cache(False):
+            yield
+    finally:
+        compilation_cache.reset_cache()
 
 
 def _touch(path: pathlib.Path) -> None:
