@@ -36,6 +36,12 @@ from colora_jax import (
 SUCCESS = 1e-3  # exact recovery: stacked relative error ||W_hat - W*||_F / ||W*||_F <= 1e-3 (the CLI default)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def arguments(doc: str) -> argparse.Namespace:
     """The common flags of every proof script."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
@@ -49,6 +55,12 @@ def arguments(doc: str) -> argparse.Namespace:
         " with --smoke results/smoke/figures, so the committed figures stay untouched)",
     )
     p.add_argument("--results", default="results", help="directory of the resumable sweep files")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="compute the sweep's groups in this many processes, one core each (same results; default 1)",
+    )
     args = p.parse_args()
     args.out = args.out or (os.path.join(args.results, "smoke", "figures") if args.smoke else "figures")
     compile_cache()
@@ -74,6 +86,7 @@ def run_sweep(name: str, cells, args, compute=run_cells, tag: str = "") -> Sweep
         fresh=args.fresh,
         progress=not args.no_progress,
         desc=name,
+        workers=getattr(args, "workers", 1),
     )
 
 

@@ -120,3 +120,22 @@ def test_sweep_groups_cells_and_records_each(tmp_path):
     out = sweep(cells, compute, path=tmp_path / "g.jsonl", progress=False)
     assert calls == [3], "cells that differ only in samples are one group"
     assert len(read_results(tmp_path / "g.jsonl")) == 3 and len(out.results) == 3
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_same_cells_as_one(tmp_path):
+    """Groups computed in two spawned processes (one core each): every cell bit for bit as in this
+    process, the most expensive group first, each recorded once by this process."""
+    fc = cj.FitConfig(rank=1, iters=8)
+    cells = [
+        Cell(
+            cj.ProblemConfig(model=model, users=users, d_out=4, d_in=4, rank=1, samples=n), fc, trials=3, pad_samples=10
+        )
+        for model, users in (("sensing", 3), ("regression", 5), ("sensing", 6))
+        for n in (6, 10)
+    ]
+    one = sweep(cells, path=tmp_path / "one.jsonl", progress=False)
+    two = sweep(cells, path=tmp_path / "two.jsonl", progress=False, workers=2)
+    assert two.computed == 6 and two.results == one.results
+    assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 6
+    assert sweep(cells, path=tmp_path / "two.jsonl", progress=False, workers=2).computed == 0  # resumes
