@@ -20,20 +20,18 @@ import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-_worker_index = None
-
 
 def _start(counter, cache_dir: str | None, x64: bool) -> None:
-    global _worker_index
+    """A worker's set-up, before any JAX computation: the next free core, the parent's cache and precision."""
     with counter.get_lock():
-        _worker_index = counter.value
+        index = counter.value
         counter.value += 1
     import jax
 
     from colora_jax._src.compile_cache import enable_compile_cache
     from colora_jax._src.cpu_threads import limit_cpu_threads
 
-    limit_cpu_threads(1, offset=_worker_index)
+    limit_cpu_threads(1, offset=index)
     enable_compile_cache(cache_dir, disable=cache_dir is None)
     jax.config.update("jax_enable_x64", x64)
 
