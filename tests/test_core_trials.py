@@ -32,6 +32,22 @@ def test_batched_trials_equal_looped_trials(x64):
         assert batched.trace.iterations[t] == looped.trace.iterations
 
 
+def test_a_sample_grid_fits_each_generated_batch_at_every_count(x64):
+    """Each batch is generated once and fitted at every count of the grid: trial t at count n
+    must be the single trial ``t`` fitted on its first n samples, whichever batch and count
+    it shares a generated batch with (three batches of two, the last one padded)."""
+    pc = dataclasses.replace(PC, x64=True, test_samples=0)
+    fc = cj.FitConfig(iters=20, tol=0.0)
+    key, grid = jax.random.key(5), [6, 9, 12]
+    out = cj.run_trials(key, pc, fc, 5, samples=grid, batch=2)
+    one = jax.jit(lambda k, n: cj.trial(k, pc, fc, samples=n))
+    for t, k in enumerate(cj.trial_keys(key, 0, 5)):
+        for j, n in enumerate(grid):
+            looped = one(k, n)
+            np.testing.assert_allclose(out.evaluation.rel_error[t, j], looped.evaluation.rel_error, rtol=1e-9)
+            np.testing.assert_allclose(out.trace.objective[t, j], looped.trace.objective, rtol=1e-9)
+
+
 def test_second_call_does_not_recompile():
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(

@@ -6,10 +6,11 @@ extends a smaller one with the same key.
 
 One executable per sweep: samples per user are a prefix mask over the nested sample stream
 (``data.generate``), and the noise level is a traced input. ``run_trials(..., samples=[8, 12,
-16])`` generates each trial once with the largest sample size and fits every prefix (the first
-8, 12, 16 samples of each user: common random numbers across sample sizes), all in one
-compiled call; other sample grids of the same length and other noise levels reuse it. The
-sweep driver (``sweep.run_cells``) runs its cells through this same runner.
+16])`` generates each batch of trials once, with the largest sample size, and fits every
+prefix of it (the first 8, 12, 16 samples of each user: common random numbers across sample
+sizes). The trial program is compiled in two parts (``CompiledTrials``): the generator and the
+fit, whose sample count is a traced input, so other sample grids and other noise levels reuse
+both. The sweep driver (``sweep.run_cells``) runs its cells through this same runner.
 """
 
 from __future__ import annotations
@@ -144,17 +145,29 @@ def trial(
 
 
 def _one_trial(key, problem_config, fit_config, fn, samples, noise):
-    kp, kf = jax.random.split(key)
-    problem = generate_problem(kp, problem_config, noise=noise)
+    return _fit_one(_generate_one(key, problem_config, noise), key, fit_config, fn, samples)
+
+
+def _generate_one(key, problem_config, noise):
+    """Trial ``key``'s problem (from the first half of its split; the fit uses the second)."""
+    return generate_problem(jax.random.split(key)[0], problem_config, noise=noise)
+
+
+def _fit_one(problem, key, fit_config, fn, samples):
     if samples is not None:
         problem = dataclasses.replace(problem, train=problem.train.with_counts(samples))
-    return fn(problem, kf, fit_config)
+    return fn(problem, jax.random.split(key)[1], fit_config)
 
 
-def _trials_at(keys, samples, noise, *, problem_config, fit_config, fn):
-    """``(B,) keys -> results (B, ...)``: each trial generated with ``problem_config.samples`` per
-    user and fitted on the first ``samples`` of them (a traced count: one program for every n)."""
-    return jax.vmap(lambda k: _one_trial(k, problem_config, fit_config, fn, samples, noise))(keys)
+def _generate_at(keys, noise, *, problem_config):
+    """``(B,) keys -> (B,) problems``, each generated with ``problem_config.samples`` per user."""
+    return jax.vmap(lambda k: _generate_one(k, problem_config, noise))(keys)
+
+
+def _fit_at(problems, keys, samples, *, fit_config, fn):
+    """``(B,) problems -> results (B, ...)``, each fitted on the first ``samples`` of every user's
+    samples (a traced count: one program for every n)."""
+    return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, samples))(problems, keys)
 
 
 def sample_buckets(samples: Sequence[int], pad_ratio: float) -> list[list[int]]:
@@ -179,8 +192,21 @@ def generated_config(problem_config, samples: Sequence[int] | None):
     return dataclasses.replace(problem_config, samples=int(largest), noise=0.0)
 
 
-def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Callable | None = None):
-    """The ahead-of-time compiled ``(keys (batch,), samples (), noise ()) -> results (batch, ...)``.
+class CompiledTrials(NamedTuple):
+    """A trial program in two parts: ``generate(keys, noise) -> problems`` and
+    ``fit(problems, keys, samples) -> results``, so that a batch's problems are generated once
+    and fitted at every sample count of a grid (each fit is on the first ``samples`` of them)."""
+
+    generate: Callable
+    fit: Callable
+
+    def __call__(self, keys, samples, noise):
+        """The results of trials ``keys`` at one sample count (generated, then fitted)."""
+        return self.fit(self.generate(keys, noise), keys, samples)
+
+
+def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Callable | None = None) -> CompiledTrials:
+    """The ahead-of-time compiled trial program for ``batch`` trials (``CompiledTrials``).
 
     ``problem_config`` is the generated configuration (``generated_config``: its ``samples``
     are drawn, the first ``samples`` fitted). Compiled once per (configs, batch, fn) and cached
@@ -195,16 +221,20 @@ def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Ca
 def _compiled_trials(problem_config, fit_config, batch, fn):
     problem_config.validate()
     fit_config.validate()
-    run = functools.partial(_trials_at, problem_config=problem_config, fit_config=fit_config, fn=fn)
     keys = trial_keys(jax.random.key(0), 0, batch)
     samples = jnp.asarray(problem_config.samples, jnp.int32)
     noise = jnp.zeros((), problem_config.dtype)
-    lower = lambda: jax.jit(run).lower(keys, samples, noise)
+    gen = jax.jit(functools.partial(_generate_at, problem_config=problem_config))
+    generate = executable_cache.load_or_compile(
+        "generate", (problem_config, batch, keys.dtype, noise.dtype), lambda: gen.lower(keys, noise)
+    )
+    problems = jax.eval_shape(gen, keys, noise)
+    lower = lambda: jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn)).lower(problems, keys, samples)
     method = _method_of(fn)
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
-        return lower().compile()
+        return CompiledTrials(generate, lower().compile())
     parts = (problem_config, fit_config, batch, method, keys.dtype, samples.dtype, noise.dtype)
-    return executable_cache.load_or_compile("trials", parts, lower)
+    return CompiledTrials(generate, executable_cache.load_or_compile("trials", parts, lower))
 
 
 def _method_of(fn) -> str | None:
@@ -338,7 +368,7 @@ class _Program(NamedTuple):
     counts: list[int]  # the sample counts fitted with this program
     generated: object  # the generated problem configuration (the largest count of the group)
     batch: int  # trials per call
-    run: Callable  # the compiled (keys, samples, noise) -> results
+    run: CompiledTrials  # the compiled generate and fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,23 +386,20 @@ class TrialPlan:
         level = self.problem_config.noise if noise is None else noise
         by_count, done, total = {}, 0, len(self.grid) * self.trials
         for program in self.programs:
-            size = program.batch
-            for n in program.counts:
-                parts = []
-                for start in range(0, self.trials, size):
-                    out = jax.device_get(
-                        program.run(
-                            trial_keys(key, start, start + size),
-                            jnp.asarray(n, jnp.int32),
-                            jnp.asarray(level, program.generated.dtype),
-                        )
-                    )
-                    keep = min(size, self.trials - start)
-                    parts.append(jax.tree.map(lambda a, keep=keep: a[:keep], out))
+            size, parts = program.batch, {n: [] for n in program.counts}
+            for start in range(0, self.trials, size):  # each batch generated once, fitted at every count
+                keys = trial_keys(key, start, start + size)
+                problems = program.run.generate(keys, jnp.asarray(level, program.generated.dtype))
+                keep = min(size, self.trials - start)
+                for n in program.counts:
+                    out = jax.device_get(program.run.fit(problems, keys, jnp.asarray(n, jnp.int32)))
+                    parts[n].append(jax.tree.map(lambda a, keep=keep: a[:keep], out))
                     done += keep
                     if on_batch is not None:
                         on_batch(done * self.trials // total)
-                by_count[n] = jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts)
+                del problems
+            for n in program.counts:
+                by_count[n] = jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts[n])
         if self.scalar:
             return by_count[self.grid[0]]
         return jax.tree.map(lambda *a: np.stack(a, axis=1), *(by_count[n] for n in self.grid))
