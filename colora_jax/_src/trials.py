@@ -228,8 +228,8 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
     generate = executable_cache.load_or_compile(
         "generate", (problem_config, batch, keys.dtype, noise.dtype), lambda: gen.lower(keys, noise)
     )
-    problems = jax.eval_shape(gen, keys, noise)
-    lower = lambda: jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn)).lower(problems, keys, samples)
+    fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn))
+    lower = lambda: fit.lower(jax.eval_shape(gen, keys, noise), keys, samples)  # traces the generator: on a miss only
     method = _method_of(fn)
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return CompiledTrials(generate, lower().compile())
