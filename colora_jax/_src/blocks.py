@@ -141,7 +141,8 @@ def personal_step(d: Design, U, V, diag: bool) -> Float[Array, "k r r"]:
 def factor_normal(P: Float[Array, "k n d s"], Y: Float[Array, "k n"], M: Float[Array, "k r s"]):
     """Sensing: these users' (unpooled) ``(F^T F, F^T y)``, the normal equations of ``pooled_factor``."""
     d, r = P.shape[2], M.shape[1]  # M may be rectangular (r x s) when a factor is the identity
-    F = jnp.einsum("knos,krs->knor", P, M).reshape(-1, d * r)
+    # F_ij = P_ij M_i^T as a fused product-and-sum over s (an einsum runs one tiny GEMM per user on CPU: 2.7x slower)
+    F = jnp.sum(P[:, :, :, None, :] * M[:, None, None, :, :], axis=-1).reshape(-1, d * r)
     return F.T @ F, F.T @ Y.reshape(-1)
 
 
