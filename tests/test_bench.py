@@ -42,7 +42,7 @@ def test_bench_quick_writes_json_with_latency_and_the_numpy_comparison(tmp_path,
     assert all(v["colora_rel_error_max"] < 1e-3 and v["numpy_rel_error_max"] < 1e-3 for v in result["versus_numpy"])
     cold, warm = result["latency"]["recover"]["cold"], result["latency"]["recover"]["warm"]
     assert cold["cache"]["misses"] > 0 and warm["cache"]["misses"] == 0 and warm["cache"]["hits"] > 0
-    assert cold["cache"]["executables_saved"] == 2 and warm["cache"]["executables_loaded"] == 2  # the trial program
+    assert cold["cache"]["executables_saved"] == 2 and warm["cache"]["executables_loaded"] == 2  # generator and fit
     out = capsys.readouterr().out
     assert "trials/s" in out and "latency recover: cold" in out
 

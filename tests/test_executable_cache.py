@@ -1,5 +1,5 @@
-"""Trial programs (generator and fit) stored whole (``executable_cache``): the key separates what changes the program,
-and a loaded program computes what the compiled one did, bit for bit."""
+"""Trial programs (generator and fit) stored whole (``executable_cache``): the key separates what
+changes the program, and a loaded program computes what the compiled one did, bit for bit."""
 
 import jax
 import numpy as np
@@ -43,9 +43,11 @@ def test_a_loaded_program_equals_the_compiled_one_and_a_caller_function_is_not_s
     keys = trials.trial_keys(jax.random.key(3), 0, 3)
     args = (keys, np.int32(12), np.float32(0.01))
     trials._compiled_trials.cache_clear()
+    trials._compiled_generator.cache_clear()
     before = executable_cache.stats()
     compiled = trials.compiled_trials(PC, FC, 3)
     trials._compiled_trials.cache_clear()  # a new process would start here
+    trials._compiled_generator.cache_clear()
     loaded = trials.compiled_trials(PC, FC, 3)
     after = executable_cache.stats()
     assert after["executables_saved"] - before["executables_saved"] == 2  # the generator and the fit
@@ -53,7 +55,7 @@ def test_a_loaded_program_equals_the_compiled_one_and_a_caller_function_is_not_s
     a, b = jax.device_get(compiled(*args)), jax.device_get(loaded(*args))
     jax.tree.map(np.testing.assert_array_equal, a, b)
     custom = lambda problem, key, fit_config: trials.fit_and_evaluate(problem, key, fit_config)
-    trials.compiled_trials(PC, FC, 3, fn=custom)
+    assert trials.compiled_trials(PC, FC, 3, fn=custom).generate is loaded.generate  # one generator per problem
     assert executable_cache.stats()["executables_saved"] == after["executables_saved"]
 
 

@@ -221,20 +221,32 @@ def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Ca
 def _compiled_trials(problem_config, fit_config, batch, fn):
     problem_config.validate()
     fit_config.validate()
-    keys = trial_keys(jax.random.key(0), 0, batch)
+    keys, noise = _example_arguments(problem_config, batch)
     samples = jnp.asarray(problem_config.samples, jnp.int32)
-    noise = jnp.zeros((), problem_config.dtype)
-    gen = jax.jit(functools.partial(_generate_at, problem_config=problem_config))
-    generate = executable_cache.load_or_compile(
-        "generate", (problem_config, batch, keys.dtype, noise.dtype), lambda: gen.lower(keys, noise)
-    )
+    generate = _compiled_generator(problem_config, batch)
     fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn))
+    gen = jax.jit(functools.partial(_generate_at, problem_config=problem_config))
     lower = lambda: fit.lower(jax.eval_shape(gen, keys, noise), keys, samples)  # traces the generator: on a miss only
     method = _method_of(fn)
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return CompiledTrials(generate, lower().compile())
     parts = (problem_config, fit_config, batch, method, keys.dtype, samples.dtype, noise.dtype)
     return CompiledTrials(generate, executable_cache.load_or_compile("trials", parts, lower))
+
+
+def _example_arguments(problem_config, batch: int):
+    """Keys and noise level of the shapes and types a trial program is compiled for."""
+    return trial_keys(jax.random.key(0), 0, batch), jnp.zeros((), problem_config.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_generator(problem_config, batch: int):
+    """The compiled ``(keys, noise) -> problems``, one per (problem configuration, batch): every
+    fit configuration and method on the same problems shares it."""
+    keys, noise = _example_arguments(problem_config, batch)
+    gen = jax.jit(functools.partial(_generate_at, problem_config=problem_config))
+    parts = (problem_config, batch, keys.dtype, noise.dtype)
+    return executable_cache.load_or_compile("generate", parts, lambda: gen.lower(keys, noise))
 
 
 def _method_of(fn) -> str | None:
