@@ -33,6 +33,7 @@ from colora_jax import (
     to_jsonable,
 )
 
+THREADS_ENV = "COLORA_JAX_THREADS"  # CPU cores for XLA (colora_jax.limit_cpu_threads)
 SUCCESS = 1e-3  # exact recovery: stacked relative error ||W_hat - W*||_F / ||W*||_F <= 1e-3 (the CLI default)
 
 
@@ -69,9 +70,12 @@ def arguments(doc: str) -> argparse.Namespace:
 
 def compile_cache() -> None:
     """The persistent compilation cache (the user's cache directory; ``COLORA_JAX_CACHE_DIR`` moves or
-    disables it): compiling dominates small sweeps on a CPU, a second run skips it. Also honours
-    ``COLORA_JAX_THREADS`` (CPU cores for XLA)."""
-    limit_cpu_threads()
+    disables it): compiling dominates small sweeps on a CPU, a second run skips it. And XLA on one
+    core unless ``COLORA_JAX_THREADS`` says otherwise: XLA splits a long sum over its threads, so
+    the thread count changes rounding (the convergence figure: 2016 of its numbers between one
+    and two threads), and one thread gives the committed figures bit for bit on any machine
+    (``--workers N`` runs N such processes)."""
+    limit_cpu_threads(None if os.environ.get(THREADS_ENV, "").strip() else 1)
     enable_compile_cache()
 
 

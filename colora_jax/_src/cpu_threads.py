@@ -26,6 +26,14 @@ def available_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
+_INITIAL_CORES = available_cores()  # before this process pinned itself: what its worker processes may spread over
+
+
+def initial_cores() -> list[int]:
+    """The cores this process could run on when colora_jax was imported (before ``limit_cpu_threads``)."""
+    return list(_INITIAL_CORES)
+
+
 def backend_started() -> bool:
     """Whether JAX has already created its CPU client (then the thread count is fixed)."""
     if "jax" not in sys.modules:
@@ -35,7 +43,7 @@ def backend_started() -> bool:
     return bool(getattr(xla_bridge, "_backends", None))
 
 
-def limit_cpu_threads(threads: int | None = None, *, offset: int = 0) -> int:
+def limit_cpu_threads(threads: int | None = None, *, offset: int = 0, cores: list[int] | None = None) -> int:
     """Keep this process (and XLA's thread pool) on ``threads`` cores; returns the number in use.
 
     Args:
@@ -43,11 +51,13 @@ def limit_cpu_threads(threads: int | None = None, *, offset: int = 0) -> int:
         the available cores use them all.
       offset: start at the ``offset``-th available core (wrapping), so that side-by-side
         processes (test workers) take different cores.
+      cores: the cores to choose from (default the ones this process may use now); a worker
+        process is given its parent's ``initial_cores`` so that it can leave a parent pinned to one.
 
     Must run before the first JAX computation of the process (it raises otherwise): XLA reads
     the affinity once, when its CPU client starts.
     """
-    cores = available_cores()
+    cores = available_cores() if cores is None else sorted(cores)
     if threads is None:
         value = os.environ.get(ENV, "").strip()
         if not value:
@@ -59,10 +69,10 @@ def limit_cpu_threads(threads: int | None = None, *, offset: int = 0) -> int:
     if threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads}")
     threads = min(threads, len(cores))
-    if threads == len(cores) and offset == 0:
+    chosen = {cores[(offset + i) % len(cores)] for i in range(threads)}
+    if chosen == set(available_cores()):
         return threads
     if backend_started():
         raise ValueError("set the CPU threads before JAX's first computation (the CPU backend has started)")
-    chosen = {cores[(offset + i) % len(cores)] for i in range(threads)}
     os.sched_setaffinity(0, chosen)
     return threads

@@ -1,0 +1,33 @@
+"""CPU affinity: a process pinned to one core can still place its worker processes on the others."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from colora_jax._src.cpu_threads import initial_cores
+
+SCRIPT = """
+import os
+from colora_jax._src.cpu_threads import initial_cores, limit_cpu_threads
+cores = initial_cores()
+limit_cpu_threads(1)  # the parent: one core (a proof script's default)
+assert sorted(os.sched_getaffinity(0)) == cores[:1], os.sched_getaffinity(0)
+limit_cpu_threads(1, offset=1, cores=cores)  # what parallel_map's second worker does
+print(sorted(os.sched_getaffinity(0)) == [cores[1]], initial_cores() == cores)
+"""
+
+
+@pytest.mark.skipif(len(initial_cores()) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs two cores")
+def test_a_worker_leaves_its_parents_single_core_for_another_initial_core():
+    env = {k: v for k, v in os.environ.items() if k != "COLORA_JAX_THREADS"}
+    # the child starts with this process's affinity: give it every core this process started with
+    out = subprocess.run(
+        ["taskset", "-c", ",".join(map(str, initial_cores())), sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True"]
