@@ -67,6 +67,8 @@ def _environment() -> str:
     import jaxlib
     from jax._src import compiler, config
 
+    from colora_jax._src.cpu_threads import available_cores
+
     device = jax.devices()[0]
     # XLA's compile options: debug options from XLA_FLAGS, jax_disable_most_optimizations, ...
     options = compiler.get_compile_options(num_replicas=1, num_partitions=1).SerializeAsString()
@@ -79,7 +81,7 @@ def _environment() -> str:
             device.device_kind,
             jax.device_count(),
             jax.process_count(),
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            len(available_cores()),
             os.environ.get("XLA_FLAGS", ""),
             hashlib.sha256(options).hexdigest(),
             config.trace_context(),

@@ -225,8 +225,8 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
     samples = jnp.asarray(problem_config.samples, jnp.int32)
     generate = _compiled_generator(problem_config, batch)
     fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn))
-    gen = jax.jit(functools.partial(_generate_at, problem_config=problem_config))
-    lower = lambda: fit.lower(jax.eval_shape(gen, keys, noise), keys, samples)  # traces the generator: on a miss only
+    problems = lambda: jax.eval_shape(_generator(problem_config), keys, noise)  # traced on a miss only
+    lower = lambda: fit.lower(problems(), keys, samples)
     method = _method_of(fn)
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return CompiledTrials(generate, lower().compile())
@@ -239,14 +239,18 @@ def _example_arguments(problem_config, batch: int):
     return trial_keys(jax.random.key(0), 0, batch), jnp.zeros((), problem_config.dtype)
 
 
+def _generator(problem_config):
+    """The jitted ``(keys, noise) -> problems`` of ``problem_config``."""
+    return jax.jit(functools.partial(_generate_at, problem_config=problem_config))
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled_generator(problem_config, batch: int):
     """The compiled ``(keys, noise) -> problems``, one per (problem configuration, batch): every
     fit configuration and method on the same problems shares it."""
     keys, noise = _example_arguments(problem_config, batch)
-    gen = jax.jit(functools.partial(_generate_at, problem_config=problem_config))
     parts = (problem_config, batch, keys.dtype, noise.dtype)
-    return executable_cache.load_or_compile("generate", parts, lambda: gen.lower(keys, noise))
+    return executable_cache.load_or_compile("generate", parts, lambda: _generator(problem_config).lower(keys, noise))
 
 
 def _method_of(fn) -> str | None:
