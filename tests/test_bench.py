@@ -36,15 +36,18 @@ def test_roofline_is_the_larger_of_the_bytes_and_flops_floors():
 
 @pytest.mark.slow
 def test_bench_quick_writes_json_with_latency_and_the_numpy_comparison(tmp_path, capsys):
-    assert main(["bench", "--quick", "--sections", "latency,versus_numpy", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--quick", "--sections", "latency,versus_numpy,cores", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["device"]["device_kind"] and len(result["versus_numpy"]) == 1
     assert all(v["colora_rel_error_max"] < 1e-3 and v["numpy_rel_error_max"] < 1e-3 for v in result["versus_numpy"])
     cold, warm = result["latency"]["recover"]["cold"], result["latency"]["recover"]["warm"]
     assert cold["cache"]["misses"] > 0 and warm["cache"]["misses"] == 0 and warm["cache"]["hits"] > 0
     assert cold["cache"]["executables_saved"] == 2 and warm["cache"]["executables_loaded"] == 2  # generator and fit
+    (cores,) = result["cores"]  # each way ran every trial, in as many processes as it says
+    assert cores["one_core"]["trials"] == cores["all_cores"]["trials"] == 4
+    assert len(cores["processes"]) == cores["cores"] and sum(p["trials"] for p in cores["processes"]) >= 4
     out = capsys.readouterr().out
-    assert "trials/s" in out and "latency recover: cold" in out
+    assert "trials/s" in out and "latency recover: cold" in out and "one-core processes at once" in out
 
 
 def test_an_unwritable_output_folder_is_refused_before_measuring(capsys):

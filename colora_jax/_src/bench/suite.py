@@ -232,7 +232,7 @@ def _stage(name: str) -> None:
     print(f"[colora bench {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
 
 
-SECTIONS = ("latency", "versus_numpy", "iteration", "roofline", "device_scaling", "streaming")
+SECTIONS = ("latency", "versus_numpy", "cores", "iteration", "roofline", "device_scaling", "streaming")
 
 
 def run(quick: bool, sections=SECTIONS) -> dict:
@@ -249,6 +249,13 @@ def run(quick: bool, sections=SECTIONS) -> dict:
         for n in (16,) if quick else (16, 80):
             _stage(f"colora vs NumPy, sensing n={n}")
             out["versus_numpy"].append(versus_numpy(n, trials, numpy_trials))
+    if "cores" in sections:
+        from colora_jax._src.bench import cores
+
+        out["cores"] = []  # CPU cores only: on an accelerator the trials do not run on them
+        for n in ((16,) if quick else (16, 80)) if jax.default_backend() == "cpu" else ():
+            _stage(f"one process on one core, on every core, and one-core processes at once, sensing n={n}")
+            out["cores"].append(cores.main(n, 4 if quick else 128))
     ks = (64, 128) if quick else (1_000, 10_000, 100_000)
     if "iteration" in sections or "roofline" in sections:
         ds = (8, 16) if quick else (16, 32, 64)

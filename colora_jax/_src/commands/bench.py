@@ -6,7 +6,7 @@ import argparse
 import json
 import pathlib
 
-from colora_jax._src.bench import latency, suite
+from colora_jax._src.bench import cores, latency, suite
 from colora_jax._src.commands import common
 from colora_jax._src.provenance import code_version, device_info
 
@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         "bench",
         help="benchmark suite: trials/s against NumPy, scaling in k, d and devices, memory, roofline",
         description="Measure colora against a hand-written NumPy AltMin (sensing, k=50, d=20, r=2,"
-        " samples 16 and 80), time per AltMin iteration against k and d, device scaling on fake CPU"
+        " samples 16 and 80), how its trials use the cores (one core, every core, one-core processes),"
+        " time per AltMin iteration against k and d, device scaling on fake CPU"
         " devices, the streamed k=10^6 regression problem's peak memory, and the ratio of the"
         " measured iteration time to the memory-bandwidth floor. Writes JSON and a figure.",
     )
@@ -72,6 +73,8 @@ def run(args) -> int:
             f" n={v['config']['samples']}: colora {v['colora_trials_per_second']:.1f} trials/s vs NumPy"
             f" {v['numpy_trials_per_second']:.2f} -> {v['ratio_trials']:.0f}x (fits only: {v['ratio_fits']:.0f}x)"
         )
+    for c in result.get("cores", []):
+        print(cores.line(c))
     if "roofline" in result:
         rf = result["roofline"]
         print(
