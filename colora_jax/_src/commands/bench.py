@@ -71,7 +71,7 @@ def run(args) -> int:
         print(
             f"sensing k={v['config']['users']} d={v['config']['d_in']} r={v['config']['rank']}"
             f" n={v['config']['samples']}: colora {v['colora_trials_per_second']:.1f} trials/s vs NumPy"
-            f" {v['numpy_trials_per_second']:.2f} -> {v['ratio_trials']:.0f}x (fits only: {v['ratio_fits']:.0f}x)"
+            f" {v['numpy_trials_per_second']:.2f} -> {v['ratio_trials']:.1f}x (fits only: {v['ratio_fits']:.1f}x)"
         )
     for c in result.get("cores", []):
         print(cores.line(c))
