@@ -9,7 +9,9 @@ compiles, then times a second run), three ways:
 * ``processes``: one one-core process per core at once, the trials split between them (what
   ``workers.parallel_map`` does for the proof scripts and the phase grid).
 
-Each child reports its wall and CPU seconds; this prints one JSON line (trials per second of
+Each child compiles and runs once, says so, and times its second run when every child of its
+way is ready (so that the one-core processes run at the same time, not one while another still
+compiles); it reports its wall and CPU seconds. This prints one JSON line (trials per second of
 each way, and the speed-ups over one core), then a readable line on stderr. Nothing is asserted.
 """
 
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 
-CHILD = "--child"
+CHILD, READY = "--child", "ready"
 
 
 def _child(samples: int, trials: int, core: int | None) -> dict:
@@ -40,6 +42,8 @@ def _child(samples: int, trials: int, core: int | None) -> dict:
     fc = FitConfig(rank=2)
     run = lambda: run_trials(jax.random.key(core or 0), pc, fc, trials, batch=trials)
     run()
+    print(READY, flush=True)
+    sys.stdin.readline()  # the parent's go, once every child is ready
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     run()
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
@@ -50,14 +54,25 @@ def _child(samples: int, trials: int, core: int | None) -> dict:
 def _spawn(samples: int, trials: int, core: int | None) -> subprocess.Popen:
     where = "all" if core is None else str(core)
     args = [sys.executable, "-m", "colora_jax._src.bench.cores", CHILD, str(samples), str(trials), where]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _collect(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"child failed: {err[-2000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+def _together(procs: list[subprocess.Popen]) -> list[dict]:
+    """Wait until every child has compiled and run once, start their timed runs, collect them."""
+    for proc in procs:
+        if proc.stdout.readline().strip() != READY:  # it failed before its timed run
+            break
+    else:
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"child failed: {err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def main(samples: int = 16, trials: int = 128) -> dict:
@@ -65,10 +80,10 @@ def main(samples: int = 16, trials: int = 128) -> dict:
     from colora_jax._src.cpu_threads import available_cores
 
     cores = len(available_cores())
-    one = _collect(_spawn(samples, trials, 0))
-    every = _collect(_spawn(samples, trials, None))
+    (one,) = _together([_spawn(samples, trials, 0)])
+    (every,) = _together([_spawn(samples, trials, None)])
     share = -(-trials // cores)
-    parts = [_collect(p) for p in [_spawn(samples, share, c) for c in range(cores)]]
+    parts = _together([_spawn(samples, share, c) for c in range(cores)])
     rate = lambda r: r["trials"] / r["wall_seconds"]
     together = sum(p["trials"] for p in parts) / max(p["wall_seconds"] for p in parts)
     return {
