@@ -41,6 +41,21 @@ def test_readable_summary(capsys):
     assert "recovered" in out and "trials" in out
 
 
+@pytest.mark.slow
+def test_workers_give_the_trials_of_one_process(capsys):
+    """``--workers 2``: the same trials (errors, distances, iterations), computed in two processes
+    (two trials each)."""
+    results = []
+    for workers in ("1", "2"):
+        assert main(SMALL + ["--trials", "4", "--samples", "10", "20", "--json", "--workers", workers]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    one, two = results
+    assert two["config"]["workers"] == 2 and one["config"]["workers"] == 1
+    assert two["by_samples"] == one["by_samples"]
+    assert main(SMALL + ["--trials", "4", "--workers", "2"]) == 0
+    assert "in 2 worker processes" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [
@@ -48,6 +63,7 @@ def test_readable_summary(capsys):
         (["recover", "--samples", "3"], "samples >= 4"),
         (["recover", "--model", "tensor"], "invalid choice"),
         (["recover", "--users", "0"], "positive integer"),
+        (["recover", "--workers", "0"], "positive integer"),
         (["recover", "--noise", "nan"], "finite number"),
         (["recover", "--algorithm", "sgd"], "invalid choice"),
         (["frobnicate"], "invalid choice"),

@@ -108,3 +108,24 @@ def test_results_do_not_depend_on_the_batch_size():
     runs = [cj.run_trials(key, PC, FC, 6, batch=b) for b in (2, 3, 6)]
     for other in runs[1:]:
         jax.tree.map(np.testing.assert_array_equal, runs[0], other)
+
+
+@pytest.mark.slow
+def test_trials_split_between_worker_processes_equal_one_process():
+    """``workers=2``: two one-core processes, each a contiguous block of the trials (5 = 3 + 2),
+    give this process's trials bit for bit, at every count of a sample grid; progress is reported
+    once per block (in this process it would be once per count: 1, 3, 5 trials' worth)."""
+    key, samples = jax.random.key(5), [6, 9, 12]
+    seen = []
+    split = cj.run_trials(key, PC, FC, 5, samples=samples, workers=2, on_batch=seen.append)
+    jax.tree.map(np.testing.assert_array_equal, split, cj.run_trials(key, PC, FC, 5, samples=samples))
+    assert split.evaluation.rel_error.shape == (5, 3) and seen in ([3, 5], [2, 5])
+
+
+def test_a_worker_run_refuses_bad_input_before_starting_a_process():
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        cj.run_trials(jax.random.key(0), PC, FC, 2, workers=0)
+    with pytest.raises(ValueError, match="cannot be sent to worker processes"):
+        cj.run_trials(jax.random.key(0), PC, FC, 2, workers=2, fn=lambda p, k, c: None)
+    with pytest.raises(ValueError, match="samples \\[1\\] per user"):
+        cj.run_trials(jax.random.key(0), PC, FC, 2, workers=2, samples=[1, 12])

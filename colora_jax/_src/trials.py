@@ -32,6 +32,7 @@ from colora_jax._src.fitting import Trace
 from colora_jax._src.methods import fit_method
 from colora_jax._src.metrics import per_user_relative_error, relative_error, subspace_distance
 from colora_jax._src.shared_input import SharedInputConfig, generate_problem
+from colora_jax._src.workers import parallel_map, picklable
 
 
 class Evaluation(NamedTuple):
@@ -339,6 +340,7 @@ def run_trials(
     pad_ratio: float = float("inf"),
     fn: Callable | None = None,
     on_batch: Callable[[int], None] | None = None,
+    workers: int = 1,
 ):
     """Run ``trials`` independent trials, ``batch`` at a time, as compiled vmapped calls.
 
@@ -359,7 +361,17 @@ def run_trials(
         stored samples costs what one on ``N`` does, so a finite ratio trades compiles for that.
       fn: a per-problem function ``fn(problem, key, fit_config)`` replacing ``method``
         (hashable and stable: a module-level function or a cached partial).
-      on_batch: called with the number of trials finished after each batch (progress bars).
+      on_batch: called with the number of trials finished after each batch (progress bars), or
+        after each worker's block.
+      workers: split the trials between this many processes, one core each, in contiguous blocks
+        (``workers.parallel_map``; ``fn`` must then be picklable). On a CPU one process gains
+        little from a second core (XLA splits each small operation over its threads) and one-core
+        processes scale (``python -m colora_jax._src.bench.cores``: 1.21x against 2.11x on two
+        cores), but each worker starts Python and JAX and loads or compiles its programs (1-2 s
+        warm, its own compile cold): worth it for runs of more than a few seconds. Blocks hold 2
+        trials or more (a vmap over one trial can round differently), so fewer than 4 trials run
+        here. The results equal those of one process on one core (``COLORA_JAX_THREADS=1``) bit
+        for bit; a process on more cores can differ at rounding (``cpu_threads``).
 
     Returns:
       The batched result (``TrialResult`` by default) as NumPy arrays with a leading
@@ -374,10 +386,15 @@ def run_trials(
       >>> bool((out.evaluation.rel_error[:, 1] < 1e-3).all())
       True
     """
-    plan = plan_trials(
-        problem_config, fit_config, trials, method=method, samples=samples, batch=batch, pad_ratio=pad_ratio, fn=fn
-    )
-    return plan.run(key, noise=noise, on_batch=on_batch)
+    options = dict(method=method, samples=samples, batch=batch, pad_ratio=pad_ratio, fn=fn)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and trials > 1:
+        _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio, fn)  # errors before any process
+        if fn is not None and not picklable(fn):
+            raise ValueError("fn cannot be sent to worker processes: use a module-level function, or workers=1")
+        return _in_workers(key, problem_config, fit_config, trials, workers, on_batch, noise, options)
+    return plan_trials(problem_config, fit_config, trials, **options).run(key, noise=noise, on_batch=on_batch)
 
 
 class _Program(NamedTuple):
@@ -397,14 +414,15 @@ class TrialPlan:
     scalar: bool  # one sample count asked for as None or an int: no samples axis
     programs: list[_Program]
 
-    def run(self, key, *, noise=None, on_batch: Callable[[int], None] | None = None):
-        """Every trial at every sample count (see ``run_trials``)."""
+    def run(self, key, *, noise=None, on_batch: Callable[[int], None] | None = None, first_trial: int = 0):
+        """Every trial at every sample count (see ``run_trials``); trial ``t`` of the plan is trial
+        ``first_trial + t`` of ``key`` (a worker's block of a larger run)."""
         level = self.problem_config.noise if noise is None else noise
         by_count, done, total = {}, 0, len(self.grid) * self.trials
         for program in self.programs:
             size, parts = program.batch, {n: [] for n in program.counts}
             for start in range(0, self.trials, size):  # each batch generated once, fitted at every count
-                keys = trial_keys(key, start, start + size)
+                keys = trial_keys(key, first_trial + start, first_trial + start + size)
                 problems = program.run.generate(keys, jnp.asarray(level, program.generated.dtype))
                 keep = min(size, self.trials - start)
                 for n in program.counts:
@@ -439,6 +457,21 @@ def plan_trials(
     one program for all counts), e.g. a sweep cell's ``pad_samples``, so that a cell's result
     does not depend on which other cells share its call.
     """
+    grid, scalar, fn = _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio, fn)
+    if generate_samples is not None and generate_samples < max(grid):
+        raise ValueError(f"generate_samples={generate_samples} is below the largest sample count {max(grid)}")
+    programs = []
+    buckets = [sorted(set(grid))] if generate_samples is not None else sample_buckets(grid, pad_ratio)
+    for counts in buckets:
+        generated = generated_config(problem_config, counts if generate_samples is None else [generate_samples])
+        check_memory(generated)
+        size = default_batch(generated, trials) if batch is None else max(1, min(batch, trials))
+        programs.append(_Program(counts, generated, size, compiled_trials(generated, fit_config, size, fn=fn)))
+    return TrialPlan(problem_config, trials, grid, scalar, programs)
+
+
+def _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio, fn):
+    """The sample grid, whether it was one count, and the per-problem function of a valid call."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     if not pad_ratio >= 1:
@@ -450,14 +483,25 @@ def plan_trials(
     if not grid:
         raise ValueError("samples is an empty list: give at least one sample count")
     check_samples(problem_config, fit_config, grid)
-    fn = fn or method_evaluator(method)
-    if generate_samples is not None and generate_samples < max(grid):
-        raise ValueError(f"generate_samples={generate_samples} is below the largest sample count {max(grid)}")
-    programs = []
-    buckets = [sorted(set(grid))] if generate_samples is not None else sample_buckets(grid, pad_ratio)
-    for counts in buckets:
-        generated = generated_config(problem_config, counts if generate_samples is None else [generate_samples])
-        check_memory(generated)
-        size = default_batch(generated, trials) if batch is None else max(1, min(batch, trials))
-        programs.append(_Program(counts, generated, size, compiled_trials(generated, fit_config, size, fn=fn)))
-    return TrialPlan(problem_config, trials, grid, scalar, programs)
+    return grid, scalar, fn or method_evaluator(method)
+
+
+def _in_workers(key, problem_config, fit_config, trials, workers, on_batch, noise, options):
+    """``run_trials`` over ``workers`` one-core processes, each a contiguous block of the trials."""
+    blocks = max(1, min(workers, trials // 2))  # blocks of 2 or more trials: a vmap of 1 can round differently
+    sizes = [trials // blocks + (i < trials % blocks) for i in range(blocks)]
+    starts = np.cumsum([0] + sizes[:-1]).tolist()
+    items = [(key, start, size, problem_config, fit_config, noise, options) for start, size in zip(starts, sizes)]
+    parts, done = {}, 0
+    for i, part in parallel_map(_trial_block, items, workers):
+        parts[i] = part
+        done += sizes[i]
+        if on_batch is not None:
+            on_batch(done)
+    return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *(parts[i] for i in range(blocks)))
+
+
+def _trial_block(block):
+    """Trials ``start .. start + size - 1`` of a ``run_trials`` call (a worker's share)."""
+    key, start, size, problem_config, fit_config, noise, options = block
+    return plan_trials(problem_config, fit_config, size, **options).run(key, noise=noise, first_trial=start)
