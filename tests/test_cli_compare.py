@@ -70,6 +70,19 @@ def test_a_method_that_cannot_run_reports_it_in_its_row(result):
     assert row["median_rel_error"] is None and row["subspace_distance_U"] is None and row["params_per_user"] == 20
 
 
+@pytest.mark.slow
+def test_workers_give_every_method_the_rows_of_one_process(capsys):
+    """``--workers 2``: each method's 4 trials in two processes; the same numbers in every row, and
+    a method that cannot run reports the same error from its workers."""
+    rows = []
+    for workers in ("1", "2"):
+        assert main(SMALL + ["--trials", "4", "--json", "--workers", workers]) == 0
+        rows.append(json.loads(capsys.readouterr().out)["methods"])
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}
+    assert {m: drop(r) for m, r in rows[0].items()} == {m: drop(r) for m, r in rows[1].items()}
+    assert rows[1]["local-full"]["status"].startswith("error: local-full")
+
+
 def test_table(capsys):
     assert main(SMALL) == 0
     out = capsys.readouterr().out

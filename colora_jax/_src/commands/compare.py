@@ -62,6 +62,13 @@ def register(subparsers) -> None:
         " --test-samples and --x64 apply to the problem",
     )
     p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
+    p.add_argument(
+        "--workers",
+        type=common._positive_int,
+        default=1,
+        help="split each method's trials between this many processes, one CPU core each (default 1;"
+        " as colora recover --workers: worth it when a method runs for more than a few seconds)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=run)
 
@@ -140,6 +147,7 @@ def compare(args) -> dict:
                     args.trials,
                     batch=batch,
                     method=method,
+                    workers=args.workers,
                     on_batch=lambda done, i=i: bar.update(i * args.trials + done - bar.n),
                 )
             except ValueError as err:
@@ -154,6 +162,7 @@ def compare(args) -> dict:
             "methods": list(args.methods),
             "trials": args.trials,
             "seed": args.seed,
+            "workers": args.workers,
             "seconds": SECONDS,
             "code_version": code_version(),
             "device": device_info(),
