@@ -33,7 +33,6 @@ from colora_jax import (
     to_jsonable,
 )
 
-THREADS_ENV = "COLORA_JAX_THREADS"  # CPU cores for XLA (colora_jax.limit_cpu_threads)
 SUCCESS = 1e-3  # exact recovery: stacked relative error ||W_hat - W*||_F / ||W*||_F <= 1e-3 (the CLI default)
 
 
@@ -75,7 +74,7 @@ def compile_cache() -> None:
     the thread count changes rounding (the convergence figure: 2016 of its numbers between one
     and two threads), and one thread gives the committed figures bit for bit on any machine
     (``--workers N`` runs N such processes)."""
-    limit_cpu_threads(None if os.environ.get(THREADS_ENV, "").strip() else 1)
+    limit_cpu_threads(default=1)
     enable_compile_cache()
 
 

@@ -31,3 +31,23 @@ def test_a_worker_leaves_its_parents_single_core_for_another_initial_core():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.skipif(len(initial_cores()) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs two cores")
+@pytest.mark.parametrize("env, expected", [(None, "1"), ("2", "2")])
+def test_the_environment_overrides_a_callers_default(env, expected):
+    """``limit_cpu_threads(default=1)`` (the proof scripts): one core, unless ``COLORA_JAX_THREADS`` says."""
+    environ = {k: v for k, v in os.environ.items() if k != "COLORA_JAX_THREADS"}
+    if env is not None:
+        environ["COLORA_JAX_THREADS"] = env
+    script = (
+        "import os; from colora_jax import limit_cpu_threads as f; print(f(default=1), len(os.sched_getaffinity(0)))"
+    )
+    out = subprocess.run(
+        ["taskset", "-c", ",".join(map(str, initial_cores())), sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environ,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [expected, expected]

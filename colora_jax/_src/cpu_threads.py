@@ -43,16 +43,20 @@ def backend_started() -> bool:
     return bool(getattr(xla_bridge, "_backends", None))
 
 
-def limit_cpu_threads(threads: int | None = None, *, offset: int = 0, cores: list[int] | None = None) -> int:
+def limit_cpu_threads(
+    threads: int | None = None, *, offset: int = 0, cores: list[int] | None = None, default: int | None = None
+) -> int:
     """Keep this process (and XLA's thread pool) on ``threads`` cores; returns the number in use.
 
     Args:
-      threads: cores to use (default ``$COLORA_JAX_THREADS``, else all available). Values above
+      threads: cores to use (default ``$COLORA_JAX_THREADS``, else ``default``). Values above
         the available cores use them all.
       offset: start at the ``offset``-th available core (wrapping), so that side-by-side
         processes (test workers) take different cores.
       cores: the cores to choose from (default the ones this process may use now); a worker
         process is given its parent's ``initial_cores`` so that it can leave a parent pinned to one.
+      default: cores to use when neither ``threads`` nor ``$COLORA_JAX_THREADS`` says (default
+        all available; the proof scripts pass 1).
 
     Must run before the first JAX computation of the process (it raises otherwise): XLA reads
     the affinity once, when its CPU client starts.
@@ -60,10 +64,10 @@ def limit_cpu_threads(threads: int | None = None, *, offset: int = 0, cores: lis
     cores = available_cores() if cores is None else sorted(cores)
     if threads is None:
         value = os.environ.get(ENV, "").strip()
-        if not value:
+        if not value and default is None:
             return len(cores)
         try:
-            threads = int(value)
+            threads = int(value) if value else default
         except ValueError:
             raise ValueError(f"{ENV} must be a positive integer, got {value!r}") from None
     if threads < 1:
