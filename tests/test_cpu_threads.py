@@ -19,35 +19,37 @@ print(sorted(os.sched_getaffinity(0)) == [cores[1]], initial_cores() == cores)
 """
 
 
-@pytest.mark.skipif(len(initial_cores()) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs two cores")
-def test_a_worker_leaves_its_parents_single_core_for_another_initial_core():
+TWO_CORES = pytest.mark.skipif(
+    len(initial_cores()) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs two cores"
+)
+
+
+def _run(script: str, threads: str | None = None) -> list[str]:
+    """``script``'s printed words, run in a child given every core this process started with (a
+    child inherits this process's affinity) and ``COLORA_JAX_THREADS`` = ``threads`` (or unset)."""
     env = {k: v for k, v in os.environ.items() if k != "COLORA_JAX_THREADS"}
-    # the child starts with this process's affinity: give it every core this process started with
+    if threads is not None:
+        env["COLORA_JAX_THREADS"] = threads
     out = subprocess.run(
-        ["taskset", "-c", ",".join(map(str, initial_cores())), sys.executable, "-c", SCRIPT],
+        ["taskset", "-c", ",".join(map(str, initial_cores())), sys.executable, "-c", script],
         capture_output=True,
         text=True,
         env=env,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["True", "True"]
+    return out.stdout.split()
 
 
-@pytest.mark.skipif(len(initial_cores()) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs two cores")
+@TWO_CORES
+def test_a_worker_leaves_its_parents_single_core_for_another_initial_core():
+    assert _run(SCRIPT) == ["True", "True"]
+
+
+@TWO_CORES
 @pytest.mark.parametrize("env, expected", [(None, "1"), ("2", "2")])
 def test_the_environment_overrides_a_callers_default(env, expected):
     """``limit_cpu_threads(default=1)`` (the proof scripts): one core, unless ``COLORA_JAX_THREADS`` says."""
-    environ = {k: v for k, v in os.environ.items() if k != "COLORA_JAX_THREADS"}
-    if env is not None:
-        environ["COLORA_JAX_THREADS"] = env
     script = (
         "import os; from colora_jax import limit_cpu_threads as f; print(f(default=1), len(os.sched_getaffinity(0)))"
     )
-    out = subprocess.run(
-        ["taskset", "-c", ",".join(map(str, initial_cores())), sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=environ,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == [expected, expected]
+    assert _run(script, env) == [expected, expected]
