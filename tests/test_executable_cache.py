@@ -1,6 +1,12 @@
 """Trial programs (generator and fit) stored whole (``executable_cache``): the key separates what
 changes the program, and a loaded program computes what the compiled one did, bit for bit."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -70,3 +76,74 @@ def test_eviction_deletes_the_least_recently_used_entries_first(tmp_path):
     assert executable_cache.evict(tmp_path, max_bytes=250) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", "trials-mid.pkl", "trials-new.pkl"]
     assert executable_cache.evict(tmp_path, max_bytes=250) == 0
+
+
+PLACEMENT_WORKER = pathlib.Path(__file__).with_name("_placement_worker.py")
+
+
+def _fresh_process(args: list[str], cache: pathlib.Path, devices: int = 4) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLORA_JAX_CACHE_DIR=str(cache))
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_a_warm_run_on_several_devices_equals_the_cold_one_bit_for_bit(tmp_path):
+    # Stored programs are bound to the devices they were compiled for: a one-device program
+    # loaded in a process that sees 4 devices used to be placed on all 4 and failed at its
+    # first call ("Expected args ... to have 4 shards, got: [1, 1]"), and so did every warm
+    # `colora recover --devices N`. Sharded trial programs are stored under their mesh.
+    worker = [str(PLACEMENT_WORKER), "4", str(tmp_path / "sweep.jsonl")]
+    cold = json.loads(_fresh_process(worker, tmp_path).stdout.splitlines()[-1])
+    warm = json.loads(_fresh_process(worker, tmp_path).stdout.splitlines()[-1])
+    assert cold["executables_saved"] > 0 and cold["executables_loaded"] == 0
+    assert warm["executables_loaded"] == cold["executables_saved"] and warm["executables_saved"] == 0
+    for part in ("sharded", "default", "sweep"):  # run_trials over a mesh, on one device, a sweep over a mesh
+        assert warm[part] == cold[part], part
+    recover = ["-m", "colora_jax.cli", "recover", "--model", "regression", "--users", "8", "--d-out", "6"]
+    recover += ["--d-in", "5", "--rank", "2", "--samples", "6", "--trials", "3", "--seed", "5", "--json"]
+    recover += ["--devices", "4"]
+    first, second = (json.loads(_fresh_process(recover, tmp_path).stdout) for _ in range(2))
+    assert second["compile_cache"]["executables_loaded"] > 0
+    for field in ("rel_errors", "subspace_distance_U", "subspace_distance_V", "test_mse", "iterations"):
+        assert first[field] == second[field], field
+
+
+def test_the_key_separates_placements(cache_in):
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("users",))
+    default = executable_cache.entry_path("trials", (PC, FC, 3, "colora"))
+    assert executable_cache.entry_path("trials", (PC, FC, 3, "colora"), executable_cache.default_placement()) == default
+    meshed = executable_cache.entry_path("trials", (PC, FC, 3, "colora"), executable_cache.mesh_placement(mesh))
+    other_axis = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    assert meshed != default
+    assert (
+        executable_cache.entry_path("trials", (PC, FC, 3, "colora"), executable_cache.mesh_placement(other_axis))
+        != meshed
+    )
+
+
+def test_a_damaged_entry_fails_its_digest_and_is_compiled_afresh(cache_in, capsys, monkeypatch):
+    keys = trials.trial_keys(jax.random.key(4), 0, 3)
+    args = (keys, np.int32(12), np.float32(0.01))
+    trials._compiled_trials.cache_clear()
+    trials._compiled_generator.cache_clear()
+    expected = jax.device_get(trials.compiled_trials(PC, FC, 3)(*args))
+    entries = sorted((cache_in / executable_cache.SUBDIR).glob("*.pkl"))
+    assert len(entries) == 2
+    for entry in entries:  # one flipped byte in the middle of the payload; the file still unpickles as bytes
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        entry.write_bytes(bytes(data))
+    monkeypatch.setitem(executable_cache._state, "warned", False)
+    before = executable_cache.stats()
+    trials._compiled_trials.cache_clear()
+    trials._compiled_generator.cache_clear()
+    again = jax.device_get(trials.compiled_trials(PC, FC, 3)(*args))
+    after = executable_cache.stats()
+    assert after["executables_loaded"] == before["executables_loaded"]  # neither damaged entry was run
+    assert after["executables_saved"] - before["executables_saved"] == 2  # both compiled and stored afresh
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "sha256 digest" in warning[0] and "compiling it afresh" in warning[0]
+    jax.tree.map(np.testing.assert_array_equal, expected, again)

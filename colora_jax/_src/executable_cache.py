@@ -13,7 +13,19 @@ stored, keyed by everything that determines it *before* tracing:
   dtype and rank promotion, matmul precision, ...).
 
 A key whose parts do not have a stable text form (an object printed with its address) is not
-cached. Entries live in ``<compile cache dir>/colora_executables`` and are on exactly when the
+cached.
+
+Placement. A stored program runs on the devices it was compiled for: the key holds the
+placement the caller asks for (by default the default device; a mesh's devices, axis names and
+shape where the program is sharded), the entry records the compiled program's device ids and its
+input and output shardings, and a loaded program is bound to exactly those devices and checked
+against them. ``serialize_executable`` would otherwise load a one-device program onto every
+visible device, and its first call fails ("Expected args ... to have 4 shards").
+
+Integrity. An entry holds the sha256 digest of its payload, checked before anything is
+unpickled or loaded: a damaged entry is reported in one warning line and compiled afresh.
+
+Entries live in ``<compile cache dir>/colora_executables`` and are on exactly when the
 compile cache is (``enable_compile_cache``, ``COLORA_JAX_CACHE_DIR``, ``--no-compile-cache``).
 An entry that cannot be read or loaded is compiled afresh (one warning line per process); a
 directory that cannot be written is skipped silently (the compile cache already said so). The
@@ -40,7 +52,7 @@ import tempfile
 from collections.abc import Callable
 
 SUBDIR = "colora_executables"
-FORMAT = 2  # part of every key: entries written by an older layout (or the bug above) are never read
+FORMAT = 3  # part of every key: entries written by an older layout (or the bugs above) are never read
 MAX_BYTES = 2 * 2**30  # beyond this the least recently used entries are deleted (each is about 1 MB)
 _counts = {"executables_loaded": 0, "executables_saved": 0}
 _state: dict[str, bool] = {}
@@ -89,14 +101,32 @@ def _environment() -> str:
     )
 
 
-def entry_path(name: str, parts: tuple) -> pathlib.Path | None:
-    """Where the executable for ``parts`` lives (None: the cache is off or the key is unstable)."""
+def default_placement() -> tuple:
+    """The placement of an unsharded program: the default device (platform and id)."""
+    import jax
+
+    device = jax.devices()[0]
+    return ("device", device.platform, device.id)
+
+
+def mesh_placement(mesh) -> tuple:
+    """The placement of a program sharded over ``mesh``: its device ids, axis names and shape."""
+    return ("mesh", tuple(int(d.id) for d in mesh.devices.flat), tuple(mesh.axis_names), tuple(mesh.devices.shape))
+
+
+def entry_path(name: str, parts: tuple, placement: tuple | None = None) -> pathlib.Path | None:
+    """Where the executable for ``parts`` lives (None: the cache is off or the key is unstable).
+
+    ``placement`` (``default_placement()`` when None, or ``mesh_placement(mesh)``) is part of the
+    key, so a program is never looked up for devices other than the ones it was compiled for.
+    """
     from colora_jax._src import compile_cache
 
     root = compile_cache.cache_dir()
     if root is None:
         return None
-    text = repr((FORMAT, name, parts, source_fingerprint(), _environment()))
+    placement = default_placement() if placement is None else placement
+    text = repr((FORMAT, name, parts, placement, source_fingerprint(), _environment()))
     if " at 0x" in text:  # an object printed with its address: not the same key in another process
         return None
     return pathlib.Path(root) / SUBDIR / f"{name}-{hashlib.sha256(text.encode()).hexdigest()}.pkl"
@@ -126,39 +156,76 @@ def _warn_once(path: pathlib.Path, err: Exception) -> None:
         )
 
 
-def load_or_compile(name: str, parts: tuple, lower: Callable):
+def load_or_compile(name: str, parts: tuple, lower: Callable, placement: tuple | None = None):
     """The compiled program for ``parts``: loaded from the cache, or ``lower().compile()`` (then saved).
 
     ``parts`` must determine the program completely, given the source, JAX and backend (which
-    the key adds); ``lower()`` returns the ``jax.stages.Lowered`` to compile on a miss.
+    the key adds); ``placement`` says where it runs (``entry_path``); ``lower()`` returns the
+    ``jax.stages.Lowered`` to compile on a miss. A loaded program runs on the devices and with
+    the input and output shardings it was compiled with.
     """
-    from jax.experimental import serialize_executable
-
-    path = entry_path(name, parts)
+    path = entry_path(name, parts, placement)
     if path is not None and path.exists():
         try:
-            blob, in_tree, out_tree = pickle.loads(path.read_bytes())
-            _prepare_backend()
-            compiled = serialize_executable.deserialize_and_load(blob, in_tree, out_tree)
+            compiled = _load(path)
             _counts["executables_loaded"] += 1
             _touch(path)
             return compiled
-        except Exception as err:  # a corrupt or foreign entry: compile instead
+        except Exception as err:  # a corrupt, damaged or foreign entry: compile instead
             _warn_once(path, err)
     if path is None:
         return lower().compile()
     with _fresh_compile():
         compiled = lower().compile()
     try:
-        data = pickle.dumps(serialize_executable.serialize(compiled))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
-            f.write(data)
-        os.replace(f.name, path)  # atomic: a concurrent reader sees the whole entry or none
+        _save(path, compiled)
         _counts["executables_saved"] += 1
         evict(path.parent)
     except Exception:  # not serializable here, or not writable: the program still runs
         pass
+    return compiled
+
+
+def _placement_of(compiled) -> tuple:
+    """The device ids a compiled program runs on, and its input and output shardings as text."""
+    devices = tuple(int(d.id) for d in compiled.runtime_executable().local_devices())
+    return devices, repr(compiled.input_shardings), repr(compiled.output_shardings)
+
+
+def _save(path: pathlib.Path, compiled) -> None:
+    """Write ``compiled`` with its placement, under a digest of the payload, atomically."""
+    from jax.experimental import serialize_executable
+
+    payload = pickle.dumps((serialize_executable.serialize(compiled), _placement_of(compiled)))
+    data = hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload  # the digest, then what it covers
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
+        f.write(data)
+    os.replace(f.name, path)  # atomic: a concurrent reader sees the whole entry or none
+
+
+class DamagedEntry(Exception):
+    """A stored program whose content does not match its digest or its recorded placement."""
+
+
+def _load(path: pathlib.Path):
+    """The program stored at ``path``, bound to the devices it was compiled for (``DamagedEntry``
+    when its digest or placement does not match)."""
+    import jax
+    from jax.experimental import serialize_executable
+
+    digest, _, payload = path.read_bytes().partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise DamagedEntry("its content does not match its sha256 digest")
+    (blob, in_tree, out_tree), placement = pickle.loads(payload)
+    by_id = {d.id: d for d in jax.devices()}
+    if any(i not in by_id for i in placement[0]):
+        raise DamagedEntry(f"it was compiled for devices {placement[0]}, not all visible here")
+    _prepare_backend()
+    devices = [by_id[i] for i in placement[0]]
+    compiled = serialize_executable.deserialize_and_load(blob, in_tree, out_tree, execution_devices=devices)
+    if _placement_of(compiled) != placement:
+        raise DamagedEntry(f"it loaded with another placement than it was compiled for ({placement})")
     return compiled
 
 

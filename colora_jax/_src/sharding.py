@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from colora_jax._src import executable_cache
 from colora_jax._src.config import FitConfig
 from colora_jax._src.data import GroundTruth, Observations, Problem
 from colora_jax._src.fitting import Estimate, Trace, check_finite, fit
@@ -108,5 +109,12 @@ def sharded_fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, *, me
 
 @functools.cache
 def sharded_evaluator(devices: int):
-    """A stable, hashable ``sharded_fit_and_evaluate`` over the first ``devices`` devices (``run_trials(fn=...)``)."""
-    return functools.partial(sharded_fit_and_evaluate, mesh=users_mesh(devices))
+    """A stable, hashable ``sharded_fit_and_evaluate`` over the first ``devices`` devices (``run_trials(fn=...)``).
+
+    Its ``program_key`` (a name and the mesh's placement) lets the trial program be stored whole
+    (``executable_cache``), keyed by the mesh it is sharded over.
+    """
+    mesh = users_mesh(devices)
+    evaluator = functools.partial(sharded_fit_and_evaluate, mesh=mesh)
+    evaluator.program_key = ("colora-sharded", executable_cache.mesh_placement(mesh))
+    return evaluator

@@ -228,11 +228,11 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
     fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn))
     problems = lambda: jax.eval_shape(_generator(problem_config), keys, noise)  # traced on a miss only
     lower = lambda: fit.lower(problems(), keys, samples)
-    method = _method_of(fn)
+    method, placement = _program_key(fn)
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return CompiledTrials(generate, lower().compile())
     parts = (problem_config, fit_config, batch, method, keys.dtype, samples.dtype, noise.dtype)
-    return CompiledTrials(generate, executable_cache.load_or_compile("trials", parts, lower))
+    return CompiledTrials(generate, executable_cache.load_or_compile("trials", parts, lower, placement))
 
 
 def _example_arguments(problem_config, batch: int):
@@ -254,11 +254,13 @@ def _compiled_generator(problem_config, batch: int):
     return executable_cache.load_or_compile("generate", parts, lambda: _generator(problem_config).lower(keys, noise))
 
 
-def _method_of(fn) -> str | None:
-    """The method name of a ``method_evaluator`` function, else None."""
+def _program_key(fn) -> tuple[str | None, tuple | None]:
+    """The name and placement under which ``fn``'s trial program is stored (``executable_cache``):
+    a ``method_evaluator`` function by its method on the default device, a function carrying a
+    ``program_key`` (``sharding.sharded_evaluator``) by that, anything else not at all (None)."""
     if isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and not fn.args:
-        return fn.keywords.get("method")
-    return None
+        return fn.keywords.get("method"), None
+    return getattr(fn, "program_key", (None, None))
 
 
 @jax.jit
