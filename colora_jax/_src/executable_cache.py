@@ -102,10 +102,10 @@ def _environment() -> str:
 
 
 def default_placement() -> tuple:
-    """The placement of an unsharded program: the default device (platform and id)."""
+    """The placement of an unsharded program: this process's default device (platform and id)."""
     import jax
 
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     return ("device", device.platform, device.id)
 
 
