@@ -4,14 +4,16 @@ Every PASS/FAIL in ``proofs_numerics/`` is decided by a function of this module,
 synthetic inputs with known answers (``tests/test_statistics.py``). Plain NumPy/SciPy on host
 arrays (SciPy comes with JAX); nothing here is traced.
 
-Recovery thresholds with common random numbers. With the nested sample stream a trial fitted
-at every n of a grid is one planted problem seen through more and more of its samples, so each
-trial has its own threshold: the smallest grid n at which it recovers (``trial_thresholds``).
-``P(threshold <= n)`` is then the success probability at n, and the 50% threshold ``n50`` is
-the median of the trials' thresholds, with an exact distribution-free interval from the order
-statistics (``median_interval``). On an integer grid this ``n50`` is the smallest sample size
-at which at least half of the trials recover: no interpolation, and never below the integer
-floor ``ceil(m*)`` when fewer samples cannot determine the model (``integer_floor``).
+Recovery thresholds. ``n50`` is where the success-rate curve crosses one half
+(``rate_threshold``): the smallest grid n whose observed success rate is at least 1/2, with an
+interval from the Clopper-Pearson bands (the smallest n whose upper band reaches 1/2, and the
+smallest whose lower band does). It needs no monotonicity: a trial may recover at n and fail
+again at n + 1 (a spurious stationary point, a stopping rule), and then the median of the
+trials' first successes (``trial_thresholds``, ``median_interval``) sits below the crossing.
+That first-success median is kept as a secondary statistic, and the share of trials that fail
+again above their first success is reported (``Thresholds.nonmonotone``). On an integer grid
+``n50`` is never below the integer floor ``ceil(m*)`` when fewer samples cannot determine the
+model (``integer_floor``). Across users, ``threshold_line`` fits ``n50(k) = a m*(k) + b``.
 
 Verdicts (``decide``): a claim "the quantity lies in [lower, upper]" *holds* when the whole
 confidence interval lies inside, *fails* when the interval lies outside, and is *undecided*
@@ -28,8 +30,10 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = (
+    "LineFit",
     "LogLogFit",
     "MedianInterval",
+    "RateThreshold",
     "Thresholds",
     "binomial_interval",
     "bootstrap_interval",
@@ -42,7 +46,11 @@ __all__ = (
     "median_interval",
     "median_ratio_interval",
     "order_statistic_ranks",
+    "rate_threshold",
+    "rate_threshold_ratio",
     "sample_grid",
+    "student_t_quantile",
+    "threshold_line",
     "trial_thresholds",
 )
 
@@ -159,6 +167,151 @@ def trial_thresholds(grid: Sequence[float], success) -> Thresholds:
     after = np.arange(grid.size)[None, :] > first[:, None]
     nonmonotone = np.nonzero(any_ok & np.any(after & ~ok, axis=1))[0]
     return Thresholds(values=values, nonmonotone=nonmonotone)
+
+
+class RateThreshold(NamedTuple):
+    """The 50% threshold of a success-rate curve on a sample grid, with its interval."""
+
+    n50: float  # smallest grid n whose observed success rate is >= 1/2 (inf if none)
+    low: float  # smallest grid n whose upper Clopper-Pearson band reaches 1/2 (inf if none)
+    high: float  # smallest grid n whose lower band reaches 1/2 (inf if none)
+    rate: np.ndarray  # (len(grid),) observed success rate at every n
+    first_success_median: float  # secondary: median of the trials' first successes (biased low)
+    nonmonotone: float  # fraction of trials that fail again at a larger n than their first success
+    level: float
+
+
+def rate_threshold(grid: Sequence[float], success, level: float = LEVEL) -> RateThreshold:
+    """``n50`` where the success rate crosses 1/2, from a ``(trials, len(grid))`` success table.
+
+    Let ``n50*`` be the smallest grid n whose true success probability is at least 1/2. With
+    ``[lo_n, hi_n]`` the Clopper-Pearson interval at n (each tail at most ``(1 - level) / 2``),
+    ``low`` is the smallest n with ``hi_n >= 1/2`` and ``high`` the smallest with ``lo_n >= 1/2``.
+    ``low > n50*`` needs ``hi < 1/2`` at ``n50*`` and ``high < n50*`` needs ``lo >= 1/2`` at an n
+    whose probability is below 1/2: each has probability at most ``(1 - level) / 2``, so
+    ``[low, high]`` covers ``n50*`` with probability at least ``level``, whatever the shape of
+    the curve (no monotonicity assumed). ``low <= n50 <= high`` always.
+
+    Example:
+      >>> ok = np.array([[0, 1, 0, 1], [0, 0, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]])
+      >>> t = rate_threshold([4, 5, 6, 7], ok)
+      >>> t.n50, t.first_success_median, t.nonmonotone
+      (5.0, 5.0, 0.5)
+    """
+    grid = np.asarray(grid, float)
+    ok = np.asarray(success, bool)
+    th = trial_thresholds(grid, ok)  # validates the shapes and the grid
+    trials = ok.shape[0]
+    successes = ok.sum(axis=0)
+    band_low, band_high = binomial_interval(successes, trials, level)
+
+    def first(mask) -> float:
+        hits = np.nonzero(mask)[0]
+        return float(grid[hits[0]]) if hits.size else math.inf
+
+    return RateThreshold(
+        n50=first(2 * successes >= trials),
+        low=first(band_high >= 0.5),
+        high=first(band_low >= 0.5),
+        rate=successes / trials,
+        first_success_median=median_interval(th.values, level).median,
+        nonmonotone=th.nonmonotone.size / trials,
+        level=level,
+    )
+
+
+def rate_threshold_ratio(grid_a, success_a, grid_b, success_b, level: float = LEVEL) -> MedianInterval:
+    """``n50_a / n50_b`` of two independent success tables, with a conservative interval.
+
+    Each threshold's interval is taken at level ``1 - (1 - level) / 2``; both cover together
+    with probability at least ``level`` (Bonferroni), so ``[low_a / high_b, high_a / low_b]``
+    covers the ratio of the true thresholds at least as often.
+
+    Example:
+      >>> a = np.ones((40, 2), bool); a[:, 0] = False
+      >>> r = rate_threshold_ratio([5, 6], a, [2, 3], np.ones((40, 2), bool))
+      >>> r.median, r.low, r.high
+      (3.0, 3.0, 3.0)
+    """
+    half = 1 - (1 - level) / 2
+    a, b = rate_threshold(grid_a, success_a, half), rate_threshold(grid_b, success_b, half)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return MedianInterval(
+            float(np.divide(a.n50, b.n50)), float(np.divide(a.low, b.high)), float(np.divide(a.high, b.low)), level
+        )
+
+
+class LineFit(NamedTuple):
+    """``y = a x + b``: least squares, and the ranges of ``a`` and ``b`` over lines inside every interval."""
+
+    a: float  # least-squares slope through the point estimates
+    b: float  # least-squares intercept
+    a_low: float  # smallest slope of a line passing through every [low_j, high_j] (NaN: no such line)
+    a_high: float
+    b_low: float  # likewise for the intercept
+    b_high: float
+
+
+def threshold_line(x, y, low, high) -> LineFit:
+    """Fit ``n50(k) = a m*(k) + b`` (``x = m*``, ``y = n50``) across users, with ranges for a and b.
+
+    Thresholds are grid-valued, so a t interval from the scatter of a handful of points means
+    little. Instead, given each point's interval ``[low_j, high_j]`` (taken at a simultaneous
+    level, for example ``1 - (1 - level) / len(x)`` each, Bonferroni), the ranges are the
+    smallest and largest ``a`` (and ``b``) of the lines ``a x + b`` that pass through every
+    interval: a linear program in ``(a, b)``. If the true thresholds lie on a line and every
+    interval covers, the true ``a`` and ``b`` lie in the ranges; when no line passes through all
+    intervals the ranges are NaN, which is itself evidence against the linear form. An infinite
+    end of an interval is no constraint on that side.
+
+    Example:
+      >>> f = threshold_line([2.0, 4.0, 8.0], [5.0, 9.0, 17.0], [4.0, 8.0, 16.0], [6.0, 10.0, 18.0])
+      >>> round(f.a, 6), round(f.b, 6), round(f.a_low, 6), round(f.a_high, 6)
+      (2.0, 1.0, 1.666667, 2.333333)
+    """
+    from scipy import optimize
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    lo, hi = np.asarray(low, float), np.asarray(high, float)
+    if not (x.shape == y.shape == lo.shape == hi.shape) or x.ndim != 1 or x.size < 2:
+        raise ValueError("threshold_line needs x, y, low and high of one shape, with at least two points")
+    finite = np.isfinite(y)
+    a, b = np.polyfit(x[finite], y[finite], 1) if finite.sum() >= 2 else (math.nan, math.nan)
+    rows, bounds = [], []
+    for xj, l, h in zip(x, lo, hi):
+        if np.isfinite(h):  # a xj + b <= h
+            rows.append([xj, 1.0])
+            bounds.append(h)
+        if np.isfinite(l):  # a xj + b >= l
+            rows.append([-xj, -1.0])
+            bounds.append(-l)
+
+    def extreme(index: int, sign: float) -> float:
+        """min (sign = 1) or max (sign = -1) of coefficient ``index`` over the feasible lines."""
+        if not rows:
+            return -sign * math.inf
+        objective = np.zeros(2)
+        objective[index] = sign
+        res = optimize.linprog(objective, A_ub=np.array(rows), b_ub=np.array(bounds), bounds=[(None, None)] * 2)
+        if res.status == 3:  # unbounded in that direction
+            return -sign * math.inf
+        return float(res.x[index]) if res.status == 0 else math.nan  # 2: no line passes through every interval
+
+    return LineFit(float(a), float(b), extreme(0, 1), extreme(0, -1), extreme(1, 1), extreme(1, -1))
+
+
+def student_t_quantile(probability: float, df: float) -> float:
+    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (any df > 0).
+
+    Example:
+      >>> round(student_t_quantile(0.975, 8), 3)
+      2.306
+    """
+    from scipy import stats
+
+    if not df > 0:
+        raise ValueError(f"Student's t needs df > 0, got {df}: use at least two independent runs")
+    return float(stats.t.ppf(probability, df))
 
 
 @functools.lru_cache(maxsize=256)

@@ -58,13 +58,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from colora_jax import device_info
+from colora_jax import device_info, statistics
 from colora_jax import nnx as cn
 from colora_jax.nnx import SHAKESPEARE_PATH, code_version
 
 NAME = "nnx_shakespeare"
 METHODS = ("base", "global", "local", "colora", "colora-centered")
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 9: 2.262}  # Student t, 97.5%
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +281,7 @@ def paired_ci(diffs: list[float]) -> tuple[float, float, float]:
     d = np.asarray(diffs, float)
     if d.size < 2:
         return float(d.mean()), float("nan"), float("nan")
-    half = T975.get(d.size - 1, 1.96) * d.std(ddof=1) / math.sqrt(d.size)
+    half = statistics.student_t_quantile(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 

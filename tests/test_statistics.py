@@ -205,3 +205,92 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(st, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted >= 15
+
+
+# ----------------------------------------------------------------------------- thresholds from rates
+
+
+def test_rate_threshold_on_non_monotone_trials_is_where_the_rate_crosses_one_half():
+    # Two trials recover at 10, fail again at 11 and recover at 12; one recovers at 11. The median of
+    # the first successes is 11, where only 1 of 5 trials recovers: n50 by the rate is 12.
+    ok = np.array([[1, 0, 1], [1, 0, 1], [0, 1, 1], [0, 0, 1], [0, 0, 1]], bool)
+    t = st.rate_threshold([10, 11, 12], ok)
+    assert t.first_success_median == 11.0
+    assert t.n50 == 12.0
+    np.testing.assert_allclose(t.rate, [0.4, 0.2, 1.0])
+    assert t.nonmonotone == pytest.approx(2 / 5)
+    assert t.low <= t.n50 <= t.high
+
+
+def test_rate_threshold_bands_and_ends():
+    grid = [4, 5, 6, 7]
+    none = st.rate_threshold(grid, np.zeros((30, 4), bool))
+    assert none.n50 == none.low == none.high == math.inf and none.nonmonotone == 0
+    every = st.rate_threshold(grid, np.ones((30, 4), bool))
+    assert every.n50 == every.low == every.high == 4.0
+    # 15 of 30 at every n: the observed rate is 1/2 from the start, but the lower band never reaches it
+    half = np.zeros((30, 4), bool)
+    half[:15] = True
+    t = st.rate_threshold(grid, half)
+    assert (t.n50, t.low, t.high) == (4.0, 4.0, math.inf)
+    # the ends follow the Clopper-Pearson bands exactly
+    counts = np.array([3, 9, 20, 28])
+    table = np.arange(30)[:, None] < counts[None, :]
+    lo, hi = st.binomial_interval(counts, 30)
+    t = st.rate_threshold(grid, table)
+    assert t.low == grid[int(np.argmax(hi >= 0.5))] and t.high == grid[int(np.argmax(lo >= 0.5))]
+    with pytest.raises(ValueError):
+        st.rate_threshold([4, 4, 5, 6], table)
+
+
+def test_rate_threshold_interval_covers_the_true_crossing_of_a_non_monotone_curve():
+    # A true success curve that rises, dips below 1/2 and rises again: n50* = the first n with p >= 1/2.
+    rng = np.random.default_rng(7)
+    grid = np.arange(10, 20)
+    p = np.array([0.05, 0.2, 0.45, 0.55, 0.4, 0.48, 0.7, 0.8, 0.95, 1.0])
+    true = grid[np.argmax(p >= 0.5)]
+    reps, trials, covered = 2000, 30, 0
+    for _ in range(reps):
+        t = st.rate_threshold(grid, rng.random((trials, grid.size)) < p)
+        covered += t.low <= true <= t.high
+    assert covered / reps >= 0.94  # nominal 0.95; the binomial error of the estimate is ~0.005
+
+
+def test_rate_threshold_ratio_uses_both_intervals():
+    a = np.zeros((40, 3), bool)
+    a[:, 2] = True
+    a[:30, 1] = True
+    b = np.ones((40, 2), bool)
+    r = st.rate_threshold_ratio([6, 7, 8], a, [2, 3], b)
+    ta = st.rate_threshold([6, 7, 8], a, 0.975)
+    assert r.median == 7 / 2 and r.low == ta.low / 2 and r.high == ta.high / 2
+
+
+def test_threshold_line_recovers_a_line_and_brackets_every_line_through_the_intervals():
+    m = np.array([18.4, 7.6, 5.9, 5.2])
+    a, b = 1.2, 2.0
+    y = a * m + b
+    f = st.threshold_line(m, y, y - 1, y + 1)
+    assert f.a == pytest.approx(a) and f.b == pytest.approx(b)
+    assert f.a_low < a < f.a_high and f.b_low < b < f.b_high
+    # brute force over a fine grid of lines: every feasible (a, b) lies inside the ranges, and the ends are attained
+    aa, bb = np.meshgrid(np.linspace(0.5, 2, 601), np.linspace(-5, 8, 601))
+    inside = np.all(np.abs(aa[..., None] * m + bb[..., None] - y) <= 1, axis=-1)
+    assert inside.any()
+    assert f.a_low - 1e-6 <= aa[inside].min() and aa[inside].max() <= f.a_high + 1e-6
+    assert aa[inside].min() - f.a_low < 0.01 and f.a_high - aa[inside].max() < 0.01
+    # no line through every interval: NaN ranges; an open end constrains nothing
+    bent = st.threshold_line([1.0, 2.0, 3.0], [1.0, 5.0, 3.0], [0.9, 4.9, 2.9], [1.1, 5.1, 3.1])
+    assert math.isnan(bent.a_low) and math.isnan(bent.b_high)
+    open_top = st.threshold_line([1.0, 2.0], [2.0, 3.0], [1.0, 2.0], [math.inf, math.inf])
+    assert open_top.a_high == math.inf and open_top.b_high == math.inf
+    with pytest.raises(ValueError):
+        st.threshold_line([1.0], [1.0], [0.0], [2.0])
+
+
+def test_student_t_quantile_for_any_degrees_of_freedom():
+    assert st.student_t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert st.student_t_quantile(0.975, 8) == pytest.approx(2.306, abs=1e-3)  # absent from the old table
+    assert st.student_t_quantile(0.975, 10**6) == pytest.approx(1.960, abs=1e-3)
+    with pytest.raises(ValueError, match="df > 0"):
+        st.student_t_quantile(0.975, 0)
