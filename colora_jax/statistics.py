@@ -278,13 +278,13 @@ def threshold_line(x, y, low, high) -> LineFit:
     finite = np.isfinite(y)
     a, b = np.polyfit(x[finite], y[finite], 1) if finite.sum() >= 2 else (math.nan, math.nan)
     rows, bounds = [], []
-    for xj, l, h in zip(x, lo, hi):
-        if np.isfinite(h):  # a xj + b <= h
+    for xj, lj, hj in zip(x, lo, hi):
+        if np.isfinite(hj):  # a xj + b <= h
             rows.append([xj, 1.0])
-            bounds.append(h)
-        if np.isfinite(l):  # a xj + b >= l
+            bounds.append(hj)
+        if np.isfinite(lj):  # a xj + b >= l
             rows.append([-xj, -1.0])
-            bounds.append(-l)
+            bounds.append(-lj)
 
     def extreme(index: int, sign: float) -> float:
         """min (sign = 1) or max (sign = -1) of coefficient ``index`` over the feasible lines."""
