@@ -4,7 +4,16 @@ Every script ``python -m proofs_numerics.NAME [--smoke] [--fresh] [--no-progress
 writes ``DIR/NAME.png`` and ``DIR/NAME.json`` (default ``figures/``); the JSON holds
 ``claim``, ``passed``, ``measured``, ``config`` (the resolved frozen dataclass), ``smoke``,
 ``seed``, ``code_version``, ``device``, ``seconds``, ``figure`` and ``results`` (the data the
-figure shows). Sweeps resume from ``results/NAME.jsonl`` (``results/smoke/`` for ``--smoke``);
+figure shows).
+
+Registered claims, confirmed on a fresh seed. A script's thresholds live in its ``Config``,
+written before the runs that judge them (from theory, or from an exploration run on the
+exploration seed). ``--confirm`` runs the same script with every ``confirmation_X`` field of the
+Config in place of ``X`` (the seeds), writes its record to ``RESULTS/confirmation/NAME.json``
+and attaches it to ``DIR/NAME.json`` as ``"confirmation": {"seed", "passed", "claims",
+"measured", ...}`` (``attach_confirmation``). The verdict of record is the confirmation's:
+``passed`` is the confirmation run's, ``exploration_passed`` the first run's. ``run_all`` runs
+both, exploration first. Sweeps resume from ``results/NAME.jsonl`` (``results/smoke/`` for ``--smoke``);
 compiled executables are cached in the persistent compilation cache
 (``colora_jax.enable_compile_cache``), so a second run skips compiling.
 """
@@ -15,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -56,6 +66,11 @@ def arguments(doc: str) -> argparse.Namespace:
     )
     p.add_argument("--results", default="results", help="directory of the resumable sweep files")
     p.add_argument(
+        "--confirm",
+        action="store_true",
+        help="the confirmation run: the Config's confirmation seeds, its record attached to DIR/NAME.json",
+    )
+    p.add_argument(
         "--workers",
         type=_positive,
         default=1,
@@ -65,6 +80,32 @@ def arguments(doc: str) -> argparse.Namespace:
     args.out = args.out or (os.path.join(args.results, "smoke", "figures") if args.smoke else "figures")
     compile_cache()
     return args
+
+
+def configure(config, args):
+    """The configuration a run uses: ``config`` itself, or with ``--confirm`` every field ``X``
+    that has a ``confirmation_X`` replaced by that field's value (the registered fresh seeds)."""
+    if not getattr(args, "confirm", False):
+        return config
+    try:
+        return _confirmation_config(config)
+    except ValueError as err:
+        print(f"--confirm: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _confirmation_config(config):
+    fields = {f.name for f in dataclasses.fields(config)}
+    moved = {name[len("confirmation_") :] for name in fields if name.startswith("confirmation_")}
+    if not moved or not moved <= fields:
+        raise ValueError(
+            f"{type(config).__name__} registers no confirmation seed for every confirmation_ field: "
+            f"add confirmation_seed (and confirmation_X for each other seed X) to the Config"
+        )
+    changes = {name: getattr(config, f"confirmation_{name}") for name in moved}
+    if any(changes[name] == getattr(config, name) for name in moved):
+        raise ValueError(f"a confirmation seed of {type(config).__name__} equals its exploration seed: {changes}")
+    return dataclasses.replace(config, **changes)
 
 
 def compile_cache() -> None:
@@ -172,12 +213,15 @@ def success_table(results: list[dict], key: str = "rel_error") -> np.ndarray:
 def threshold_summary(grid, success, m_star: float, level: float = statistics.LEVEL) -> dict:
     """Everything a threshold claim needs from a ``(trials, len(grid))`` success table.
 
-    ``n50`` (median of the trials' thresholds) with its order-statistic interval, the same in
-    units of ``m_star``, the integer floor ``ceil(m*)/m*``, the trials whose recovery is not
-    monotone in n, and the success rate at every n with its Clopper-Pearson band.
+    ``n50`` is where the success rate crosses one half (``statistics.rate_threshold``: the
+    smallest grid n whose observed rate is >= 1/2, with the interval from the Clopper-Pearson
+    bands), the same in units of ``m_star``; the integer floor ``ceil(m*)/m*``; the success rate
+    at every n with its band; the secondary first-success median (``n50_first_success``, biased
+    low when trials are not monotone in n), the trials that fail again above their first
+    success and their share; and the success table itself (``table``), for ratios of thresholds.
     """
     th = statistics.trial_thresholds(grid, success)
-    med = statistics.median_interval(th.values, level)
+    rate = statistics.rate_threshold(grid, success, level)
     trials = success.shape[0]
     successes = success.sum(axis=0)
     low, high = statistics.binomial_interval(successes, trials, level)
@@ -188,16 +232,27 @@ def threshold_summary(grid, success, m_star: float, level: float = statistics.LE
         "success": successes / trials,
         "success_low": low,
         "success_high": high,
+        "table": np.asarray(success, bool).astype(int).tolist(),
         "thresholds": th.values,
         "nonmonotone": th.nonmonotone.tolist(),
-        "n50": med.median,
-        "n50_low": med.low,
-        "n50_high": med.high,
-        "ratio": med.median / m_star,
-        "ratio_low": med.low / m_star,
-        "ratio_high": med.high / m_star,
+        "nonmonotone_fraction": rate.nonmonotone,
+        "n50": rate.n50,
+        "n50_low": rate.low,
+        "n50_high": rate.high,
+        "n50_first_success": rate.first_success_median,
+        "ratio": rate.n50 / m_star,
+        "ratio_low": rate.low / m_star,
+        "ratio_high": rate.high / m_star,
         "floor": statistics.integer_floor(m_star),
     }
+
+
+def threshold_ratio(a: dict, b: dict, level: float = statistics.LEVEL) -> statistics.MedianInterval:
+    """``n50_a / n50_b`` of two ``threshold_summary`` records, with its Bonferroni interval
+    (``statistics.rate_threshold_ratio``)."""
+    return statistics.rate_threshold_ratio(
+        a["samples"], np.asarray(a["table"], bool), b["samples"], np.asarray(b["table"], bool), level
+    )
 
 
 class Claims:
@@ -308,11 +363,67 @@ def finish(
         "results": results,
         **(extra or {}),
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+    confirming = getattr(args, "confirm", False)
+    folder = confirmation_folder(args) if confirming else args.out
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
         json.dump(to_jsonable(record), f, indent=1)
     summary = ", ".join(f"{k}={_short(v)}" for k, v in measured.items())
-    print(f"{'PASS' if passed else 'FAIL'}: {claim}  [{summary}; {record['seconds']} s]", flush=True)
+    label = "confirmation " if confirming else ""
+    print(f"{label}{'PASS' if passed else 'FAIL'}: {claim}  [{summary}; {record['seconds']} s]", flush=True)
+    if confirming:
+        try:
+            attach_confirmation(os.path.join(args.out, f"{name}.json"), os.path.join(folder, f"{name}.json"))
+        except ValueError as err:
+            print(f"{name}: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return record
+
+
+def confirmation_folder(args) -> str:
+    """Where a ``--confirm`` run writes its own record and figure (beside the sweep files)."""
+    folder = os.path.join(args.results, "smoke") if args.smoke else args.results
+    return os.path.join(folder, "confirmation")
+
+
+def attach_confirmation(record_path: str, confirmation_path: str) -> dict:
+    """Attach the confirmation record to the exploration record at ``record_path`` (rewritten).
+
+    Both must come from the same code version and the same configuration apart from the seeds
+    (``ValueError`` otherwise: run the exploration again first). The exploration's verdict is kept
+    as ``exploration_passed``; ``passed`` becomes the confirmation's.
+    """
+    if not os.path.exists(record_path):
+        raise ValueError(f"no exploration record {record_path} to confirm: run the script without --confirm first")
+    with open(record_path) as f:
+        record = json.load(f)
+    with open(confirmation_path) as f:
+        confirmation = json.load(f)
+    if record["code_version"] != confirmation["code_version"]:
+        raise ValueError(
+            f"{record_path} was written by {record['code_version']}, its confirmation by"
+            f" {confirmation['code_version']}: run both from one clean commit"
+        )
+    config, confirmed = dict(record["config"]), dict(confirmation["config"])
+    moved = {k[len("confirmation_") :] for k in config if k.startswith("confirmation_")}
+    for k in moved:
+        config.pop(k), confirmed.pop(k)
+    if config != confirmed:
+        raise ValueError(f"{record_path} and its confirmation differ in more than their seeds: run both again")
+    record.pop("confirmation", None)
+    record["exploration_passed"] = record.pop("exploration_passed", record["passed"])
+    record["passed"] = bool(confirmation["passed"])
+    kept = ("passed", "claims", "measured", "seconds")
+    record["confirmation"] = {k: confirmation[k] for k in kept if k in confirmation}
+    record["confirmation"]["seeds"] = {k: confirmation["config"][k] for k in sorted(moved)}
+    record["confirmation"]["seed"] = confirmation["config"].get("seed")
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(
+        f"{os.path.basename(record_path)}: exploration {'PASS' if record['exploration_passed'] else 'FAIL'},"
+        f" confirmation {'PASS' if record['passed'] else 'FAIL'} (the verdict of record)",
+        flush=True,
+    )
     return record
 
 

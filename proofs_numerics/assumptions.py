@@ -60,6 +60,7 @@ class Config:
     """One base problem and its variants, a sample grid around each threshold."""
 
     seed: int = 0  # PRNG seed of every cell
+    confirmation_seed: int = 1  # the registered fresh seed of the confirmation run (--confirm)
     model: str = "sensing"  # measurement model
     users: int = 10  # k
     d_out: int = 12  # output dimension
@@ -159,7 +160,7 @@ def diversity(config: Config, variant: str) -> float:
 
 def main() -> None:
     args = _common.arguments(__doc__)
-    config = SMOKE if args.smoke else Config()
+    config = _common.configure(SMOKE if args.smoke else Config(), args)
     started = time.time()
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=compute, tag="top-trace")
@@ -195,7 +196,7 @@ def main() -> None:
     for v in config.variants:
         if v == "base":
             continue
-        q = statistics.median_ratio_interval(summary[v]["thresholds"], base["thresholds"], config.level)
+        q = _common.threshold_ratio(summary[v], base, config.level)
         if v.startswith("zero-mean") or v.startswith("g = "):
             claims.add(
                 f"{v}: n50 / base n50",

@@ -51,6 +51,7 @@ class Config:
     """Noiseless float64 AltMin runs at a few multiples of the degrees-of-freedom minimum."""
 
     seed: int = 0  # PRNG seed of every cell
+    confirmation_seed: int = 1  # the registered fresh seed of the confirmation run (--confirm)
     models: tuple[str, ...] = ("sensing", "regression")  # measurement models
     users: int = 20  # k
     d_out: int = 20  # output dimension
@@ -156,7 +157,7 @@ def burn_in(curve: np.ndarray, level: float) -> float:
 
 def main() -> None:
     args = _common.arguments(__doc__)
-    config = SMOKE if args.smoke else Config()
+    config = _common.configure(SMOKE if args.smoke else Config(), args)
     started = time.time()
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=compute, tag="trace-rate")

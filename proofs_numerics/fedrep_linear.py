@@ -65,6 +65,7 @@ class Config:
     """FedRep's synthetic linear setting, three sample sizes, tuned steps, one round budget."""
 
     seed: int = 0  # PRNG seed of the evaluation cells (all methods see the same problems)
+    confirmation_seed: int = 1  # the registered fresh seed of the confirmation run (--confirm)
     tuning_seed: int = 1000  # PRNG seed of the tuning cells (other problems)
     problem: cj.SharedInputConfig = dataclasses.replace(FEDREP_SYNTHETIC, test_samples=50)  # d=20, r=2, 100 users
     samples: tuple[int, ...] = (5, 10, 20)  # samples per user (FedRep's)
@@ -203,7 +204,7 @@ def rounds_to(curve: np.ndarray, level: float) -> float:
 
 def main() -> None:
     args = _common.arguments(__doc__)
-    config = SMOKE if args.smoke else Config()
+    config = _common.configure(SMOKE if args.smoke else Config(), args)
     started = time.time()
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=compute, tag="trace-fedsgd-v2")

@@ -48,6 +48,7 @@ class Config:
     """A noise sweep at fixed k, and a users sweep at fixed noise, at one sample size per model."""
 
     seed: int = 0  # PRNG seed of every cell
+    confirmation_seed: int = 1  # the registered fresh seed of the confirmation run (--confirm)
     models: tuple[str, ...] = ("sensing", "regression")  # measurement models
     d_out: int = 20  # output dimension
     d_in: int = 20  # input dimension
@@ -116,7 +117,7 @@ def cells(config: Config):
 
 def main() -> None:
     args = _common.arguments(__doc__)
-    config = SMOKE if args.smoke else Config()
+    config = _common.configure(SMOKE if args.smoke else Config(), args)
     started = time.time()
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args)

@@ -71,6 +71,7 @@ class Config:
     """Lower bounds on both constants over k at fixed n and over n at fixed k, both models."""
 
     seed: int = 0  # PRNG seed of every cell
+    confirmation_seed: int = 1  # the registered fresh seed of the confirmation run (--confirm)
     models: tuple[str, ...] = ("sensing", "regression")  # measurement models
     d_out: int = 10  # output dimension
     d_in: int = 10  # input dimension
@@ -205,7 +206,7 @@ def cells(config: Config):
 
 def main() -> None:
     args = _common.arguments(__doc__)
-    config = SMOKE if args.smoke else Config()
+    config = _common.configure(SMOKE if args.smoke else Config(), args)
     started = time.time()
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=per_cell(isometry_cell), tag="isometry-v3")

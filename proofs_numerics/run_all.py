@@ -4,8 +4,10 @@
 
 ``make proofs`` runs this (``make proofs SMOKE=1``: the smoke configurations, written under
 results/smoke/figures so the committed figures stay untouched); ``make figures`` adds
-``--fresh``, recomputing every sweep cell. Exit status 1 if a script crashed or wrote no JSON
-(a FAIL is a finding about the claim, reported in the table, not an error of the run).
+``--fresh``, recomputing every sweep cell. Each script of the linear model runs twice: the
+exploration (its Config's seeds) and then the confirmation (``--confirm``: the registered fresh
+seeds), whose verdict is the one of record (``_common.attach_confirmation``). Exit status 1 if
+a script crashed or wrote no JSON (a FAIL is a finding about the claim, reported in the table, not an error of the run).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 
-# (module, whether it takes the sweep flags --fresh/--results)
+# (module, whether it takes the sweep flags --fresh/--results and --confirm)
 SCRIPTS: tuple[tuple[str, bool], ...] = (
     ("phase_transition", True),
     ("convergence", True),
@@ -33,12 +35,14 @@ SCRIPTS: tuple[tuple[str, bool], ...] = (
 )
 
 
-def command(name: str, sweeps: bool, args) -> list[str]:
+def command(name: str, sweeps: bool, args, confirm: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", f"proofs_numerics.{name}", "--no-progress", "--out", args.out]
     if args.smoke:
         cmd.append("--smoke")
     if sweeps and args.fresh:
         cmd.append("--fresh")
+    if confirm:
+        cmd.append("--confirm")
     return cmd
 
 
@@ -57,9 +61,12 @@ def row(name: str, out: str, status: int, seconds: float) -> dict:
         record = json.load(f)
     measured = record.get("measured")
     measured = "; ".join(f"{k}={v}" for k, v in measured.items()) if measured else "(in the claim)"
+    result = "PASS" if record["passed"] else "FAIL"
+    if "confirmation" in record:
+        result += f" (exploration {'PASS' if record['exploration_passed'] else 'FAIL'})"
     return {
         "script": name,
-        "result": "PASS" if record["passed"] else "FAIL",
+        "result": result,
         "measured": measured,
         "figure": record.get("figure", os.path.join(out, f"{name}.png")),
         "claim": record["claim"],
@@ -89,6 +96,8 @@ def main() -> int:
         print(f"== {name}", flush=True)
         start = time.time()
         status = subprocess.call(command(name, sweeps, args))
+        if status == 0 and sweeps:
+            status = subprocess.call(command(name, sweeps, args, confirm=True))
         rows.append(row(name, args.out, status, time.time() - start))
     print("\n" + table(rows), flush=True)
     return 1 if any(r["result"] == "ERROR" for r in rows) else 0

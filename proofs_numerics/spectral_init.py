@@ -52,6 +52,7 @@ class Config:
     """Three series of total sample sizes: more users at two n, and more samples per user at fixed k."""
 
     seed: int = 0  # PRNG seed of every cell
+    confirmation_seed: int = 1  # the registered fresh seed of the confirmation run (--confirm)
     models: tuple[str, ...] = ("sensing", "regression")  # measurement models
     d_out: int = 20  # output dimension
     d_in: int = 20  # input dimension
@@ -147,7 +148,7 @@ def prediction(config: Config, model: str, c: float) -> tuple[float, float]:
 
 def main() -> None:
     args = _common.arguments(__doc__)
-    config = SMOKE if args.smoke else Config()
+    config = _common.configure(SMOKE if args.smoke else Config(), args)
     started = time.time()
     labelled = cells(config)
     sw = _common.run_sweep(NAME, [c for _, c in labelled], args, compute=_common.with_trace, tag="trace")

@@ -58,6 +58,7 @@ class Config:
     """Settings (angle, mean fraction, deviation) applied to one generated problem per trial, regression model."""
 
     seed: int = 0  # PRNG seed of every cell (all methods and settings see the same problems)
+    confirmation_seed: int = 1  # the registered fresh seed of the confirmation run (--confirm)
     model: str = "regression"  # measurement model (the LoRA-faithful one)
     users: int = 20  # k
     d_out: int = 20  # output dimension
@@ -185,7 +186,7 @@ def crossover(angles, colora, local) -> tuple[float, float]:
 
 def main() -> None:
     args = _common.arguments(__doc__)
-    config = SMOKE if args.smoke else Config()
+    config = _common.configure(SMOKE if args.smoke else Config(), args)
     started = time.time()
     labelled = cells(config)
     grid = settings(config)

@@ -1,5 +1,8 @@
 """The proof scripts' shared predictions and verdict bookkeeping (proofs_numerics/_common.py), on known answers."""
 
+import argparse
+import importlib
+import json
 import math
 
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 
 import colora_jax as cj
 from proofs_numerics import _common
+from proofs_numerics.run_all import SCRIPTS
 
 
 @pytest.mark.parametrize("model", ["sensing", "regression"])
@@ -69,3 +73,58 @@ def test_claims_pass_only_when_every_interval_is_inside():
     summary = c.summary()
     assert summary["a"].endswith("holds") and summary["b"].endswith("undecided")
     assert not _common.Claims().passed  # no claim checked is not a pass
+
+
+def test_threshold_summary_reads_n50_off_the_rate_on_non_monotone_trials():
+    # 3 of 6 trials recover at 5, two of them fail again at 6 and 7: the first-success median is 5,
+    # but at 6 only 2 of 6 recover; the rate reaches 1/2 again at 8.
+    success = np.array([[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]], bool)
+    s = _common.threshold_summary([5, 6, 7, 8], success, m_star=4.0)
+    assert s["n50_first_success"] == 5 and s["n50"] == 5  # 3 of 6 at 5: the rate is exactly 1/2 there
+    success[2, 0] = False  # now 2 of 6 at 5, 2 at 6, 2 at 7, 5 at 8
+    s = _common.threshold_summary([5, 6, 7, 8], success, m_star=4.0)
+    assert s["n50_first_success"] == 6 and s["n50"] == 8
+    assert s["nonmonotone_fraction"] == pytest.approx(2 / 6) and s["nonmonotone"] == [0, 1]
+    assert s["n50_low"] <= s["n50"] <= s["n50_high"]
+    ratio = _common.threshold_ratio(s, s)
+    assert ratio.median == 1 and ratio.low <= 1 <= ratio.high
+
+
+def _record(tmp_path, name, **fields):
+    base = {"passed": True, "code_version": "abc", "config": {"seed": 0, "confirmation_seed": 1, "trials": 4}}
+    record = {**base, "claims": [], "measured": {}, "seconds": 1.0, **fields}
+    path = tmp_path / name
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_the_confirmation_decides_the_verdict_of_record(tmp_path):
+    main = _record(tmp_path, "x.json", passed=True)
+    confirmation = _record(tmp_path, "c.json", passed=False, config={"seed": 1, "confirmation_seed": 1, "trials": 4})
+    record = _common.attach_confirmation(main, confirmation)
+    assert record["exploration_passed"] is True and record["passed"] is False
+    assert record["confirmation"]["seed"] == 1 and record["confirmation"]["passed"] is False
+    assert json.loads((tmp_path / "x.json").read_text())["passed"] is False
+    # attached again (a rerun of the confirmation): the exploration's verdict is kept
+    assert _common.attach_confirmation(main, confirmation)["exploration_passed"] is True
+
+
+def test_a_confirmation_from_another_version_or_configuration_is_refused(tmp_path):
+    main = _record(tmp_path, "x.json")
+    other_code = _record(tmp_path, "c1.json", code_version="def")
+    with pytest.raises(ValueError, match="one clean commit"):
+        _common.attach_confirmation(main, other_code)
+    other_config = _record(tmp_path, "c2.json", config={"seed": 1, "confirmation_seed": 1, "trials": 5})
+    with pytest.raises(ValueError, match="more than their seeds"):
+        _common.attach_confirmation(main, other_config)
+    with pytest.raises(ValueError, match="without --confirm first"):
+        _common.attach_confirmation(str(tmp_path / "missing.json"), other_code)
+
+
+@pytest.mark.parametrize("name", [name for name, sweeps in SCRIPTS if sweeps])
+def test_every_linear_script_registers_fresh_confirmation_seeds(name):
+    module = importlib.import_module(f"proofs_numerics.{name}")
+    for config in (module.Config(), module.SMOKE):
+        confirmed = _common.configure(config, argparse.Namespace(confirm=True))
+        assert confirmed.seed == config.confirmation_seed != config.seed
+        assert _common.configure(config, argparse.Namespace(confirm=False)) is config

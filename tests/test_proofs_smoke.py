@@ -36,20 +36,15 @@ FIELDS = {
 }
 
 
+def _smoke(name: str, tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", f"proofs_numerics.{name}", "--smoke", "--no-progress", "--out", str(tmp_path)]
+    cmd += ["--results", str(tmp_path / "results"), *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.parametrize("name", OURS)
 def test_smoke_configuration_writes_figure_and_record(name, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        f"proofs_numerics.{name}",
-        "--smoke",
-        "--no-progress",
-        "--out",
-        str(tmp_path),
-        "--results",
-        str(tmp_path / "results"),
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = _smoke(name, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith(("PASS: ", "FAIL: ")), last
@@ -58,3 +53,15 @@ def test_smoke_configuration_writes_figure_and_record(name, tmp_path):
     assert record["smoke"] is True and record["config"] and record["code_version"]
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     assert (tmp_path / "results" / "smoke" / f"{name}.jsonl").exists(), "the sweep writes its cells as it goes"
+
+
+def test_the_confirmation_run_is_attached_and_decides(tmp_path):
+    assert _smoke("phase_transition", tmp_path).returncode == 0
+    done = _smoke("phase_transition", tmp_path, "--confirm")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "phase_transition.json").read_text())
+    confirmation = json.loads((tmp_path / "results" / "smoke" / "confirmation" / "phase_transition.json").read_text())
+    assert record["confirmation"]["seed"] == confirmation["seed"] == record["config"]["confirmation_seed"]
+    assert record["confirmation"]["seed"] != record["seed"]
+    assert record["passed"] == confirmation["passed"] and "exploration_passed" in record
+    assert record["confirmation"]["claims"] == confirmation["claims"]
