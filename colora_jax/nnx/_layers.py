@@ -409,8 +409,10 @@ def _probe_rank(base: nnx.Module, axes: LayerAxes, equation: str | None) -> int:
 
 
 def _pattern(shape: tuple[int, ...], phase: float) -> np.ndarray:
-    """A fixed, non-degenerate array (no key needed): ``sin`` of an arithmetic sequence."""
-    return np.sin(np.arange(math.prod(shape), dtype=np.float64) * 0.7 + phase).reshape(shape)
+    """A fixed, full-rank, noise-like array of unit root mean square (uniform on ``[-sqrt(3), sqrt(3))``,
+    a hash of the index: no key needed)."""
+    index = np.arange(math.prod(shape), dtype=np.float64)
+    return (((np.sin(index * 12.9898 + phase) * 43758.5453) % 1.0 - 0.5) * math.sqrt(12.0)).reshape(shape)
 
 
 def check_contraction(base: nnx.Module) -> None:

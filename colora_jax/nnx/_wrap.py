@@ -146,7 +146,7 @@ def build_replacements(
         try:
             built.append((p, build(m, path_name(p))))
         except ValueError as error:
-            raise ValueError(f"{path_name(p)} ({type(m).__name__}): {error}") from None
+            raise ValueError(f"{path_name(p)}: {error}") from None
     return built
 
 
