@@ -120,37 +120,43 @@ class TimeMajor(nnx.Module):
         return jnp.swapaxes(self.up(jnp.swapaxes(x, 0, 1)), 0, 1)
 
 
+class DeclaredTimeMajor(TimeMajor):
+    colora_example_axis = 1  # the model states its layout; apply_colora reads it
+
+
+def _one_at_a_time(model, x, ids):
+    with cn.colora_users(model, ids):
+        mixed = model(x)
+    for row, user in enumerate(ids.tolist()):
+        with cn.colora_users(model, jnp.array([user])):
+            np.testing.assert_allclose(mixed[row : row + 1], model(x[row : row + 1]), atol=1e-5, rtol=1e-5)
+    return mixed
+
+
 def test_time_major_routing_is_explicit_and_ambiguity_is_refused():
     ids = jnp.array([0, 2, 1])
     square = jax.random.normal(jax.random.key(0), (3, 3, 4))  # seq == batch: the shape cannot tell
-    model = cn.apply_colora(TimeMajor(nnx.Rngs(0)), users=3, rank=2, targets=["up"], rngs=nnx.Rngs(1))
-    _randomize(model, jax.random.key(2))
+    wrap = dict(users=3, rank=2, targets=["up"], rngs=nnx.Rngs(1))
+    model = _randomize(cn.apply_colora(TimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
     with cn.colora_users(model, ids), pytest.raises(ValueError, match=r"cannot tell.*example_axis=0"):
         model(square)
     with cn.colora_users(model, ids), pytest.raises(ValueError, match=r"axis 1 has length 3.*example_axis=1"):
         model(square[:, :2])  # seq != batch: the leading axis is not the examples', and the message says which is
 
-    model.up.example_axis = 1  # as apply_colora(..., example_axis=1) sets it
-    with cn.colora_users(model, ids):
-        mixed = model(square)
-    for row, user in enumerate(ids.tolist()):
-        with cn.colora_users(model, jnp.array([user])):
-            np.testing.assert_allclose(mixed[row : row + 1], model(square[row : row + 1]), atol=1e-5, rtol=1e-5)
+    explicit = _randomize(cn.apply_colora(TimeMajor(nnx.Rngs(0)), example_axis=1, **wrap), jax.random.key(2))
+    declared = _randomize(cn.apply_colora(DeclaredTimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
+    assert declared.up.example_axis == 1
+    np.testing.assert_array_equal(_one_at_a_time(explicit, square, ids), _one_at_a_time(declared, square, ids))
 
-    batch_major = cn.apply_colora(
-        nnx.Dict(up=nnx.Linear(4, 3, rngs=nnx.Rngs(0))),
-        users=3,
-        rank=2,
-        targets=["up"],
-        rngs=nnx.Rngs(1),
-        example_axis=0,
-    )  # stating the layout makes seq == batch fine
-    _randomize(batch_major, jax.random.key(2))
-    mixed = batch_major["up"](square, ids)
-    for row, user in enumerate(ids.tolist()):
-        np.testing.assert_allclose(
-            mixed[row], batch_major["up"](square[row : row + 1], jnp.array([user]))[0], atol=1e-5
-        )
+
+_UP = dict(users=3, rank=2, targets=["up"], rngs=nnx.Rngs(1))
+
+
+def test_the_packaged_models_declare_batch_major_so_seq_equal_to_batch_routes_by_example():
+    cfg = cn.TransformerConfig(vocab=11, seq_len=3, width=8, depth=1, heads=2)
+    model = _randomize(cn.apply_colora(cn.Transformer(cfg, rngs=nnx.Rngs(0)), **_UP), jax.random.key(2))
+    tokens = jax.random.randint(jax.random.key(0), (3, 3), 0, 11)
+    _one_at_a_time(model, tokens, jnp.array([0, 2, 1]))
 
 
 class WithConv(nnx.Module):

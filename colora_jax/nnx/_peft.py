@@ -35,7 +35,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from colora_jax.nnx._layers import CoLoRALinear, check_user_ids, layer_axes
-from colora_jax.nnx._wrap import adapted_layers, build_replacements, path_name, set_child
+from colora_jax.nnx._wrap import adapted_layers, build_replacements, declared_example_axes, path_name, set_child
 
 __all__ = ["export_peft", "import_peft", "pattern_key", "PEFT_WEIGHTS", "PEFT_CONFIG"]
 
@@ -208,8 +208,9 @@ def import_peft(model: nnx.Module, directory: str | os.PathLike, *, users: int) 
         s = _scaling(config, name, rank)
         u = (s * jnp.asarray(b)).reshape(*axes.out_shape, rank)
         v = jnp.asarray(a).T.reshape(*axes.in_shape, rank)
-        return CoLoRALinear(layer, users=users, rank=rank, shared_factors=(u, v))
+        return CoLoRALinear(layer, users=users, rank=rank, shared_factors=(u, v), example_axis=declared[name])
 
+    declared = declared_example_axes(model)
     # exact dotted paths only: a group never equals a bare last path component such as "up"
     built = build_replacements(model, [f"(?:{re.escape(n)})" for n in factors], build)
     missing = set(factors) - {path_name(p) for p, _ in built}

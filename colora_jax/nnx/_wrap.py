@@ -42,6 +42,7 @@ __all__ = [
     "path_name",
     "replace_layers",
     "build_replacements",
+    "declared_example_axes",
     "set_child",
     "ridge_penalty",
 ]
@@ -70,6 +71,21 @@ def _modules(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
     found = [(p, m) for p, m in nnx.iter_graph(model) if p and isinstance(m, nnx.Module)]
     adapted = [p for p, m in found if isinstance(m, Adapted)]
     return [(p, m) for p, m in found if not _below(p, adapted)]
+
+
+def declared_example_axes(model: nnx.Module) -> dict[str, int | None]:
+    """Dotted path -> the example axis its inputs have, as the nearest enclosing module declares it.
+
+    A model states its layout with a ``colora_example_axis`` attribute (``0`` for batch-major,
+    ``1`` for a model that runs time-major inside); a sub-module's own declaration overrides its
+    parent's. ``None`` where nothing is declared.
+    """
+    found = sorted(((p, m) for p, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)), key=lambda pm: len(pm[0]))
+    axes: dict[str, int | None] = {}
+    for p, m in found:
+        own = getattr(m, "colora_example_axis", None)
+        axes[path_name(p)] = own if own is not None else (axes.get(path_name(p[:-1])) if p else None)
+    return axes
 
 
 def _linear_paths(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
@@ -214,8 +230,10 @@ def apply_colora(
       users_axis: mesh axis to split the personal banks over (``None``: replicated).
       dtype: compute dtype of the adapters (``None``: each wrapped layer's own ``dtype``).
       example_axis: the axis of each wrapped layer's input that indexes examples, e.g. ``1`` for
-        layers of a model that runs time-major inside (``None``: the leading axis, and a call
-        whose input has another free axis as long as the ids is refused as ambiguous).
+        layers of a model that runs time-major inside. ``None``: as the model declares it
+        (a ``colora_example_axis`` attribute on the model or an enclosing module, see
+        :func:`declared_example_axes`); where nothing is declared, the leading axis, and a call
+        whose input has another free axis as long as the ids is refused as ambiguous.
 
     Returns:
       ``model`` (mutated), whose output equals the original's for every user at initialization.
@@ -224,10 +242,11 @@ def apply_colora(
       ValueError: if a target matches nothing, names a module that cannot be adapted (its path
         and type are in the message), or a layer cannot take the rank.
     """
+    declared = declared_example_axes(model)
     return replace_layers(
         model,
         targets,
-        lambda lin, _: CoLoRALinear(
+        lambda lin, name: CoLoRALinear(
             lin,
             users=users,
             rank=rank,
@@ -235,7 +254,7 @@ def apply_colora(
             centered=centered,
             users_axis=users_axis,
             dtype=dtype,
-            example_axis=example_axis,
+            example_axis=declared[name] if example_axis is None else example_axis,
         ),
     )
 
@@ -253,11 +272,18 @@ def apply_lora_bank(
 ) -> M:
     """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local``
     baseline); layers, targets, arguments, atomicity and errors as :func:`apply_colora`."""
+    declared = declared_example_axes(model)
     return replace_layers(
         model,
         targets,
-        lambda lin, _: LoRABankLinear(
-            lin, users=users, rank=rank, rngs=rngs, users_axis=users_axis, dtype=dtype, example_axis=example_axis
+        lambda lin, name: LoRABankLinear(
+            lin,
+            users=users,
+            rank=rank,
+            rngs=rngs,
+            users_axis=users_axis,
+            dtype=dtype,
+            example_axis=declared[name] if example_axis is None else example_axis,
         ),
     )
 
