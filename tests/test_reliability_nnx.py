@@ -104,6 +104,7 @@ def test_a_linear_subclass_with_its_own_call_is_refused_unless_it_stays_linear_i
 
     model = nnx.Dict(up=LoggedLinear(4, 3, rngs=nnx.Rngs(0)))
     cn.apply_colora(model, users=2, rank=2, targets=["up"], rngs=nnx.Rngs(1))
+    assert not hasattr(model["up"].base, "calls")  # the check ran a copy, not the module itself
     _randomize(model, jax.random.key(2))
     x = jax.random.normal(jax.random.key(3), (2, 4))
     adapted = model["up"](x, jnp.array([1, 1]))
@@ -208,3 +209,21 @@ def test_merge_without_adapters_and_export_to_a_bad_path_say_what_to_change(tmp_
             cn.export_peft(model, 0, locked)
     with pytest.raises(ValueError, match=r"has no adapter_config.json"):
         cn.import_peft(TwoLayers(nnx.Rngs(0)), tmp_path / "nowhere", users=2)
+
+
+class Normed(nnx.Module):
+    def __init__(self, rngs):
+        self.norm = nnx.LayerNorm(4, rngs=rngs)
+        self.up = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.up(self.norm(x))
+
+
+def test_regexes_pass_over_norms_but_names_do_not_and_nothing_is_adapted_twice():
+    model = cn.apply_colora(Normed(nnx.Rngs(0)), users=2, rank=1, targets=[".*"], rngs=nnx.Rngs(1))
+    assert [n for n, _ in cn.adapted_layers(model)] == ["up"]
+    with pytest.raises(ValueError, match=r"up is already a CoLoRALinear"):
+        cn.apply_colora(model, users=2, rank=1, targets=["up"], rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError, match=r"target norm is a LayerNorm, which CoLoRA cannot adapt"):
+        cn.apply_colora(Normed(nnx.Rngs(0)), users=2, rank=1, targets=["norm", "up"], rngs=nnx.Rngs(1))

@@ -418,8 +418,8 @@ def _pattern(shape: tuple[int, ...], phase: float) -> np.ndarray:
 def check_contraction(base: nnx.Module) -> None:
     """Check that ``base`` computes ``einsum(equation, x, kernel)`` plus terms without the kernel.
 
-    The module is run on a fixed input ``x`` with its kernel ``K`` and with ``K + P`` (``P`` a
-    fixed pattern of ``K``'s shape and scale); the difference of its outputs must equal the
+    A copy of the module is run on a fixed input ``x`` with its kernel ``K`` and with ``K + P``
+    (``P`` a fixed pattern of ``K``'s shape and scale); the difference of its outputs must equal the
     declared contraction of ``x`` with ``P``. That is the property an adapter relies on: adding
     the contraction of ``x`` with ``Delta`` to the module's output equals running the module with
     the merged kernel ``K + Delta``. flax's three linear classes used as they are skip the check,
@@ -447,13 +447,11 @@ def check_contraction(base: nnx.Module) -> None:
     x = jnp.asarray(_pattern(tuple(sizes.get(c, 2) for c in lhs), 0.3), jnp.float32)
     scale = float(jnp.sqrt(jnp.mean(jnp.square(kernel.astype(jnp.float32))))) or 1.0
     step = jnp.asarray(_pattern(kernel.shape, 1.1) * scale, kernel.dtype)
+    probe = nnx.clone(base)  # run a copy: the module's own state (counters, caches) is not touched
     try:
-        before = base(x)
-        var.set_value(kernel + step)
-        try:
-            after = base(x)
-        finally:
-            var.set_value(kernel)
+        before = probe(x)
+        getattr(probe, contraction.kernel).set_value(kernel + step)
+        after = probe(x)
     except Exception as error:  # noqa: BLE001 - any failure of a foreign module means it cannot be checked
         raise ValueError(
             f"{kind}: could not run it on an input of shape {x.shape} (from its contraction"

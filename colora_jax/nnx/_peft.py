@@ -9,8 +9,9 @@ it is exported with ``s = 1`` (``alpha = r`` for each layer) as
 
     lora_A = V^T,        lora_B = U S_i.
 
-For an ``nnx.Einsum`` or ``nnx.LinearGeneral``, ``d_in`` and ``d_out`` are the products of the
-kernel's input and output axes, flattened row-major in kernel order: the PyTorch counterpart of
+For an ``nnx.Einsum``, an ``nnx.LinearGeneral`` or a custom einsum module (tunix's ``Einsum``),
+``d_in`` and ``d_out`` are the products of the kernel's input and output axes, flattened
+row-major in kernel order: the PyTorch counterpart of
 a query projection ``BTD,DNH->BTNH`` is ``nn.Linear(D, N * H)`` whose output is viewed as
 ``(N, H)``, and of an output projection over ``(N, H)`` it is ``nn.Linear(N * H, D)``.
 
