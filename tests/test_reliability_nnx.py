@@ -134,18 +134,19 @@ def _one_at_a_time(model, x, ids):
     return mixed
 
 
-def test_time_major_routing_is_explicit_and_ambiguity_is_refused():
+@pytest.mark.parametrize("apply", [cn.apply_colora, cn.apply_lora_bank])
+def test_time_major_routing_is_explicit_and_ambiguity_is_refused(apply):
     ids = jnp.array([0, 2, 1])
     square = jax.random.normal(jax.random.key(0), (3, 3, 4))  # seq == batch: the shape cannot tell
     wrap = dict(users=3, rank=2, targets=["up"], rngs=nnx.Rngs(1))
-    model = _randomize(cn.apply_colora(TimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
+    model = _randomize(apply(TimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
     with cn.colora_users(model, ids), pytest.raises(ValueError, match=r"cannot tell.*example_axis=0"):
         model(square)
     with cn.colora_users(model, ids), pytest.raises(ValueError, match=r"axis 1 has length 3.*example_axis=1"):
         model(square[:, :2])  # seq != batch: the leading axis is not the examples', and the message says which is
 
-    explicit = _randomize(cn.apply_colora(TimeMajor(nnx.Rngs(0)), example_axis=1, **wrap), jax.random.key(2))
-    declared = _randomize(cn.apply_colora(DeclaredTimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
+    explicit = _randomize(apply(TimeMajor(nnx.Rngs(0)), example_axis=1, **wrap), jax.random.key(2))
+    declared = _randomize(apply(DeclaredTimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
     assert declared.up.example_axis == 1
     np.testing.assert_array_equal(_one_at_a_time(explicit, square, ids), _one_at_a_time(declared, square, ids))
 
