@@ -51,6 +51,16 @@ class DeclaredProjection(nnx.Module):
         return jnp.einsum("btnh,nhd->btd", x, self.weights[...]) + self.offset[...][None, None]
 
 
+class PlainKernel(nnx.Module):
+    """A hand-written linear layer: a 2-D ``kernel`` applied as ``x @ kernel``, no declaration."""
+
+    def __init__(self, *, rngs):
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (D, 5)))
+
+    def __call__(self, x):
+        return x @ self.kernel[...]
+
+
 # name -> (layer factory, input shape, kernel input axes and output shape for the PEFT reference)
 LAYERS = {
     "linear": (lambda r: nnx.Linear(D, 5, rngs=r), (B, T, D)),
@@ -60,6 +70,7 @@ LAYERS = {
     "tunix-q": (lambda r: TunixEinsum("BTD,DNH->BTNH", (D, N, H), rngs=r), (B, T, D)),
     "tunix-o": (lambda r: TunixEinsum("BTNH,NHD->BTD", (N, H, D), rngs=r), (B, T, N, H)),
     "declared-o": (lambda r: DeclaredProjection(rngs=r), (B, T, N, H)),
+    "plain-kernel": (lambda r: PlainKernel(rngs=r), (B, T, D)),
 }
 
 
@@ -180,7 +191,20 @@ class TransposedEinsum(TunixEinsum):
         return jnp.einsum("BTD,DNH->BTHN", x, self.w[...]).reshape(x.shape[0], x.shape[1], N, H)
 
 
+class TorchOrientedKernel(nnx.Module):
+    """A 2-D ``kernel`` stored (out, in) and applied as ``x @ kernel.T``: not ``x @ kernel``."""
+
+    def __init__(self, *, rngs):
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (D, D)))
+
+    def __call__(self, x):
+        return x @ self.kernel[...].T
+
+
 def test_a_custom_module_is_adapted_only_if_it_is_linear_in_its_kernel_as_declared():
+    holder = nnx.Dict(proj=TorchOrientedKernel(rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"proj: TorchOrientedKernel: its __call__ does not compute 'ca,ab->cb'"):
+        cn.apply_colora(holder, users=2, rank=2, targets=["proj"], rngs=nnx.Rngs(1))
     holder = nnx.Dict(proj=BiasedEinsum(rngs=nnx.Rngs(0)))
     cn.apply_colora(holder, users=2, rank=2, targets=["proj"], rngs=nnx.Rngs(1))
     assert isinstance(holder["proj"], cn.CoLoRALinear)

@@ -3,8 +3,9 @@
 Wrapped layer types: ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum`` (attention
 projections with head axes) and any module that computes with a kernel parameter through one
 einsum: a module with an ``einsum_str`` attribute and one array ``nnx.Param`` (as tunix and
-Gemma write their ``Einsum``), or one that states its contraction with a ``colora_kernel()``
-method returning ``(kernel attribute name, equation)``, e.g. ``("w", "BTD,DNH->BTNH")``. Each
+Gemma write their ``Einsum``), a module with a 2-D ``kernel`` parameter used as ``x @ kernel``,
+or one that states its contraction with a ``colora_kernel()`` method returning ``(kernel
+attribute name, equation)``, e.g. ``("w", "BTD,DNH->BTNH")``. Each
 is a linear map from the kernel's *input* axes (contracted with the example) to its *output*
 axes (kept in the result); a kernel axis that is both (a batch-like, per-head weight) cannot
 carry a low-rank update and is rejected. The contract such a module keeps is that its output
@@ -297,8 +298,10 @@ def kernel_contraction(module: nnx.Module) -> Contraction:
     In order: a ``colora_kernel()`` method returning ``(kernel attribute, equation)``; an
     ``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum`` (a subclass that overrides
     ``__call__`` is marked for verification); a module with a string ``einsum_str`` and one
-    array ``nnx.Param`` of the equation's kernel rank (tunix's ``Einsum``: marked for
-    verification).
+    array ``nnx.Param`` of the equation's kernel rank (tunix's ``Einsum``); a module with a
+    2-D ``kernel`` ``nnx.Param``, taken as ``x @ kernel`` over the last axis of ``x`` as
+    ``nnx.Linear`` computes. All but flax's own classes are marked for verification
+    (:func:`check_contraction`).
 
     Raises:
       ValueError: for any other module, or a declaration that names no ``nnx.Param``.
@@ -330,10 +333,13 @@ def kernel_contraction(module: nnx.Module) -> Contraction:
                 " (attribute name, equation)"
             )
         return Contraction(next(iter(params)), equation, True)
+    kernel = getattr(module, "kernel", None)
+    if isinstance(kernel, nnx.Param) and getattr(kernel.get_value(), "ndim", 0) == 2:
+        return Contraction("kernel", None, True)  # a plain `x @ kernel`, as nnx.Linear: verified
     raise ValueError(
         f"{kind} is not a linear map CoLoRA can adapt: it adapts nnx.Linear, nnx.LinearGeneral, nnx.Einsum, a"
-        " module with an einsum_str and one kernel nnx.Param, or a module whose colora_kernel() method returns"
-        " (kernel attribute name, einsum equation)"
+        " module with an einsum_str and one kernel nnx.Param, a module with a 2-D `kernel` used as x @ kernel,"
+        " or a module whose colora_kernel() method returns (kernel attribute name, einsum equation)"
     )
 
 
@@ -348,8 +354,8 @@ def layer_axes(base: nnx.Module) -> LayerAxes:
     contraction = kernel_contraction(base)
     kind = type(base).__name__
     shape = tuple(getattr(base, contraction.kernel)[...].shape)
-    if contraction.equation is None and isinstance(base, nnx.Linear):
-        return LayerAxes((0,), (1,), shape)
+    if contraction.equation is None and not isinstance(base, nnx.LinearGeneral):
+        return LayerAxes((0,), (1,), shape)  # x K over the last axis of x (nnx.Linear, a plain `kernel`)
     if contraction.equation is None:
         if base.batch_axis:
             raise ValueError(f"CoLoRA cannot adapt a {kind} with batch_axis (a separate kernel per batch index)")
@@ -384,10 +390,10 @@ def _letters(x_ndim: int, base: nnx.Module, axes: LayerAxes, equation: str | Non
     kernel_letters = [next(pool) for _ in axes.kernel_shape]
     k_in = [kernel_letters[a] for a in axes.in_dims]
     k_out = [kernel_letters[a] for a in axes.out_dims]
-    if isinstance(base, nnx.Linear):
-        contracted = (x_ndim - 1,)
-    else:
+    if isinstance(base, nnx.LinearGeneral):
         contracted = tuple(a % x_ndim for a in base.axis)
+    else:
+        contracted = (x_ndim - 1,)
     lhs = [next(pool) for _ in range(x_ndim)]
     for pos, letter in zip(contracted, k_in):
         lhs[pos] = letter
@@ -402,7 +408,7 @@ def _fresh(used: str, count: int) -> list[str]:
 def _probe_rank(base: nnx.Module, axes: LayerAxes, equation: str | None) -> int:
     if equation is not None:
         return len(_parse_einsum(equation, type(base).__name__)[0])
-    if isinstance(base, nnx.Linear):
+    if not isinstance(base, nnx.LinearGeneral):
         return 2
     axis = tuple(base.axis) if isinstance(base.axis, tp.Sequence) else (base.axis,)
     return max([len(axes.in_dims) + 1] + [a + 2 for a in axis if a >= 0])
