@@ -145,6 +145,8 @@ def _run_block(block: _Block, x: Array) -> Array:
 class Decoder(nnx.Module):
     """Causal decoder: ``tokens (b, t) -> next-token logits (b, t, vocab)`` (float32 logits)."""
 
+    colora_example_axis = 0  # batch-major throughout: adapted layers route user ids along axis 0
+
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         cfg.validate()
         self.cfg = cfg

@@ -1,9 +1,18 @@
 """CoLoRA and per-user LoRA layers that wrap an existing flax linear layer.
 
-Wrapped layer types: ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` (attention
-projections with head axes). Each is a linear map from the kernel's *input* axes (contracted
-with the example) to its *output* axes (kept in the result); a kernel axis that is both (a
-batch-like, per-head weight) cannot carry a low-rank update and is rejected.
+Wrapped layer types: ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum`` (attention
+projections with head axes) and any module that computes with a kernel parameter through one
+einsum: a module with an ``einsum_str`` attribute and one array ``nnx.Param`` (as tunix and
+Gemma write their ``Einsum``), a module with a 2-D ``kernel`` parameter used as ``x @ kernel``,
+or one that states its contraction with a ``colora_kernel()`` method returning ``(kernel
+attribute name, equation)``, e.g. ``("w", "BTD,DNH->BTNH")``. Each
+is a linear map from the kernel's *input* axes (contracted with the example) to its *output*
+axes (kept in the result); a kernel axis that is both (a batch-like, per-head weight) cannot
+carry a low-rank update and is rejected. The contract such a module keeps is that its output
+is ``contraction(x, kernel)`` plus terms that do not depend on the kernel: only then do the
+adapted forward, :func:`colora_jax.nnx.merge` and the PEFT export agree. It is checked when
+the module is wrapped (see :func:`check_contraction`), for every module but flax's own three
+classes used as they are.
 
 Convention. Write ``d_in`` for the product of the input axes and ``d_out`` for the product of
 the output axes. A flax kernel computes ``y = x K + b`` (``K`` of shape ``(d_in, d_out)`` once
@@ -27,6 +36,12 @@ Centred personal parts (``centered=True``): ``S_i = S_bar + Delta_i`` with a sha
 ``Delta_i`` (the bank, ``0`` at initialization). :func:`deviation_penalty` is the ridge
 ``(1/k) sum_i ||U Delta_i V^T||_F^2`` that pulls every user towards the centre: a strength
 of 0 gives CoLoRA, an infinite one a shared rank-r LoRA ``U S_bar V^T``.
+
+Routing. The user id of an example selects its matrices along the layer input's *example
+axis*: ``example_axis`` of the layer (``apply_colora(..., example_axis=1)`` for a layer that
+runs time-major inside its model). Left at ``None`` it is the leading axis, and a call whose
+input has another free (not contracted) axis of the same length as the ids is refused, since
+the shape cannot tell a batch-major input with ``seq == batch`` from a time-major one.
 
 User ids outside ``[0, users)``: concrete ids raise ``ValueError``; traced ids (under ``jit``)
 raise at run time through a host callback (:func:`check_user_ids`) unless the call opts out
@@ -58,6 +73,10 @@ __all__ = [
     "adapter_sharding",
     "deviation_penalty",
     "ADAPTABLE",
+    "Contraction",
+    "check_contraction",
+    "is_linear_candidate",
+    "kernel_contraction",
 ]
 
 ADAPTABLE = (nnx.Linear, nnx.LinearGeneral, nnx.Einsum)
@@ -135,7 +154,7 @@ def _gather_rows(bank: Float[Array, "users ..."], user_ids: Int[Array, " batch"]
     return jnp.take(bank, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
-def _resolve_ids(layer: "CoLoRALinear | LoRABankLinear", x: Array, user_ids: Array | None, checked: bool) -> Array:
+def _resolve_ids(layer: "CoLoRALinear | LoRABankLinear", user_ids: Array | None, checked: bool) -> Array:
     """The ids of this call: given ones are checked here; routed ones were checked by ``colora_users``."""
     if user_ids is None:
         user_ids = layer.user_ids[...]
@@ -147,12 +166,60 @@ def _resolve_ids(layer: "CoLoRALinear | LoRABankLinear", x: Array, user_ids: Arr
     else:
         user_ids = jnp.asarray(user_ids) if not isinstance(user_ids, jax.core.Tracer) else user_ids
         check_user_ids(user_ids, layer.users, checked=checked)
-    if user_ids.ndim != 1 or user_ids.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"expected one user id per example, i.e. shape ({x.shape[0]},) for inputs of shape"
-            f" {x.shape} (the leading axis is the example axis); got user ids of shape {user_ids.shape}"
-        )
+    if user_ids.ndim != 1:
+        raise ValueError(f"expected one user id per example (a 1-D array), got user ids of shape {user_ids.shape}")
     return user_ids
+
+
+def _example_axis(layer: "CoLoRALinear | LoRABankLinear", x: Array, letters: tuple[str, str, str], n_ids: int) -> int:
+    """The axis of ``x`` whose entries are the examples the ids belong to (see the module docstring).
+
+    Only a free axis (kept in the output, not contracted with the kernel) can hold examples. With
+    ``example_axis=None`` it is the leading axis, and an input with another free axis of length
+    ``n_ids`` is refused as ambiguous (for a single example every axis routes the same way).
+    """
+    lhs, kernel, out = letters
+    free = [p for p, c in enumerate(lhs) if c in out and c not in kernel]
+    same = [p for p in free if x.shape[p] == n_ids]
+    what = f"{type(layer).__name__} over {type(layer.base).__name__}"
+    if layer.example_axis is not None:
+        axis = layer.example_axis % x.ndim
+        if axis not in free:
+            raise ValueError(
+                f"{what}: example_axis={layer.example_axis} of an input of shape {x.shape} is contracted with the"
+                f" kernel or dropped from the output, so it cannot index examples; free axes: {free}"
+            )
+        if x.shape[axis] != n_ids:
+            raise ValueError(
+                f"{what}: expected one user id per example, i.e. shape ({x.shape[axis]},) for inputs of shape"
+                f" {x.shape} (example axis {axis}); got user ids of shape ({n_ids},)"
+            )
+        return axis
+    if 0 not in free:
+        raise ValueError(
+            f"{what}: the leading input axis must be the example axis (kept in the output and not"
+            " contracted with the kernel), since each example's user selects its adapter; wrap the layer with"
+            f" example_axis= one of the free axes {free}"
+        )
+    if x.shape[0] != n_ids:
+        hint = (
+            f"; axis {same[0]} has length {n_ids}: if this layer sees its examples along that axis (a time-major"
+            f" model), wrap it with example_axis={same[0]}"
+            if same
+            else ""
+        )
+        raise ValueError(
+            f"{what}: expected one user id per example, i.e. shape ({x.shape[0]},) for inputs of shape {x.shape}"
+            f" (the leading axis is the example axis); got user ids of shape ({n_ids},){hint}"
+        )
+    if len(same) > 1 and n_ids > 1:
+        raise ValueError(
+            f"{what}: the input of shape {x.shape} has free axes {same} of length {n_ids}, the number of user"
+            " ids, so the shape cannot tell which one holds the examples (a batch-major input with"
+            " seq == batch looks like a time-major one). Say it when wrapping: apply_colora(...,"
+            " example_axis=0) for examples along the leading axis, or the axis they run along"
+        )
+    return 0
 
 
 # ----------------------------------------------------------------------------- layer geometry
@@ -182,11 +249,11 @@ class LayerAxes(tp.NamedTuple):
         return math.prod(self.out_shape)
 
 
-def _parse_einsum(spec: str) -> tuple[str, str, str]:
+def _parse_einsum(spec: str, owner: str) -> tuple[str, str, str]:
     spec = spec.replace(" ", "")
     if "..." in spec or "->" not in spec or spec.count(",") != 1:
         raise ValueError(
-            f"CoLoRA adapts an nnx.Einsum with an explicit two-operand equation such as 'BTD,DNH->BTNH';"
+            f"CoLoRA adapts a {owner} with an explicit two-operand equation such as 'BTD,DNH->BTNH';"
             f" got {spec!r} (write the ellipsis out as letters)"
         )
     operands, out = spec.split("->")
@@ -194,53 +261,139 @@ def _parse_einsum(spec: str) -> tuple[str, str, str]:
     return lhs, kernel, out
 
 
-def layer_axes(base: nnx.Module) -> LayerAxes:
-    """The input and output kernel axes of an ``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``.
+class Contraction(tp.NamedTuple):
+    """How a module computes with its kernel: ``y = einsum(equation, x, kernel) + (terms without it)``.
+
+    ``equation`` is ``None`` for ``nnx.Linear`` and ``nnx.LinearGeneral``, whose equation
+    follows the input's rank (the last axis, or the axes ``axis``, contract with the kernel).
+    """
+
+    kernel: str  # attribute name of the kernel nnx.Param
+    equation: str | None
+    verify: bool  # whether the module's __call__ must be checked against the contraction
+
+
+def _array_params(module: nnx.Module) -> dict[str, nnx.Param]:
+    return {
+        k: v
+        for k, v in vars(module).items()
+        if isinstance(v, nnx.Param) and hasattr(v.get_value(), "ndim") and v.get_value().ndim >= 2
+    }
+
+
+def is_linear_candidate(module: nnx.Module) -> bool:
+    """Whether ``module`` claims to be a linear map with a kernel (a flax linear class, a
+    ``colora_kernel()`` method, an ``einsum_str`` attribute, or a ``kernel`` parameter)."""
+    return (
+        isinstance(module, ADAPTABLE)
+        or callable(getattr(type(module), "colora_kernel", None))
+        or isinstance(getattr(module, "einsum_str", None), str)
+        or isinstance(getattr(module, "kernel", None), nnx.Param)
+    )
+
+
+def kernel_contraction(module: nnx.Module) -> Contraction:
+    """The contraction ``module`` computes with its kernel, as declared or as its type implies.
+
+    In order: a ``colora_kernel()`` method returning ``(kernel attribute, equation)``; an
+    ``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum`` (a subclass that overrides
+    ``__call__`` is marked for verification); a module with a string ``einsum_str`` and one
+    array ``nnx.Param`` of the equation's kernel rank (tunix's ``Einsum``); a module with a
+    2-D ``kernel`` ``nnx.Param``, taken as ``x @ kernel`` over the last axis of ``x`` as
+    ``nnx.Linear`` computes. All but flax's own classes are marked for verification
+    (:func:`check_contraction`).
 
     Raises:
-      ValueError: for another layer type, a ``LinearGeneral`` with ``batch_axis``, or an
-        ``Einsum`` whose kernel has an axis that is neither a pure input nor a pure output.
+      ValueError: for any other module, or a declaration that names no ``nnx.Param``.
     """
-    shape = tuple(base.kernel[...].shape)
-    if isinstance(base, nnx.Linear):
-        return LayerAxes((0,), (1,), shape)
-    if isinstance(base, nnx.LinearGeneral):
-        if base.batch_axis:
+    kind = type(module).__name__
+    declare = getattr(type(module), "colora_kernel", None)
+    if callable(declare):
+        declared = module.colora_kernel()
+        if not (isinstance(declared, tuple) and len(declared) == 2 and all(isinstance(d, str) for d in declared)):
             raise ValueError(
-                "CoLoRA cannot adapt an nnx.LinearGeneral with batch_axis (a separate kernel per batch index)"
+                f"{kind}.colora_kernel() must return (kernel attribute name, einsum equation), got {declared!r}"
             )
+        name, equation = declared
+        if not isinstance(getattr(module, name, None), nnx.Param):
+            raise ValueError(f"{kind}.colora_kernel() names {name!r}, which is not an nnx.Param of the module")
+        return Contraction(name, equation, True)
+    for flax_type in ADAPTABLE:
+        if isinstance(module, flax_type):
+            equation = module.einsum_str if flax_type is nnx.Einsum else None
+            return Contraction("kernel", equation, type(module).__call__ is not flax_type.__call__)
+    equation = getattr(module, "einsum_str", None)
+    if isinstance(equation, str):
+        rank = len(_parse_einsum(equation, kind)[1])
+        params = {k: v for k, v in _array_params(module).items() if v.get_value().ndim == rank}
+        if len(params) != 1:
+            raise ValueError(
+                f"{kind} has einsum_str {equation!r} but {len(params)} nnx.Param arrays of the kernel's rank {rank}"
+                f" ({sorted(params)}): say which one is the kernel with a colora_kernel() method returning"
+                " (attribute name, equation)"
+            )
+        return Contraction(next(iter(params)), equation, True)
+    kernel = getattr(module, "kernel", None)
+    if isinstance(kernel, nnx.Param) and getattr(kernel.get_value(), "ndim", 0) == 2:
+        return Contraction("kernel", None, True)  # a plain `x @ kernel`, as nnx.Linear: verified
+    raise ValueError(
+        f"{kind} is not a linear map CoLoRA can adapt: it adapts nnx.Linear, nnx.LinearGeneral, nnx.Einsum, a"
+        " module with an einsum_str and one kernel nnx.Param, a module with a 2-D `kernel` used as x @ kernel,"
+        " or a module whose colora_kernel() method returns (kernel attribute name, einsum equation)"
+    )
+
+
+def layer_axes(base: nnx.Module) -> LayerAxes:
+    """The input and output kernel axes of a linear module (see :func:`kernel_contraction`).
+
+    Raises:
+      ValueError: for a module that is not a linear map with a kernel, a ``LinearGeneral`` with
+        ``batch_axis``, or an einsum whose kernel has an axis that is neither a pure input nor a
+        pure output.
+    """
+    contraction = kernel_contraction(base)
+    kind = type(base).__name__
+    shape = tuple(getattr(base, contraction.kernel)[...].shape)
+    if contraction.equation is None and not isinstance(base, nnx.LinearGeneral):
+        return LayerAxes((0,), (1,), shape)  # x K over the last axis of x (nnx.Linear, a plain `kernel`)
+    if contraction.equation is None:
+        if base.batch_axis:
+            raise ValueError(f"CoLoRA cannot adapt a {kind} with batch_axis (a separate kernel per batch index)")
         n_in = len(base.in_features)
         return LayerAxes(tuple(range(n_in)), tuple(range(n_in, len(shape))), shape)
-    if isinstance(base, nnx.Einsum):
-        lhs, kernel, out = _parse_einsum(base.einsum_str)
-        in_dims = tuple(a for a, c in enumerate(kernel) if c in lhs and c not in out)
-        out_dims = tuple(a for a, c in enumerate(kernel) if c in out and c not in lhs)
-        other = [c for a, c in enumerate(kernel) if a not in in_dims + out_dims]
-        if other or not in_dims or not out_dims:
-            raise ValueError(
-                f"nnx.Einsum {base.einsum_str!r}: kernel axes {other} are not pure input (contracted with the"
-                " example) or pure output axes, so the kernel is not one linear map that a low-rank update can"
-                " adapt; adapt a layer without per-head (batch-like) kernel axes"
-            )
-        return LayerAxes(in_dims, out_dims, shape)
-    raise ValueError(f"CoLoRA wraps nnx.Linear, nnx.LinearGeneral or nnx.Einsum, got {type(base).__name__}")
+    lhs, kernel, out = _parse_einsum(contraction.equation, kind)
+    if len(kernel) != len(shape):
+        raise ValueError(
+            f"{kind} {contraction.equation!r}: the kernel operand has {len(kernel)} axes but the kernel"
+            f" {contraction.kernel!r} has shape {shape}"
+        )
+    in_dims = tuple(a for a, c in enumerate(kernel) if c in lhs and c not in out)
+    out_dims = tuple(a for a, c in enumerate(kernel) if c in out and c not in lhs)
+    other = [c for a, c in enumerate(kernel) if a not in in_dims + out_dims]
+    if other or not in_dims or not out_dims:
+        raise ValueError(
+            f"{kind} {contraction.equation!r}: kernel axes {other} are not pure input (contracted with the"
+            " example) or pure output axes, so the kernel is not one linear map that a low-rank update can"
+            " adapt; adapt a layer without per-head (batch-like) kernel axes"
+        )
+    return LayerAxes(in_dims, out_dims, shape)
 
 
-def _letters(x_ndim: int, base: nnx.Module, axes: LayerAxes) -> tuple[str, str, str]:
+def _letters(x_ndim: int, base: nnx.Module, axes: LayerAxes, equation: str | None) -> tuple[str, str, str]:
     """Einsum letters ``(x, kernel, y)`` of the wrapped layer applied to an input of rank ``x_ndim``."""
     pool = iter(string.ascii_letters)
-    if isinstance(base, nnx.Einsum):
-        lhs, kernel, out = _parse_einsum(base.einsum_str)
+    if equation is not None:
+        lhs, kernel, out = _parse_einsum(equation, type(base).__name__)
         if len(lhs) != x_ndim:
-            raise ValueError(f"nnx.Einsum {base.einsum_str!r} expects inputs of rank {len(lhs)}, got rank {x_ndim}")
+            raise ValueError(f"{type(base).__name__} {equation!r} expects inputs of rank {len(lhs)}, got rank {x_ndim}")
         return lhs, kernel, out
     kernel_letters = [next(pool) for _ in axes.kernel_shape]
     k_in = [kernel_letters[a] for a in axes.in_dims]
     k_out = [kernel_letters[a] for a in axes.out_dims]
-    if isinstance(base, nnx.Linear):
-        contracted = (x_ndim - 1,)
-    else:
+    if isinstance(base, nnx.LinearGeneral):
         contracted = tuple(a % x_ndim for a in base.axis)
+    else:
+        contracted = (x_ndim - 1,)
     lhs = [next(pool) for _ in range(x_ndim)]
     for pos, letter in zip(contracted, k_in):
         lhs[pos] = letter
@@ -252,23 +405,91 @@ def _fresh(used: str, count: int) -> list[str]:
     return [c for c in string.ascii_letters if c not in used][:count]
 
 
-def _example_letter(lhs: str, kernel: str, out: str, base: nnx.Module) -> str:
-    b = lhs[0]
-    if b in kernel or b not in out:
+def _probe_rank(base: nnx.Module, axes: LayerAxes, equation: str | None) -> int:
+    if equation is not None:
+        return len(_parse_einsum(equation, type(base).__name__)[0])
+    if not isinstance(base, nnx.LinearGeneral):
+        return 2
+    axis = tuple(base.axis) if isinstance(base.axis, tp.Sequence) else (base.axis,)
+    return max([len(axes.in_dims) + 1] + [a + 2 for a in axis if a >= 0])
+
+
+def _pattern(shape: tuple[int, ...], phase: float) -> np.ndarray:
+    """A fixed, full-rank, noise-like array of unit root mean square (uniform on ``[-sqrt(3), sqrt(3))``,
+    a hash of the index: no key needed)."""
+    index = np.arange(math.prod(shape), dtype=np.float64)
+    return (((np.sin(index * 12.9898 + phase) * 43758.5453) % 1.0 - 0.5) * math.sqrt(12.0)).reshape(shape)
+
+
+def check_contraction(base: nnx.Module) -> None:
+    """Check that ``base`` computes ``einsum(equation, x, kernel)`` plus terms without the kernel.
+
+    A copy of the module is run on a fixed input ``x`` with its kernel ``K`` and with ``K + P``
+    (``P`` a fixed pattern of ``K``'s shape and scale); the difference of its outputs must equal the
+    declared contraction of ``x`` with ``P``. That is the property an adapter relies on: adding
+    the contraction of ``x`` with ``Delta`` to the module's output equals running the module with
+    the merged kernel ``K + Delta``. flax's three linear classes used as they are skip the check,
+    and so does a kernel that is being traced (wrapping under ``jit``: the declaration is trusted).
+
+    Raises:
+      ValueError: if the module's output moves differently from the contraction, or running it
+        on an input of the equation's shape fails.
+    """
+    contraction = kernel_contraction(base)
+    if not contraction.verify:
+        return
+    kind = type(base).__name__
+    axes = layer_axes(base)
+    var = getattr(base, contraction.kernel)
+    kernel = var.get_value()
+    if isinstance(kernel, jax.core.Tracer):
+        return
+    if not jnp.issubdtype(kernel.dtype, jnp.floating):
         raise ValueError(
-            f"{type(base).__name__}: the leading input axis must be the example axis (kept in the output and not"
-            " contracted with the kernel), since each example's user selects its adapter"
+            f"{kind}: the kernel {contraction.kernel!r} has dtype {kernel.dtype}; CoLoRA adapts float kernels"
         )
-    return b
+    lhs, kletters, out = _letters(_probe_rank(base, axes, contraction.equation), base, axes, contraction.equation)
+    sizes = dict(zip(kletters, kernel.shape))
+    x = jnp.asarray(_pattern(tuple(sizes.get(c, 2) for c in lhs), 0.3), jnp.float32)
+    scale = float(jnp.sqrt(jnp.mean(jnp.square(kernel.astype(jnp.float32))))) or 1.0
+    step = jnp.asarray(_pattern(kernel.shape, 1.1) * scale, kernel.dtype)
+    probe = nnx.clone(base)  # run a copy: the module's own state (counters, caches) is not touched
+    try:
+        before = probe(x)
+        getattr(probe, contraction.kernel).set_value(kernel + step)
+        after = probe(x)
+    except Exception as error:  # noqa: BLE001 - any failure of a foreign module means it cannot be checked
+        raise ValueError(
+            f"{kind}: could not run it on an input of shape {x.shape} (from its contraction"
+            f" {contraction.equation or f'{lhs},{kletters}->{out}'!r}) to check that its output is linear in its"
+            f" kernel: {type(error).__name__}: {error}"
+        ) from None
+    expected = jnp.einsum(f"{lhs},{kletters}->{out}", x, step.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    moved = after.astype(jnp.float32) - before.astype(jnp.float32)
+    if moved.shape != expected.shape:
+        raise ValueError(
+            f"{kind}: its output has shape {before.shape}, but its contraction"
+            f" {f'{lhs},{kletters}->{out}'!r} gives {expected.shape}"
+        )
+    size = float(jnp.linalg.norm(before.astype(jnp.float32)) + jnp.linalg.norm(expected)) or 1.0
+    error = float(jnp.linalg.norm(moved - expected)) / size
+    tolerance = max(1e-3, 20 * float(jnp.finfo(after.dtype).eps))
+    if not error <= tolerance:
+        raise ValueError(
+            f"{kind}: its __call__ does not compute {f'{lhs},{kletters}->{out}'!r} with its"
+            f" {contraction.kernel!r} kernel plus terms without the kernel (changing the kernel moved the output"
+            f" {error:.2g} (relative) away from that contraction), so an adapter added to its output would"
+            " disagree with merge and the PEFT export. Adapt the linear layers it calls instead, or, if it is"
+            " linear in another way, give it a colora_kernel() method returning (kernel attribute, equation)"
+        )
 
 
 # ----------------------------------------------------------------------------- sharding
 
 
-def _kernel_specs(base: nnx.Module) -> tuple[tp.Any, tp.Any, dict]:
+def _kernel_specs(kernel: nnx.Variable) -> tuple[tp.Any, tp.Any, dict]:
     """The kernel's logical ``out_sharding`` metadata, its physical ``PartitionSpec`` (when the
     array is placed with a ``NamedSharding``) with its mesh, and metadata to copy."""
-    kernel = base.kernel
     logical = kernel.get_metadata().get("out_sharding", None)
     extra = {k: v for k, v in kernel.get_metadata().items() if k in ("sharding_rules", "mesh") and v is not None}
     value = kernel.get_value()
@@ -351,8 +572,9 @@ class CoLoRALinear(nnx.Module):
     is replicated (``users_axis=None``) or split over users along mesh axis ``users_axis``.
 
     Args:
-      base: an ``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``; its kernel and bias are
-        reused, not copied.
+      base: a linear module (``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum`` or one that
+        :func:`kernel_contraction` accepts, checked by :func:`check_contraction`); its kernel and
+        bias are reused, not copied.
       users: size ``k`` of the personal bank.
       rank: ``r``.
       rngs: source of the key for ``V``'s initialization (unused when ``shared_factors`` is given).
@@ -363,6 +585,8 @@ class CoLoRALinear(nnx.Module):
         is ``None`` too, promote inputs and parameters). Parameters stay in the kernel's dtype.
       centered: ``S_i = S_bar + Delta_i`` with a shared centre (see the module docstring).
       users_axis: mesh axis the bank is split over (``None``: replicated).
+      example_axis: the input axis that indexes examples (``None``: the leading one, and an
+        input whose other free axes have the ids' length is refused as ambiguous).
     """
 
     def __init__(
@@ -376,14 +600,20 @@ class CoLoRALinear(nnx.Module):
         dtype: tp.Any = None,
         centered: bool = False,
         users_axis: str | None = None,
+        example_axis: int | None = None,
     ):
+        contraction = kernel_contraction(base)
         axes = layer_axes(base)
         _check_rank(axes, rank, type(base).__name__)
         if users < 1:
             raise ValueError(f"users must be >= 1, got {users}")
-        pdtype = base.kernel[...].dtype
+        check_contraction(base)
+        pdtype = getattr(base, contraction.kernel)[...].dtype
         self.base = base
         self.axes = axes
+        self.kernel_name = contraction.kernel
+        self.equation = contraction.equation
+        self.example_axis = example_axis
         self.users = users
         self.rank = rank
         self.dtype = _compute_dtype(base, dtype)
@@ -401,7 +631,7 @@ class CoLoRALinear(nnx.Module):
                 raise ValueError(
                     f"shared_factors must have shapes U {u_shape} and V {v_shape}, got {u.shape} and {v.shape}"
                 )
-        logical, physical, extra = _kernel_specs(base)
+        logical, physical, extra = _kernel_specs(getattr(base, self.kernel_name))
         log_uv = adapter_sharding(logical, axes) or (None, None)
         phys_uv = adapter_sharding(None if physical is None else physical[0], axes)
         phys_u = None if phys_uv is None else (phys_uv[0], physical[1])
@@ -443,10 +673,10 @@ class CoLoRALinear(nnx.Module):
           user_ids: one id per example, or ``None`` to use the ids set by ``colora_users``.
           checked: check given ids at run time under ``jit`` (see :func:`check_user_ids`).
         """
-        ids = _resolve_ids(self, x, user_ids, checked)
+        ids = _resolve_ids(self, user_ids, checked)
         base_out = self.base(x)
-        lhs, kernel, out = _letters(x.ndim, self.base, self.axes)
-        b = _example_letter(lhs, kernel, out, self.base)
+        lhs, kernel, out = _letters(x.ndim, self.base, self.axes, self.equation)
+        b = lhs[_example_axis(self, x, (lhs, kernel, out), ids.shape[0])]
         v_in = "".join(kernel[a] for a in self.axes.in_dims)
         u_out = "".join(kernel[a] for a in self.axes.out_dims)
         rest = "".join(c for c in lhs if c not in v_in)
@@ -470,7 +700,7 @@ class LoRABankLinear(nnx.Module):
     Both banks are :class:`PersonalParam`: nothing is shared between users.
 
     Args:
-      base: the layer to adapt (``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``).
+      base: the layer to adapt (as for :class:`CoLoRALinear`).
       users: number of LoRAs in the bank.
       rank: ``r`` of every LoRA.
       rngs: source of the key for ``A``'s initialization (unused when ``initial_factors`` is given).
@@ -478,6 +708,7 @@ class LoRABankLinear(nnx.Module):
         to every user, e.g. a FedAvg-trained shared LoRA before local fine-tuning.
       dtype: compute dtype of the adapter path (``None``: the wrapped layer's).
       users_axis: mesh axis the banks are split over (``None``: replicated).
+      example_axis: the input axis that indexes examples (see :class:`CoLoRALinear`).
     """
 
     def __init__(
@@ -490,14 +721,20 @@ class LoRABankLinear(nnx.Module):
         initial_factors: tuple[Array, Array] | None = None,
         dtype: tp.Any = None,
         users_axis: str | None = None,
+        example_axis: int | None = None,
     ):
+        contraction = kernel_contraction(base)
         axes = layer_axes(base)
         _check_rank(axes, rank, type(base).__name__)
         if users < 1:
             raise ValueError(f"users must be >= 1, got {users}")
-        pdtype = base.kernel[...].dtype
+        check_contraction(base)
+        pdtype = getattr(base, contraction.kernel)[...].dtype
         self.base = base
         self.axes = axes
+        self.kernel_name = contraction.kernel
+        self.equation = contraction.equation
+        self.example_axis = example_axis
         self.users = users
         self.rank = rank
         self.dtype = _compute_dtype(base, dtype)
@@ -514,7 +751,7 @@ class LoRABankLinear(nnx.Module):
                 raise ValueError(
                     f"initial_factors must have shapes A {a_shape} and B {b_shape}, got {a.shape} and {b.shape}"
                 )
-        logical, physical, extra = _kernel_specs(base)
+        logical, physical, extra = _kernel_specs(getattr(base, self.kernel_name))
         log_ba = adapter_sharding(logical, axes) or (None, None)
         phys_ba = adapter_sharding(None if physical is None else physical[0], axes)
         mesh = None if physical is None else physical[1]
@@ -537,10 +774,10 @@ class LoRABankLinear(nnx.Module):
 
     def __call__(self, x: Array, user_ids: Int[Array, " batch"] | None = None, *, checked: bool = True) -> Array:
         """The adapted layer: ``base(x) + (x A_i) B_i^T`` per example (see :class:`CoLoRALinear`)."""
-        ids = _resolve_ids(self, x, user_ids, checked)
+        ids = _resolve_ids(self, user_ids, checked)
         base_out = self.base(x)
-        lhs, kernel, out = _letters(x.ndim, self.base, self.axes)
-        b = _example_letter(lhs, kernel, out, self.base)
+        lhs, kernel, out = _letters(x.ndim, self.base, self.axes, self.equation)
+        b = lhs[_example_axis(self, x, (lhs, kernel, out), ids.shape[0])]
         a_in = "".join(kernel[a] for a in self.axes.in_dims)
         b_out = "".join(kernel[a] for a in self.axes.out_dims)
         rest = "".join(c for c in lhs if c not in a_in)

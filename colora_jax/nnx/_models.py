@@ -79,6 +79,8 @@ class _Block(nnx.Module):
 class Transformer(nnx.Module):
     """Pre-norm causal transformer: ``tokens (b, t) -> next-token logits (b, t, vocab)``."""
 
+    colora_example_axis = 0  # batch-major throughout: adapted layers route user ids along axis 0
+
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
         cfg.validate()
         self.cfg = cfg

@@ -9,8 +9,9 @@ it is exported with ``s = 1`` (``alpha = r`` for each layer) as
 
     lora_A = V^T,        lora_B = U S_i.
 
-For an ``nnx.Einsum`` or ``nnx.LinearGeneral``, ``d_in`` and ``d_out`` are the products of the
-kernel's input and output axes, flattened row-major in kernel order: the PyTorch counterpart of
+For an ``nnx.Einsum``, an ``nnx.LinearGeneral`` or a custom einsum module (tunix's ``Einsum``),
+``d_in`` and ``d_out`` are the products of the kernel's input and output axes, flattened
+row-major in kernel order: the PyTorch counterpart of
 a query projection ``BTD,DNH->BTNH`` is ``nn.Linear(D, N * H)`` whose output is viewed as
 ``(N, H)``, and of an output projection over ``(N, H)`` it is ``nn.Linear(N * H, D)``.
 
@@ -35,7 +36,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from colora_jax.nnx._layers import CoLoRALinear, check_user_ids, layer_axes
-from colora_jax.nnx._wrap import adapted_layers, replace_layers
+from colora_jax.nnx._wrap import adapted_layers, build_replacements, declared_example_axes, path_name, set_child
 
 __all__ = ["export_peft", "import_peft", "pattern_key", "PEFT_WEIGHTS", "PEFT_CONFIG"]
 
@@ -61,7 +62,8 @@ def export_peft(model: nnx.Module, user: int, directory: str | os.PathLike) -> N
     (one exact key per layer whose rank differs from the most common one).
 
     Raises:
-      ValueError: if ``model`` has no CoLoRA layer, or ``user`` is out of range.
+      ValueError: if ``model`` has no CoLoRA layer, ``user`` is out of range, or ``directory``
+        is a file or cannot be created or written.
     """
     layers = [(n, m) for n, m in adapted_layers(model) if isinstance(m, CoLoRALinear)]
     if not layers:
@@ -93,10 +95,18 @@ def export_peft(model: nnx.Module, user: int, directory: str | os.PathLike) -> N
         "modules_to_save": None,
         "init_lora_weights": True,
     }
-    os.makedirs(directory, exist_ok=True)
-    save_file(tensors, os.path.join(directory, PEFT_WEIGHTS), metadata={"format": "pt"})
-    with open(os.path.join(directory, PEFT_CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"export_peft writes a directory, but {os.fspath(directory)!r} is a file: choose another path")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        save_file(tensors, os.path.join(directory, PEFT_WEIGHTS), metadata={"format": "pt"})
+        with open(os.path.join(directory, PEFT_CONFIG), "w") as f:
+            json.dump(config, f, indent=2)
+    except OSError as error:
+        raise ValueError(
+            f"cannot write the adapter to {os.fspath(directory)!r} ({error.strerror or error}): choose a writable"
+            " directory"
+        ) from None
 
 
 # Config fields whose non-default values change what the adapter computes and that this
@@ -154,20 +164,33 @@ def import_peft(model: nnx.Module, directory: str | os.PathLike, *, users: int) 
     ``users`` start at that LoRA, ready for personal fitting. ``import_peft(base,
     export_peft(colora, i))`` reproduces user ``i`` of ``colora`` for every user.
 
+    All or nothing: every layer is built and checked before the first is put in, so a failed
+    import leaves ``model`` as it was and a retry starts from the same model.
+
     Raises:
-      ValueError: for a non-LoRA adapter or a feature that is not a pure low-rank update (DoRA,
-        trained biases, ``modules_to_save``, ...), a rank that contradicts the config, factor
-        shapes that do not fit the model's layer, or a module the model does not have.
+      ValueError: for a missing file, a non-LoRA adapter or a feature that is not a pure
+        low-rank update (DoRA, trained biases, ``modules_to_save``, ...), a rank that contradicts
+        the config, a tensor with NaN or infinite entries, factor shapes that do not fit the
+        model's layer, or a module the model does not have.
     """
-    with open(os.path.join(directory, PEFT_CONFIG)) as f:
+    paths = {name: os.path.join(directory, name) for name in (PEFT_CONFIG, PEFT_WEIGHTS)}
+    for name, path in paths.items():
+        if not os.path.isfile(path):
+            raise ValueError(f"{os.fspath(directory)!r} is not a PEFT adapter directory: it has no {name}")
+    with open(paths[PEFT_CONFIG]) as f:
         config = json.load(f)
     _check_config(config)
     factors: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in load_file(os.path.join(directory, PEFT_WEIGHTS)).items():
+    for key, value in load_file(paths[PEFT_WEIGHTS]).items():
         match = _KEY.fullmatch(key)
         if match is None:
             raise ValueError(
                 f"unexpected tensor {key!r} in {PEFT_WEIGHTS}: only lora_A / lora_B weights can be imported"
+            )
+        if not np.all(np.isfinite(value)):
+            raise ValueError(
+                f"tensor {key!r} in {PEFT_WEIGHTS} has {int(np.sum(~np.isfinite(value)))} NaN or infinite"
+                " entries: the adapter is damaged (re-export it)"
             )
         factors.setdefault(match[1], {})[match[2]] = value
     for name, pair in factors.items():
@@ -186,13 +209,16 @@ def import_peft(model: nnx.Module, directory: str | os.PathLike, *, users: int) 
         s = _scaling(config, name, rank)
         u = (s * jnp.asarray(b)).reshape(*axes.out_shape, rank)
         v = jnp.asarray(a).T.reshape(*axes.in_shape, rank)
-        return CoLoRALinear(layer, users=users, rank=rank, shared_factors=(u, v))
+        return CoLoRALinear(layer, users=users, rank=rank, shared_factors=(u, v), example_axis=declared[name])
 
+    declared = declared_example_axes(model)
     # exact dotted paths only: a group never equals a bare last path component such as "up"
-    wrapped = replace_layers(model, [f"(?:{re.escape(n)})" for n in factors], build)
-    missing = set(factors) - {n for n, _ in adapted_layers(wrapped)}
+    built = build_replacements(model, [f"(?:{re.escape(n)})" for n in factors], build)
+    missing = set(factors) - {path_name(p) for p, _ in built}
     if missing:
         raise ValueError(
             f"the adapter has factors for {sorted(missing)}, which this model does not have (or are not linear)"
         )
-    return wrapped
+    for path, layer in built:
+        set_child(model, path, layer)
+    return model

@@ -331,6 +331,7 @@ def _shared_lora_to_bank(model: nnx.Module) -> nnx.Module:
             initial_factors=(layer.shared_v[...], layer.shared_u[...]),
             dtype=layer.dtype,
             users_axis=layer.users_axis,
+            example_axis=layer.example_axis,
         )
         set_child(model, path, bank)
     return model

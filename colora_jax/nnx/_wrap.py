@@ -25,11 +25,11 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from colora_jax.nnx._layers import (
-    ADAPTABLE,
     CoLoRALinear,
     LoRABankLinear,
     check_user_ids,
     deviation_penalty,
+    is_linear_candidate,
 )
 
 __all__ = [
@@ -41,6 +41,8 @@ __all__ = [
     "add_users",
     "path_name",
     "replace_layers",
+    "build_replacements",
+    "declared_example_axes",
     "set_child",
     "ridge_penalty",
 ]
@@ -59,22 +61,36 @@ def adapted_layers(model: nnx.Module) -> list[tuple[str, CoLoRALinear | LoRABank
     return [(path_name(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, Adapted)]
 
 
+def _below(path: tuple[tp.Any, ...], tops: tp.Iterable[tuple[tp.Any, ...]]) -> bool:
+    return any(len(path) > len(q) and path[: len(q)] == q for q in tops)
+
+
+def _modules(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
+    """Every sub-module of ``model`` (not the model itself) in graph order, except the ones
+    inside an adapted layer (its wrapped ``base``)."""
+    found = [(p, m) for p, m in nnx.iter_graph(model) if p and isinstance(m, nnx.Module)]
+    adapted = [p for p, m in found if isinstance(m, Adapted)]
+    return [(p, m) for p, m in found if not _below(p, adapted)]
+
+
+def declared_example_axes(model: nnx.Module) -> dict[str, int | None]:
+    """Dotted path -> the example axis its inputs have, as the nearest enclosing module declares it.
+
+    A model states its layout with a ``colora_example_axis`` attribute (``0`` for batch-major,
+    ``1`` for a model that runs time-major inside); a sub-module's own declaration overrides its
+    parent's. ``None`` where nothing is declared.
+    """
+    found = sorted(((p, m) for p, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)), key=lambda pm: len(pm[0]))
+    axes: dict[str, int | None] = {}
+    for p, m in found:
+        own = getattr(m, "colora_example_axis", None)
+        axes[path_name(p)] = own if own is not None else (axes.get(path_name(p[:-1])) if p else None)
+    return axes
+
+
 def _linear_paths(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
-    """Paths of the adaptable layers (``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``) not
-    already inside an adapted layer."""
-    inside = {path_name(p) for p, m in nnx.iter_graph(model) if isinstance(m, Adapted)}
-    out = []
-    for p, m in nnx.iter_graph(model):
-        if isinstance(m, ADAPTABLE) and not any(path_name(p).startswith(q + ".") for q in inside):
-            out.append((p, m))
-    return out
-
-
-def _matches(name: str, targets: tp.Sequence[str]) -> bool:
-    """PEFT-style ``target_modules``: a target equals the last path component, or is a regex
-    that matches the whole dotted path (``re.fullmatch``)."""
-    last = name.rsplit(".", 1)[-1]
-    return any(t == last or re.fullmatch(t, name) for t in targets)
+    """Paths of the modules that look like linear maps with a kernel, not inside an adapted layer."""
+    return [(p, m) for p, m in _modules(model) if is_linear_candidate(m)]
 
 
 def set_child(model: nnx.Module, path: tuple[tp.Any, ...], new: nnx.Module) -> None:
@@ -92,27 +108,72 @@ def set_child(model: nnx.Module, path: tuple[tp.Any, ...], new: nnx.Module) -> N
         setattr(parent, path[-1], new)
 
 
-def replace_layers(model: M, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Module, str], nnx.Module]) -> M:
-    """Replace, in place, each adaptable layer whose path matches ``targets`` by ``build(layer, dotted_path)``.
+def build_replacements(
+    model: nnx.Module, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Module, str], nnx.Module]
+) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
+    """``(path, build(module, dotted_path))`` for each module matching ``targets``; ``model`` is not changed.
 
-    Adaptable: ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum``.
+    Matching (PEFT's ``target_modules``): a target equal to the last path component names a
+    module, a target that ``re.fullmatch``es the dotted path selects it. A selected module must
+    be a linear map with a kernel (:func:`colora_jax.nnx._layers.kernel_contraction`); a regex
+    passes over modules without a ``kernel`` that are not linear (containers, norms,
+    activations), since a regex over a subtree covers them naturally. Modules inside a selected
+    one are left to it.
 
     Raises:
-      ValueError: if no layer matches; the message lists the adaptable paths that exist.
+      ValueError: if no module matches; if a target names (or a regex selects a ``kernel``
+        holding) module that cannot be adapted, or one that is already adapted; if ``build``
+        fails for a module. Each message names the module's path and type.
     """
     if isinstance(targets, str):
         targets = (targets,)
-    linears = _linear_paths(model)
-    chosen = [(p, m) for p, m in linears if _matches(path_name(p), targets)]
+    selected = []  # (path, module, named by its last component)
+    for p, m in _modules(model):
+        name = path_name(p)
+        named = name.rsplit(".", 1)[-1] in targets
+        if named or any(re.fullmatch(t, name) for t in targets):
+            selected.append((p, m, named))
+    outer = [p for p, m, _ in selected if is_linear_candidate(m)]
+    chosen = []
+    for p, m, named in selected:
+        if _below(p, outer):
+            continue
+        name = path_name(p)
+        if isinstance(m, Adapted):
+            if named:
+                raise ValueError(f"{name} is already a {type(m).__name__}; adapt a model once (or merge it first)")
+        elif is_linear_candidate(m):
+            chosen.append((p, m))
+        elif named or isinstance(getattr(m, "kernel", None), nnx.Variable):
+            raise ValueError(
+                f"target {name} is a {type(m).__name__}, which CoLoRA cannot adapt: it adapts nnx.Linear,"
+                " nnx.LinearGeneral, nnx.Einsum and modules with an einsum_str or a colora_kernel() method"
+                " (see colora_jax.nnx._layers); drop it from targets"
+            )
     if not chosen:
-        names = ", ".join(path_name(p) for p, _ in linears) or "(none)"
+        names = ", ".join(path_name(p) for p, _ in _linear_paths(model)) or "(none)"
         raise ValueError(
-            f"targets {list(targets)} match no nnx.Linear, nnx.LinearGeneral or nnx.Einsum layer. Such layers in"
-            f" this model: {names}. Use a last path component (e.g. 'up') or a regex over the dotted path"
-            " (e.g. r'blocks\\.0\\..*')"
+            f"targets {list(targets)} match no nnx.Linear, nnx.LinearGeneral, nnx.Einsum or other linear layer."
+            f" Such layers in this model: {names}. Use a last"
+            " path component (e.g. 'up') or a regex over the dotted path (e.g. r'blocks\\.0\\..*')"
         )
+    built = []
     for p, m in chosen:
-        set_child(model, p, build(m, path_name(p)))
+        try:
+            built.append((p, build(m, path_name(p))))
+        except ValueError as error:
+            raise ValueError(f"{path_name(p)}: {error}") from None
+    return built
+
+
+def replace_layers(model: M, targets: tp.Sequence[str] | str, build: tp.Callable[[nnx.Module, str], nnx.Module]) -> M:
+    """Replace, in place, each linear layer whose path matches ``targets`` by ``build(layer, dotted_path)``.
+
+    All-or-nothing: every replacement is built (and checked) before the first is put in, so a
+    failure leaves ``model`` as it was. Matching and errors as :func:`build_replacements`.
+    """
+    for p, new in build_replacements(model, targets, build):
+        set_child(model, p, new)
     return model
 
 
@@ -126,11 +187,15 @@ def apply_colora(
     centered: bool = False,
     users_axis: str | None = None,
     dtype: tp.Any = None,
+    example_axis: int | None = None,
 ) -> M:
-    """Wrap every layer matching ``targets`` in a :class:`CoLoRALinear` (in place).
+    """Wrap every layer matching ``targets`` in a :class:`CoLoRALinear` (in place, all or nothing).
 
-    Adaptable layers: ``nnx.Linear``, ``nnx.LinearGeneral`` and ``nnx.Einsum``. The output of
-    the wrapped model equals the original's for every user at initialization:
+    Adaptable layers: ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Einsum`` and any module that
+    computes with a kernel parameter through one einsum (an ``einsum_str`` attribute, as tunix's
+    ``Einsum``, or a ``colora_kernel()`` method; see :mod:`colora_jax.nnx._layers`). Every
+    layer is built and checked before the first is put in, so an error leaves ``model`` as it
+    was. The output of the wrapped model equals the original's for every user at initialization:
 
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -164,15 +229,32 @@ def apply_colora(
         ridge on the deviations: ``TrainConfig(ridge=...)``).
       users_axis: mesh axis to split the personal banks over (``None``: replicated).
       dtype: compute dtype of the adapters (``None``: each wrapped layer's own ``dtype``).
+      example_axis: the axis of each wrapped layer's input that indexes examples, e.g. ``1`` for
+        layers of a model that runs time-major inside. ``None``: as the model declares it
+        (a ``colora_example_axis`` attribute on the model or an enclosing module, see
+        :func:`declared_example_axes`); where nothing is declared, the leading axis, and a call
+        whose input has another free axis as long as the ids is refused as ambiguous.
 
     Returns:
       ``model`` (mutated), whose output equals the original's for every user at initialization.
+
+    Raises:
+      ValueError: if a target matches nothing, names a module that cannot be adapted (its path
+        and type are in the message), or a layer cannot take the rank.
     """
+    declared = declared_example_axes(model)
     return replace_layers(
         model,
         targets,
-        lambda lin, _: CoLoRALinear(
-            lin, users=users, rank=rank, rngs=rngs, centered=centered, users_axis=users_axis, dtype=dtype
+        lambda lin, name: CoLoRALinear(
+            lin,
+            users=users,
+            rank=rank,
+            rngs=rngs,
+            centered=centered,
+            users_axis=users_axis,
+            dtype=dtype,
+            example_axis=declared[name] if example_axis is None else example_axis,
         ),
     )
 
@@ -186,12 +268,23 @@ def apply_lora_bank(
     rngs: nnx.Rngs,
     users_axis: str | None = None,
     dtype: tp.Any = None,
+    example_axis: int | None = None,
 ) -> M:
-    """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local`` baseline)."""
+    """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local``
+    baseline); layers, targets, arguments, atomicity and errors as :func:`apply_colora`."""
+    declared = declared_example_axes(model)
     return replace_layers(
         model,
         targets,
-        lambda lin, _: LoRABankLinear(lin, users=users, rank=rank, rngs=rngs, users_axis=users_axis, dtype=dtype),
+        lambda lin, name: LoRABankLinear(
+            lin,
+            users=users,
+            rank=rank,
+            rngs=rngs,
+            users_axis=users_axis,
+            dtype=dtype,
+            example_axis=declared[name] if example_axis is None else example_axis,
+        ),
     )
 
 
@@ -221,15 +314,22 @@ def colora_users(model: nnx.Module, user_ids: Int[Array, " batch"], *, checked: 
 
 
 def merge(model: M, user: int) -> M:
-    """A plain copy of ``model`` for one user: each adapted layer becomes its wrapped layer
-    (``nnx.Linear``, ``nnx.LinearGeneral`` or ``nnx.Einsum``) whose kernel is ``K + V S_user^T U^T``
-    (CoLoRA) or ``K + A_user B_user^T`` (LoRA bank), i.e. ``W_0 + U S_user V^T`` in the math's
-    orientation. ``model`` itself is not modified."""
-    check_user_ids(jnp.asarray([user]), min(m.users for _, m in adapted_layers(model)))
+    """A plain copy of ``model`` for one user: each adapted layer becomes its wrapped layer whose
+    kernel is ``K + V S_user^T U^T`` (CoLoRA) or ``K + A_user B_user^T`` (LoRA bank), i.e.
+    ``W_0 + U S_user V^T`` in the math's orientation. ``model`` itself is not modified.
+
+    Raises:
+      ValueError: if ``model`` has no adapted layer, or ``user`` is out of range.
+    """
+    layers = adapted_layers(model)
+    if not layers:
+        raise ValueError("merge needs a model with adapted layers (apply_colora, apply_lora_bank or import_peft)")
+    check_user_ids(jnp.asarray([user]), min(m.users for _, m in layers))
     merged = nnx.clone(model)
     for path, layer in [(p, m) for p, m in nnx.iter_graph(merged) if isinstance(m, Adapted)]:
         plain = nnx.clone(layer.base)
-        plain.kernel[...] = plain.kernel[...] + layer.delta_kernel(user).astype(plain.kernel[...].dtype)
+        kernel = getattr(plain, layer.kernel_name)
+        kernel[...] = kernel[...] + layer.delta_kernel(user).astype(kernel[...].dtype)
         set_child(merged, path, plain)
     return merged
 
