@@ -1,0 +1,158 @@
+"""The transformers side of the checkpoint checks (runs in interop/.venv-interop: torch, transformers, peft).
+
+    python interop/hf_side.py make OUT [--seed S] [--shard-size SIZE]
+        one tiny random checkpoint per family in OUT/hf_<family>/ (config.json, model.safetensors or
+        shards + model.safetensors.index.json) and reference.safetensors: a fixed token batch
+        ("tokens", int32) and transformers' float32 logits for it ("logits").
+    python interop/hf_side.py peft CHECKPOINT ADAPTER OUT
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(CHECKPOINT), ADAPTER) on the
+        tokens in CHECKPOINT/reference.safetensors: OUT/peft.safetensors ("logits") and OUT/peft.json
+        (the modules PEFT wrapped, the warnings it raised, versions).
+
+Every weight is drawn afresh (norm weights near 1, biases nonzero), not transformers' init, whose
+zero biases and unit norms would leave those paths untested. `make` with the defaults writes the
+fixtures committed in tests/data (`python interop/hf_side.py make tests/data`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import warnings
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+SIZES = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    rms_norm_eps=1e-5,
+)
+# each family with the features its real checkpoints use (Llama 3.1's rope scaling with a short
+# original context, so all three of its frequency bands occur at head_dim 8)
+FAMILIES = {
+    "llama": (
+        transformers.LlamaConfig,
+        dict(
+            tie_word_embeddings=False,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=10_000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
+    "qwen2": (transformers.Qwen2Config, dict(tie_word_embeddings=True, rope_parameters=dict(rope_theta=1e6))),
+    "qwen3": (transformers.Qwen3Config, dict(tie_word_embeddings=False, rope_parameters=dict(rope_theta=1e6))),
+    "gemma": (transformers.GemmaConfig, dict(tie_word_embeddings=True, hidden_act="gelu_pytorch_tanh")),
+}
+TOKENS_SHAPE = (2, 7)
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Matrices N(0, 0.2^2), biases N(0, 0.1^2), norm weights 1 + N(0, 0.1^2) (Gemma's offset form: N(0, 0.1^2))."""
+    g = torch.Generator().manual_seed(seed)
+    offset = 0.0 if model.config.model_type == "gemma" else 1.0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name:
+                p.copy_(offset + 0.1 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(0.2 * noise)
+
+
+def make(out: str, seed: int, shard_size: str | None) -> None:
+    tokens = np.random.default_rng(seed).integers(0, SIZES["vocab_size"], TOKENS_SHAPE).astype(np.int32)
+    for i, (family, (config_class, extra)) in enumerate(FAMILIES.items()):
+        config = config_class(**SIZES, **extra)
+        torch.manual_seed(seed + i)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        randomize(model, seed + i)
+        directory = os.path.join(out, f"hf_{family}")
+        kwargs = {"max_shard_size": shard_size} if shard_size else {}
+        model.save_pretrained(directory, **kwargs)
+        generation = os.path.join(directory, "generation_config.json")
+        if os.path.exists(generation):
+            os.remove(generation)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(tokens).long()).logits.float()
+        save_file(
+            {"tokens": torch.from_numpy(tokens), "logits": logits.contiguous()},
+            os.path.join(directory, "reference.safetensors"),
+        )
+        print(f"{directory}: {sorted(os.listdir(directory))}")
+
+
+def peft(checkpoint: str, adapter: str, out: str) -> None:
+    import peft as peft_lib
+
+    tokens = load_file(os.path.join(checkpoint, "reference.safetensors"))["tokens"].long()
+    base = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                records.append(record.getMessage())
+
+    handler = Collect()
+    for name in ("peft", "transformers"):
+        logging.getLogger(name).addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = peft_lib.PeftModel.from_pretrained(base, adapter).eval()
+    wrapped = sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules() if hasattr(m, "lora_A"))
+    with torch.no_grad():
+        logits = model(tokens).logits.float()
+    os.makedirs(out, exist_ok=True)
+    save_file({"logits": logits.contiguous()}, os.path.join(out, "peft.safetensors"))
+    with open(os.path.join(out, "peft.json"), "w") as f:
+        json.dump(
+            {
+                "wrapped": wrapped,
+                "warnings": [str(w.message) for w in caught] + records,
+                "versions": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "peft": peft_lib.__version__,
+                },
+            },
+            f,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("out")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--shard-size", default=None, help="e.g. 20KB: sharded checkpoints with an index")
+    p = sub.add_parser("peft")
+    p.add_argument("checkpoint")
+    p.add_argument("adapter")
+    p.add_argument("out")
+    args = parser.parse_args()
+    if args.command == "make":
+        make(args.out, args.seed, args.shard_size)
+    else:
+        peft(args.checkpoint, args.adapter, args.out)
+
+
+if __name__ == "__main__":
+    main()
