@@ -4,10 +4,11 @@
         one tiny random checkpoint per family in OUT/hf_<family>/ (config.json, model.safetensors or
         shards + model.safetensors.index.json) and reference.safetensors: a fixed token batch
         ("tokens", int32) and transformers' float32 logits for it ("logits").
-    python interop/hf_side.py peft CHECKPOINT ADAPTER OUT
+    python interop/hf_side.py peft CHECKPOINT OUT ADAPTER [ADAPTER ...]
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(CHECKPOINT), ADAPTER) on the
-        tokens in CHECKPOINT/reference.safetensors: OUT/peft.safetensors ("logits") and OUT/peft.json
-        (the modules PEFT wrapped, the warnings it raised, versions).
+        tokens in CHECKPOINT/reference.safetensors, for each ADAPTER j: OUT/peft.safetensors
+        ("logits:j") and OUT/peft.json (per adapter the modules PEFT wrapped and the warnings it
+        raised, as [category, message], or logged, as ["log", message]; versions).
 
 Every weight is drawn afresh (norm weights near 1, biases nonzero), not transformers' init, whose
 zero biases and unit norms would leave those paths untested. `make` with the defaults writes the
@@ -98,12 +99,12 @@ def make(out: str, seed: int, shard_size: str | None) -> None:
         print(f"{directory}: {sorted(os.listdir(directory))}")
 
 
-def peft(checkpoint: str, adapter: str, out: str) -> None:
+def peft(checkpoint: str, out: str, adapters: list[str]) -> None:
+    """Each adapter on a fresh base: logits ``logits:<j>`` for adapter ``j``, and what PEFT did."""
     import peft as peft_lib
 
     tokens = load_file(os.path.join(checkpoint, "reference.safetensors"))["tokens"].long()
-    base = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    records = []
+    records: list[str] = []
 
     class Collect(logging.Handler):
         def emit(self, record):
@@ -113,27 +114,28 @@ def peft(checkpoint: str, adapter: str, out: str) -> None:
     handler = Collect()
     for name in ("peft", "transformers"):
         logging.getLogger(name).addHandler(handler)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = peft_lib.PeftModel.from_pretrained(base, adapter).eval()
-    wrapped = sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules() if hasattr(m, "lora_A"))
-    with torch.no_grad():
-        logits = model(tokens).logits.float()
-    os.makedirs(out, exist_ok=True)
-    save_file({"logits": logits.contiguous()}, os.path.join(out, "peft.safetensors"))
-    with open(os.path.join(out, "peft.json"), "w") as f:
-        json.dump(
+    results, tensors = [], {}
+    for j, adapter in enumerate(adapters):
+        base = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        records.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = peft_lib.PeftModel.from_pretrained(base, adapter).eval()
+        wrapped = sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules() if hasattr(m, "lora_A"))
+        with torch.no_grad():
+            tensors[f"logits:{j}"] = model(tokens).logits.float().contiguous()
+        results.append(
             {
+                "adapter": adapter,
                 "wrapped": wrapped,
-                "warnings": [str(w.message) for w in caught] + records,
-                "versions": {
-                    "torch": torch.__version__,
-                    "transformers": transformers.__version__,
-                    "peft": peft_lib.__version__,
-                },
-            },
-            f,
+                "warnings": [[w.category.__name__, str(w.message)] for w in caught] + [["log", r] for r in records],
+            }
         )
+    os.makedirs(out, exist_ok=True)
+    save_file(tensors, os.path.join(out, "peft.safetensors"))
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft_lib.__version__}
+    with open(os.path.join(out, "peft.json"), "w") as f:
+        json.dump({"adapters": results, "versions": versions}, f)
 
 
 def main() -> None:
@@ -145,13 +147,13 @@ def main() -> None:
     m.add_argument("--shard-size", default=None, help="e.g. 20KB: sharded checkpoints with an index")
     p = sub.add_parser("peft")
     p.add_argument("checkpoint")
-    p.add_argument("adapter")
     p.add_argument("out")
+    p.add_argument("adapters", nargs="+")
     args = parser.parse_args()
     if args.command == "make":
         make(args.out, args.seed, args.shard_size)
     else:
-        peft(args.checkpoint, args.adapter, args.out)
+        peft(args.checkpoint, args.out, args.adapters)
 
 
 if __name__ == "__main__":
