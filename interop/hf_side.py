@@ -1,6 +1,6 @@
 """The transformers side of the checkpoint checks (runs in interop/.venv-interop: torch, transformers, peft).
 
-    python interop/hf_side.py make OUT [--seed S] [--shard-size SIZE]
+    python interop/hf_side.py make OUT [--seed S] [--shard-size SIZE] [--variants]
         one tiny random checkpoint per family in OUT/hf_<family>/ (config.json, model.safetensors or
         shards + model.safetensors.index.json) and reference.safetensors: a fixed token batch
         ("tokens", int32) and transformers' float32 logits for it ("logits").
@@ -59,6 +59,19 @@ FAMILIES = {
     "qwen3": (transformers.Qwen3Config, dict(tie_word_embeddings=False, rope_parameters=dict(rope_theta=1e6))),
     "gemma": (transformers.GemmaConfig, dict(tie_word_embeddings=True, hidden_act="gelu_pytorch_tanh")),
 }
+# not committed as fixtures, made for `make interop` with --variants: Llama's optional biases
+# (attention_bias on q/k/v/o, mlp_bias on gate/up/down) and linear rope scaling
+VARIANTS = {
+    "llama_bias_linear": (
+        transformers.LlamaConfig,
+        dict(
+            tie_word_embeddings=False,
+            attention_bias=True,
+            mlp_bias=True,
+            rope_parameters=dict(rope_type="linear", rope_theta=10_000.0, factor=4.0),
+        ),
+    ),
+}
 TOKENS_SHAPE = (2, 7)
 
 
@@ -77,9 +90,10 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.2 * noise)
 
 
-def make(out: str, seed: int, shard_size: str | None) -> None:
+def make(out: str, seed: int, shard_size: str | None, variants: bool) -> None:
     tokens = np.random.default_rng(seed).integers(0, SIZES["vocab_size"], TOKENS_SHAPE).astype(np.int32)
-    for i, (family, (config_class, extra)) in enumerate(FAMILIES.items()):
+    made = {**FAMILIES, **(VARIANTS if variants else {})}
+    for i, (family, (config_class, extra)) in enumerate(made.items()):
         config = config_class(**SIZES, **extra)
         torch.manual_seed(seed + i)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
@@ -145,13 +159,14 @@ def main() -> None:
     m.add_argument("out")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--shard-size", default=None, help="e.g. 20KB: sharded checkpoints with an index")
+    m.add_argument("--variants", action="store_true", help="also the VARIANTS (not committed as fixtures)")
     p = sub.add_parser("peft")
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("adapters", nargs="+")
     args = parser.parse_args()
     if args.command == "make":
-        make(args.out, args.seed, args.shard_size)
+        make(args.out, args.seed, args.shard_size, args.variants)
     else:
         peft(args.checkpoint, args.out, args.adapters)
 

@@ -2,7 +2,8 @@
 
 Runs in the project's environment (JAX) and calls interop/hf_side.py in interop/.venv-interop
 (torch, transformers, peft) to make fresh tiny random checkpoints of every family (Llama with
-Llama 3.1 rope scaling, Qwen2, Qwen3, Gemma), once as one ``model.safetensors`` and once sharded
+Llama 3.1 rope scaling, Qwen2, Qwen3, Gemma, and Llama with q/k/v/o and MLP biases and linear
+rope scaling), once as one ``model.safetensors`` and once sharded
 with transformers' own ``model.safetensors.index.json``; nothing is downloaded.
 
 1. ``cn.from_pretrained`` on each: logits compared with transformers' (claim: 1e-5).
@@ -33,7 +34,7 @@ from safetensors.numpy import load_file
 from colora_jax import nnx as cn
 from colora_jax.nnx import code_version
 
-FAMILIES = ["llama", "qwen2", "qwen3", "gemma"]
+FAMILIES = ["llama", "qwen2", "qwen3", "gemma", "llama_bias_linear"]  # the last: hf_side.py's VARIANTS
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LOGITS_TOL = 1e-5  # the claim: transformers' float32 logits to float32 rounding (|logits| <= 5)
 USERS = (1, 2)
@@ -67,8 +68,10 @@ def main() -> None:
     record: dict = {"claims": {"logits": LOGITS_TOL}, "code_version": code_version("interop"), "families": {}}
     ok = True
     with tempfile.TemporaryDirectory() as d:
-        hf_side(args.torch_python, "make", os.path.join(d, "single"), "--seed", "1")
-        hf_side(args.torch_python, "make", os.path.join(d, "sharded"), "--seed", "2", "--shard-size", "30KB")
+        hf_side(args.torch_python, "make", os.path.join(d, "single"), "--seed", "1", "--variants")
+        hf_side(
+            args.torch_python, "make", os.path.join(d, "sharded"), "--seed", "2", "--shard-size", "30KB", "--variants"
+        )
         for i, family in enumerate(FAMILIES):
             res: dict = {}
             for layout in ("single", "sharded"):
@@ -116,7 +119,7 @@ def main() -> None:
             ok &= res["passed"]
             record["families"][family] = res
             print(
-                f"{family:6s} logits vs transformers max |diff| {res['single_logits_max_abs']:.2e}"
+                f"{family} logits vs transformers max |diff| {res['single_logits_max_abs']:.2e}"
                 f" (sharded, {len(res['sharded_files']) - 1} shards: {res['sharded_logits_max_abs']:.2e};"
                 f" |logits| <= {res['logits_max_abs_value']:.2f})"
                 f"\n       PEFT users {list(USERS)} on {res['adapted']} modules:"

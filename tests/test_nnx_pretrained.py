@@ -68,6 +68,15 @@ def test_fixture_exercises_llama3_rope_scaling(tmp_path):
     assert np.abs(logits(cn.from_pretrained(plain), ref["tokens"]) - ref["logits"]).max() > 100 * F32_TOL
 
 
+def test_pre_transformers_5_rope_fields(tmp_path):
+    """Configs written before transformers 5 keep rope_theta and rope_scaling apart: same model."""
+    params = json.loads((DATA / "hf_llama" / "config.json").read_text())["rope_parameters"]
+    theta = params.pop("rope_theta")
+    old = copy_checkpoint(tmp_path, rope_parameters=None, rope_theta=theta, rope_scaling=params)
+    ref = reference("llama")
+    np.testing.assert_allclose(logits(cn.from_pretrained(old), ref["tokens"]), ref["logits"], atol=F32_TOL, rtol=0)
+
+
 def test_module_tree_is_the_checkpoints():
     qwen2, llama = cn.from_pretrained(DATA / "hf_qwen2"), cn.from_pretrained(DATA / "hf_llama")
     attn = qwen2.model.layers[1].self_attn

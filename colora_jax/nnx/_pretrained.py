@@ -124,6 +124,8 @@ class ArchConfig:
         head_dim = config.get("head_dim") or config["hidden_size"] // heads
         if heads % kv_heads:
             raise ValueError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        # transformers 5 reads hidden_act alone; 4.x's Gemma preferred hidden_activation, and Gemma 1
+        # configs on the Hub carry both ("gelu" and "gelu_pytorch_tanh"): this follows transformers 5
         act = config.get("hidden_act") or config.get("hidden_activation") or "silu"
         if act not in _ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {act!r}: from_pretrained implements {sorted(_ACTIVATIONS)}")
@@ -407,14 +409,16 @@ def from_pretrained(
     """Load a transformers Llama / Qwen2 / Qwen3 / Gemma checkpoint directory into a :class:`CausalLM`.
 
     The model is built abstract (``nnx.eval_shape``: no weights allocated) and each tensor is read
-    from safetensors on its own, transposed where PyTorch stores ``(out, in)``, cast, placed and
-    assigned: the host never holds more than one tensor beyond the model.
+    from safetensors on its own (on the CPU), transposed where PyTorch stores ``(out, in)``, cast,
+    placed and assigned: loading holds the model plus one tensor in flight (and its transposed,
+    cast copy), never a second copy of the model.
 
     Args:
       directory: holds ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json``
         and its shards), as ``save_pretrained`` writes them.
       dtype: storage (and compute) dtype of every weight, e.g. ``jnp.bfloat16``; ``None``: float32,
-        whatever the checkpoint stores (transformers' reference logits in float32).
+        whatever the checkpoint stores (bf16 checkpoints are upcast), the precision in which the
+        logits equal transformers' float32 ones to rounding.
       mesh: a mesh with a ``'model'`` axis: each tensor is placed as it loads, split over that axis
         (q/k/v/gate/up and ``lm_head`` by output, o/down by input, the embedding by vocabulary;
         norms replicated; a dimension the axis does not divide is replicated). The annotations are
