@@ -96,10 +96,21 @@ def test_colora_adapts_every_projection_and_exports_under_checkpoint_names(tmp_p
                      for i in range(2) for p in PROJECTIONS}  # fmt: skip
     with cn.colora_users(model, jnp.array([0, 2])):  # U = 0 at initialization: the base model
         np.testing.assert_allclose(logits(model, ref["tokens"]), ref["logits"], atol=F32_TOL, rtol=0)
+    key = jax.random.key(0)
+    for _, layer in cn.adapted_layers(model):  # a nonzero update for every user
+        for var in (layer.shared_u, layer.personal):
+            key, sub = jax.random.split(key)
+            var.set_value(0.3 * jax.random.normal(sub, var[...].shape))
     cn.export_peft(model, 1, tmp_path / "adapter")
     keys = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
     assert "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight" in keys and len(keys) == 2 * 14
+    imported = cn.import_peft(cn.from_pretrained(DATA / "hf_qwen3"), tmp_path / "adapter", users=1)
+    with cn.colora_users(model, jnp.array([1, 1])):
+        user1 = logits(model, ref["tokens"])
+    with cn.colora_users(imported, jnp.array([0, 0])):
+        np.testing.assert_allclose(logits(imported, ref["tokens"]), user1, atol=F32_TOL, rtol=0)
+    assert np.abs(user1 - ref["logits"]).max() > 0.1  # the adapter changes the logits
 
 
 def test_sharded_index_checkpoint(tmp_path):

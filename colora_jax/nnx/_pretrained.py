@@ -330,7 +330,8 @@ class CausalLM(nnx.Module):
     """A decoder-only LM with transformers' module names: ``tokens (b, t) -> logits (b, t, vocab)``
     (float32 logits; positions ``0 .. t-1``, causal mask, no padding mask).
 
-    Built with zero/one placeholder weights; :func:`from_pretrained` is the way to get a loaded one.
+    Built directly it holds placeholder weights (fixed keys); :func:`from_pretrained` builds it
+    abstract and assigns the checkpoint's.
     """
 
     def __init__(self, cfg: ArchConfig, *, dtype: tp.Any = jnp.float32, model_axis: int = 1):
