@@ -229,7 +229,10 @@ def test_mesh_placement_as_it_loads():
     assert out["qwen2"]["specs"]["embed"] == [None, None]  # vocab 64 % 3 != 0
 
 
-def test_mesh_without_model_axis():
+def test_mesh_without_model_axis_or_with_explicit_axes():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     with pytest.raises(ValueError, match="no 'model' axis"):
         cn.from_pretrained(DATA / "hf_llama", mesh=mesh)
+    explicit = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Explicit,))
+    with pytest.raises(ValueError, match="need Auto axes"):
+        cn.from_pretrained(DATA / "hf_llama", mesh=explicit)

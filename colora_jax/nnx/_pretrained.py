@@ -424,7 +424,7 @@ def from_pretrained(
         (q/k/v/gate/up and ``lm_head`` by output, o/down by input, the embedding by vocabulary;
         norms replicated; a dimension the axis does not divide is replicated). The annotations are
         flax's ``out_sharding`` metadata, so adapters added later follow their kernel
-        (:func:`colora_jax.nnx.shard`).
+        (:func:`colora_jax.nnx.shard`). Its axes must be ``AxisType.Auto``.
 
     Returns:
       The model; ``model(tokens)`` gives float32 logits ``(batch, time, vocab)``.
@@ -433,7 +433,7 @@ def from_pretrained(
       ValueError: for a missing ``config.json`` or weights file, an unsupported model type or
         architecture feature (see :meth:`ArchConfig.from_hf`), a tensor the model needs that the
         checkpoint lacks, a tensor it does not know, a tensor whose shape differs from the
-        config's, or a mesh without a ``'model'`` axis.
+        config's, or a mesh without a ``'model'`` axis or with Explicit axes.
     """
     directory = os.fspath(directory)
     config_path = os.path.join(directory, _CONFIG)
@@ -443,6 +443,12 @@ def from_pretrained(
         cfg = ArchConfig.from_hf(json.load(f))
     if mesh is not None and MODEL not in mesh.axis_names:
         raise ValueError(f"mesh axes {mesh.axis_names} have no {MODEL!r} axis to split the weights over")
+    if mesh is not None and any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        raise ValueError(
+            f"mesh axes {mesh.axis_names} are {mesh.axis_types}: the model's gathers and contractions need"
+            " Auto axes; build the mesh with axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names)"
+            " (jax.make_mesh makes Explicit axes by default)"
+        )
     dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
     model_axis = mesh.shape[MODEL] if mesh is not None else 1
     model = nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, model_axis=model_axis))
