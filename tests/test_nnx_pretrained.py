@@ -130,6 +130,25 @@ def test_sharded_index_checkpoint(tmp_path):
                                   logits(cn.from_pretrained(src), ref["tokens"]))  # fmt: skip
 
 
+def test_bfloat16_checkpoint(tmp_path):
+    """A checkpoint stored in bf16 (as most are): read exactly, upcast by default or kept in bf16."""
+    directory = copy_checkpoint(tmp_path)
+    tensors = load_file(directory / "model.safetensors")
+    save_file({k: v.astype(jnp.bfloat16) for k, v in tensors.items()}, directory / "model.safetensors")
+    stored = tensors["model.layers.0.self_attn.q_proj.weight"].astype(jnp.bfloat16)
+    upcast, kept = cn.from_pretrained(directory), cn.from_pretrained(directory, dtype=jnp.bfloat16)
+    q_up, q_kept = (
+        upcast.model.layers[0].self_attn.q_proj.kernel[...],
+        kept.model.layers[0].self_attn.q_proj.kernel[...],
+    )
+    assert q_up.dtype == jnp.float32 and q_kept.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(q_up), stored.T.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(q_kept), stored.T)
+    ref = reference("llama")
+    err = np.abs(logits(upcast, ref["tokens"]) - ref["logits"]).max()
+    assert 100 * F32_TOL < err < 0.05 * np.abs(ref["logits"]).max()  # the weights' bf16 rounding
+
+
 def test_bfloat16_weights():
     ref = reference("llama")
     model = cn.from_pretrained(DATA / "hf_llama", dtype=jnp.bfloat16)
