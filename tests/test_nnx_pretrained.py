@@ -163,6 +163,7 @@ def test_bfloat16_weights():
         ({"model_type": "gpt2"}, "unsupported model_type 'gpt2'"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, "unsupported rope type 'yarn'"),
         ({"hidden_act": "relu"}, "unsupported hidden_act 'relu'"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}}, "needs .*low_freq_factor"),
         ({"use_sliding_window": True}, "sliding-window"),
         ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads 3"),
         ({"intermediate_size": 40}, r"tensor model.layers.0.mlp.(down|gate|up)_proj.weight .* has shape"),

@@ -137,6 +137,7 @@ class ArchConfig:
         if config.get("use_bidirectional_attention"):
             raise ValueError("use_bidirectional_attention=True is not implemented: only causal attention")
         tie = config.get("tie_word_embeddings")
+        default_tie = family.pop("default_tie", False)
         return cls(
             model_type=model_type,
             vocab_size=config["vocab_size"],
@@ -149,8 +150,8 @@ class ArchConfig:
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             inv_freq=tuple(float(f) for f in rope_inv_freq(config, head_dim)),
             hidden_act=act,
-            tie_word_embeddings=bool(family.pop("default_tie", False) if tie is None else tie),
-            **{k: v for k, v in family.items() if k != "default_tie"},
+            tie_word_embeddings=bool(default_tie if tie is None else tie),
+            **family,
         )
 
 
@@ -177,6 +178,10 @@ def rope_inv_freq(config: dict, head_dim: int) -> np.ndarray:
         raise ValueError("partial_rotary_factor != 1 is not implemented: rotary embeddings over the whole head_dim")
     if head_dim % 2:
         raise ValueError(f"head_dim {head_dim} must be even (rotary embeddings rotate pairs)")
+    needs = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
+    absent = [k for k in needs.get(kind, ()) if k not in params]
+    if absent:
+        raise ValueError(f"rope type {kind!r} needs {absent} in rope_parameters / rope_scaling, got {params}")
     f32 = np.float32
     inv = f32(1.0) / (f32(params["rope_theta"]) ** (np.arange(0, head_dim, 2).astype(f32) / f32(head_dim)))
     if kind == "default":
@@ -185,7 +190,8 @@ def rope_inv_freq(config: dict, head_dim: int) -> np.ndarray:
         return inv / f32(params["factor"])
     if kind == "llama3":
         factor, low, high = (f32(params[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
-        context = f32(params["original_max_position_embeddings"])
+        # transformers' fallback: the model's own context when the original one is not given
+        context = f32(params.get("original_max_position_embeddings", config.get("max_position_embeddings")))
         low_wavelen, high_wavelen = context / low, context / high
         wavelen = f32(2 * math.pi) / inv
         scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
