@@ -128,6 +128,11 @@ def test_sharded_index_checkpoint(tmp_path):
     ref = reference("llama")
     np.testing.assert_array_equal(logits(cn.from_pretrained(out), ref["tokens"]),
                                   logits(cn.from_pretrained(src), ref["tokens"]))  # fmt: skip
+    moved = names[1]  # in the second shard, but the index says the first
+    index["weight_map"][moved] = "model-00001-of-00002.safetensors"
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"puts tensor {moved} in model-00001-of-00002.safetensors, which does not"):
+        cn.from_pretrained(out)
 
 
 def test_bfloat16_checkpoint(tmp_path):
@@ -183,6 +188,9 @@ def test_bad_checkpoint_files_say_what_is_wrong(tmp_path):
     del tensors["model.layers.1.self_attn.k_proj.weight"]
     save_file(tensors, directory / "model.safetensors")
     with pytest.raises(ValueError, match=r"lacks 1 tensors .*model.layers.1.self_attn.k_proj.weight"):
+        cn.from_pretrained(directory)
+    (directory / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="cannot read .* as safetensors"):
         cn.from_pretrained(directory)
     os.remove(directory / "model.safetensors")
     (directory / "pytorch_model.bin").write_bytes(b"")

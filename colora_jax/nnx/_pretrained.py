@@ -372,6 +372,14 @@ class CausalLM(nnx.Module):
         return logits.astype(jnp.float32)
 
 
+def _open(file: str) -> tp.Any:
+    """``safe_open`` in JAX's framework (bf16 included), with a file it cannot parse as a ValueError."""
+    try:
+        return safe_open(file, "flax")
+    except Exception as e:  # safetensors raises its own error type (a Rust exception) for a bad header
+        raise ValueError(f"cannot read {file} as safetensors: {e}") from e
+
+
 def _checkpoint_tensors(directory: str) -> dict[str, str]:
     """Tensor name -> safetensors file holding it (``model.safetensors`` or the index's shards)."""
     single, index = os.path.join(directory, _WEIGHTS), os.path.join(directory, _INDEX)
@@ -385,7 +393,7 @@ def _checkpoint_tensors(directory: str) -> dict[str, str]:
             raise ValueError(f"{index} lists shard files that are not in {directory}: {absent}")
         return {k: os.path.join(directory, s) for k, s in weight_map.items()}
     if os.path.exists(single):
-        with safe_open(single, "flax") as f:
+        with _open(single) as f:
             return {k: single for k in f.keys()}
     hint = ""
     if any(n.endswith((".bin", ".pt", ".pth")) for n in os.listdir(directory)):
@@ -474,17 +482,21 @@ def from_pretrained(
         )
     cpu = jax.devices("cpu")[0]
     for file in sorted(set(files[k] for k in targets)):
-        with safe_open(file, "flax") as f, jax.default_device(cpu):
+        with _open(file) as f, jax.default_device(cpu):
+            held = set(f.keys())
             for key in sorted(k for k in targets if files[k] == file):
+                if key not in held:
+                    raise ValueError(f"{_INDEX} puts tensor {key} in {os.path.basename(file)}, which does not hold it")
                 var, transposed = targets[key]
                 abstract = var.get_raw_value()
-                tensor = f.get_tensor(key)
+                shape = tuple(f.get_slice(key).get_shape())
                 expected = abstract.shape[::-1] if transposed else abstract.shape
-                if tensor.shape != expected:
+                if shape != tuple(expected):
                     raise ValueError(
-                        f"tensor {key} in {os.path.basename(file)} has shape {tuple(tensor.shape)}, but {_CONFIG}"
+                        f"tensor {key} in {os.path.basename(file)} has shape {shape}, but {_CONFIG}"
                         f" implies {tuple(expected)}"
                     )
+                tensor = f.get_tensor(key)
                 value = (tensor.T if transposed else tensor).astype(dtype)
                 if mesh is not None:
                     spec = jax.sharding.PartitionSpec(*(var.get_metadata().get("out_sharding") or ()))
