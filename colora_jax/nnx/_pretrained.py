@@ -183,7 +183,11 @@ def rope_inv_freq(config: dict, head_dim: int) -> np.ndarray:
     if absent:
         raise ValueError(f"rope type {kind!r} needs {absent} in rope_parameters / rope_scaling, got {params}")
     f32 = np.float32
-    inv = f32(1.0) / (f32(params["rope_theta"]) ** (np.arange(0, head_dim, 2).astype(f32) / f32(head_dim)))
+    # transformers' rounding: float32 exponents, the power rounded to float32 from float64 (torch's
+    # float32 pow on the CPU), a float32 reciprocal; a rotation angle p * inv_freq carries an
+    # inv_freq error times p, so ulps matter at long positions
+    exponent = np.arange(0, head_dim, 2).astype(f32) / f32(head_dim)
+    inv = f32(1.0) / (np.float64(params["rope_theta"]) ** exponent.astype(np.float64)).astype(f32)
     if kind == "default":
         return inv
     if kind == "linear":
