@@ -9,6 +9,8 @@
         tokens in CHECKPOINT/reference.safetensors, for each ADAPTER j: OUT/peft.safetensors
         ("logits:j") and OUT/peft.json (per adapter the modules PEFT wrapped and the warnings it
         raised, as [category, message], or logged, as ["log", message]; versions).
+    python interop/hf_side.py logits CHECKPOINT OUT [--length N] [--seed S]
+        transformers' float32 logits for one random sequence of N tokens (OUT: "tokens", "logits").
 
 Every weight is drawn afresh (norm weights near 1, biases nonzero), not transformers' init, whose
 zero biases and unit norms would leave those paths untested. `make` with the defaults writes the
@@ -152,6 +154,15 @@ def peft(checkpoint: str, out: str, adapters: list[str]) -> None:
         json.dump({"adapters": results, "versions": versions}, f)
 
 
+def logits(checkpoint: str, out: str, length: int, seed: int) -> None:
+    """transformers' logits for one random sequence of ``length`` tokens: rotary angles up to ``length``."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    tokens = np.random.default_rng(seed).integers(0, model.config.vocab_size, (1, length)).astype(np.int32)
+    with torch.no_grad():
+        result = model(torch.from_numpy(tokens).long()).logits.float()
+    save_file({"tokens": torch.from_numpy(tokens), "logits": result.contiguous()}, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,11 +175,18 @@ def main() -> None:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("adapters", nargs="+")
+    g = sub.add_parser("logits")
+    g.add_argument("checkpoint")
+    g.add_argument("out")
+    g.add_argument("--length", type=int, default=2048)
+    g.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.command == "make":
         make(args.out, args.seed, args.shard_size, args.variants)
-    else:
+    elif args.command == "peft":
         peft(args.checkpoint, args.out, args.adapters)
+    else:
+        logits(args.checkpoint, args.out, args.length, args.seed)
 
 
 if __name__ == "__main__":
