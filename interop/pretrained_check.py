@@ -136,7 +136,8 @@ def main() -> None:
             print(
                 f"{family} logits vs transformers max |diff| {res['single_logits_max_abs']:.2e}"
                 f" (sharded, {len(res['sharded_files']) - 1} shards: {res['sharded_logits_max_abs']:.2e};"
-                f" |logits| <= {res['logits_max_abs_value']:.2f}; {LONG} tokens: {res['long_logits_max_abs']:.2e}, claim {LONG_TOL:g})"
+                f" |logits| <= {res['logits_max_abs_value']:.2f};"
+                f" {LONG} tokens: {res['long_logits_max_abs']:.2e}, claim {LONG_TOL:g})"
                 f"\n       PEFT users {list(USERS)} on {res['adapted']} modules:"
                 f" max |diff| {res['peft_logits_max_abs']:.2e}"
                 f" (adapter moves logits by {res['adapter_effect_max_abs']:.2f}); wrapped = adapted:"
