@@ -30,6 +30,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+transformers.utils.logging.disable_progress_bar()  # `make interop` prints its own lines
+
 SIZES = dict(
     vocab_size=64,
     hidden_size=32,
