@@ -52,7 +52,8 @@ figures: $(STAMP)
 
 ## PEFT interop: the round trip both ways with the real torch + peft, in their own environment
 ## (interop/.venv-interop: torch's CPU build and peft, about 1.2 GB; not part of `make test`).
-## Prints the differences and writes figures/nnx_interop.json.
+## Prints the differences and writes figures/nnx_interop.json; then transformers checkpoints of each
+## family through cn.from_pretrained and its adapters back into PEFT (figures/nnx_pretrained.json).
 .PHONY: interop
 INTEROP := interop/.venv-interop
 $(INTEROP)/.installed: interop/requirements.txt
@@ -62,3 +63,4 @@ $(INTEROP)/.installed: interop/requirements.txt
 
 interop: $(STAMP) $(INTEROP)/.installed
 	$(BIN)/python interop/roundtrip.py --torch-python $(INTEROP)/bin/python
+	$(BIN)/python interop/pretrained_check.py --torch-python $(INTEROP)/bin/python

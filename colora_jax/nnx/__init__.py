@@ -9,6 +9,7 @@ from colora_jax.nnx._decoder import Decoder, DecoderConfig, shard
 from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam, UserIds, layer_axes
 from colora_jax.nnx._models import Transformer, TransformerConfig
 from colora_jax.nnx._peft import export_peft, import_peft
+from colora_jax.nnx._pretrained import from_pretrained
 from colora_jax.nnx._provenance import code_version
 from colora_jax.nnx._tasks import (
     SHAKESPEARE_PATH,
@@ -62,6 +63,7 @@ __all__ = [
     "Examples",
     "export_peft",
     "fit_method",
+    "from_pretrained",
     "import_peft",
     "layer_axes",
     "load_roles",
