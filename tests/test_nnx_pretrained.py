@@ -113,6 +113,24 @@ def test_colora_adapts_every_projection_and_exports_under_checkpoint_names(tmp_p
     assert np.abs(user1 - ref["logits"]).max() > 0.1  # the adapter changes the logits
 
 
+def test_mixed_users_equal_one_user_at_a_time_when_seq_equals_batch():
+    # The model declares itself batch-major (colora_example_axis = 0), so a (3, 3) batch of tokens
+    # routes user ids along the batch axis instead of being refused as ambiguous.
+    model = cn.from_pretrained(DATA / "hf_llama")
+    cn.apply_colora(model, users=3, rank=2, targets=PROJECTIONS, rngs=nnx.Rngs(1))
+    key = jax.random.key(3)
+    for _, layer in cn.adapted_layers(model):
+        for var in (layer.shared_u, layer.personal):
+            key, sub = jax.random.split(key)
+            var.set_value(0.3 * jax.random.normal(sub, var[...].shape))
+    tokens = jax.random.randint(jax.random.key(4), (3, 3), 0, model.config.vocab_size)
+    with cn.colora_users(model, jnp.array([0, 1, 2])):
+        mixed = logits(model, tokens)
+    for user in range(3):
+        with cn.colora_users(model, jnp.full((3,), user)):
+            np.testing.assert_allclose(mixed[user], logits(model, tokens)[user], atol=F32_TOL, rtol=0)
+
+
 def test_sharded_index_checkpoint(tmp_path):
     """model.safetensors split into two files with transformers' index: the same model."""
     src = DATA / "hf_llama"

@@ -344,6 +344,8 @@ class CausalLM(nnx.Module):
     abstract and assigns the checkpoint's.
     """
 
+    colora_example_axis = 0  # batch-major throughout: adapted layers route user ids along axis 0
+
     def __init__(self, cfg: ArchConfig, *, dtype: tp.Any = jnp.float32, model_axis: int = 1):
         place = _Placement(model_axis)
         self.config = cfg
