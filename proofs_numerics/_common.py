@@ -78,6 +78,9 @@ def arguments(doc: str) -> argparse.Namespace:
     )
     args = p.parse_args()
     args.out = args.out or (os.path.join(args.results, "smoke", "figures") if args.smoke else "figures")
+    args.record_out = args.out  # where NAME.json of record lives; a confirmation writes its own elsewhere
+    if args.confirm:
+        args.out = confirmation_folder(args)  # the confirmation's figure and record, beside the sweep files
     compile_cache()
     return args
 
@@ -364,7 +367,7 @@ def finish(
         **(extra or {}),
     }
     confirming = getattr(args, "confirm", False)
-    folder = confirmation_folder(args) if confirming else args.out
+    folder = args.out
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"{name}.json"), "w") as f:
         json.dump(to_jsonable(record), f, indent=1)
@@ -373,7 +376,8 @@ def finish(
     print(f"{label}{'PASS' if passed else 'FAIL'}: {claim}  [{summary}; {record['seconds']} s]", flush=True)
     if confirming:
         try:
-            attach_confirmation(os.path.join(args.out, f"{name}.json"), os.path.join(folder, f"{name}.json"))
+            record_path = os.path.join(getattr(args, "record_out", args.out), f"{name}.json")
+            attach_confirmation(record_path, os.path.join(folder, f"{name}.json"))
         except ValueError as err:
             print(f"{name}: {err}", file=sys.stderr)
             raise SystemExit(2) from None

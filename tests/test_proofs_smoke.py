@@ -57,8 +57,11 @@ def test_smoke_configuration_writes_figure_and_record(name, tmp_path):
 
 def test_the_confirmation_run_is_attached_and_decides(tmp_path):
     assert _smoke("phase_transition", tmp_path).returncode == 0
+    figure = (tmp_path / "phase_transition.png").read_bytes()
     done = _smoke("phase_transition", tmp_path, "--confirm")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "phase_transition.png").read_bytes() == figure  # the exploration's figure stays
+    assert (tmp_path / "results" / "smoke" / "confirmation" / "phase_transition.png").stat().st_size > 10_000
     record = json.loads((tmp_path / "phase_transition.json").read_text())
     confirmation = json.loads((tmp_path / "results" / "smoke" / "confirmation" / "phase_transition.json").read_text())
     assert record["confirmation"]["seed"] == confirmation["seed"] == record["config"]["confirmation_seed"]
