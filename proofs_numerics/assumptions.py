@@ -20,7 +20,12 @@ Claims (bounds fixed before the run), each from what the theory does or does not
    personal parts one full-rank S_i* already identifies U and V, and the count m* is unchanged,
    so AltMin should not need task diversity here (unlike vector heads, FedRep's setting).
 4. Condition number 10: n50 / base n50 > 1: every AltMin bound grows with the condition number.
-5. Diagonal personal parts: n50/m*_diag <= 2.
+   The seed-0 rates put the two crossings about one sample apart (13 against 14), so the base and
+   this variant run many more trials (``Config.trials_by_variant``, sized by a power calculation).
+5. Diagonal personal parts: n50/m*_diag <= 2, from the spectral start (the only start the library
+   offers besides a random one). A start inside span(U*), span(V*) with a wrong basis, which would
+   separate the diagonal estimator from the subspace error of its start, needs an initialization
+   from given factors that ``FitConfig.init`` does not have.
 Random initialization: measured and reported, no claim (no theory at hand predicts its threshold).
 
     python -m proofs_numerics.assumptions [--smoke] [--fresh] [--no-progress]
@@ -69,7 +74,20 @@ class Config:
     variants: tuple[str, ...] = tuple(VARIANTS)  # names in VARIANTS
     grid_lo: float = 0.9  # smallest sample size / m* (rounded down)
     grid_hi: float = 2.6  # largest sample size / m* (room for harder variants); contraction measured here
-    trials: int = 30  # trials per cell (n50 interval: order statistics 10-21)
+    trials: int = 30  # trials per cell of the variants not in trials_by_variant
+    # Trials per cell where a claim must resolve one sample. Power calculation from the seed-0
+    # exploration (figures/assumptions.json at f96924d, 30 trials per cell; maximum-likelihood
+    # logistic fits of the success rate in n, slope 0.26-0.31 per
+    # sample at the crossing): base crosses 1/2 at 12.7 samples, condition 10 at 13.6, so at n = 13
+    # their rates are about 0.59 and 0.35. Claim 4 holds when the Bonferroni ratio interval lies
+    # above 1, i.e. base's lower Clopper-Pearson band (97.5%) at 13 is >= 1/2 and condition 10's
+    # upper band at 13 is < 1/2. Binomial tables simulated from the two fitted curves (400 draws)
+    # give the probability of that: 0.02 at 30 trials, 0.27 at 100, 0.63 at 200, 0.84 at 300, 0.97
+    # at 500 (0.90 at 200 if the crossings sat at 12.5 and 13.5): 300 each. Diagonal parts (rate
+    # slope 0.16 per sample, crossing at 12.8, rates 0.38 and 0.53 at 12 and 13): claim 5 is
+    # decided, as failing (n50's interval above 2 m*_diag = 12.8 samples), with probability 0.22
+    # at 30 trials, 0.67 at 100, 0.96 at 200: 200. About 4x the CPU of 30 trials everywhere.
+    trials_by_variant: tuple[tuple[str, int], ...] = (("base", 300), ("condition 10", 300), ("diagonal S*", 200))
     iters: int = 50  # AltMin iteration budget
     tol: float = 1e-7  # AltMin stopping tolerance
     window: tuple[float, float] = (1e-6, 1e-2)  # float32 distances used to fit the contraction factor
@@ -86,6 +104,7 @@ SMOKE = Config(
     variants=("base", "g = 1 distinct S*", "diagonal S*"),
     grid_hi=1.8,
     trials=4,
+    trials_by_variant=(("base", 6),),
     iters=15,
     diversity_draws=2,
 )
@@ -121,15 +140,19 @@ def grid(config: Config, variant: str) -> list[int]:
     )
 
 
+def trials(config: Config, variant: str) -> int:
+    """Trials per cell of a variant (``Config.trials_by_variant``, else ``Config.trials``)."""
+    return dict(config.trials_by_variant).get(variant, config.trials)
+
+
 def cells(config: Config):
     out = []
     for v in config.variants:
         fc = FitConfig(rank=config.rank, iters=config.iters, tol=config.tol, **VARIANTS[v][1])
         ns = grid(config, v)
         for n in ns:
-            out.append(
-                ((v, n), Cell(problem_config(config, v, n), fc, config.trials, config.seed, VARIANTS[v][2], max(ns)))
-            )
+            cell = Cell(problem_config(config, v, n), fc, trials(config, v), config.seed, VARIANTS[v][2], max(ns))
+            out.append(((v, n), cell))
     return out
 
 
@@ -214,7 +237,8 @@ def main() -> None:
                 q.low,
                 q.high,
                 lower=1.0 + 1e-9,
-                source="AltMin bounds grow with the condition number",
+                source="AltMin bounds grow with the condition number; trials from a power calculation on"
+                " the seed-0 rates (Config.trials_by_variant)",
             )
         elif v.startswith("diagonal"):
             s = summary[v]
@@ -224,7 +248,8 @@ def main() -> None:
                 s["ratio_low"],
                 s["ratio_high"],
                 upper=config.constant,
-                source="AltMin: constant x dof, diagonal count",
+                source="AltMin: constant x dof, diagonal count; spectral start (a start inside span U*"
+                " needs an init from given factors)",
             )
         summary[v]["n50_over_base"] = q._asdict()
     # figure: n50/m* and contraction per variant
@@ -254,7 +279,8 @@ def main() -> None:
         "n50 / m*",
         "",
         title=f"threshold ({config.model}, k={config.users},"
-        f" {config.d_out}x{config.d_in}, r={config.rank}, {config.trials} trials)",
+        f" {config.d_out}x{config.d_in}, r={config.rank}, {config.trials} trials,"
+        f" {', '.join(f'{v} {t}' for v, t in config.trials_by_variant)})",
     )
     c = np.array([summary[v]["contraction"] for v in names])
     q = np.array([summary[v]["contraction_quartiles"] for v in names])
