@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,8 +51,21 @@ def slow_cell(cell):
     return {"seed": cell.seed, "padding": "x" * 200_000}
 
 
-def run(*args, **kwargs):
-    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, **kwargs)
+def note_pid_and_sleep(folder, cells):
+    """A group computation for worker processes: leaves its pid in ``folder``, then sleeps a minute."""
+    with open(os.path.join(folder, str(os.getpid())), "w"):
+        pass
+    time.sleep(60)
+    return [{} for _ in cells]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for a reaper that never comes counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # ----------------------------------------------------------------------------- 1. the key
@@ -180,6 +194,44 @@ def test_a_reader_beside_a_writer_of_large_records_loses_nothing(tmp_path, write
         reads += 1
     assert child.returncode == 0 and reads > 0
     assert sorted(read_results(path)) == [str(i) for i in range(count)], "the reader cut records away"
+
+
+# ----------------------------------------------------------------------------- 3. workers end with their parent
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(
+    "parent, how",
+    [("parallel_map", signal.SIGKILL), ("sweep", signal.SIGTERM)],
+    ids=["parallel_map-SIGKILL", "sweep-SIGTERM"],
+)
+def test_workers_end_when_their_parent_is_killed(tmp_path, parent, how):
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    call = {
+        "parallel_map": "list(parallel_map(functools.partial(t.note_pid_and_sleep, folder), [[1], [2]], 2))",
+        "sweep": "cj.sweep([cj.Cell(t.PC, t.FC, trials=2, seed=s) for s in (0, 1)],"
+        " functools.partial(t.note_pid_and_sleep, folder), path=folder + '.jsonl', progress=False, workers=2)",
+    }[parent]
+    code = (
+        "import functools, colora_jax as cj, test_reliability_runtime as t\n"
+        f"from colora_jax._src.workers import parallel_map\nfolder = {str(folder)!r}\n{call}"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], env=ENV)
+    deadline = time.monotonic() + 90
+    while len(os.listdir(folder)) < 2 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    pids = [int(name) for name in os.listdir(folder)]
+    assert len(pids) == 2 and all(alive(pid) for pid in pids), "both workers started"
+    os.kill(child.pid, how)
+    child.wait()
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in pids if alive(pid)]
+    for pid in survivors:  # leave no process behind, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived their parent"
 
 
 # ----------------------------------------------------------------------------- 4. bad paths and results
