@@ -59,6 +59,10 @@ def note_pid_and_sleep(folder, cells):
     return [{} for _ in cells]
 
 
+def run(*args, **kwargs):
+    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, **kwargs)
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie left for a reaper that never comes counts as ended)."""
     try:
@@ -277,3 +281,61 @@ def test_jax_and_numpy_arrays_and_scalars_in_a_result_are_written(tmp_path):
 def test_a_result_json_cannot_hold_is_a_value_error_naming_the_cell(tmp_path):
     with pytest.raises(ValueError, match="cannot be written as JSON.*return numbers"):
         sweep(CELLS[:1], per_cell(lambda c: {"values": {1.0, 2.0}}), path=tmp_path / "s.jsonl", progress=False)
+
+
+# ----------------------------------------------------------------------------- 5. the command line's edges
+
+LONG_RECOVER = ["-m", "colora_jax.cli", "recover", "--users", "3", "--d-out", "4", "--d-in", "4", "--rank", "1"]
+LONG_RECOVER += ["--samples", "8", "--trials", "1000000", "--batch", "10", "--json"]  # minutes: always cut short
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.0, 3.0])  # loading JAX, compiling, running
+def test_sigint_at_any_moment_gives_one_line_and_exit_130(delay):
+    child = subprocess.Popen(
+        [sys.executable, *LONG_RECOVER], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(delay)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert (child.returncode, err, out) == (130, "colora: interrupted\n", "")
+
+
+def test_an_interrupt_swallowed_inside_a_command_still_exits_130(monkeypatch, capfd):
+    from colora_jax import cli
+    from colora_jax._src.commands import methods
+
+    def swallows(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        except KeyboardInterrupt:
+            pass  # as a __del__ or a callback would
+        return 0
+
+    monkeypatch.setattr(methods, "run", swallows)
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["methods"]) == 130
+    assert capfd.readouterr().err == "colora: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is before, "a call with argv gives the caller's handler back"
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    child = subprocess.Popen(
+        [sys.executable, "-m", "colora_jax.cli", "methods"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    child.stdout.close()  # the reader went away (`colora methods | head -0`)
+    err = child.stderr.read()
+    assert (child.wait(timeout=60), err) == (141, b"")
+
+
+def test_colora_alone_prints_its_usage_and_one_error_line():
+    proc = run("-m", "colora_jax.cli", timeout=60)
+    usage, error = proc.stderr.splitlines()
+    assert proc.returncode == 2 and usage.startswith("usage: colora ")
+    assert error == "colora: error: choose a command: recover, compare, bench, methods"
+
+
+def test_a_subcommand_mistake_names_the_subcommand_once():
+    proc = run("-m", "colora_jax.cli", "recover", "--rank", "0", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "colora recover: error: argument --rank: expected a positive integer, got '0'\n"
