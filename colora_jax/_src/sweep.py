@@ -23,7 +23,8 @@ to recompute everything.
 
 Reading never writes: a reader skips a last line that is still being written. Only the writer
 repairs a line left torn by a killed writer, under an exclusive ``flock`` that every append
-holds, so a reader or a second sweep running beside a writer loses nothing.
+holds, so a reader or a second writer running beside a writer loses nothing (two sweeps on one
+file may both compute a cell: the later line wins).
 
 Speed: cells are computed in *groups* that differ only in their sample size. Each group is one
 call of ``trials.run_trials`` with a sample grid: every trial is generated once with
