@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     ``argv=None`` means this call is the process (the console script): its SIGINT handling then
     stays until the process exits, else the caller's handler is put back.
     """
-    previous = None
+    started = None
     try:
         try:
-            previous = interrupts.start()
+            started = interrupts.start()
             parser = build_parser()
             if not (sys.argv[1:] if argv is None else argv):
                 sys.stderr.write(parser.format_usage())
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupts.report()
         return interrupts.EXIT_CODE
     finally:
-        interrupts.finish(previous, process_ends=argv is None)
+        interrupts.finish(started, process_ends=argv is None)
 
 
 if __name__ == "__main__":

@@ -296,7 +296,11 @@ def test_sigint_at_any_moment_gives_one_line_and_exit_130(delay):
     )
     time.sleep(delay)
     child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=60)
+    try:
+        out, err = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        pytest.fail(f"still running a minute after SIGINT; stderr: {child.communicate()[1][-2000:]}")
     assert (child.returncode, err, out) == (130, "colora: interrupted\n", "")
 
 
@@ -317,6 +321,30 @@ def test_an_interrupt_swallowed_inside_a_command_still_exits_130(monkeypatch, ca
     assert cli.main(["methods"]) == 130
     assert capfd.readouterr().err == "colora: interrupted\n"
     assert signal.getsignal(signal.SIGINT) is before, "a call with argv gives the caller's handler back"
+
+
+def test_sigint_while_the_main_thread_is_held_in_c_still_ends_the_command():
+    """Python runs handlers between bytecodes only: a long C call (here ``sum`` over a range, as a
+    long XLA call would) must not hold the interrupt back for its whole length."""
+    code = (
+        "import sys, colora_jax.cli as cli\n"
+        "from colora_jax._src.commands import methods\n"
+        "def stuck(args):\n"
+        "    print('ready', flush=True)\n"
+        "    return sum(range(10**12))\n"
+        "methods.run = stuck\n"
+        "sys.argv = ['colora', 'methods']\n"
+        "sys.exit(cli.main())"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline() == "ready\n"
+    start = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert (child.returncode, err) == (130, "colora: interrupted\n")
+    assert time.monotonic() - start < 30, "ended by the watch, not by the end of the C call"
 
 
 def test_output_into_a_closed_pipe_ends_quietly():
