@@ -304,6 +304,47 @@ def test_sigint_at_any_moment_gives_one_line_and_exit_130(delay):
     assert (child.returncode, err, out) == (130, "colora: interrupted\n", "")
 
 
+def workers_of(pid: int) -> list[int]:
+    """The worker processes of ``pid`` (its children but multiprocessing's resource tracker)."""
+    found = []
+    for child in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                tracker = b"resource_tracker" in f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and not tracker:
+            found.append(int(child))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_to_the_process_group_of_recover_with_workers():
+    """A terminal's Ctrl-C reaches the workers too: they leave it to the parent, which ends them."""
+    child = subprocess.Popen(
+        [sys.executable, *LONG_RECOVER, "--workers", "2"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(workers := workers_of(child.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2
+    time.sleep(0.5)  # the workers are importing JAX
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert (child.returncode, err, out) == (130, "colora: interrupted\n", "")
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if alive(pid)]
+
+
 def test_an_interrupt_swallowed_inside_a_command_still_exits_130(monkeypatch, capfd):
     from colora_jax import cli
     from colora_jax._src.commands import methods

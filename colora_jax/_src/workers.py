@@ -18,13 +18,15 @@ Workers end with their parent, however it ends (SIGKILL included): each holds th
 pipe whose only write end the parent holds, and a thread of the worker exits the process when
 that pipe reports end-of-file; on Linux the kernel also sends the worker SIGKILL when the thread
 that started it ends (``PR_SET_PDEATHSIG``), which covers a worker stuck in C code. Workers
-ignore SIGINT: a Ctrl-C reaches the whole process group, and the parent decides (it closes the
-pipe, so the workers end at once instead of finishing their items).
+ignore SIGINT (they start with it blocked, then ignore it): a Ctrl-C reaches the whole process
+group, and the parent decides (it closes the pipe, so the workers end at once instead of
+finishing their items).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -56,6 +58,20 @@ def _die_with_parent(lifeline, parent: int) -> None:
     threading.Thread(target=watch, name="colora-lifeline", daemon=True).start()
     if os.getppid() != parent:  # the parent ended before the watch began
         os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread (held pending, not lost: another thread's handler still
+    flags it for the main thread); processes started meanwhile inherit the mask through exec."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _start(counter, cores: list[int], cache_dir: str | None, x64: bool, lifeline, parent: int) -> None:
@@ -119,13 +135,16 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence, workers: int) -> Ite
     )
     finished = False
     try:
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        with _sigint_blocked():  # the workers start with it blocked, so none is interrupted while it imports
+            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         for future in concurrent.futures.as_completed(futures):
             yield futures[future], future.result()
         finished = True
     finally:
-        if not finished:
-            keep_alive.close()  # the workers' watches see EOF and end them now
+        if not finished:  # end the workers now: one still starting has no watch yet
+            keep_alive.close()
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()
         pool.shutdown(wait=True, cancel_futures=True)
         keep_alive.close()
         lifeline.close()
