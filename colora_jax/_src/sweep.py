@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from colora_jax._src.config import FitConfig, ProblemConfig
 from colora_jax._src.data import STREAM_VERSION
@@ -108,8 +109,6 @@ def _qualified_name(obj) -> str:
 
 def _argument_id(value):
     """A JSON-ready value naming an argument bound to a computation, equal across processes."""
-    import numpy as np
-
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
@@ -145,7 +144,8 @@ def computation_id(compute: Callable):
 
     A function is named by ``module.qualname``; a ``functools.partial`` by its function and
     bound arguments; ``per_cell(f)`` by ``f``; a callable object by its class and fields (a
-    dataclass) or repr. What a closure captures is invisible here: name it with ``tag``.
+    dataclass) or repr. What a closure captures is invisible here, and two lambdas of one function
+    share a name: tell them apart with ``tag`` (or give them names).
     """
     named = getattr(compute, "computation", None)  # set by per_cell
     if named is not None:
@@ -168,12 +168,17 @@ def cell_key(cell: Cell, tag: str = "", compute: Callable | None = None) -> str:
 
     ``compute``: the sweep's computation (default ``run_cells``).
     """
+    return _key(cell, tag, computation_id(run_cells if compute is None else compute))
+
+
+def _key(cell: Cell, tag: str, computation) -> str:
+    """``cell_key`` with the computation already named (a sweep names it once for all its cells)."""
     text = json.dumps(
         {
             "cell": cell_config(cell),
             "stream": STREAM_VERSION,
             "tag": tag,
-            "computation": computation_id(run_cells if compute is None else compute),
+            "computation": computation,
             "precision": effective_precision(cell),
         },
         sort_keys=True,
@@ -399,7 +404,7 @@ def sweep(
 
     start = time.perf_counter()
     computation = computation_id(compute)
-    keys = [cell_key(c, tag, compute) for c in cells]
+    keys = [_key(c, tag, computation) for c in cells]
     if fresh and os.path.exists(path):
         _check_writable(path)
         os.remove(path)
