@@ -53,15 +53,16 @@ def main(argv: list[str] | None = None) -> int:
             common.apply_runtime_flags(args)
             code = args.run(args)
             sys.stdout.flush()  # a closed pipe is found here, not in the interpreter's shutdown
-        except common.UsageError as err:
-            print(f"{err.prog}: error: {err}", file=sys.stderr)
-            code = 2
-        except ValueError as err:
-            print(f"colora: error: {err}", file=sys.stderr)
-            code = 2
         except BrokenPipeError:
             _quiet_output()
             return BROKEN_PIPE
+        except Exception as err:
+            if interrupts.interrupted():  # the KeyboardInterrupt became another error on its way here
+                raise KeyboardInterrupt from None
+            if not isinstance(err, (common.UsageError, ValueError)):
+                raise
+            print(f"{getattr(err, 'prog', 'colora')}: error: {err}", file=sys.stderr)
+            code = 2
         if interrupts.interrupted():  # the KeyboardInterrupt was swallowed on its way here
             raise KeyboardInterrupt
         return code

@@ -345,7 +345,10 @@ def test_ctrl_c_to_the_process_group_of_recover_with_workers():
     assert not [pid for pid in workers if alive(pid)]
 
 
-def test_an_interrupt_swallowed_inside_a_command_still_exits_130(monkeypatch, capfd):
+@pytest.mark.parametrize("fate", ["swallowed", "another error"])
+def test_an_interrupt_lost_inside_a_command_still_exits_130(monkeypatch, capfd, fate):
+    """Code between the handler and ``main`` may swallow the KeyboardInterrupt (a ``__del__``, a
+    callback) or turn it into another error (a callback whose error is re-raised as a string)."""
     from colora_jax import cli
     from colora_jax._src.commands import methods
 
@@ -354,7 +357,8 @@ def test_an_interrupt_swallowed_inside_a_command_still_exits_130(monkeypatch, ca
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler runs here
         except KeyboardInterrupt:
-            pass  # as a __del__ or a callback would
+            if fate == "another error":
+                raise RuntimeError("INTERNAL: KeyboardInterrupt") from None
         return 0
 
     monkeypatch.setattr(methods, "run", swallows)
