@@ -7,6 +7,9 @@ personal ``S_i`` (r x r): ``W_i = W_0 + U S_i V^T``. See README.md for a tour.
 import os as _os
 import sys as _sys
 
+# First, before JAX loads: in the colora command's process, a Ctrl-C from here on ends it in one line.
+from colora_jax._src import interrupts as _interrupts  # noqa: F401  (imported for that effect)
+
 if "jax" not in _sys.modules:
     # XLA:CPU logs two spurious error lines (4 KB) for every executable it loads from the persistent
     # compilation cache (jax-ml/jax#38445: tuning flags taken for missing CPU features). XLA reads

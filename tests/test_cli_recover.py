@@ -79,7 +79,7 @@ def test_console_script_exit_code():
     proc = subprocess.run(
         [sys.executable, "-m", "colora_jax.cli", "recover", "--rank", "0"], capture_output=True, text=True
     )
-    assert proc.returncode == 2 and proc.stderr.startswith("colora: error:") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("colora recover: error:") and "Traceback" not in proc.stderr
 
 
 def test_several_sample_sizes_fit_prefixes_of_the_same_trials(capsys):

@@ -1,6 +1,6 @@
 """The resumable sweep driver: an interrupted sweep resumes without loss, a changed configuration
-(or stream layout) never reuses a stale cell, a torn last line is dropped, and a group of cells
-computed in one runner call equals each cell computed alone."""
+(or stream layout) never reuses a stale cell, a torn last line is skipped by readers and repaired
+by the writer, and a group of cells computed in one runner call equals each cell computed alone."""
 
 import json
 
@@ -15,35 +15,30 @@ FC = cj.FitConfig(rank=1, iters=5)
 CELLS = [Cell(PC, FC, trials=2, seed=s) for s in range(5)]
 
 
-def fake_compute(calls):
-    """A cheap deterministic per-cell result that records which cells were computed."""
+class Interrupt(Exception):
+    pass
+
+
+def fake_compute(calls, dies_after=None):
+    """A cheap deterministic per-cell result that records which cells were computed (and, with
+    ``dies_after``, is interrupted when that many cells are computed)."""
 
     def compute(cell):
+        if len(calls) == dies_after:
+            raise Interrupt
         calls.append(cell.seed)
         return {"value": [cell.seed * 1.5, cell.problem.noise]}
 
     return per_cell(compute)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path):
     path = tmp_path / "s.jsonl"
     calls = []
-    compute = fake_compute(calls)
-
-    def dies_after_two(cells):
-        if len(calls) == 2:
-            raise Interrupt
-        return compute(cells)
-
-    dies_after_two.groups = False
     with pytest.raises(Interrupt):
-        sweep(CELLS, dies_after_two, path=path, progress=False)
+        sweep(CELLS, fake_compute(calls, dies_after=2), path=path, progress=False)
     assert calls == [0, 1] and len(read_results(path)) == 2
-    resumed = sweep(CELLS, compute, path=path, progress=False)
+    resumed = sweep(CELLS, fake_compute(calls), path=path, progress=False)
     assert calls == [0, 1, 2, 3, 4], "the restart must compute only the missing cells"
     assert (resumed.computed, resumed.reused, resumed.stale) == (3, 2, 0)
     whole = sweep(CELLS, fake_compute([]), path=tmp_path / "whole.jsonl", progress=False)
@@ -64,12 +59,14 @@ def test_changed_configuration_recomputes(tmp_path):
     assert sweep(CELLS[:2], fake_compute(calls), path=path, fresh=True, progress=False).computed == 2
 
 
-def test_torn_last_line_is_dropped(tmp_path):
+def test_torn_last_line_is_skipped_and_repaired_by_the_writer(tmp_path):
     path = tmp_path / "s.jsonl"
     sweep(CELLS[:2], fake_compute([]), path=path, progress=False)
     with open(path, "a") as f:
         f.write('{"key": "abc", "res')  # a kill in the middle of a write
-    assert set(read_results(path)) == {cell_key(c) for c in CELLS[:2]}
+    compute = fake_compute([])
+    assert set(read_results(path)) == {cell_key(c, compute=compute) for c in CELLS[:2]}
+    assert path.read_text().endswith('"res'), "reading never writes the file"
     calls = []
     sweep(CELLS[:3], fake_compute(calls), path=path, progress=False)
     assert calls == [2]

@@ -1,18 +1,21 @@
-"""JSON-ready values of results: NumPy scalars and arrays as Python numbers and lists, NaN as null."""
+"""JSON-ready values of results: NumPy and JAX scalars and arrays as Python numbers and lists, NaN as null."""
 
 from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
 
 
 def to_jsonable(x):
-    """Floats with NaN/inf as null, NumPy scalars and arrays as Python numbers and lists (recursively)."""
+    """Floats with NaN/inf as null, NumPy and JAX scalars and arrays as Python numbers and lists (recursively)."""
     if isinstance(x, dict):
         return {k: to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [to_jsonable(v) for v in x]
+    if isinstance(x, jax.Array):  # fetched to the host; a 0-d array becomes a Python number
+        x = np.asarray(x)
     if isinstance(x, np.ndarray):
         return to_jsonable(x.tolist())
     if isinstance(x, (np.floating, float)):

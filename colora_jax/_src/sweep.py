@@ -8,13 +8,23 @@ sweep killed midway and started again recomputes only the missing cells.
 Cache key (the trade-off, decided here): a cell is identified by the SHA-256 of its fully
 resolved configuration (every field of both configs, trials, seed, method, pad_samples), the
 layout of the random streams (``data.STREAM_VERSION``: a change of how problems are drawn
-changes every result) and the caller's ``tag`` (what is recorded per cell, and by which
-fitter). A changed configuration or stream therefore never reuses a stale cell. The code
-version is *not* part of the key: it is written on every line, and reused cells computed by
+changes every result), the computation (``computation_id``: the qualified name of ``compute``
+and, for a ``functools.partial``, its bound arguments), the effective precision (float64 only
+when ``x64`` is asked for *and* enabled in JAX: a cell computed in float32 is another cell) and
+the caller's ``tag`` (for what the name of a computation cannot show, such as the variables a
+closure holds). A changed configuration, stream, computation or precision therefore never
+reuses a stale cell. Lines written before the computation was part of the key are not reused
+(it is unknown which computation wrote them): they are counted in a warning and recomputed. The
+code version is *not* part of the key: it is written on every line, and reused cells computed by
 another code version are counted and reported (``SweepResult.stale`` and a warning), so that
 editing a plotting script does not throw away an hour of trials. When the numerics
 themselves change, pass ``fresh=True`` (``--fresh`` in the scripts, used by ``make figures``)
 to recompute everything.
+
+Reading never writes: a reader skips a last line that is still being written. Only the writer
+repairs a line left torn by a killed writer, under an exclusive ``flock`` that every append
+holds, so a reader or a second writer running beside a writer loses nothing (two sweeps on one
+file may both compute a cell: the later line wins).
 
 Speed: cells are computed in *groups* that differ only in their sample size. Each group is one
 call of ``trials.run_trials`` with a sample grid: every trial is generated once with
@@ -28,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -37,6 +48,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from colora_jax._src.config import FitConfig, ProblemConfig
 from colora_jax._src.data import STREAM_VERSION
@@ -45,6 +57,11 @@ from colora_jax._src.serialization import to_jsonable
 from colora_jax._src.shared_input import SharedInputConfig
 from colora_jax._src.trials import method_evaluator, plan_trials, trial_bytes
 from colora_jax._src.workers import parallel_map, picklable
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: appends are not locked against a second writer
+    fcntl = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +89,122 @@ def cell_config(cell: Cell) -> dict:
     return to_jsonable(dataclasses.asdict(cell))
 
 
-def cell_key(cell: Cell, tag: str = "") -> str:
-    """SHA-256 (hex, 20 digits) of the resolved configuration, the stream layout and the caller's tag."""
-    text = json.dumps({"cell": cell_config(cell), "stream": STREAM_VERSION, "tag": tag}, sort_keys=True)
+def effective_precision(cell: Cell) -> str:
+    """``"float64"`` when the cell asks for ``x64`` and JAX has 64-bit types enabled, else ``"float32"``.
+
+    Asking for ``x64`` without ``jax_enable_x64`` computes in float32 (and may give NaN where
+    float64 would not), so a cell's result depends on both.
+    """
+    return "float64" if getattr(cell.problem, "x64", False) and jax.config.jax_enable_x64 else "float32"
+
+
+def _qualified_name(obj) -> str:
+    """``module.qualname`` of a function or class; ``__main__`` named by the module run (``python -m``)."""
+    module = getattr(obj, "__module__", None) or "?"
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+
+
+def _argument_id(value):
+    """A JSON-ready value naming an argument bound to a computation, equal across processes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_argument_id(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _argument_id(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        array = np.asarray(value)
+        return {"array": hashlib.sha256(array.tobytes()).hexdigest()[:20], "dtype": str(array.dtype),
+                "shape": list(array.shape)}  # fmt: skip
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _argument_id(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"type": _qualified_name(type(value)), "fields": fields}
+    if callable(value):
+        return computation_id(value)
+    return _repr_id(value)
+
+
+def _repr_id(value) -> dict:
+    """An object named by its class and repr; refused when the repr holds a memory address."""
+    text = repr(value)
+    if " at 0x" in text:
+        raise ValueError(
+            f"sweep: cannot name {text} in the cells' keys: its repr holds a memory address, so a later"
+            " run could never find the cells it computed; bind plain values, arrays or a dataclass"
+            " instead, or wrap the computation in a module-level function"
+        )
+    return {"type": _qualified_name(type(value)), "repr": text}
+
+
+def computation_id(compute: Callable):
+    """What a cell's key records of the computation that produced it (JSON-ready).
+
+    A function is named by ``module.qualname``; a ``functools.partial`` by its function and
+    bound arguments; ``per_cell(f)`` by ``f``; a callable object by its class and fields (a
+    dataclass) or repr. What a closure captures is invisible here, and two lambdas of one function
+    share a name: tell them apart with ``tag`` (or give them names).
+    """
+    named = getattr(compute, "computation", None)  # set by per_cell
+    if named is not None:
+        return named
+    if isinstance(compute, functools.partial):
+        return {
+            "function": computation_id(compute.func),
+            "args": [_argument_id(a) for a in compute.args],
+            "keywords": _argument_id(dict(compute.keywords)),
+        }
+    if inspect.ismethod(compute):
+        return {"method": _qualified_name(compute.__func__), "self": _argument_id(compute.__self__)}
+    if inspect.isroutine(compute) or isinstance(compute, type):
+        return _qualified_name(compute)
+    return _argument_id(compute) if dataclasses.is_dataclass(compute) else _repr_id(compute)
+
+
+def cell_key(cell: Cell, tag: str = "", compute: Callable | None = None) -> str:
+    """SHA-256 (hex, 20 digits) of what determines a cell's result (the module docstring's cache key).
+
+    ``compute``: the sweep's computation (default ``run_cells``).
+    """
+    return _key(cell, tag, computation_id(run_cells if compute is None else compute))
+
+
+def _key(cell: Cell, tag: str, computation) -> str:
+    """``cell_key`` with the computation already named (a sweep names it once for all its cells)."""
+    text = json.dumps(
+        {
+            "cell": cell_config(cell),
+            "stream": STREAM_VERSION,
+            "tag": tag,
+            "computation": computation,
+            "precision": effective_precision(cell),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def data_key(cell: Cell) -> str:
+    """SHA-256 (hex, 20 digits) of what determines the data a cell's trials are drawn from.
+
+    The generated problem (with ``pad_samples`` per user), trials, seed, stream layout and
+    precision: cells with equal ``data_key`` are fitted on the same draws (common random numbers),
+    whatever their estimator or sample count. It names the draws by their causes, not by their
+    bytes, which stay inside the compiled trial program.
+    """
+    problem = dataclasses.replace(cell.problem, samples=cell.generated_samples())
+    text = json.dumps(
+        {
+            "problem": to_jsonable(dataclasses.asdict(problem)),
+            "trials": cell.trials,
+            "seed": cell.seed,
+            "stream": STREAM_VERSION,
+            "precision": effective_precision(cell),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -128,12 +258,16 @@ def run_cells(cells: Sequence[Cell], trace: bool = False, fn_for: Callable[[str]
 
 
 def per_cell(compute: Callable[[Cell], Any]) -> Callable[[Sequence[Cell]], list]:
-    """Turn a one-cell computation into a group computation (for cells that are not runner trials)."""
+    """Turn a one-cell computation into a group computation (for cells that are not runner trials).
+
+    The result is named in the cells' keys by ``compute`` (``computation_id``).
+    """
 
     def run(cells):
         return [compute(c) for c in cells]
 
     run.groups = False  # every cell is its own group
+    run.computation = {"per_cell": computation_id(compute)}
     return run
 
 
@@ -166,17 +300,14 @@ def _group_cost(cells: Sequence[Cell]) -> float:
 
 
 def read_results(path: str | os.PathLike) -> dict[str, dict]:
-    """Finished cells of a results file, by key. A truncated last line is dropped from the file."""
+    """Finished cells of a results file, by key. Never writes the file: a last line without its
+    newline (being written now, or torn by a kill) is skipped, and repaired by the next writer."""
     if not os.path.exists(path):
         return {}
     with open(path, "rb") as f:
         data = f.read()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):  # a write was interrupted mid-line: cut the partial line off
-        with open(path, "r+b") as f:
-            f.truncate(end)
     done = {}
-    for line in data[:end].splitlines():
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -186,12 +317,48 @@ def read_results(path: str | os.PathLike) -> dict[str, dict]:
     return done
 
 
+def _record_line(record: dict) -> str:
+    """One JSON line; a result JSON cannot hold is a ValueError naming what to return instead."""
+    try:
+        return json.dumps(record, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"sweep: the result of cell {record.get('key')} cannot be written as JSON ({err}): return numbers,"
+            " strings, booleans, None, NumPy or JAX arrays, and lists or dicts (with string keys) of them"
+        ) from None
+
+
 def append_result(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line and force it to disk (a kill loses at most the line being written)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
+    """Append one JSON line and force it to disk (a kill loses at most the line being written).
+
+    Under an exclusive lock: a last line torn by a killed writer is cut off first, so the new
+    line starts a line of its own; a second writer waits, and readers never need the lock.
+    """
+    line = _record_line(record).encode()
+    with open(path, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":  # torn by a killed writer: keep up to its last newline
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _check_writable(path: str | os.PathLike) -> None:
+    """Fail before any work when ``path`` cannot be appended to (nothing computed would be kept)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"sweep: cannot write the results file {path} ({err.strerror}): make it writable or choose another path"
+        ) from None
 
 
 def sweep(
@@ -212,30 +379,49 @@ def sweep(
       compute: ``compute(group)`` -> one JSON-ready result per cell of ``group`` (cells with
         equal ``group_key``; default ``run_cells``). ``per_cell(f)`` adapts a one-cell function.
       path: the JSON-lines results file (created with its directory if missing).
-      tag: names what ``compute`` records; part of every cell's key, so changing what is
-        recorded never reuses cells recorded the old way.
+      tag: names what ``compute`` records beyond its name and bound arguments (``computation_id``),
+        such as what a closure captures; part of every cell's key.
       fresh: ignore (and overwrite) the file's finished cells: recompute everything.
       progress: show a tqdm bar (cells done, time left) on stderr.
       desc: the bar's label.
       workers: compute the groups in this many processes, one core each (``workers.parallel_map``;
         the most expensive groups first), when ``compute`` can be sent to them (a module-level
         function, as ``run_cells``); the same results as one process, in about 1/workers of the
-        time on a CPU whose cores are free. Only this process writes ``path``.
+        time on a CPU whose cores are free. Only this process writes ``path``. The workers end
+        with this process, however it ends.
 
     Returns:
       ``SweepResult``. Each computed cell is written as soon as its group finishes as
-      ``{"key", "config", "tag", "stream", "result", "seconds", "code_version"}`` (``seconds``:
-      the group's wall time divided among its cells).
+      ``{"key", "config", "tag", "computation", "precision", "stream", "data", "result",
+      "seconds", "code_version"}`` (``data``: ``data_key``; ``seconds``: the group's wall time
+      divided among its cells).
+
+    Raises:
+      ValueError: before any work, when ``path`` cannot be read or written or the computation
+        cannot be named; after a group, when its result cannot be written as JSON.
     """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    computation = computation_id(compute)
+    keys = [_key(c, tag, computation) for c in cells]
     if fresh and os.path.exists(path):
+        _check_writable(path)
         os.remove(path)
-    done = read_results(path)
-    keys = [cell_key(c, tag) for c in cells]
+    try:
+        done = read_results(path)
+    except OSError as err:
+        raise ValueError(f"sweep: cannot read the results file {path} ({err.strerror}): choose another path") from None
     todo = list(dict.fromkeys(k for k in keys if k not in done))
+    if todo:
+        _check_writable(path)
+    legacy = sum(1 for record in done.values() if "computation" not in record)
+    if legacy and todo:
+        warnings.warn(
+            f"{path}: {legacy} lines were written before the computation was part of a cell's key, so it is"
+            " unknown which computation wrote them: they are not reused (the cells are recomputed)",
+            stacklevel=2,
+        )
     version = code_version()
     reused = sum(1 for k in dict.fromkeys(keys) if k in done)
     stale = sum(1 for k in dict.fromkeys(keys) if k in done and done[k].get("code_version") != version)
@@ -267,11 +453,15 @@ def sweep(
             members = order[i]
             seconds = round(seconds / len(members), 4)
             for k, result in zip(members, results, strict=True):
+                cell = by_key[k]
                 record = {
                     "key": k,
-                    "config": cell_config(by_key[k]),
+                    "config": cell_config(cell),
                     "tag": tag,
+                    "computation": computation,
+                    "precision": effective_precision(cell),
                     "stream": STREAM_VERSION,
+                    "data": data_key(cell),
                     "result": to_jsonable(result),
                     "seconds": seconds,
                     "code_version": version,

@@ -53,7 +53,7 @@ def _writable_folder(folder: str) -> pathlib.Path:
         probe.unlink()
     except OSError as err:
         raise common.UsageError(
-            f"colora bench: cannot write to --out {folder} ({err.strerror or err}): choose a writable folder"
+            f"cannot write to --out {folder} ({err.strerror or err}): choose a writable folder", "colora bench"
         ) from None
     return out
 

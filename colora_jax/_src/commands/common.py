@@ -13,14 +13,18 @@ from colora_jax._src.serialization import to_jsonable
 
 
 class UsageError(Exception):
-    """A user's mistake on the command line: reported in one line, exit code 2."""
+    """A user's mistake on the command line: reported as ``{prog}: error: {message}``, exit code 2."""
+
+    def __init__(self, message: str, prog: str = "colora"):
+        super().__init__(message)
+        self.prog = prog  # the command the mistake belongs to ("colora recover")
 
 
 class Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (one line) instead of printing usage and exiting."""
 
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message, self.prog)
 
 
 def _int_at_least(minimum: int, what: str):

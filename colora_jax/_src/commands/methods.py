@@ -28,6 +28,6 @@ def run(args) -> int:
     try:
         path.write_text(registry.replace_tables(path.read_text()))
     except OSError as err:
-        raise common.UsageError(f"colora methods: cannot update {args.write} ({err.strerror or err})") from None
+        raise common.UsageError(f"cannot update {args.write} ({err.strerror or err})", "colora methods") from None
     print(f"updated the registry tables in {args.write}")
     return 0

@@ -71,7 +71,7 @@ def recover(args) -> dict:
     check_divisible(pc.users, devices)
     if args.workers > 1 and devices > 1:
         raise common.UsageError(
-            "colora recover: --workers splits trials between one-core processes; use it with --devices 1"
+            "--workers splits trials between one-core processes; use it with --devices 1", "colora recover"
         )
     fn = method_evaluator("colora") if devices == 1 else sharded_evaluator(devices)
     key = jax.random.key(args.seed)
