@@ -107,6 +107,7 @@ class Config:
     memory_limit_gb: float = 4.0  # skip a bank whose adapter + Adam state exceeds this
     warmup: int = 1  # untimed calls of every variant before the rounds
     repeats: int = 5  # timed rounds
+    clock: str = "cpu"  # what rates and ratios are computed from: "cpu" (process CPU time) or "wall" (accelerators)
 
 
 SMOKE = Config(
@@ -252,21 +253,26 @@ class Bench:
         return {"compile_seconds": {"serve": self.serve_compile, "train": self.step_compile}, "memory": self.memory}
 
 
-def _rate(tokens: int, times: list[tuple[float, float]]) -> dict:
-    """Tokens/s from the median CPU time, its range over the rounds, and the median wall rate."""
-    cpu = [c for c, _ in times]
+CLOCKS = {"cpu": 0, "wall": 1}  # index into the (CPU seconds, wall seconds) of a timed call
+
+
+def _rate(tokens: int, times: list[tuple[float, float]], clock: str = "cpu") -> dict:
+    """Tokens/s from the median time on ``clock``, its range over the rounds, and the median wall rate."""
+    t = [x[CLOCKS[clock]] for x in times]
     return {
-        "tokens_per_second": tokens / statistics.median(cpu),
-        "range": [tokens / max(cpu), tokens / min(cpu)],
+        "tokens_per_second": tokens / statistics.median(t),
+        "range": [tokens / max(t), tokens / min(t)],
+        "clock": clock,
         "wall_tokens_per_second": tokens / statistics.median(w for _, w in times),
-        "cpu_seconds": cpu,
+        "cpu_seconds": [c for c, _ in times],
         "wall_seconds": [w for _, w in times],
     }
 
 
-def _ratio(num: list[tuple[float, float]], den: list[tuple[float, float]]) -> dict:
-    """Time ratio num / den of the paired (same-round) calls: median and range, CPU time."""
-    r = [a[0] / b[0] for a, b in zip(num, den)]
+def _ratio(num: list[tuple[float, float]], den: list[tuple[float, float]], clock: str = "cpu") -> dict:
+    """Time ratio num / den of the paired (same-round) calls on ``clock``: median and range."""
+    i = CLOCKS[clock]
+    r = [a[i] / b[i] for a, b in zip(num, den)]
     return {"median": statistics.median(r), "range": [min(r), max(r)], "rounds": r}
 
 
@@ -288,13 +294,14 @@ def _first_calls(bench: Bench, ids) -> None:
         bench.first[mode] = time.perf_counter() - t
 
 
-def _rates(benches: dict, mode: str, label: str) -> dict:
-    return {m: _rate(b.tokens_per_call(mode), b.times[f"{mode}:{label}"]) for m, b in benches.items()}
+def _rates(benches: dict, mode: str, label: str, clock: str) -> dict:
+    return {m: _rate(b.tokens_per_call(mode), b.times[f"{mode}:{label}"], clock) for m, b in benches.items()}
 
 
 def _print_width(width: int, batch: int, row: dict) -> None:
     for mode in ("serve", "train"):
         r = row[mode]
+        clock = r["colora"]["clock"]
         print(
             f"width {width:5d} {mode:5s} (batch {batch}, every example its own user):"
             + "".join(
@@ -303,7 +310,7 @@ def _print_width(width: int, batch: int, row: dict) -> None:
                 if m in r
             )
             + f" time colora/global {_fmt(r['colora_over_global'])}, colora/base {_fmt(r['colora_over_base'])}"
-            " (tokens per CPU second, median [min, max] of rounds)",
+            f" (tokens per {clock} second, median [min, max] of rounds)",
             flush=True,
         )
 
@@ -333,19 +340,19 @@ def sweep(config: Config, key) -> dict:
         row = {"model": dataclasses.asdict(model_cfg), "parameters": model_cfg.parameters(), "batch": batch}
         row["users"] = users
         for mode in ("serve", "train"):
-            row[mode] = _rates(benches, mode, "N")
+            row[mode] = _rates(benches, mode, "N", config.clock)
             c = benches["colora"].times[f"{mode}:N"]
-            row[mode]["colora_over_global"] = _ratio(c, benches["global"].times[f"{mode}:N"])
-            row[mode]["colora_over_base"] = _ratio(c, benches["base"].times[f"{mode}:N"])
+            row[mode]["colora_over_global"] = _ratio(c, benches["global"].times[f"{mode}:N"], config.clock)
+            row[mode]["colora_over_base"] = _ratio(c, benches["base"].times[f"{mode}:N"], config.clock)
             if "local" in benches:
-                row[mode]["local_over_colora"] = _ratio(benches["local"].times[f"{mode}:N"], c)
+                row[mode]["local_over_colora"] = _ratio(benches["local"].times[f"{mode}:N"], c, config.clock)
         row["compile"] = {m: b.compile_record() | {"first_call_seconds": b.first} for m, b in benches.items()}
         out["widths"][str(width)] = row
         _print_width(width, batch, row)
         if first:
             out["distinct_users"] = _distinct(config, benches, batch)
-            out["bank_size"] = {str(users): _bank_row(benches["colora"], "N")} | skipped
-            out["bank_size"] |= {str(u): _bank_row(b, "N") for u, b in banks.items()}
+            out["bank_size"] = {str(users): _bank_row(benches["colora"], "N", config.clock)} | skipped
+            out["bank_size"] |= {str(u): _bank_row(b, "N", config.clock) for u, b in banks.items()}
             for u, r in out["bank_size"].items():
                 if "skipped" not in r:
                     print(
@@ -376,8 +383,8 @@ def _banks(model_cfg: cn.DecoderConfig, config: Config, batch: int, key) -> tupl
     return benches, skipped
 
 
-def _bank_row(b: Bench, label: str) -> dict:
-    return {mode: _rate(b.tokens_per_call(mode), b.times[f"{mode}:{label}"]) for mode in ("serve", "train")} | {
+def _bank_row(b: Bench, label: str, clock: str) -> dict:
+    return {mode: _rate(b.tokens_per_call(mode), b.times[f"{mode}:{label}"], clock) for mode in ("serve", "train")} | {
         "memory": b.memory,
         "adapter_and_adam_bytes": b.memory["adapter_bytes"] + b.memory["optimizer_bytes"],
         "compile_seconds": {"serve": b.serve_compile, "train": b.step_compile},
@@ -390,15 +397,17 @@ def _distinct(config: Config, benches: dict, batch: int) -> dict:
     out = {"batch": batch, "users": benches["colora"].users}
     for m, b in benches.items():
         out[m] = {
-            mode: {str(n): _rate(b.tokens_per_call(mode), b.times[f"{mode}:{label[n]}"]) for n in ns}
+            mode: {str(n): _rate(b.tokens_per_call(mode), b.times[f"{mode}:{label[n]}"], config.clock) for n in ns}
             for mode in ("serve", "train")
         }
     c = benches["colora"].times
-    out["colora"]["checked_serve"] = _rate(benches["colora"].tokens_per_call("serve"), c["checked:checked"])
-    out["colora_checked_over_unchecked"] = _ratio(c["checked:checked"], c["serve:N"])
+    out["colora"]["checked_serve"] = _rate(
+        benches["colora"].tokens_per_call("serve"), c["checked:checked"], config.clock
+    )
+    out["colora_checked_over_unchecked"] = _ratio(c["checked:checked"], c["serve:N"], config.clock)
     lo = str(min(ns))
     for mode in ("serve", "train"):
-        out[f"colora_{mode}_{batch}_over_{lo}"] = _ratio(c[f"{mode}:N"], c[f"{mode}:{label[min(ns)]}"])
+        out[f"colora_{mode}_{batch}_over_{lo}"] = _ratio(c[f"{mode}:N"], c[f"{mode}:{label[min(ns)]}"], config.clock)
         print(
             f"bank {out['users']}, {mode}:"
             + "".join(
@@ -426,7 +435,8 @@ def plot(record: dict, path: str) -> None:
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("model width (every example its own user)")
-    ax.set_ylabel("CPU-time ratio, median and range of rounds")
+    clock = record["config"]["clock"]
+    ax.set_ylabel(f"{clock}-time ratio, median and range of rounds")
     d = record["distinct_users"]
     for i, mode in enumerate(("serve", "train")):
         ax = axes[1 + i]
@@ -441,7 +451,7 @@ def plot(record: dict, path: str) -> None:
             ax.errorbar(n, med, yerr=err, fmt="-o", capsize=3, label=LABELS[m])
         ax.set_xscale("log", base=2)
         ax.set_xlabel(f"distinct users per batch (width {record['config']['widths'][0]}, bank {d['users']})")
-        ax.set_ylabel(f"{mode} tokens / CPU second")
+        ax.set_ylabel(f"{mode} tokens / {clock} second")
         ax.set_ylim(0, None)
     ax = axes[3]
     bank = {int(u): v for u, v in record["bank_size"].items() if "skipped" not in v}
@@ -454,7 +464,7 @@ def plot(record: dict, path: str) -> None:
         ax.errorbar(list(bank), med, yerr=err, fmt="-o", capsize=3, label=f"CoLoRA {mode}")
     ax.set_xscale("log")
     ax.set_xlabel(f"CoLoRA bank size (users held), {d['batch']} distinct per batch")
-    ax.set_ylabel("tokens / CPU second")
+    ax.set_ylabel(f"tokens / {clock} second")
     ax.set_ylim(0, None)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -498,7 +508,8 @@ def run(config: Config, *, smoke: bool = False) -> dict:
         "device": device_info(),
         "cores": sorted(os.sched_getaffinity(0)),
         "persistent_compilation_cache": jax.config.jax_compilation_cache_dir,
-        "timing": "CPU time of this process per call (time.process_time), rounds interleaved; wall time alongside",
+        "timing": f"rates and ratios from {config.clock} time per call (cpu: time.process_time), rounds interleaved;"
+        " both clocks recorded",
     }
     record |= sweep(config, key)
     record["load_average"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
