@@ -6,8 +6,9 @@ key-value heads of 64, MLP 8192, vocabulary 128,256, tied embeddings, rope_theta
 llama3 scaling), written shard by shard and cached in ``--dir``. Sections:
 
 1. ``single``: ``cn.from_pretrained(dir, dtype=bfloat16)``, CoLoRA of rank ``r`` on all seven
-   projections with a bank of ``users`` (float32 adapters), a mixed-user serving forward (every
-   example its own user) and one Adam step on the adapters only; seconds of each stage (compile
+   projections with a bank of ``users`` (in bf16: ``apply_colora`` gives the adapters the wrapped
+   kernel's dtype), a mixed-user serving forward (every example its own user) and one Adam step on
+   the adapters only; seconds of each stage (compile
    apart), tokens per CPU second (median and range of ``repeats`` calls), the resident set size
    after each stage and the process's peak.
 2. ``layouts``: in a child process with 8 fake CPU devices, the (data, model) meshes 8x1, 4x2,
