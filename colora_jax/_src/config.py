@@ -132,11 +132,11 @@ class FitConfig:
 
     rank: int = 2  # r, rank of the fitted shared adapter
     personal: str = "full"  # fitted personal part: "full" r x r or "diag"
-    algorithm: str = "altmin"  # "altmin" exact blocks; "altgd" exact S, gradient U/V; "adam" joint
+    algorithm: str = "altmin"  # a name in registry.ALGORITHMS (altmin, altgd, adam, varpro, centered, gnmr, scaledgd)
     iters: int = 100  # iteration budget (an iteration = S-, U- and V-step, or one optimizer step)
     tol: float = 1e-7  # stop when the objective's relative decrease falls below tol
     init: str = "spectral"  # "spectral" (second-moment) or "random" orthonormal U, V
-    step_size: float = 0.5  # altgd: step = step_size / L with L the isotropic-design Lipschitz bound
+    step_size: float = 0.5  # altgd: step = step_size / L (isotropic-design Lipschitz bound); scaledgd: eta
     learning_rate: float = 1e-2  # adam: optax.adam learning rate
     ridge: float = 0.0  # centered: lambda of lambda sum_i n_i ||U (S_i - S_bar) V^T||_F^2 (0: CoLoRA)
 

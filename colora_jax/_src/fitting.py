@@ -379,8 +379,8 @@ def fit(
     Args:
       observations: the users' training data (``Observations``; ``counts`` selects a prefix
         of each user's samples).
-      config: static settings: ``algorithm`` (a name in ``registry.ALGORITHMS``: altmin,
-        altgd, adam, varpro, centered), rank, personal part, iterations, tolerance, initialization.
+      config: static settings: ``algorithm`` (a name in ``registry.ALGORITHMS``: altmin, altgd,
+        adam, varpro, centered, gnmr, scaledgd), rank, personal part, iterations, tolerance, initialization.
       key: PRNG key, needed only for ``init="random"``.
       truth: optional ground truth; when given, the trace records distances to it.
       optimizer: for ``algorithm="adam"``: any optax transformation (default

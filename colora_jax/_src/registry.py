@@ -98,6 +98,18 @@ ALGORITHMS: dict[str, Algorithm] = {
             "exact alternating minimization with S_i pulled to a shared centre:"
             " + ridge sum_i n_i ||U (S_i - S_bar) V^T||^2",
         ),
+        Algorithm(
+            "gnmr",
+            f"{_PKG}.gnmr:fit_gnmr",
+            "GNMR (Zilber-Nadler): one undamped Gauss-Newton least squares in (U, V, S_i) per iteration,"
+            " its min-norm solution (setting variant); S_i eliminated by a Schur complement",
+        ),
+        Algorithm(
+            "scaledgd",
+            f"{_PKG}.scaledgd:fit_scaledgd",
+            "ScaledGD (Tong-Ma-Chi): simultaneous gradient steps on U, V, S_i, each preconditioned by the"
+            " inverse Gram of the other factors; eta = step_size",
+        ),
     )
 }
 

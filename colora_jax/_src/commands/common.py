@@ -152,7 +152,7 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iters", type=_positive_int, default=d.iters, help="iteration budget")
     g.add_argument("--tol", type=_finite_float, default=d.tol, help="stop when the relative decrease < tol")
     g.add_argument("--init", choices=INITS, default=d.init, help="initialization of U, V")
-    g.add_argument("--step-size", type=_finite_float, default=d.step_size, help="altgd step, times 1/L")
+    g.add_argument("--step-size", type=_finite_float, default=d.step_size, help="altgd: step times 1/L; scaledgd: eta")
     g.add_argument("--learning-rate", type=_finite_float, default=d.learning_rate, help="adam learning rate")
 
 
