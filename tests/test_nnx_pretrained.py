@@ -282,3 +282,27 @@ def test_mesh_without_model_axis_or_with_explicit_axes():
     explicit = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Explicit,))
     with pytest.raises(ValueError, match="need Auto axes"):
         cn.from_pretrained(DATA / "hf_llama", mesh=explicit)
+
+
+def test_every_users_adapter_exported_to_its_own_directory(tmp_path):
+    model = cn.from_pretrained(DATA / "hf_qwen2")
+    cn.apply_colora(model, users=3, rank=2, targets=PROJECTIONS, rngs=nnx.Rngs(2))
+    key = jax.random.key(5)
+    for _, layer in cn.adapted_layers(model):
+        for var in (layer.shared_u, layer.personal):
+            key, sub = jax.random.split(key)
+            var.set_value(0.3 * jax.random.normal(sub, var[...].shape))
+    written = cn.export_peft_users(model, tmp_path / "users")
+    assert [os.path.basename(p) for p in written] == ["user_0", "user_1", "user_2"]
+    for user, path in enumerate(written):
+        cn.export_peft(model, user, tmp_path / f"single_{user}")
+        one, many = (
+            load_file(os.path.join(d, "adapter_model.safetensors")) for d in (tmp_path / f"single_{user}", path)
+        )
+        assert one.keys() == many.keys() and all(np.array_equal(one[k], many[k]) for k in one)
+    assert not np.array_equal(*(load_file(os.path.join(p, "adapter_model.safetensors"))[
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"] for p in written[:2]))  # fmt: skip
+    assert cn.export_peft_users(model, tmp_path / "two", users=[2]) == [os.path.join(tmp_path / "two", "user_2")]
+    with pytest.raises(ValueError):
+        cn.export_peft_users(model, tmp_path / "bad", users=[0, 3])
+    assert not (tmp_path / "bad").exists()  # every user checked before anything is written

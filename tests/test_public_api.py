@@ -21,7 +21,8 @@ spectral_init subspace_distance sum_squares sweep tilt to_jsonable trial trial_k
 NNX = """
 CharVocab CoLoRALinear Decoder DecoderConfig Examples LoRABankLinear METHODS MethodConfig PersonalParam
 PlantedTeacher SCHEMES SHAKESPEARE_PATH SharedParam TeacherConfig TrainConfig Transformer TransformerConfig UserIds
-adapted_layers add_users apply_colora apply_lora_bank code_version colora_users count_parameters export_peft fit_method
+adapted_layers add_users apply_colora apply_lora_bank code_version colora_users count_parameters export_peft
+export_peft_users fit_method
 from_pretrained import_peft layer_axes load_roles logit_mse merge next_token_loss per_user_mean planted_teacher predict
 pretrain restore_adapter ridge_penalty role_windows save_adapter select_ridge shard train validation_loss
 """.split()

@@ -8,7 +8,7 @@ from colora_jax.nnx._checkpoint import restore_adapter, save_adapter
 from colora_jax.nnx._decoder import Decoder, DecoderConfig, shard
 from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam, UserIds, layer_axes
 from colora_jax.nnx._models import Transformer, TransformerConfig
-from colora_jax.nnx._peft import export_peft, import_peft
+from colora_jax.nnx._peft import export_peft, export_peft_users, import_peft
 from colora_jax.nnx._pretrained import from_pretrained
 from colora_jax.nnx._provenance import code_version
 from colora_jax.nnx._tasks import (
@@ -62,6 +62,7 @@ __all__ = [
     "count_parameters",
     "Examples",
     "export_peft",
+    "export_peft_users",
     "fit_method",
     "from_pretrained",
     "import_peft",

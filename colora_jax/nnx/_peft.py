@@ -109,6 +109,40 @@ def export_peft(model: nnx.Module, user: int, directory: str | os.PathLike) -> N
         ) from None
 
 
+def export_peft_users(
+    model: nnx.Module, directory: str | os.PathLike, users: tp.Iterable[int] | None = None
+) -> list[str]:
+    """Write each user's adapter as its own PEFT adapter directory, ``directory/user_<i>``.
+
+    The layout every server that loads PEFT adapters by directory takes (one adapter per user,
+    loaded by name: ``PeftModel.load_adapter(path, adapter_name)``, vLLM's LoRA modules, ...).
+    Each directory is exactly what ``export_peft(model, i, directory/user_<i>)`` writes.
+
+    Args:
+      model: a model with CoLoRA layers (``apply_colora``).
+      directory: the parent directory (created if needed).
+      users: the user indices to write (default: every user of the bank).
+
+    Returns:
+      The written directories, in the order of ``users``.
+
+    Raises:
+      ValueError: as ``export_peft``, for every user before anything is written.
+    """
+    layers = [m for _, m in adapted_layers(model) if isinstance(m, CoLoRALinear)]
+    if not layers:
+        raise ValueError("model has no CoLoRALinear layers to export: call apply_colora first")
+    bank = min(m.users for m in layers)
+    chosen = list(range(bank)) if users is None else [int(u) for u in users]
+    check_user_ids(jnp.asarray(chosen, jnp.int32), bank)
+    out = []
+    for user in chosen:
+        path = os.path.join(os.fspath(directory), f"user_{user}")
+        export_peft(model, user, path)
+        out.append(path)
+    return out
+
+
 # Config fields whose non-default values change what the adapter computes and that this
 # import does not implement: each is rejected with the reason.
 _UNSUPPORTED: dict[str, tuple[tp.Callable[[tp.Any], bool], str]] = {
