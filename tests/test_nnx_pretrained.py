@@ -306,3 +306,18 @@ def test_every_users_adapter_exported_to_its_own_directory(tmp_path):
     with pytest.raises(ValueError):
         cn.export_peft_users(model, tmp_path / "bad", users=[0, 3])
     assert not (tmp_path / "bad").exists()  # every user checked before anything is written
+
+
+def test_float32_adapters_on_a_bfloat16_model():
+    # DESIGN: compute in bf16 with float32 adapter parameters (and so float32 optimizer moments).
+    ref = reference("llama")
+    model = cn.from_pretrained(DATA / "hf_llama", dtype=jnp.bfloat16)
+    cn.apply_colora(model, users=2, rank=2, targets=PROJECTIONS, rngs=nnx.Rngs(0), param_dtype=jnp.float32)
+    for _, layer in cn.adapted_layers(model):
+        assert layer.base.kernel[...].dtype == jnp.bfloat16
+        assert {v[...].dtype for v in (layer.shared_u, layer.shared_v, layer.personal)} == {jnp.dtype(jnp.float32)}
+    plain = cn.from_pretrained(DATA / "hf_llama", dtype=jnp.bfloat16)
+    with cn.colora_users(model, jnp.array([0, 1])):  # U = 0 at initialization: the bf16 base model exactly
+        np.testing.assert_array_equal(logits(model, ref["tokens"]), logits(plain, ref["tokens"]))
+    default = cn.apply_colora(plain, users=2, rank=2, targets=["q_proj"], rngs=nnx.Rngs(0))
+    assert all(layer.personal[...].dtype == jnp.bfloat16 for _, layer in cn.adapted_layers(default))

@@ -582,7 +582,9 @@ class CoLoRALinear(nnx.Module):
         ``(*in_shape, r)`` (for ``nnx.Linear``: ``(d_out, r)``, ``(d_in, r)``), e.g. an imported
         LoRA; the bank still starts at the identity.
       dtype: compute dtype of the adapter path (``None``: the wrapped layer's ``dtype``; if that
-        is ``None`` too, promote inputs and parameters). Parameters stay in the kernel's dtype.
+        is ``None`` too, promote inputs and parameters).
+      param_dtype: storage dtype of the adapter's parameters (``None``: the kernel's), e.g.
+        ``jnp.float32`` adapters (and so float32 optimizer moments) on a bfloat16 model.
       centered: ``S_i = S_bar + Delta_i`` with a shared centre (see the module docstring).
       users_axis: mesh axis the bank is split over (``None``: replicated).
       example_axis: the input axis that indexes examples (``None``: the leading one, and an
@@ -601,6 +603,7 @@ class CoLoRALinear(nnx.Module):
         centered: bool = False,
         users_axis: str | None = None,
         example_axis: int | None = None,
+        param_dtype: tp.Any = None,
     ):
         contraction = kernel_contraction(base)
         axes = layer_axes(base)
@@ -608,7 +611,7 @@ class CoLoRALinear(nnx.Module):
         if users < 1:
             raise ValueError(f"users must be >= 1, got {users}")
         check_contraction(base)
-        pdtype = getattr(base, contraction.kernel)[...].dtype
+        pdtype = getattr(base, contraction.kernel)[...].dtype if param_dtype is None else jnp.dtype(param_dtype)
         self.base = base
         self.axes = axes
         self.kernel_name = contraction.kernel
@@ -709,6 +712,7 @@ class LoRABankLinear(nnx.Module):
       dtype: compute dtype of the adapter path (``None``: the wrapped layer's).
       users_axis: mesh axis the banks are split over (``None``: replicated).
       example_axis: the input axis that indexes examples (see :class:`CoLoRALinear`).
+      param_dtype: storage dtype of the banks (``None``: the kernel's; see :class:`CoLoRALinear`).
     """
 
     def __init__(
@@ -722,6 +726,7 @@ class LoRABankLinear(nnx.Module):
         dtype: tp.Any = None,
         users_axis: str | None = None,
         example_axis: int | None = None,
+        param_dtype: tp.Any = None,
     ):
         contraction = kernel_contraction(base)
         axes = layer_axes(base)
@@ -729,7 +734,7 @@ class LoRABankLinear(nnx.Module):
         if users < 1:
             raise ValueError(f"users must be >= 1, got {users}")
         check_contraction(base)
-        pdtype = getattr(base, contraction.kernel)[...].dtype
+        pdtype = getattr(base, contraction.kernel)[...].dtype if param_dtype is None else jnp.dtype(param_dtype)
         self.base = base
         self.axes = axes
         self.kernel_name = contraction.kernel

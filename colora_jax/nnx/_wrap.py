@@ -188,6 +188,7 @@ def apply_colora(
     users_axis: str | None = None,
     dtype: tp.Any = None,
     example_axis: int | None = None,
+    param_dtype: tp.Any = None,
 ) -> M:
     """Wrap every layer matching ``targets`` in a :class:`CoLoRALinear` (in place, all or nothing).
 
@@ -234,6 +235,8 @@ def apply_colora(
         (a ``colora_example_axis`` attribute on the model or an enclosing module, see
         :func:`declared_example_axes`); where nothing is declared, the leading axis, and a call
         whose input has another free axis as long as the ids is refused as ambiguous.
+      param_dtype: storage dtype of the adapter parameters (``None``: each kernel's), e.g.
+        ``jnp.float32`` adapters on a bfloat16 model, so the optimizer's moments are float32 too.
 
     Returns:
       ``model`` (mutated), whose output equals the original's for every user at initialization.
@@ -255,6 +258,7 @@ def apply_colora(
             users_axis=users_axis,
             dtype=dtype,
             example_axis=declared[name] if example_axis is None else example_axis,
+            param_dtype=param_dtype,
         ),
     )
 
@@ -269,6 +273,7 @@ def apply_lora_bank(
     users_axis: str | None = None,
     dtype: tp.Any = None,
     example_axis: int | None = None,
+    param_dtype: tp.Any = None,
 ) -> M:
     """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local``
     baseline); layers, targets, arguments, atomicity and errors as :func:`apply_colora`."""
@@ -284,6 +289,7 @@ def apply_lora_bank(
             users_axis=users_axis,
             dtype=dtype,
             example_axis=declared[name] if example_axis is None else example_axis,
+            param_dtype=param_dtype,
         ),
     )
 
