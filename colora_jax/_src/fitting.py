@@ -6,6 +6,8 @@ users); vmap ``fit`` over trials and jit it at the call site (``colora_jax.run_t
 both). The pieces here are what every algorithm shares:
 
 * ``check_observations`` / ``check_finite``: trace-time ``ValueError`` that says what to change;
+* ``setup``: the design on a power-of-two scale near one (``data_exponent``), so that no
+  estimator depends on the units of X and Y; estimates and traces are returned on the caller's;
 * ``initialize``: spectral (second moments across users) or random orthonormal ``U``, ``V``;
 * ``iterate``: the ``lax.while_loop`` with budget, relative-decrease and floor stopping;
 * ``record``: the per-iteration metrics (one recorder for every estimator, the streamed
@@ -15,18 +17,20 @@ both). The pieces here are what every algorithm shares:
 * ``fit_by_steps``: the driver of the step-based algorithms (altmin, altgd, adam).
 
 The trace records, at index 0 the initialization and at index t the end of iteration t:
-the objective ``f / N`` (mean squared residual per used sample), and when ``truth`` is given
-the subspace distances of U, V to the truth and the relative error of all users' W stacked.
-Entries past ``iterations`` are NaN.
+the objective ``f / N`` (mean squared residual per used sample, in the caller's units), and when
+``truth`` is given the subspace distances of U, V to the truth and the relative error of all
+users' W stacked. Entries past ``iterations`` are NaN.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from colora_jax._src import blocks, registry
@@ -68,7 +72,7 @@ class Trace(NamedTuple):
     subspace_distance_V: Float[Array, " T"]
     rel_error: Float[Array, " T"]  # ||W_hat - W*||_F / ||W*||_F over all users (NaN w/o truth)
     iterations: Int[Array, ""]  # iterations run
-    converged: Bool[Array, ""]  # stopped by tolerance or floor (not by the budget)
+    converged: Bool[Array, ""]  # stopped by tolerance or floor (not by the budget), on a resolvable floor
     finite_input: Bool[Array, ""]  # False if the used observations held NaN or inf
 
 
@@ -120,20 +124,62 @@ def single_shot_trace(metrics: Metrics, iters: int, finite_input) -> Trace:
 # ----------------------------------------------------------------------------- validation
 
 
+FIT_DTYPES: tuple[str, ...] = ("float32", "float64")  # what the least squares are computed in
+
+
 def check_observations(obs: Observations, rank: int, personal: str) -> None:
-    """Static checks (shapes, rank, samples); raises ValueError saying what to change."""
+    """Static checks (array types, dtypes, shapes, users, rank, samples, counts); raises
+    ValueError saying what to change.
+
+    ``X`` and ``Y`` must be arrays of one real type, float32 or float64: half precision cannot
+    resolve the normal equations, complex or integer data would turn into NaN or wrap around.
+    ``counts`` must be integers (a float count is cut one way by the checks and another by the mask).
+    """
     if obs.model not in ("regression", "sensing"):
         raise ValueError(f"unknown model {obs.model!r}: choose 'regression' or 'sensing'")
     X, Y = obs.X, obs.Y
     want_x = 4 if obs.model == "sensing" else 3
     want_y = 2 if obs.model == "sensing" else 3
-    if X.ndim != want_x or Y.ndim != want_y:
-        layout = "X (k, n, d_out, d_in), Y (k, n)" if obs.model == "sensing" else "X (k, n, d_in), Y (k, n, d_out)"
+    layout = "X (k, n, d_out, d_in), Y (k, n)" if obs.model == "sensing" else "X (k, n, d_in), Y (k, n, d_out)"
+    for name, a in (("X", X), ("Y", Y)):
+        ragged = not (hasattr(a, "shape") and hasattr(a, "dtype")) or np.dtype(a.dtype) == object
+        if ragged:
+            raise ValueError(
+                f"observations {name} must be one array ({layout}), got {type(a).__name__}"
+                f"{' of objects' if hasattr(a, 'dtype') else ''}: stack the users' samples into one array;"
+                " pad users with fewer samples and give each user's number in counts="
+            )
+        dtype = np.dtype(a.dtype)
+        if dtype.name not in FIT_DTYPES:
+            why = (
+                "complex data do not fit its real model"
+                if jnp.issubdtype(dtype, jnp.complexfloating)
+                else "half precision cannot resolve its least squares"
+                if jnp.issubdtype(dtype, jnp.floating)
+                else "its sums of squares need floating point"
+            )
+            raise ValueError(
+                f"observations {name} are {dtype.name}, but fit computes in float32 or float64 ({why}):"
+                f" pass real {name}.astype(jnp.float32) (or float64, with jax_enable_x64 on)"
+            )
+    x_type, y_type = (jax.dtypes.canonicalize_dtype(a.dtype) for a in (X, Y))
+    if x_type != y_type:
+        raise ValueError(f"observations X are {x_type} but Y are {y_type}: cast both to one precision")
+    if len(X.shape) != want_x or len(Y.shape) != want_y:
         raise ValueError(f"{obs.model} observations must be {layout}; got X {X.shape}, Y {Y.shape}")
     if X.shape[:2] != Y.shape[:2]:
         raise ValueError(f"X and Y disagree on (users, samples): {X.shape[:2]} vs {Y.shape[:2]}")
-    if obs.counts is not None and obs.counts.shape != (obs.users,):
-        raise ValueError(f"counts must hold one sample count per user, shape ({obs.users},); got {obs.counts.shape}")
+    if obs.users < 1:
+        raise ValueError(f"observations hold no users (X {X.shape}): fit needs at least one user")
+    if obs.counts is not None:
+        counts = obs.counts
+        if not hasattr(counts, "dtype") or not jnp.issubdtype(counts.dtype, jnp.integer):
+            raise ValueError(
+                f"counts must be integer sample counts, got {getattr(counts, 'dtype', type(counts).__name__)}:"
+                " pass jnp.asarray(counts, jnp.int32) (or use observations.with_counts)"
+            )
+        if counts.shape != (obs.users,):
+            raise ValueError(f"counts must hold one sample count per user, shape ({obs.users},); got {counts.shape}")
     d_out, d_in = obs.dims
     if rank > min(d_out, d_in):
         raise ValueError(f"rank {rank} exceeds min(d_out, d_in) = {min(d_out, d_in)}: lower the rank")
@@ -202,6 +248,17 @@ def stopping_floor(mean_square_measurement):
     return (10 * jnp.finfo(mean_square_measurement.dtype).eps) ** 2 * mean_square_measurement
 
 
+def resolvable(floor):
+    """Whether a stop at ``floor`` can mean convergence: the floor is a normal number.
+
+    When the data are so small that the floor underflows (subnormal or zero), objectives round
+    to zero and both stopping rules fire on rounding, not on the fit: the loop still stops (it
+    cannot make progress it can see), but the trace must not say converged. ``setup`` puts the
+    data on a scale near one, so in-memory fits only meet this with all-zero measurements.
+    """
+    return floor >= jnp.finfo(floor.dtype).tiny
+
+
 def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, monotone: bool = True):
     """The iteration loop shared by every estimator, inside ``lax.while_loop``.
 
@@ -217,7 +274,8 @@ def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, mo
     Returns:
       ``(state, history, iterations, converged)``: ``history`` is a ``Metrics`` of
       ``(iters + 1,)`` arrays (index t = after iteration t, NaN past ``iterations``);
-      ``converged`` is True when the loop stopped by tolerance or floor rather than by the budget.
+      ``converged`` is True when the loop stopped by tolerance or floor rather than by the budget,
+      and the floor is ``resolvable``.
     """
     metrics0 = Metrics(*metrics0)
     dtype = metrics0.objective.dtype
@@ -240,7 +298,7 @@ def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, mo
 
     start = (jnp.asarray(0), state, history, history.objective[0] <= floor)
     it, state, history, done = jax.lax.while_loop(cond, body, start)
-    return state, history, it, done
+    return state, history, it, done & resolvable(floor)
 
 
 def _zeros_like_shape(shape: jax.ShapeDtypeStruct):
@@ -269,12 +327,14 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
     Returns:
       ``(current, history, iterations, converged)``: the last ``current``; ``history`` a
       ``Metrics`` of ``(iters + 1,)`` arrays (index t = after iteration t, NaN past
-      ``iterations``); ``converged`` True when tolerance or floor stopped the loop.
+      ``iterations``); ``converged`` True when tolerance or floor stopped the loop and the
+      floor is ``resolvable``.
     """
     current0, metrics0, _ = jax.eval_shape(body, params)
     dtype = metrics0.objective.dtype
     history = Metrics(*(jnp.full((iters + 1,), jnp.nan, dtype) for _ in metrics0))
     zeros = jax.tree.map(_zeros_like_shape, current0)
+    honest = resolvable(jnp.asarray(floor, dtype))
 
     def loop(carry):
         it, p, hist, f_prev, _, _, _ = carry
@@ -282,10 +342,10 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
         m = Metrics(*m)
         hist = Metrics(*(h.at[it].set(v) for h, v in zip(hist, m)))
         f = m.objective
-        converged = f <= floor
+        stop = f <= floor
         if monotone:
-            converged = converged | ((it > 0) & (f_prev - f <= tol * f_prev))
-        return it + 1, nxt, hist, f, converged | (it >= iters), converged, current
+            stop = stop | ((it > 0) & (f_prev - f <= tol * f_prev))
+        return it + 1, nxt, hist, f, stop | (it >= iters), stop & honest, current
 
     start = (
         jnp.asarray(0),
@@ -314,29 +374,91 @@ def initialize(d: blocks.Design, config: FitConfig, key: PRNGKeyArray | None, ax
     return U, V
 
 
+UNSCALED_EXPONENTS = 16  # data whose largest |entry| lies in [2^-17, 2^16) are fitted as given
+
+
+def data_exponent(a, axis_name: str | None = None) -> Int[Array, ""]:
+    """The power of two that brings the largest ``|a|`` into ``[1/2, 1)``, or 0 when it is near one.
+
+    ``e`` with ``max |a|`` in ``[2^(e-1), 2^e)``, pooled over ``axis_name`` (every shard the same),
+    set to 0 when ``|e| <= UNSCALED_EXPONENTS`` (data of order one are fitted exactly as given,
+    so their results do not move by a bit) or when ``a`` holds no finite nonzero entry.
+    """
+    m = jnp.max(jnp.abs(a))
+    if axis_name is not None:
+        m = jax.lax.pmax(m, axis_name)
+    e = jnp.frexp(m)[1]
+    return jnp.where(jnp.isfinite(m) & (jnp.abs(e) > UNSCALED_EXPONENTS), e, 0)
+
+
+def _power_of_two(e, dtype):
+    """``2^e`` exactly, from its bit pattern (``|e|`` below the dtype's largest exponent)."""
+    finfo = jnp.finfo(dtype)
+    bits = jnp.int32 if finfo.bits == 32 else jnp.int64
+    return jax.lax.bitcast_convert_type((e.astype(bits) + (finfo.maxexp - 1)) << finfo.nmant, dtype)
+
+
+def times_power_of_two(x, e):
+    """``x * 2^e`` for an integer ``e``: exact in floating point (only the exponents move), unless
+    the result leaves the dtype's range. Three factors, so that no factor does."""
+    e = jnp.asarray(e, jnp.int32)
+    first = e // 3
+    second = (e - first) // 2
+    for part in (first, second, e - first - second):
+        x = x * _power_of_two(part, x.dtype)
+    return x
+
+
 class Setup(NamedTuple):
-    """What every algorithm starts from: the design, the sample count, the floor, the start."""
+    """What every algorithm starts from: the design, the sample count, the floor, the start.
+
+    The design holds ``X 2^-x_exponent`` and ``Y 2^-y_exponent`` (``data_exponent``: largest
+    entries near one), so squared residuals neither underflow nor overflow and every estimator,
+    tolerance and step size sees data of order one. In those units ``W`` is
+    ``W 2^(x_exponent - y_exponent)``; ``caller_estimate``, ``caller_history`` and
+    ``fit_truth`` convert. Powers of two are exact, and both exponents are 0 for data of
+    order one, which are fitted exactly as given.
+    """
 
     design: blocks.Design
     count: Float[Array, ""]  # samples used, all users (pooled)
-    floor: Float[Array, ""]  # the stopping floor of the mean squared residual
+    floor: Float[Array, ""]  # the stopping floor of the mean squared residual (fit units)
     U: Float[Array, "d_out r"]  # initial shared factors
     V: Float[Array, "d_in r"]
     finite: Bool[Array, ""]  # every used sample finite (every shard)
+    x_exponent: Int[Array, ""]  # X was divided by 2^x_exponent
+    y_exponent: Int[Array, ""]  # Y was divided by 2^y_exponent
+
+    def fit_truth(self, truth: GroundTruth | None) -> GroundTruth | None:
+        """The truth in the fit's units (``W`` rescaled; ``U``, ``V`` unchanged), for the trace."""
+        if truth is None:
+            return None
+        return dataclasses.replace(truth, W=times_power_of_two(truth.W, self.x_exponent - self.y_exponent))
+
+    def caller_estimate(self, estimate: Estimate) -> Estimate:
+        """An estimate in the fit's units back in the caller's (the scale rides on ``S``)."""
+        return estimate._replace(S=times_power_of_two(estimate.S, self.y_exponent - self.x_exponent))
+
+    def caller_history(self, history: Metrics) -> Metrics:
+        """A metric history with its objective (a squared residual) in the caller's units."""
+        return history._replace(objective=times_power_of_two(history.objective, 2 * self.y_exponent))
 
 
 def setup(observations: Observations, config: FitConfig, key, axis_name=None) -> Setup:
-    """Validate, build the design, initialize ``U`` and ``V``."""
+    """Validate, build the design on a scale near one (``Setup``), initialize ``U`` and ``V``."""
     config.validate()
     check_observations(observations, config.rank, config.personal)
     check_counts(observations, config.rank, config.personal)
     check_finite(observations)
-    d = blocks.design(observations)
+    used = observations.masked()
+    x_exponent, y_exponent = data_exponent(used.X, axis_name), data_exponent(used.Y, axis_name)
+    X, Y = times_power_of_two(used.X, -x_exponent), times_power_of_two(used.Y, -y_exponent)
+    d = blocks.used_design(dataclasses.replace(used, X=X, Y=Y))
     count = blocks.pool(jnp.sum(d.counts), axis_name)
     floor = stopping_floor(blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count)
     U, V = initialize(d, config, key, axis_name)
     bad = (~(jnp.all(jnp.isfinite(d.X)) & jnp.all(jnp.isfinite(d.Y)))).astype(jnp.int32)
-    return Setup(d, count, floor, U, V, blocks.pool(bad, axis_name) == 0)
+    return Setup(d, count, floor, U, V, blocks.pool(bad, axis_name) == 0, x_exponent, y_exponent)
 
 
 def fit_by_steps(
@@ -355,14 +477,16 @@ def fit_by_steps(
     next params)`` (``run_loop``'s protocol, before the metrics are recorded)."""
     s = setup(observations, config, key, axis_name)
     step, params = make_body(s, config, optimizer, axis_name)
+    truth_fit = s.fit_truth(truth)
 
     def body(p):
         current, sse, nxt = step(p)
         W = None if truth is None else current.W
-        return current, record(sse / s.count, U=current.U, V=current.V, W=W, truth=truth, axis_name=axis_name), nxt
+        metrics = record(sse / s.count, U=current.U, V=current.V, W=W, truth=truth_fit, axis_name=axis_name)
+        return current, metrics, nxt
 
     estimate, history, iterations, done = run_loop(body, params, config.iters, config.tol, s.floor, monotone)
-    return estimate, make_trace(history, iterations, done, s.finite)
+    return s.caller_estimate(estimate), make_trace(s.caller_history(history), iterations, done, s.finite)
 
 
 def fit(
@@ -392,6 +516,10 @@ def fit(
       ``(Estimate, Trace)``. Iteration stops after ``config.iters`` iterations, or (all but
       adam) once the objective's relative decrease is below ``config.tol``, or when the
       objective reaches ``(10 eps)^2`` times the mean squared measurement.
+
+    Every algorithm fits the data on a power-of-two scale near one (``Setup``) and returns the
+    estimate and the trace in the caller's units, so the result does not depend on the units
+    of X and Y (tiny or huge data neither underflow nor overflow).
 
     Called on concrete arrays, ``fit`` checks them (NaN or inf in a used sample is a ValueError)
     and runs as one compiled program (cached per configuration and shapes); inside ``jit``,
