@@ -40,7 +40,8 @@ def check_integer(owner: str, name: str, value, low: int) -> None:
         fix = f"pass {name}={int(value)}" if whole else f"pass a whole number >= {low}"
         raise ValueError(f"{owner}.{name} must be an integer, got {value!r} ({type(value).__name__}): {fix}")
     if value < low:
-        raise ValueError(f"{owner}.{name} must be an integer >= {low}, got {value}")
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{owner}.{name} must be {kind}, got {value}")
 
 
 def check_real(owner: str, name: str, value) -> None:
