@@ -75,7 +75,7 @@ def test_accuracy_does_not_depend_on_the_scale_of_y(problem, scale):
 
 @pytest.mark.parametrize("algorithm", list(cj.ALGORITHMS))
 def test_every_algorithm_fits_on_one_scale_and_reports_on_the_callers(problem, algorithm):
-    # Y times 2^50 and 2^-50 are the same data on the fit's scale: the same fit, bit for bit,
+    # fit brings Y times 2^50 and 2^-50 to the same data near one: the same fit, bit for bit,
     # returned in each caller's units (S scaled, objective scaled by the square, errors unitless)
     fc = cj.FitConfig(rank=2, algorithm=algorithm, iters=30, ridge=1e-2 if algorithm == "centered" else 0.0)
     scaled_truth = lambda s: dataclasses.replace(problem.truth, W=problem.truth.W * s)
@@ -111,13 +111,14 @@ def test_centred_fit_ridge_is_in_the_callers_units(problem):
 
 
 def test_a_stop_on_underflow_is_not_called_convergence(problem):
-    # the streamed fit keeps the caller's scale: at 1e-19 every squared residual underflows and
-    # the stopping rule fires at once; the trace used to say converged=True (with 105% error)
+    # inside jit, and in the streamed fit, the data are fitted as given: at 1e-19 every squared
+    # residual underflows and the stopping rule fires at once; the trace used to say converged=True
+    # (with 105% error)
     tiny = _rescaled(problem.train, 1e-19)
-    est, trace = cj.fit_streaming(tiny, cj.FitConfig(rank=2), nchunks=2)
-    assert not bool(trace.converged)
-    _, trace1 = cj.fit_streaming(problem.train, cj.FitConfig(rank=2), nchunks=2)
-    assert bool(trace1.converged)
+    fc = cj.FitConfig(rank=2)
+    for run in (jax.jit(lambda o: cj.fit(o, fc)), lambda o: cj.fit_streaming(o, fc, nchunks=2)):
+        assert not bool(run(tiny)[1].converged)
+        assert bool(run(problem.train)[1].converged)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -51,11 +51,7 @@ class Design:
 
 def design(obs: Observations) -> Design:
     """Precompute what the block steps need from the observations (unused samples zeroed)."""
-    return used_design(obs.masked())
-
-
-def used_design(obs: Observations) -> Design:
-    """``design`` of observations whose unused rows are zero already (``Observations.masked``)."""
+    obs = obs.masked()
     counts = obs.sample_counts().astype(obs.X.dtype)
     if obs.model == "regression":
         C = jnp.einsum("kni,knj->kij", obs.X, obs.X)

@@ -123,10 +123,7 @@ def _fit(observations, config: FitConfig, ridge, *, key=None, truth=None, axis_n
     _check(config)
 
     def make_body(s: Setup, config, optimizer, axis_name):
-        # the penalty is lambda n_i ||U Delta_i V^T||^2 in the caller's units of W: in the fit's
-        # (W times 2^(x_exponent - y_exponent)) the same objective has lambda 2^(-2 x_exponent)
-        fit_ridge = fitting.times_power_of_two(ridge, -2 * s.x_exponent)
-        return (lambda p: centered_body(s.design, *p, fit_ridge, axis_name)), (s.U, s.V)
+        return (lambda p: centered_body(s.design, *p, ridge, axis_name)), (s.U, s.V)
 
     return fitting.fit_by_steps(make_body, observations, config, key=key, truth=truth, axis_name=axis_name)
 

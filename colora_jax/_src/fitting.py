@@ -6,8 +6,8 @@ users); vmap ``fit`` over trials and jit it at the call site (``colora_jax.run_t
 both). The pieces here are what every algorithm shares:
 
 * ``check_observations`` / ``check_finite``: trace-time ``ValueError`` that says what to change;
-* ``setup``: the design on a power-of-two scale near one (``data_exponent``), so that no
-  estimator depends on the units of X and Y; estimates and traces are returned on the caller's;
+* ``fit``: concrete data far from order one are brought to a power-of-two scale near one
+  (``data_exponent``) and the estimate and trace returned in the caller's units;
 * ``initialize``: spectral (second moments across users) or random orthonormal ``U``, ``V``;
 * ``iterate``: the ``lax.while_loop`` with budget, relative-decrease and floor stopping;
 * ``record``: the per-iteration metrics (one recorder for every estimator, the streamed
@@ -377,18 +377,16 @@ def initialize(d: blocks.Design, config: FitConfig, key: PRNGKeyArray | None, ax
 UNSCALED_EXPONENTS = 16  # data whose largest |entry| lies in [2^-17, 2^16) are fitted as given
 
 
-def data_exponent(a, axis_name: str | None = None) -> Int[Array, ""]:
-    """The power of two that brings the largest ``|a|`` into ``[1/2, 1)``, or 0 when it is near one.
+def data_exponent(a) -> int:
+    """The power of two that brings the largest ``|a|`` of concrete ``a`` into ``[1/2, 1)``, or 0 near one.
 
-    ``e`` with ``max |a|`` in ``[2^(e-1), 2^e)``, pooled over ``axis_name`` (every shard the same),
-    set to 0 when ``|e| <= UNSCALED_EXPONENTS`` (data of order one are fitted exactly as given,
-    so their results do not move by a bit) or when ``a`` holds no finite nonzero entry.
+    ``e`` with ``max |a|`` in ``[2^(e-1), 2^e)``, set to 0 when ``|e| <= UNSCALED_EXPONENTS``
+    (data of order one are fitted exactly as given, so their results do not move by a bit) or
+    when ``a`` holds no finite nonzero entry.
     """
     m = jnp.max(jnp.abs(a))
-    if axis_name is not None:
-        m = jax.lax.pmax(m, axis_name)
-    e = jnp.frexp(m)[1]
-    return jnp.where(jnp.isfinite(m) & (jnp.abs(e) > UNSCALED_EXPONENTS), e, 0)
+    e = int(jnp.frexp(m)[1])
+    return e if bool(jnp.isfinite(m)) and abs(e) > UNSCALED_EXPONENTS else 0
 
 
 def _power_of_two(e, dtype):
@@ -400,65 +398,41 @@ def _power_of_two(e, dtype):
 
 def times_power_of_two(x, e):
     """``x * 2^e`` for an integer ``e``: exact in floating point (only the exponents move), unless
-    the result leaves the dtype's range. Three factors, so that no factor does."""
+    the result leaves the dtype's range. Three factors, so that no factor does. ``x`` itself
+    where ``e == 0`` (selected, not multiplied by one: XLA may reassociate a product with the
+    computation of ``x``, which would move results of data of order one by a rounding)."""
     e = jnp.asarray(e, jnp.int32)
     first = e // 3
     second = (e - first) // 2
+    scaled = x
     for part in (first, second, e - first - second):
-        x = x * _power_of_two(part, x.dtype)
-    return x
+        scaled = scaled * _power_of_two(part, x.dtype)
+    return jnp.where(e == 0, x, scaled)
 
 
 class Setup(NamedTuple):
-    """What every algorithm starts from: the design, the sample count, the floor, the start.
-
-    The design holds ``X 2^-x_exponent`` and ``Y 2^-y_exponent`` (``data_exponent``: largest
-    entries near one), so squared residuals neither underflow nor overflow and every estimator,
-    tolerance and step size sees data of order one. In those units ``W`` is
-    ``W 2^(x_exponent - y_exponent)``; ``caller_estimate``, ``caller_history`` and
-    ``fit_truth`` convert. Powers of two are exact, and both exponents are 0 for data of
-    order one, which are fitted exactly as given.
-    """
+    """What every algorithm starts from: the design, the sample count, the floor, the start."""
 
     design: blocks.Design
     count: Float[Array, ""]  # samples used, all users (pooled)
-    floor: Float[Array, ""]  # the stopping floor of the mean squared residual (fit units)
+    floor: Float[Array, ""]  # the stopping floor of the mean squared residual
     U: Float[Array, "d_out r"]  # initial shared factors
     V: Float[Array, "d_in r"]
     finite: Bool[Array, ""]  # every used sample finite (every shard)
-    x_exponent: Int[Array, ""]  # X was divided by 2^x_exponent
-    y_exponent: Int[Array, ""]  # Y was divided by 2^y_exponent
-
-    def fit_truth(self, truth: GroundTruth | None) -> GroundTruth | None:
-        """The truth in the fit's units (``W`` rescaled; ``U``, ``V`` unchanged), for the trace."""
-        if truth is None:
-            return None
-        return dataclasses.replace(truth, W=times_power_of_two(truth.W, self.x_exponent - self.y_exponent))
-
-    def caller_estimate(self, estimate: Estimate) -> Estimate:
-        """An estimate in the fit's units back in the caller's (the scale rides on ``S``)."""
-        return estimate._replace(S=times_power_of_two(estimate.S, self.y_exponent - self.x_exponent))
-
-    def caller_history(self, history: Metrics) -> Metrics:
-        """A metric history with its objective (a squared residual) in the caller's units."""
-        return history._replace(objective=times_power_of_two(history.objective, 2 * self.y_exponent))
 
 
 def setup(observations: Observations, config: FitConfig, key, axis_name=None) -> Setup:
-    """Validate, build the design on a scale near one (``Setup``), initialize ``U`` and ``V``."""
+    """Validate, build the design, initialize ``U`` and ``V``."""
     config.validate()
     check_observations(observations, config.rank, config.personal)
     check_counts(observations, config.rank, config.personal)
     check_finite(observations)
-    used = observations.masked()
-    x_exponent, y_exponent = data_exponent(used.X, axis_name), data_exponent(used.Y, axis_name)
-    X, Y = times_power_of_two(used.X, -x_exponent), times_power_of_two(used.Y, -y_exponent)
-    d = blocks.used_design(dataclasses.replace(used, X=X, Y=Y))
+    d = blocks.design(observations)
     count = blocks.pool(jnp.sum(d.counts), axis_name)
     floor = stopping_floor(blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count)
     U, V = initialize(d, config, key, axis_name)
     bad = (~(jnp.all(jnp.isfinite(d.X)) & jnp.all(jnp.isfinite(d.Y)))).astype(jnp.int32)
-    return Setup(d, count, floor, U, V, blocks.pool(bad, axis_name) == 0, x_exponent, y_exponent)
+    return Setup(d, count, floor, U, V, blocks.pool(bad, axis_name) == 0)
 
 
 def fit_by_steps(
@@ -477,16 +451,14 @@ def fit_by_steps(
     next params)`` (``run_loop``'s protocol, before the metrics are recorded)."""
     s = setup(observations, config, key, axis_name)
     step, params = make_body(s, config, optimizer, axis_name)
-    truth_fit = s.fit_truth(truth)
 
     def body(p):
         current, sse, nxt = step(p)
         W = None if truth is None else current.W
-        metrics = record(sse / s.count, U=current.U, V=current.V, W=W, truth=truth_fit, axis_name=axis_name)
-        return current, metrics, nxt
+        return current, record(sse / s.count, U=current.U, V=current.V, W=W, truth=truth, axis_name=axis_name), nxt
 
     estimate, history, iterations, done = run_loop(body, params, config.iters, config.tol, s.floor, monotone)
-    return s.caller_estimate(estimate), make_trace(s.caller_history(history), iterations, done, s.finite)
+    return estimate, make_trace(history, iterations, done, s.finite)
 
 
 def fit(
@@ -517,9 +489,12 @@ def fit(
       adam) once the objective's relative decrease is below ``config.tol``, or when the
       objective reaches ``(10 eps)^2`` times the mean squared measurement.
 
-    Every algorithm fits the data on a power-of-two scale near one (``Setup``) and returns the
-    estimate and the trace in the caller's units, so the result does not depend on the units
-    of X and Y (tiny or huge data neither underflow nor overflow).
+    Called on concrete arrays whose largest entries lie outside ``2^(+-16)``, ``fit`` divides X
+    and Y by powers of two (exact) that bring them near one, fits, and returns the estimate and
+    the trace in the caller's units (the objective, a squared residual, may then under- or
+    overflow the dtype; ``FitConfig.ridge`` is converted too): the result does not depend on the
+    units of X and Y. Inside ``jit``/``vmap`` the data are fitted as given; where their squares
+    underflow, the trace's ``converged`` is False (``resolvable``).
 
     Called on concrete arrays, ``fit`` checks them (NaN or inf in a used sample is a ValueError)
     and runs as one compiled program (cached per configuration and shapes); inside ``jit``,
@@ -537,7 +512,38 @@ def fit(
     check_observations(observations, config.rank, config.personal)
     check_counts(observations, config.rank, config.personal)
     check_finite(observations)
+    if not _traced(observations):
+        used = observations.masked()
+        x_exponent, y_exponent = data_exponent(used.X), data_exponent(used.Y)
+        if x_exponent or y_exponent:
+            return _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent, y_exponent)
     return _fit(observations, config, key, truth, optimizer, axis_name)
+
+
+def _traced(observations: Observations) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in (observations.X, observations.Y))
+
+
+def _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent: int, y_exponent: int):
+    """``_fit`` on ``X 2^-x_exponent``, ``Y 2^-y_exponent``, answered in the caller's units.
+
+    In the fit's units ``W`` is ``W 2^(x_exponent - y_exponent)``: the truth is converted for the
+    trace's errors, the estimate's ``S`` (which carries the scale) and the objective back; the
+    ridge penalty ``lambda n_i ||U Delta_i V^T||^2`` is on the caller's ``W``, so its lambda
+    becomes ``lambda 2^(-2 x_exponent)``. Powers of two make every conversion exact.
+    """
+    scaled = dataclasses.replace(
+        observations,
+        X=times_power_of_two(observations.X, -x_exponent),
+        Y=times_power_of_two(observations.Y, -y_exponent),
+    )
+    if truth is not None:
+        truth = dataclasses.replace(truth, W=times_power_of_two(truth.W, x_exponent - y_exponent))
+    if config.ridge:
+        config = dataclasses.replace(config, ridge=float(config.ridge) * 2.0 ** (-2 * x_exponent))
+    estimate, trace = _fit(scaled, config, key, truth, optimizer, axis_name)
+    estimate = estimate._replace(S=times_power_of_two(estimate.S, y_exponent - x_exponent))
+    return estimate, trace._replace(objective=times_power_of_two(trace.objective, 2 * y_exponent))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5))

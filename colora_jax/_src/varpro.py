@@ -654,11 +654,9 @@ def fit_varpro(
         N, g = normal_equations(d, pt, diag, gp)
         return blocks.pool(N, axis_name), blocks.pool(g, axis_name)
 
-    truth_fit = s.fit_truth(truth)
-
     def metrics(q: Point):
         W = None if truth is None else Estimate(q.U, q.V, q.S).W
-        return record(q.sse / s.count, U=q.U, V=q.V, W=W, truth=truth_fit, axis_name=axis_name)
+        return record(q.sse / s.count, U=q.U, V=q.V, W=W, truth=truth, axis_name=axis_name)
 
     run = lambda U, V: _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, s.floor)
     if not opts.restarts:
@@ -672,8 +670,7 @@ def fit_varpro(
         runs = jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))
         best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))
         pt, history, iterations, done = jax.tree.map(lambda a: a[best], runs)
-    estimate = s.caller_estimate(Estimate(pt.U, pt.V, pt.S))
-    return estimate, make_trace(s.caller_history(history), iterations, done, s.finite)
+    return Estimate(pt.U, pt.V, pt.S), make_trace(history, iterations, done, s.finite)
 
 
 def varpro_trial(key, problem_config: ProblemConfig, fit_config: FitConfig, options: VarProOptions = VarProOptions()):
