@@ -8,8 +8,11 @@ that says what to change; they run at trace time (shapes and static numbers only
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from colora_jax._src import registry
 
@@ -24,6 +27,52 @@ def choice(name: str, value: str, allowed) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+def check_integer(owner: str, name: str, value, low: int) -> None:
+    """Raise ValueError unless field ``name`` of ``owner`` is an integer (Python or NumPy, not bool) ``>= low``.
+
+    Integer fields size arrays and loops, so a float such as ``2.5`` (or ``2.0``) would fail
+    deep inside JAX, or be truncated silently; the message names the field and the fix.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        whole = isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer()
+        fix = f"pass {name}={int(value)}" if whole else f"pass a whole number >= {low}"
+        raise ValueError(f"{owner}.{name} must be an integer, got {value!r} ({type(value).__name__}): {fix}")
+    if value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{owner}.{name} must be {kind}, got {value}")
+
+
+def check_real(owner: str, name: str, value) -> None:
+    """Raise ValueError unless field ``name`` of ``owner`` is a finite real number (NaN passes every ``<`` test)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{owner}.{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be finite, got {value}")
+
+
+def effective_precision(config) -> str:
+    """The floating-point type a problem configuration generates and is fitted in: ``"float64"``
+    or ``"float32"``; raises ValueError when ``config.x64`` asks for float64 and JAX's 64-bit mode
+    is off.
+
+    JAX silently computes in float32 when its ``jax_enable_x64`` flag is off, whatever dtype is
+    asked for, so float64 is honoured only with the flag on. The flag is process-wide (or scoped
+    with ``jax.enable_x64``) and the library does not set it behind the caller's back: this
+    function is the one place where ``x64=True`` and the flag are checked against each other
+    (``ProblemConfig.validate`` and ``SharedInputConfig.validate`` call it), and the value to
+    record with a result as the precision it was computed in.
+    """
+    if not isinstance(config.x64, (bool, np.bool_)):
+        raise ValueError(f"x64 must be True or False, got {config.x64!r}")
+    if config.x64 and not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            "x64=True needs JAX's 64-bit mode, which is off (JAX would compute in float32 and the"
+            " fit would return NaN): call jax.config.update('jax_enable_x64', True) before any"
+            " computation, or run inside `with jax.enable_x64(True):`, or use x64=False"
+        )
+    return "float64" if config.x64 else "float32"
 
 
 def min_samples(model: str, rank: int, personal: str) -> int:
@@ -93,10 +142,12 @@ class ProblemConfig:
         choice("personal", self.personal, PERSONALS)
         choice("personal_mean", self.personal_mean, PERSONAL_MEANS)
         for name in ("users", "d_out", "d_in", "rank", "samples"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.test_samples < 0:
-            raise ValueError(f"test_samples must be >= 0, got {self.test_samples}")
+            check_integer("ProblemConfig", name, getattr(self, name), 1)
+        check_integer("ProblemConfig", "test_samples", self.test_samples, 0)
+        check_integer("ProblemConfig", "personal_groups", self.personal_groups, 0)
+        for name in ("noise", "task_angle", "deviation", "condition"):
+            check_real("ProblemConfig", name, getattr(self, name))
+        effective_precision(self)
         if self.rank > min(self.d_out, self.d_in):
             raise ValueError(
                 f"rank {self.rank} is larger than min(d_out, d_in) = {min(self.d_out, self.d_in)}:"
@@ -112,8 +163,6 @@ class ProblemConfig:
             raise ValueError(f"task_angle must lie in [0, pi/2] radians, got {self.task_angle}")
         if self.deviation < 0 or self.noise < 0:
             raise ValueError("deviation and noise must be >= 0")
-        if self.personal_groups < 0:
-            raise ValueError(f"personal_groups must be >= 0 (0: every user its own S_i*), got {self.personal_groups}")
         if not self.condition >= 1.0:
             raise ValueError(f"condition must be >= 1, got {self.condition}")
         need = min_samples(self.model, self.rank, self.personal)
@@ -144,10 +193,10 @@ class FitConfig:
         choice("personal", self.personal, PERSONALS)
         choice("algorithm", self.algorithm, registry.ALGORITHMS)
         choice("init", self.init, INITS)
-        if self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank}")
-        if self.iters < 1:
-            raise ValueError(f"iters must be >= 1, got {self.iters}")
+        check_integer("FitConfig", "rank", self.rank, 1)
+        check_integer("FitConfig", "iters", self.iters, 1)
+        for name in ("tol", "step_size", "learning_rate", "ridge"):
+            check_real("FitConfig", name, getattr(self, name))
         if not self.tol >= 0:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
         if not self.step_size > 0 or not self.learning_rate > 0:

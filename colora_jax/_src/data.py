@@ -76,8 +76,18 @@ class Observations:
         return self.counts
 
     def with_counts(self, counts) -> "Observations":
-        """Use only the first ``counts`` samples of each user (a scalar or one count per user)."""
-        counts = jnp.broadcast_to(jnp.asarray(counts, jnp.int32), (self.users,))
+        """Use only the first ``counts`` samples of each user (a scalar or one count per user).
+
+        ``counts`` must be integers: a float such as 10.5 would be cut to 10 here while a mask
+        compared with it keeps 11 rows, so it is refused (ValueError) rather than rounded.
+        """
+        counts = jnp.asarray(counts)
+        if not jnp.issubdtype(counts.dtype, jnp.integer):
+            raise ValueError(
+                f"counts must be whole numbers of samples, got {counts.dtype} values: pass integers"
+                " (e.g. jnp.asarray(counts, jnp.int32))"
+            )
+        counts = jnp.broadcast_to(counts.astype(jnp.int32), (self.users,))
         return Observations(X=self.X, Y=self.Y, model=self.model, counts=counts)
 
     def masked(self) -> "Observations":

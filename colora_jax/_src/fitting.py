@@ -6,6 +6,8 @@ users); vmap ``fit`` over trials and jit it at the call site (``colora_jax.run_t
 both). The pieces here are what every algorithm shares:
 
 * ``check_observations`` / ``check_finite``: trace-time ``ValueError`` that says what to change;
+* ``fit``: concrete data far from order one are brought to a power-of-two scale near one
+  (``data_exponent``) and the estimate and trace returned in the caller's units;
 * ``initialize``: spectral (second moments across users) or random orthonormal ``U``, ``V``;
 * ``iterate``: the ``lax.while_loop`` with budget, relative-decrease and floor stopping;
 * ``record``: the per-iteration metrics (one recorder for every estimator, the streamed
@@ -15,18 +17,20 @@ both). The pieces here are what every algorithm shares:
 * ``fit_by_steps``: the driver of the step-based algorithms (altmin, altgd, adam).
 
 The trace records, at index 0 the initialization and at index t the end of iteration t:
-the objective ``f / N`` (mean squared residual per used sample), and when ``truth`` is given
-the subspace distances of U, V to the truth and the relative error of all users' W stacked.
-Entries past ``iterations`` are NaN.
+the objective ``f / N`` (mean squared residual per used sample, in the caller's units), and when
+``truth`` is given the subspace distances of U, V to the truth and the relative error of all
+users' W stacked. Entries past ``iterations`` are NaN.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from colora_jax._src import blocks, registry
@@ -68,7 +72,7 @@ class Trace(NamedTuple):
     subspace_distance_V: Float[Array, " T"]
     rel_error: Float[Array, " T"]  # ||W_hat - W*||_F / ||W*||_F over all users (NaN w/o truth)
     iterations: Int[Array, ""]  # iterations run
-    converged: Bool[Array, ""]  # stopped by tolerance or floor (not by the budget)
+    converged: Bool[Array, ""]  # stopped by tolerance or floor (not by the budget), on a resolvable floor
     finite_input: Bool[Array, ""]  # False if the used observations held NaN or inf
 
 
@@ -120,20 +124,62 @@ def single_shot_trace(metrics: Metrics, iters: int, finite_input) -> Trace:
 # ----------------------------------------------------------------------------- validation
 
 
+FIT_DTYPES: tuple[str, ...] = ("float32", "float64")  # what the least squares are computed in
+
+
 def check_observations(obs: Observations, rank: int, personal: str) -> None:
-    """Static checks (shapes, rank, samples); raises ValueError saying what to change."""
+    """Static checks (array types, dtypes, shapes, users, rank, samples, counts); raises
+    ValueError saying what to change.
+
+    ``X`` and ``Y`` must be arrays of one real type, float32 or float64: half precision cannot
+    resolve the normal equations, complex or integer data would turn into NaN or wrap around.
+    ``counts`` must be integers (a float count is cut one way by the checks and another by the mask).
+    """
     if obs.model not in ("regression", "sensing"):
         raise ValueError(f"unknown model {obs.model!r}: choose 'regression' or 'sensing'")
     X, Y = obs.X, obs.Y
     want_x = 4 if obs.model == "sensing" else 3
     want_y = 2 if obs.model == "sensing" else 3
-    if X.ndim != want_x or Y.ndim != want_y:
-        layout = "X (k, n, d_out, d_in), Y (k, n)" if obs.model == "sensing" else "X (k, n, d_in), Y (k, n, d_out)"
+    layout = "X (k, n, d_out, d_in), Y (k, n)" if obs.model == "sensing" else "X (k, n, d_in), Y (k, n, d_out)"
+    for name, a in (("X", X), ("Y", Y)):
+        ragged = not (hasattr(a, "shape") and hasattr(a, "dtype")) or np.dtype(a.dtype) == object
+        if ragged:
+            raise ValueError(
+                f"observations {name} must be one array ({layout}), got {type(a).__name__}"
+                f"{' of objects' if hasattr(a, 'dtype') else ''}: stack the users' samples into one array;"
+                " pad users with fewer samples and give each user's number in counts="
+            )
+        dtype = np.dtype(a.dtype)
+        if dtype.name not in FIT_DTYPES:
+            why = (
+                "complex data do not fit its real model"
+                if jnp.issubdtype(dtype, jnp.complexfloating)
+                else "half precision cannot resolve its least squares"
+                if jnp.issubdtype(dtype, jnp.floating)
+                else "its sums of squares need floating point"
+            )
+            raise ValueError(
+                f"observations {name} are {dtype.name}, but fit computes in float32 or float64 ({why}):"
+                f" pass real {name}.astype(jnp.float32) (or float64, with jax_enable_x64 on)"
+            )
+    x_type, y_type = (jax.dtypes.canonicalize_dtype(a.dtype) for a in (X, Y))
+    if x_type != y_type:
+        raise ValueError(f"observations X are {x_type} but Y are {y_type}: cast both to one precision")
+    if len(X.shape) != want_x or len(Y.shape) != want_y:
         raise ValueError(f"{obs.model} observations must be {layout}; got X {X.shape}, Y {Y.shape}")
     if X.shape[:2] != Y.shape[:2]:
         raise ValueError(f"X and Y disagree on (users, samples): {X.shape[:2]} vs {Y.shape[:2]}")
-    if obs.counts is not None and obs.counts.shape != (obs.users,):
-        raise ValueError(f"counts must hold one sample count per user, shape ({obs.users},); got {obs.counts.shape}")
+    if obs.users < 1:
+        raise ValueError(f"observations hold no users (X {X.shape}): fit needs at least one user")
+    if obs.counts is not None:
+        counts = obs.counts
+        if not hasattr(counts, "dtype") or not jnp.issubdtype(counts.dtype, jnp.integer):
+            raise ValueError(
+                f"counts must be integer sample counts, got {getattr(counts, 'dtype', type(counts).__name__)}:"
+                " pass jnp.asarray(counts, jnp.int32) (or use observations.with_counts)"
+            )
+        if counts.shape != (obs.users,):
+            raise ValueError(f"counts must hold one sample count per user, shape ({obs.users},); got {counts.shape}")
     d_out, d_in = obs.dims
     if rank > min(d_out, d_in):
         raise ValueError(f"rank {rank} exceeds min(d_out, d_in) = {min(d_out, d_in)}: lower the rank")
@@ -202,6 +248,17 @@ def stopping_floor(mean_square_measurement):
     return (10 * jnp.finfo(mean_square_measurement.dtype).eps) ** 2 * mean_square_measurement
 
 
+def resolvable(floor):
+    """Whether a stop at ``floor`` can mean convergence: the floor is a normal number.
+
+    When the data are so small that the floor underflows (subnormal or zero), objectives round
+    to zero and both stopping rules fire on rounding, not on the fit: the loop still stops (it
+    cannot make progress it can see), but the trace must not say converged. ``setup`` puts the
+    data on a scale near one, so in-memory fits only meet this with all-zero measurements.
+    """
+    return floor >= jnp.finfo(floor.dtype).tiny
+
+
 def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, monotone: bool = True):
     """The iteration loop shared by every estimator, inside ``lax.while_loop``.
 
@@ -217,7 +274,8 @@ def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, mo
     Returns:
       ``(state, history, iterations, converged)``: ``history`` is a ``Metrics`` of
       ``(iters + 1,)`` arrays (index t = after iteration t, NaN past ``iterations``);
-      ``converged`` is True when the loop stopped by tolerance or floor rather than by the budget.
+      ``converged`` is True when the loop stopped by tolerance or floor rather than by the budget,
+      and the floor is ``resolvable``.
     """
     metrics0 = Metrics(*metrics0)
     dtype = metrics0.objective.dtype
@@ -240,7 +298,7 @@ def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, mo
 
     start = (jnp.asarray(0), state, history, history.objective[0] <= floor)
     it, state, history, done = jax.lax.while_loop(cond, body, start)
-    return state, history, it, done
+    return state, history, it, done & resolvable(floor)
 
 
 def _zeros_like_shape(shape: jax.ShapeDtypeStruct):
@@ -269,12 +327,14 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
     Returns:
       ``(current, history, iterations, converged)``: the last ``current``; ``history`` a
       ``Metrics`` of ``(iters + 1,)`` arrays (index t = after iteration t, NaN past
-      ``iterations``); ``converged`` True when tolerance or floor stopped the loop.
+      ``iterations``); ``converged`` True when tolerance or floor stopped the loop and the
+      floor is ``resolvable``.
     """
     current0, metrics0, _ = jax.eval_shape(body, params)
     dtype = metrics0.objective.dtype
     history = Metrics(*(jnp.full((iters + 1,), jnp.nan, dtype) for _ in metrics0))
     zeros = jax.tree.map(_zeros_like_shape, current0)
+    honest = resolvable(jnp.asarray(floor, dtype))
 
     def loop(carry):
         it, p, hist, f_prev, _, _, _ = carry
@@ -282,10 +342,10 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
         m = Metrics(*m)
         hist = Metrics(*(h.at[it].set(v) for h, v in zip(hist, m)))
         f = m.objective
-        converged = f <= floor
+        stop = f <= floor
         if monotone:
-            converged = converged | ((it > 0) & (f_prev - f <= tol * f_prev))
-        return it + 1, nxt, hist, f, converged | (it >= iters), converged, current
+            stop = stop | ((it > 0) & (f_prev - f <= tol * f_prev))
+        return it + 1, nxt, hist, f, stop | (it >= iters), stop & honest, current
 
     start = (
         jnp.asarray(0),
@@ -312,6 +372,42 @@ def initialize(d: blocks.Design, config: FitConfig, key: PRNGKeyArray | None, ax
     U = jnp.linalg.qr(jax.random.normal(ku, (d_out, config.rank), d.X.dtype))[0]
     V = jnp.linalg.qr(jax.random.normal(kv, (d_in, config.rank), d.X.dtype))[0]
     return U, V
+
+
+UNSCALED_EXPONENTS = 16  # data whose largest |entry| lies in [2^-17, 2^16) are fitted as given
+
+
+def data_exponent(a) -> int:
+    """The power of two that brings the largest ``|a|`` of concrete ``a`` into ``[1/2, 1)``, or 0 near one.
+
+    ``e`` with ``max |a|`` in ``[2^(e-1), 2^e)``, set to 0 when ``|e| <= UNSCALED_EXPONENTS``
+    (data of order one are fitted exactly as given, so their results do not move by a bit) or
+    when ``a`` holds no finite nonzero entry.
+    """
+    m = jnp.max(jnp.abs(a))
+    e = int(jnp.frexp(m)[1])
+    return e if bool(jnp.isfinite(m)) and abs(e) > UNSCALED_EXPONENTS else 0
+
+
+def _power_of_two(e, dtype):
+    """``2^e`` exactly, from its bit pattern (``|e|`` below the dtype's largest exponent)."""
+    finfo = jnp.finfo(dtype)
+    bits = jnp.int32 if finfo.bits == 32 else jnp.int64
+    return jax.lax.bitcast_convert_type((e.astype(bits) + (finfo.maxexp - 1)) << finfo.nmant, dtype)
+
+
+def times_power_of_two(x, e):
+    """``x * 2^e`` for an integer ``e``: exact in floating point (only the exponents move), unless
+    the result leaves the dtype's range. Three factors, so that no factor does. ``x`` itself
+    where ``e == 0`` (selected, not multiplied by one: XLA may reassociate a product with the
+    computation of ``x``, which would move results of data of order one by a rounding)."""
+    e = jnp.asarray(e, jnp.int32)
+    first = e // 3
+    second = (e - first) // 2
+    scaled = x
+    for part in (first, second, e - first - second):
+        scaled = scaled * _power_of_two(part, x.dtype)
+    return jnp.where(e == 0, x, scaled)
 
 
 class Setup(NamedTuple):
@@ -393,6 +489,13 @@ def fit(
       adam) once the objective's relative decrease is below ``config.tol``, or when the
       objective reaches ``(10 eps)^2`` times the mean squared measurement.
 
+    Called on concrete arrays whose largest entries lie outside ``2^(+-16)``, ``fit`` divides X
+    and Y by powers of two (exact) that bring them near one, fits, and returns the estimate and
+    the trace in the caller's units (the objective, a squared residual, may then under- or
+    overflow the dtype; ``FitConfig.ridge`` is converted too): the result does not depend on the
+    units of X and Y. Inside ``jit``/``vmap`` the data are fitted as given; where their squares
+    underflow, the trace's ``converged`` is False (``resolvable``).
+
     Called on concrete arrays, ``fit`` checks them (NaN or inf in a used sample is a ValueError)
     and runs as one compiled program (cached per configuration and shapes); inside ``jit``,
     ``vmap`` or ``shard_map`` it is traced into the caller's program.
@@ -409,7 +512,38 @@ def fit(
     check_observations(observations, config.rank, config.personal)
     check_counts(observations, config.rank, config.personal)
     check_finite(observations)
+    if not _traced(observations):
+        used = observations.masked()
+        x_exponent, y_exponent = data_exponent(used.X), data_exponent(used.Y)
+        if x_exponent or y_exponent:
+            return _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent, y_exponent)
     return _fit(observations, config, key, truth, optimizer, axis_name)
+
+
+def _traced(observations: Observations) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in (observations.X, observations.Y))
+
+
+def _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent: int, y_exponent: int):
+    """``_fit`` on ``X 2^-x_exponent``, ``Y 2^-y_exponent``, answered in the caller's units.
+
+    In the fit's units ``W`` is ``W 2^(x_exponent - y_exponent)``: the truth is converted for the
+    trace's errors, the estimate's ``S`` (which carries the scale) and the objective back; the
+    ridge penalty ``lambda n_i ||U Delta_i V^T||^2`` is on the caller's ``W``, so its lambda
+    becomes ``lambda 2^(-2 x_exponent)``. Powers of two make every conversion exact.
+    """
+    scaled = dataclasses.replace(
+        observations,
+        X=times_power_of_two(observations.X, -x_exponent),
+        Y=times_power_of_two(observations.Y, -y_exponent),
+    )
+    if truth is not None:
+        truth = dataclasses.replace(truth, W=times_power_of_two(truth.W, x_exponent - y_exponent))
+    if config.ridge:
+        config = dataclasses.replace(config, ridge=float(config.ridge) * 2.0 ** (-2 * x_exponent))
+    estimate, trace = _fit(scaled, config, key, truth, optimizer, axis_name)
+    estimate = estimate._replace(S=times_power_of_two(estimate.S, y_exponent - x_exponent))
+    return estimate, trace._replace(objective=times_power_of_two(trace.objective, 2 * y_exponent))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5))

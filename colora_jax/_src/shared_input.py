@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
 from colora_jax._src import counter_rng
-from colora_jax._src.config import MODELS, ProblemConfig, choice
+from colora_jax._src.config import MODELS, ProblemConfig, check_integer, check_real, choice, effective_precision
 from colora_jax._src.data import (
     TEST_STREAM,
     TRAIN_STREAM,
@@ -51,12 +51,14 @@ class SharedInputConfig:
     def validate(self) -> "SharedInputConfig":
         choice("model", self.model, MODELS)
         for name in ("users", "d_out", "d_in", "rank", "samples"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            check_integer("SharedInputConfig", name, getattr(self, name), 1)
+        check_integer("SharedInputConfig", "test_samples", self.test_samples, 0)
+        check_real("SharedInputConfig", "noise", self.noise)
+        effective_precision(self)
         if self.rank > self.d_in:
             raise ValueError(f"rank {self.rank} exceeds d_in = {self.d_in}: choose rank <= d_in")
-        if self.test_samples < 0 or self.noise < 0:
-            raise ValueError("test_samples and noise must be >= 0")
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
         return self
 
 

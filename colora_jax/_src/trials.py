@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -481,11 +482,20 @@ def _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio
     problem_config.validate()
     fit_config.validate()
     scalar = samples is None or np.ndim(samples) == 0
-    grid = [problem_config.samples if samples is None else int(samples)] if scalar else [int(n) for n in samples]
+    asked = [problem_config.samples] if samples is None else [samples] if scalar else samples
+    grid = [_sample_count(n) for n in asked]
     if not grid:
         raise ValueError("samples is an empty list: give at least one sample count")
     check_samples(problem_config, fit_config, grid)
     return grid, scalar, fn or method_evaluator(method)
+
+
+def _sample_count(n) -> int:
+    """A sample count of a grid as an int; a float (10.5, or 10.0) is refused, not truncated."""
+    try:
+        return operator.index(n)
+    except TypeError:
+        raise ValueError(f"sample counts must be integers, got {n!r}: pass whole numbers of samples per user") from None
 
 
 def _in_workers(key, problem_config, fit_config, trials, workers, on_batch, noise, options):
