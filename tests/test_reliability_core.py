@@ -92,6 +92,8 @@ def test_every_algorithm_fits_on_one_scale_and_reports_on_the_callers(problem, a
     one, one_trace = cj.fit(problem.train, fc, truth=problem.truth)
     if algorithm != "adam":
         np.testing.assert_allclose(big.W / 2.0**50, one.W, atol=1e-4)
+    if algorithm not in ("adam", "gnmr"):  # gnmr's shortest step weighs dS against dU, dV in the data's units,
+        # so its path (not its answer) depends on the scale it is given
         np.testing.assert_allclose(big_trace.rel_error, one_trace.rel_error, atol=1e-4)
     mean_y2 = float(jnp.mean(jnp.square(problem.train.Y)))
     np.testing.assert_allclose(float(big_trace.objective[0]) / 2.0**100, float(one_trace.objective[0]), rtol=1e-5)

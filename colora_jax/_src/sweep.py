@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from colora_jax._src.config import FitConfig, ProblemConfig
+from colora_jax._src.config import FitConfig, ProblemConfig, effective_precision
 from colora_jax._src.data import STREAM_VERSION
 from colora_jax._src.provenance import code_version
 from colora_jax._src.serialization import to_jsonable
@@ -89,13 +89,17 @@ def cell_config(cell: Cell) -> dict:
     return to_jsonable(dataclasses.asdict(cell))
 
 
-def effective_precision(cell: Cell) -> str:
-    """``"float64"`` when the cell asks for ``x64`` and JAX has 64-bit types enabled, else ``"float32"``.
+def cell_precision(cell: Cell) -> str:
+    """The precision a cell computes in (``config.effective_precision``), part of its key.
 
-    Asking for ``x64`` without ``jax_enable_x64`` computes in float32 (and may give NaN where
-    float64 would not), so a cell's result depends on both.
+    A computation that never validates its configuration (a caller's ``per_cell`` function) can
+    still run a cell that asks for ``x64`` without JAX's 64-bit mode: it then computes in
+    float32, and that is what is recorded, so enabling the mode later recomputes the cell.
     """
-    return "float64" if getattr(cell.problem, "x64", False) and jax.config.jax_enable_x64 else "float32"
+    try:
+        return effective_precision(cell.problem)
+    except ValueError:
+        return "float32"
 
 
 def _qualified_name(obj) -> str:
@@ -179,7 +183,7 @@ def _key(cell: Cell, tag: str, computation) -> str:
             "stream": STREAM_VERSION,
             "tag": tag,
             "computation": computation,
-            "precision": effective_precision(cell),
+            "precision": cell_precision(cell),
         },
         sort_keys=True,
     )
@@ -201,7 +205,7 @@ def data_key(cell: Cell) -> str:
             "trials": cell.trials,
             "seed": cell.seed,
             "stream": STREAM_VERSION,
-            "precision": effective_precision(cell),
+            "precision": cell_precision(cell),
         },
         sort_keys=True,
     )
@@ -459,7 +463,7 @@ def sweep(
                     "config": cell_config(cell),
                     "tag": tag,
                     "computation": computation,
-                    "precision": effective_precision(cell),
+                    "precision": cell_precision(cell),
                     "stream": STREAM_VERSION,
                     "data": data_key(cell),
                     "result": to_jsonable(result),
