@@ -320,6 +320,8 @@ def main() -> None:
     co.add_argument("--ratio", type=float, default=2.0, help="samples per user in units of m*(k)")
     co.add_argument("--methods", default="altmin,varpro")
     args = p.parse_args()
+    if getattr(args, "x64", False):
+        jax.config.update("jax_enable_x64", True)  # x64=True problems need JAX's 64-bit mode
     _common.compile_cache()
     {"phase": phase, "summary": summary, "cost": cost}[args.command](args)
 

@@ -18,9 +18,11 @@ same fit on one user's data, so the k = 1 curve is local LoRA's.
 
 Across k the thresholds are modelled as n50(k) = a m*(k) + b (``statistics.threshold_line``): the
 range of a and b over the lines that pass through every k's interval, each interval at the
-Bonferroni level 1 - 0.05 / (number of k). A ratio n50/m* of small integers mixes the slope with
-an additive offset of a sample or two; where n50 sits on the integer floor ceil(m*) the ratio is
-decided by integrality, and those k are reported.
+Bonferroni level 1 - 0.05 / (number of k) and widened down to the grid point below it (a grid
+threshold is the first grid point at or above the line; ``slope_of``). No line through every
+interval means the linear form itself fails there (a NaN range, an undecided claim). A ratio
+n50/m* of small integers mixes the slope with an additive offset of a sample or two; where n50
+sits on the integer floor ceil(m*) the ratio is decided by integrality, and those k are reported.
 
 Claims (bounds fixed in ``Config`` before the confirmation run, which decides the verdict; the
 exploration run on seed 0 is reported beside it):
@@ -137,18 +139,34 @@ def cells(config: Config):
 
 
 def slope_of(config: Config, curves: dict, users: tuple[int, ...]) -> statistics.LineFit:
-    """``n50(k) = a m*(k) + b`` over ``users``, each k's interval at the Bonferroni level (NaN: one k)."""
+    """``n50(k) = a m*(k) + b`` over ``users``, each k's interval at the Bonferroni level (NaN: one k).
+
+    A threshold on a grid is the first grid point at or above the continuous crossing
+    ``a m* + b``, so a k whose threshold lies in ``[low, high]`` constrains the line at ``m*(k)``
+    to ``(the grid point below low, high]`` (no lower constraint below the grid's first point);
+    the open end is taken closed, which only widens the ranges. Without this the integer grid
+    itself would rule out most lines.
+    """
     if len(users) < 2:
         return statistics.LineFit(*[math.nan] * 6)
     each = 1 - (1 - config.level) / len(users)
-    thresholds = [
-        statistics.rate_threshold(curves[str(k)]["samples"], np.asarray(curves[str(k)]["table"], bool), each)
-        for k in users
-    ]
+    thresholds, lows = [], []
+    for k in users:
+        c = curves[str(k)]
+        t = statistics.rate_threshold(c["samples"], np.asarray(c["table"], bool), each)
+        below = [n for n in c["samples"] if n < t.low]
+        thresholds.append(t)
+        lows.append(below[-1] if below else -math.inf)
     m = [curves[str(k)]["m_star"] for k in users]
-    return statistics.threshold_line(
-        m, [t.n50 for t in thresholds], [t.low for t in thresholds], [t.high for t in thresholds]
-    )
+    return statistics.threshold_line(m, [t.n50 for t in thresholds], lows, [t.high for t in thresholds])
+
+
+def slope_estimate(fit: statistics.LineFit) -> float:
+    """The slope reported beside its range: the middle of the range where it is finite (the
+    least-squares slope through the grid-valued n50 can fall outside it), else least squares."""
+    if math.isfinite(fit.a_low) and math.isfinite(fit.a_high):
+        return (fit.a_low + fit.a_high) / 2
+    return fit.a
 
 
 def plot(config: Config, curves: dict, verdicts: dict, path: str) -> str:
@@ -264,7 +282,7 @@ def main() -> None:
             lines[model][method] = fit._asdict()
             claims.add(
                 f"{model} {LABEL.get(method, method)} slope a of n50 = a m* + b",
-                fit.a,
+                slope_estimate(fit),
                 fit.a_low,
                 fit.a_high,
                 upper=aim,

@@ -128,3 +128,24 @@ def test_every_linear_script_registers_fresh_confirmation_seeds(name):
         confirmed = _common.configure(config, argparse.Namespace(confirm=True))
         assert confirmed.seed == config.confirmation_seed != config.seed
         assert _common.configure(config, argparse.Namespace(confirm=False)) is config
+
+
+def test_phase_transition_line_allows_for_the_integer_grid():
+    # True thresholds on a unit grid are ceil(a m* + b): not collinear, yet the true a must lie in the range.
+    from proofs_numerics import phase_transition as pt
+
+    config, a, b = pt.Config(), 1.37, 0.4
+    m = {"5": 18.4, "20": 7.6, "100": 5.92}
+    curves = {}
+    for k, mk in m.items():
+        grid = list(range(5, 30))
+        threshold = math.ceil(a * mk + b)
+        table = np.broadcast_to(np.asarray(grid) >= threshold, (40, len(grid))).astype(int).tolist()
+        curves[k] = {"samples": grid, "table": table, "m_star": mk}
+    fit = pt.slope_of(config, curves, (5, 20, 100))
+    assert fit.a_low <= a <= fit.a_high and fit.b_low <= b <= fit.b_high
+    assert fit.a_high - fit.a_low < 0.3  # and the range is informative
+    points = [math.ceil(a * mk + b) for mk in m.values()]
+    assert math.isnan(
+        _common.statistics.threshold_line(list(m.values()), points, points, points).a_low
+    )  # not collinear
