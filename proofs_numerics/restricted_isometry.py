@@ -236,7 +236,11 @@ def statistic(key, pc: ProblemConfig):
     """The operator's statistic for ``blocks``: the design or its second moment (sensing), each
     user's ``Sigma_i`` (regression)."""
     zeros = jnp.zeros((pc.users, pc.d_out, pc.d_in), pc.dtype)
-    X = measure(key, zeros, pc.samples, 0.0, pc.model).X
+    return statistic_of(measure(key, zeros, pc.samples, 0.0, pc.model).X, pc)
+
+
+def statistic_of(X, pc: ProblemConfig):
+    """``statistic`` of a given design ``X`` (users first)."""
     if pc.model == "regression":
         return jnp.einsum("kni,knj->kij", X, X) / pc.samples
     if pc.samples > pc.d_out * pc.d_in:

@@ -87,6 +87,15 @@ def test_module_tree_is_the_checkpoints():
     np.testing.assert_array_equal(np.asarray(llama.model.layers[1].mlp.down_proj.kernel[...]), w.T)
 
 
+def perturb(model, seed: int) -> None:
+    """Random shared and personal factors in every adapted layer (U = 0 at initialization)."""
+    key = jax.random.key(seed)
+    for _, layer in cn.adapted_layers(model):
+        for var in (layer.shared_u, layer.personal):
+            key, sub = jax.random.split(key)
+            var.set_value(0.3 * jax.random.normal(sub, var[...].shape))
+
+
 def test_colora_adapts_every_projection_and_exports_under_checkpoint_names(tmp_path):
     ref = reference("qwen3")
     model = cn.from_pretrained(DATA / "hf_qwen3")
@@ -96,11 +105,7 @@ def test_colora_adapts_every_projection_and_exports_under_checkpoint_names(tmp_p
                      for i in range(2) for p in PROJECTIONS}  # fmt: skip
     with cn.colora_users(model, jnp.array([0, 2])):  # U = 0 at initialization: the base model
         np.testing.assert_allclose(logits(model, ref["tokens"]), ref["logits"], atol=F32_TOL, rtol=0)
-    key = jax.random.key(0)
-    for _, layer in cn.adapted_layers(model):  # a nonzero update for every user
-        for var in (layer.shared_u, layer.personal):
-            key, sub = jax.random.split(key)
-            var.set_value(0.3 * jax.random.normal(sub, var[...].shape))
+    perturb(model, 0)  # a nonzero update for every user
     cn.export_peft(model, 1, tmp_path / "adapter")
     keys = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
@@ -118,11 +123,7 @@ def test_mixed_users_equal_one_user_at_a_time_when_seq_equals_batch():
     # routes user ids along the batch axis instead of being refused as ambiguous.
     model = cn.from_pretrained(DATA / "hf_llama")
     cn.apply_colora(model, users=3, rank=2, targets=PROJECTIONS, rngs=nnx.Rngs(1))
-    key = jax.random.key(3)
-    for _, layer in cn.adapted_layers(model):
-        for var in (layer.shared_u, layer.personal):
-            key, sub = jax.random.split(key)
-            var.set_value(0.3 * jax.random.normal(sub, var[...].shape))
+    perturb(model, 3)  # a nonzero update for every user
     tokens = jax.random.randint(jax.random.key(4), (3, 3), 0, model.config.vocab_size)
     with cn.colora_users(model, jnp.array([0, 1, 2])):
         mixed = logits(model, tokens)
@@ -287,11 +288,7 @@ def test_mesh_without_model_axis_or_with_explicit_axes():
 def test_every_users_adapter_exported_to_its_own_directory(tmp_path):
     model = cn.from_pretrained(DATA / "hf_qwen2")
     cn.apply_colora(model, users=3, rank=2, targets=PROJECTIONS, rngs=nnx.Rngs(2))
-    key = jax.random.key(5)
-    for _, layer in cn.adapted_layers(model):
-        for var in (layer.shared_u, layer.personal):
-            key, sub = jax.random.split(key)
-            var.set_value(0.3 * jax.random.normal(sub, var[...].shape))
+    perturb(model, 5)  # a nonzero update for every user
     written = cn.export_peft_users(model, tmp_path / "users")
     assert [os.path.basename(p) for p in written] == ["user_0", "user_1", "user_2"]
     for user, path in enumerate(written):

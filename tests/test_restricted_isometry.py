@@ -29,7 +29,7 @@ def test_each_users_ratio_is_the_rayleigh_quotient_of_its_block(model, samples):
     Z = jnp.einsum("or,krs,is->koi", U, S, V)
     direct = jnp.sum(jnp.square(jax.vmap(predict, in_axes=(0, 0, None))(Z, X, model)).reshape(3, -1), axis=1)
     direct = direct / (samples * jnp.sum(jnp.square(Z), axis=(1, 2)))
-    stat = ri.statistic(jax.random.key(0), pc)
+    stat = ri.statistic_of(X, pc)  # the same design the direct ratio sees
     M = ri.blocks(stat, model, U, V) if model == "sensing" else ri.blocks(stat, model, V)
     if model == "sensing":
         s = S.reshape(3, -1)
