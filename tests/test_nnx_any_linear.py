@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _adapters import randomize_adapters
 from flax import nnx
 from safetensors.numpy import load_file
 
@@ -90,16 +91,6 @@ def _wrap(model, kind, **kw):
     return cn.apply_colora(model, **kw)
 
 
-def _randomize(model, key):
-    for _, layer in cn.adapted_layers(model):
-        for name in ("shared_u", "shared_v", "personal", "lora_a", "lora_b"):
-            if hasattr(layer, name):
-                key, sub = jax.random.split(key)
-                var = getattr(layer, name)
-                var.set_value(jax.random.normal(sub, var[...].shape, var[...].dtype))
-    return model
-
-
 def _inputs(layer, seed=0):
     return jax.random.normal(jax.random.key(seed), LAYERS[layer][1])
 
@@ -114,7 +105,7 @@ def test_identity_mixed_users_and_merge(layer, kind):
     with cn.colora_users(model, ids):
         np.testing.assert_array_equal(model(x), before)  # identity at initialization
 
-    _randomize(model, jax.random.key(2))
+    randomize_adapters(model, jax.random.key(2))
     with cn.colora_users(model, ids):
         mixed = model(x)
     assert float(jnp.abs(mixed - before).max()) > 1e-2  # the adapters do move the output
@@ -134,7 +125,7 @@ def test_peft_export_is_the_flattened_lora_and_imports_back(layer, tmp_path):
     model, x, user = Net(layer, 0), _inputs(layer), 1
     base_out = model.proj(x)
     cn.apply_colora(model, users=3, rank=2, targets=["proj"], rngs=nnx.Rngs(1))
-    _randomize(model, jax.random.key(2))
+    randomize_adapters(model, jax.random.key(2))
     with cn.colora_users(model, jnp.full((B,), user)):
         adapted = model.proj(x)
     cn.export_peft(model, user, tmp_path)

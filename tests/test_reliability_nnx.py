@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _adapters import randomize_adapters
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
@@ -24,20 +25,10 @@ class TwoLayers(nnx.Module):
         return self.second(jnp.tanh(self.first(x)))
 
 
-def _randomize(model, key):
-    for _, layer in cn.adapted_layers(model):
-        for name in ("shared_u", "shared_v", "personal", "lora_a", "lora_b"):
-            if hasattr(layer, name):
-                key, sub = jax.random.split(key)
-                var = getattr(layer, name)
-                var.set_value(jax.random.normal(sub, var[...].shape, var[...].dtype))
-    return model
-
-
 def _exported(tmp_path):
     """Users 1 and 2 of an adapted two-layer model, exported to X and Y."""
     model = cn.apply_colora(TwoLayers(nnx.Rngs(0)), users=3, rank=2, targets=["first", "second"], rngs=nnx.Rngs(1))
-    _randomize(model, jax.random.key(2))
+    randomize_adapters(model, jax.random.key(2))
     x_dir, y_dir = tmp_path / "X", tmp_path / "Y"
     cn.export_peft(model, 1, x_dir)
     cn.export_peft(model, 2, y_dir)
@@ -105,7 +96,7 @@ def test_a_linear_subclass_with_its_own_call_is_refused_unless_it_stays_linear_i
     model = nnx.Dict(up=LoggedLinear(4, 3, rngs=nnx.Rngs(0)))
     cn.apply_colora(model, users=2, rank=2, targets=["up"], rngs=nnx.Rngs(1))
     assert not hasattr(model["up"].base, "calls")  # the check ran a copy, not the module itself
-    _randomize(model, jax.random.key(2))
+    randomize_adapters(model, jax.random.key(2))
     x = jax.random.normal(jax.random.key(3), (2, 4))
     adapted = model["up"](x, jnp.array([1, 1]))
     np.testing.assert_allclose(cn.merge(model, 1)["up"](x), adapted, atol=1e-5, rtol=1e-5)
@@ -139,14 +130,14 @@ def test_time_major_routing_is_explicit_and_ambiguity_is_refused(apply):
     ids = jnp.array([0, 2, 1])
     square = jax.random.normal(jax.random.key(0), (3, 3, 4))  # seq == batch: the shape cannot tell
     wrap = dict(users=3, rank=2, targets=["up"], rngs=nnx.Rngs(1))
-    model = _randomize(apply(TimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
+    model = randomize_adapters(apply(TimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
     with cn.colora_users(model, ids), pytest.raises(ValueError, match=r"cannot tell.*example_axis=0"):
         model(square)
     with cn.colora_users(model, ids), pytest.raises(ValueError, match=r"axis 1 has length 3.*example_axis=1"):
         model(square[:, :2])  # seq != batch: the leading axis is not the examples', and the message says which is
 
-    explicit = _randomize(apply(TimeMajor(nnx.Rngs(0)), example_axis=1, **wrap), jax.random.key(2))
-    declared = _randomize(apply(DeclaredTimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
+    explicit = randomize_adapters(apply(TimeMajor(nnx.Rngs(0)), example_axis=1, **wrap), jax.random.key(2))
+    declared = randomize_adapters(apply(DeclaredTimeMajor(nnx.Rngs(0)), **wrap), jax.random.key(2))
     assert declared.up.example_axis == 1
     np.testing.assert_array_equal(_one_at_a_time(explicit, square, ids), _one_at_a_time(declared, square, ids))
 
@@ -156,7 +147,7 @@ _UP = dict(users=3, rank=2, targets=["up"], rngs=nnx.Rngs(1))
 
 def test_the_packaged_models_declare_batch_major_so_seq_equal_to_batch_routes_by_example():
     cfg = cn.TransformerConfig(vocab=11, seq_len=3, width=8, depth=1, heads=2)
-    model = _randomize(cn.apply_colora(cn.Transformer(cfg, rngs=nnx.Rngs(0)), **_UP), jax.random.key(2))
+    model = randomize_adapters(cn.apply_colora(cn.Transformer(cfg, rngs=nnx.Rngs(0)), **_UP), jax.random.key(2))
     tokens = jax.random.randint(jax.random.key(0), (3, 3), 0, 11)
     _one_at_a_time(model, tokens, jnp.array([0, 2, 1]))
 
