@@ -171,3 +171,19 @@ def test_pooled_trace_error_equals_the_evaluation(runs, method):
     out = runs["scarce", method]
     last = np.take_along_axis(out.trace.rel_error, out.trace.iterations[:, None], axis=1)[:, 0]
     np.testing.assert_allclose(last, out.evaluation.rel_error, rtol=1e-3)
+
+
+def test_diag_span_start_begins_in_the_truths_span_in_another_basis_and_recovers():
+    """colora-diag-span: iteration 0 sits in span U*, span V* (distance ~ 0) but not in their basis
+    (a diagonal S_i in the start's basis misfits: the first objective is far from 0); AltMin then
+    finds the basis, float64 noiseless, to 1e-10; a reference that reads the truth refuses none."""
+    pc = cj.ProblemConfig(model="sensing", users=8, d_out=6, d_in=6, rank=2, samples=30, personal="diag", x64=True)
+    with jax.enable_x64(True):
+        p = cj.generate_problem(jax.random.key(2), pc)
+        fc = cj.FitConfig(rank=2, iters=300, tol=0.0, personal="diag")
+        f = _fit("colora-diag-span", p.train, fc, p.truth)
+        assert float(f.trace.subspace_distance_U[0]) < 1e-12 and float(f.trace.subspace_distance_V[0]) < 1e-12
+        assert float(f.trace.objective[0]) > 1e-3 * float(jnp.mean(jnp.square(p.train.Y)))
+        assert _rel(f.W, p.truth.W) < 1e-10
+        with pytest.raises(ValueError, match="needs the ground truth"):
+            cj.fit_method("colora-diag-span", p.train, fc, key=jax.random.key(0))

@@ -102,6 +102,30 @@ def test_a_group_of_cells_equals_each_cell_alone(model, x64):
         np.testing.assert_allclose(joint["trace"]["objective"][:5], alone["trace"]["objective"][:5], rtol=1e-12)
 
 
+def test_data_digest_is_the_sha256_of_the_drawn_bytes():
+    """``data_sha256`` hashes the generated draws themselves: the same for two methods on one
+    ``data_key`` (common random numbers), different for another seed, and equal to the digest of
+    the problems generated directly from the trial keys (``fold_in(key, t)``, first half of its split)."""
+    import hashlib
+
+    import jax
+
+    pc = cj.ProblemConfig(model="sensing", users=3, d_out=4, d_in=4, rank=1, samples=6, test_samples=2)
+    fc = cj.FitConfig(rank=1, iters=3)
+    one, other, reseeded = (
+        run_cells([Cell(pc, fc, trials=3, seed=s, method=m)])[0]
+        for s, m in ((2, "colora"), (2, "local"), (3, "colora"))
+    )
+    assert one["data_sha256"] == other["data_sha256"] != reseeded["data_sha256"]
+    keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(2), t))(np.arange(3))
+    problems = jax.vmap(lambda k: cj.generate_problem(jax.random.split(k)[0], pc))(keys)
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(problems):
+        a = np.asarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
+    assert one["data_sha256"] == h.hexdigest()[:20]
+
+
 def test_sweep_groups_cells_and_records_each(tmp_path):
     pc = cj.ProblemConfig(model="sensing", users=3, d_out=4, d_in=4, rank=1, samples=6, test_samples=0)
     fc = cj.FitConfig(rank=1, iters=5)

@@ -421,8 +421,8 @@ class Setup(NamedTuple):
     finite: Bool[Array, ""]  # every used sample finite (every shard)
 
 
-def setup(observations: Observations, config: FitConfig, key, axis_name=None) -> Setup:
-    """Validate, build the design, initialize ``U`` and ``V``."""
+def setup(observations: Observations, config: FitConfig, key, axis_name=None, start=None) -> Setup:
+    """Validate, build the design, initialize ``U`` and ``V`` (or take ``start = (U0, V0)`` as given)."""
     config.validate()
     check_observations(observations, config.rank, config.personal)
     check_counts(observations, config.rank, config.personal)
@@ -430,7 +430,7 @@ def setup(observations: Observations, config: FitConfig, key, axis_name=None) ->
     d = blocks.design(observations)
     count = blocks.pool(jnp.sum(d.counts), axis_name)
     floor = stopping_floor(blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count)
-    U, V = initialize(d, config, key, axis_name)
+    U, V = initialize(d, config, key, axis_name) if start is None else start
     bad = (~(jnp.all(jnp.isfinite(d.X)) & jnp.all(jnp.isfinite(d.Y)))).astype(jnp.int32)
     return Setup(d, count, floor, U, V, blocks.pool(bad, axis_name) == 0)
 
@@ -445,11 +445,13 @@ def fit_by_steps(
     optimizer=None,
     axis_name: str | None = None,
     monotone: bool = True,
+    start=None,
 ) -> tuple[Estimate, Trace]:
     """Run an iterative algorithm: ``make_body(setup, config, optimizer, axis_name)`` returns
     ``(body, params0)`` with ``body(params) -> (current Estimate, its sum of squared residuals,
-    next params)`` (``run_loop``'s protocol, before the metrics are recorded)."""
-    s = setup(observations, config, key, axis_name)
+    next params)`` (``run_loop``'s protocol, before the metrics are recorded). ``start = (U0, V0)``
+    replaces the configured initialization (the references that start from given factors)."""
+    s = setup(observations, config, key, axis_name, start)
     step, params = make_body(s, config, optimizer, axis_name)
 
     def body(p):

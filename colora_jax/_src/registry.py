@@ -228,6 +228,15 @@ METHODS: dict[str, Method] = {
             needs_truth=True,
         ),
         Method(
+            "colora-diag-span",
+            f"{_PKG}.baselines.references:fit_diag_span_start",
+            "U S_i V^T, S_i diagonal: AltMin started in span U*, span V* with a random basis (reads the truth)",
+            "U,V",
+            lambda o, i, r, p: ((o + i) * r, r),
+            "references",
+            needs_truth=True,
+        ),
+        Method(
             "base",
             f"{_PKG}.baselines.references:fit_base",
             "W_0: the frozen base, nothing adapted (W_i = 0 here)",

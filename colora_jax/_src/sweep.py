@@ -226,12 +226,27 @@ def group_key(cell: Cell):
     )
 
 
-def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = method_evaluator):
+def data_digest() -> tuple[Callable[[object], None], Callable[[], str]]:
+    """``(update, hexdigest)``: SHA-256 over the bytes of generated problems, leaf by leaf, in
+    trial order (``TrialPlan.run``'s ``on_data``): the data as drawn, whatever caused them."""
+    h = hashlib.sha256()
+
+    def update(problems) -> None:
+        for leaf in jax.tree.leaves(problems):
+            a = np.ascontiguousarray(leaf)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+
+    return update, lambda: h.hexdigest()[:20]
+
+
+def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = method_evaluator, on_data=None):
     """Every trial of a group of cells (``group_key`` equal) as NumPy arrays ``(trials, cells, ...)``.
 
     One ``run_trials`` call: generated with ``pad_samples`` per user, fitted at each cell's
     sample count. ``fn_for(method)`` gives the per-problem function (default: the registry's
-    method); it must return a stable, hashable function.
+    method); it must return a stable, hashable function. ``on_data`` sees the generated draws
+    (``TrialPlan.run``).
     """
     first = cells[0]
     if any(group_key(c) != group_key(first) for c in cells):
@@ -246,15 +261,18 @@ def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = metho
         fn=fn_for(first.method),
         generate_samples=first.generated_samples(),
     )
-    return plan.run(jax.random.key(first.seed))
+    return plan.run(jax.random.key(first.seed), on_data=on_data)
 
 
 def run_cells(cells: Sequence[Cell], trace: bool = False, fn_for: Callable[[str], Callable] = method_evaluator) -> list:
-    """The default computation of a group of cells: every trial's evaluation (and, if asked, trace)."""
-    evaluation, tr = cell_trials(cells, fn_for)
+    """The default computation of a group of cells: every trial's evaluation (and, if asked, trace),
+    and ``data_sha256``, the digest of the group's generated draws (``data_digest``; each cell fits
+    a prefix of every user's samples of those draws)."""
+    update, digest = data_digest()
+    evaluation, tr = cell_trials(cells, fn_for, on_data=update)
     out = []
     for j in range(len(cells)):
-        one = {"evaluation": jax.tree.map(lambda a, j=j: a[:, j], evaluation)._asdict()}
+        one = {"evaluation": jax.tree.map(lambda a, j=j: a[:, j], evaluation)._asdict(), "data_sha256": digest()}
         if trace:
             one["trace"] = jax.tree.map(lambda a, j=j: a[:, j], tr)._asdict()
         out.append(to_jsonable(one))

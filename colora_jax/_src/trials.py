@@ -417,9 +417,18 @@ class TrialPlan:
     scalar: bool  # one sample count asked for as None or an int: no samples axis
     programs: list[_Program]
 
-    def run(self, key, *, noise=None, on_batch: Callable[[int], None] | None = None, first_trial: int = 0):
+    def run(
+        self,
+        key,
+        *,
+        noise=None,
+        on_batch: Callable[[int], None] | None = None,
+        first_trial: int = 0,
+        on_data: Callable[[object], None] | None = None,
+    ):
         """Every trial at every sample count (see ``run_trials``); trial ``t`` of the plan is trial
-        ``first_trial + t`` of ``key`` (a worker's block of a larger run)."""
+        ``first_trial + t`` of ``key`` (a worker's block of a larger run). ``on_data``, if given, sees
+        each batch of generated problems (host arrays, trials in order), e.g. to hash the draws."""
         level = self.problem_config.noise if noise is None else noise
         by_count, done, total = {}, 0, len(self.grid) * self.trials
         for program in self.programs:
@@ -428,6 +437,8 @@ class TrialPlan:
                 keys = trial_keys(key, first_trial + start, first_trial + start + size)
                 problems = program.run.generate(keys, jnp.asarray(level, program.generated.dtype))
                 keep = min(size, self.trials - start)
+                if on_data is not None:
+                    on_data(jax.tree.map(lambda a, keep=keep: np.asarray(a)[:keep], jax.device_get(problems)))
                 for n in program.counts:
                     out = jax.device_get(program.run.fit(problems, keys, jnp.asarray(n, jnp.int32)))
                     parts[n].append(jax.tree.map(lambda a, keep=keep: a[:keep], out))

@@ -1,10 +1,14 @@
-"""Reference points: the oracle (the truth's shared factors given) and the frozen base."""
+"""Reference points: the oracle (the truth's shared factors given), AltMin started inside the
+truth's subspaces, and the frozen base."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks, fitting
+from colora_jax._src import altmin, blocks, fitting
 from colora_jax._src.baselines.common import MethodFit, finite, need_samples, record_fit
 from colora_jax._src.data import GroundTruth, Observations
 
@@ -39,3 +43,30 @@ def fit_base(obs: Observations, fc, *, key=None, truth: GroundTruth | None = Non
     return MethodFit(
         W, None, None, fitting.single_shot_trace(record_fit(obs, W, None, None, truth), fc.iters, finite(obs))
     )
+
+
+def random_rotation(key, r: int, dtype):
+    """A Haar-distributed ``r x r`` orthogonal matrix (QR of a Gaussian, signs fixed by ``diag(R)``)."""
+    Q, R = jnp.linalg.qr(jax.random.normal(key, (r, r), dtype))
+    return Q * jnp.where(jnp.diagonal(R) < 0, -1, 1).astype(dtype)
+
+
+def fit_diag_span_start(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -> MethodFit:
+    """AltMin with diagonal personal parts, started inside ``span(U*)``, ``span(V*)`` in a wrong basis.
+
+    The start is ``U* Q_U``, ``V* Q_V`` with ``Q_U``, ``Q_V`` Haar-random ``r x r`` rotations drawn
+    from ``key``: the subspaces are exact, the basis is not, and a diagonal ``S_i`` is diagonal in one
+    basis only, so the estimator must still find it. Its threshold against the spectral start's
+    separates what the diagonal estimator needs from the subspace error of its start. A reference:
+    it reads the truth, so it is no estimator.
+    """
+    if truth is None:
+        raise ValueError("colora-diag-span needs the ground truth: pass truth=problem.truth")
+    fitting.check_observations(obs, fc.rank, "diag")
+    if truth.U.shape[1] != fc.rank or truth.V.shape[1] != fc.rank:
+        raise ValueError(f"colora-diag-span needs a truth of rank {fc.rank}, got {truth.U.shape[1]}")
+    ku, kv = jax.random.split(key)
+    start = (truth.U @ random_rotation(ku, fc.rank, truth.U.dtype), truth.V @ random_rotation(kv, fc.rank, truth.V.dtype))
+    config = dataclasses.replace(fc, personal="diag", algorithm="altmin")
+    est, trace = fitting.fit_by_steps(altmin.make_body, obs, config, key=key, truth=truth, start=start)
+    return MethodFit(est.W, est.U, est.V, trace)
