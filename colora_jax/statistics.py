@@ -287,7 +287,7 @@ def threshold_line(x, y, low, high) -> LineFit:
             bounds.append(-lj)
 
     def extreme(index: int, sign: float) -> float:
-        """min (sign = 1) or max (sign = -1) of coefficient ``index`` over the feasible lines."""
+        """Min (sign = 1) or max (sign = -1) of coefficient ``index`` over the feasible lines."""
         if not rows:
             return -sign * math.inf
         objective = np.zeros(2)

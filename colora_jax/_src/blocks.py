@@ -76,7 +76,8 @@ def _times(A: Float[Array, "k p q"], M: Float[Array, "q s"]) -> Float[Array, "k 
 
 def _mm(A: Float[Array, "k p q"], B: Float[Array, "k q s"]) -> Float[Array, "k p s"]:
     """``A_i B_i`` for every user, small factors only (a fused broadcast-and-reduce over q);
-    a factor shared by all users is passed with a leading axis of 1 (``M[None]``)."""
+    a factor shared by all users is passed with a leading axis of 1 (``M[None]``).
+    """
     return jnp.sum(A[:, :, :, None] * B[:, None, :, :], axis=2)
 
 

@@ -400,7 +400,8 @@ def times_power_of_two(x, e):
     """``x * 2^e`` for an integer ``e``: exact in floating point (only the exponents move), unless
     the result leaves the dtype's range. Three factors, so that no factor does. ``x`` itself
     where ``e == 0`` (selected, not multiplied by one: XLA may reassociate a product with the
-    computation of ``x``, which would move results of data of order one by a rounding)."""
+    computation of ``x``, which would move results of data of order one by a rounding).
+    """
     e = jnp.asarray(e, jnp.int32)
     first = e // 3
     second = (e - first) // 2
@@ -448,7 +449,8 @@ def fit_by_steps(
 ) -> tuple[Estimate, Trace]:
     """Run an iterative algorithm: ``make_body(setup, config, optimizer, axis_name)`` returns
     ``(body, params0)`` with ``body(params) -> (current Estimate, its sum of squared residuals,
-    next params)`` (``run_loop``'s protocol, before the metrics are recorded)."""
+    next params)`` (``run_loop``'s protocol, before the metrics are recorded).
+    """
     s = setup(observations, config, key, axis_name)
     step, params = make_body(s, config, optimizer, axis_name)
 

@@ -43,7 +43,8 @@ from colora_jax._src.linalg import psd_solve
 
 def scaledgd_body(d: blocks.Design, U, V, S, lam, eta, diag: bool, axis_name=None):
     """One ScaledGD iteration from ``(U, V, S)``: the current iterate, its sum of squared residuals,
-    and the next ``(U, V, S)`` (see the module docstring). ``lam``: each user's Gram scale."""
+    and the next ``(U, V, S)`` (see the module docstring). ``lam``: each user's Gram scale.
+    """
     # f pooled inside (as altgd): under shard_map the gradients of the replicated U, V come back summed
     # over the users' devices, and each device's gS is its own users'
     half_sse = lambda U_, V_, S_: 0.5 * blocks.sum_squares(d, U_, V_, S_, axis_name)

@@ -48,7 +48,8 @@ _KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
 
 def pattern_key(keys: tp.Iterable[str], name: str) -> str | None:
     """The first key of a PEFT ``rank_pattern`` / ``alpha_pattern`` that applies to module ``name``
-    (PEFT's rule: ``re.match(rf"(.*\\.)?({key})$", name)``), or ``None``."""
+    (PEFT's rule: ``re.match(rf"(.*\\.)?({key})$", name)``), or ``None``.
+    """
     for key in keys:
         if re.match(rf"(.*\.)?({key})$", name):
             return key
@@ -174,7 +175,8 @@ def _check_config(config: dict) -> None:
 
 def _scaling(config: dict, name: str, rank: int) -> float:
     """PEFT's scaling of module ``name``: ``alpha / r`` or ``alpha / sqrt(r)`` (rsLoRA), with the
-    layer's own ``r`` and ``alpha`` from ``rank_pattern`` / ``alpha_pattern``."""
+    layer's own ``r`` and ``alpha`` from ``rank_pattern`` / ``alpha_pattern``.
+    """
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
     r_key, a_key = pattern_key(rank_pattern, name), pattern_key(alpha_pattern, name)

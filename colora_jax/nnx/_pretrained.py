@@ -239,7 +239,8 @@ class _Placement:
 
 class RMSNorm(nnx.Module):
     """``weight * x / sqrt(mean(x^2) + eps)`` (normalized in float32, scaled in the input's dtype, as
-    Llama/Qwen); with ``offset``, ``((1 + weight) * x / rms(x))`` all in float32 (Gemma)."""
+    Llama/Qwen); with ``offset``, ``((1 + weight) * x / rms(x))`` all in float32 (Gemma).
+    """
 
     def __init__(self, dim: int, eps: float, *, offset: bool, dtype: tp.Any):
         self.weight = nnx.Param(jnp.zeros((dim,), dtype) if offset else jnp.ones((dim,), dtype))

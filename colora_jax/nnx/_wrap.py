@@ -67,7 +67,8 @@ def _below(path: tuple[tp.Any, ...], tops: tp.Iterable[tuple[tp.Any, ...]]) -> b
 
 def _modules(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
     """Every sub-module of ``model`` (not the model itself) in graph order, except the ones
-    inside an adapted layer (its wrapped ``base``)."""
+    inside an adapted layer (its wrapped ``base``).
+    """
     found = [(p, m) for p, m in nnx.iter_graph(model) if p and isinstance(m, nnx.Module)]
     adapted = [p for p, m in found if isinstance(m, Adapted)]
     return [(p, m) for p, m in found if not _below(p, adapted)]
@@ -276,7 +277,8 @@ def apply_lora_bank(
     param_dtype: tp.Any = None,
 ) -> M:
     """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local``
-    baseline); layers, targets, arguments, atomicity and errors as :func:`apply_colora`."""
+    baseline); layers, targets, arguments, atomicity and errors as :func:`apply_colora`.
+    """
     declared = declared_example_axes(model)
     return replace_layers(
         model,

@@ -49,7 +49,8 @@ def _counts() -> dict:
 
 def row(spec: tuple) -> tuple[str, dict, dict]:
     """One (model, method, k) row: every sample size of its grid, one ``run_trials`` call; also
-    the compile-cache counts it added (so that rows computed in workers are counted too)."""
+    the compile-cache counts it added (so that rows computed in workers are counted too).
+    """
     before = _counts()
     model, users, method, ref = spec
     ns = grid(model, ref)

@@ -171,7 +171,8 @@ def iteration_flops(users: int, d: int, samples: int, rank: int) -> int:
     statistics-based steps: ``C_i V`` and ``B_i^T V`` (personal and output steps), the
     input step's ``sum_i C_i (x) Q_i`` and ``sum_i B_i P_i``, and the objective's raw residuals
     ``Y_i - X_i V S_i^T U^T``. Multiply-adds count 2; the r x r and (d r) x (d r) solves are
-    left out (they do not grow with k)."""
+    left out (they do not grow with k).
+    """
     d2r = d * d * rank
     return users * 2 * (d2r + d2r * rank + 2 * d2r + samples * rank * (2 * d + rank))
 

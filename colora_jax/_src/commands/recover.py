@@ -43,8 +43,8 @@ def register(subparsers) -> None:
         "--workers",
         type=common._positive_int,
         default=1,
-        help="split the trials between this many processes, one CPU core each (default 1): on a 2-core"
-        " CPU 1.2-1.75x the trials/s of one process, after 1-2 s of starting each worker (docs/scale.md)",
+        help="split the trials between this many processes, one CPU core each (default 1): worth it for"
+        " runs longer than a few seconds, since each worker has to start (docs/scale.md)",
     )
     p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
