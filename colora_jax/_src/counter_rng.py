@@ -24,9 +24,10 @@ although XLA:CPU evaluates ``cos`` and ``sin`` one element at a time, the costli
 draw (docs/scale.md measures it): ``erf_inv`` is expanded into HLO multiplies and adds, and
 XLA:CPU fuses them into FMA instructions differently in different programs, so a draw would no
 longer depend on its index alone (float64 draws of ``generate_chunks`` and ``generate`` then
-differ by one ulp in some entries; they agree when FMA is unavailable, ``--xla_cpu_max_isa=AVX``). Nesting, chunking and batched-equals-looped rest on that
-property, which the transform's ``log1p``, ``sqrt``, ``cos`` and ``sin`` keep in every program
-the tests compare (docs/scale.md, "Why two targets stay missed").
+differ by one ulp in some entries; they agree when FMA is unavailable, ``--xla_cpu_max_isa=AVX``).
+Nesting, chunking and batched-equals-looped rest on that property, which the transform's
+``log1p``, ``sqrt``, ``cos`` and ``sin`` keep in every program the tests compare (docs/scale.md,
+"Why two targets stay missed").
 
 Every operation is elementwise in ``(i, j, position)``, so generation shards over users
 with no communication (each device hashes its own users' indices).

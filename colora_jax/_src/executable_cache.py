@@ -209,8 +209,9 @@ class DamagedEntry(Exception):
 
 
 def _load(path: pathlib.Path):
-    """The program stored at ``path``, bound to the devices it was compiled for (``DamagedEntry``
-    when its digest or placement does not match).
+    """The program stored at ``path``, bound to the devices it was compiled for.
+
+    Raises ``DamagedEntry`` when its digest or placement does not match.
     """
     import jax
     from jax.experimental import serialize_executable
@@ -251,8 +252,10 @@ def _touch(path: pathlib.Path) -> None:
 
 
 def evict(folder: pathlib.Path, max_bytes: int = MAX_BYTES) -> int:
-    """Delete the least recently used entries until ``folder`` holds at most ``max_bytes``; returns
-    how many were deleted. Every source edit gives new keys, so old entries would only accumulate.
+    """Delete the least recently used entries until ``folder`` holds at most ``max_bytes``.
+
+    Returns how many were deleted. Every source edit gives new keys, so old entries would only
+    accumulate.
     """
     entries = []
     for entry in os.scandir(folder):

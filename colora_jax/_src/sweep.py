@@ -304,8 +304,10 @@ def _group_cost(cells: Sequence[Cell]) -> float:
 
 
 def read_results(path: str | os.PathLike) -> dict[str, dict]:
-    """Finished cells of a results file, by key. Never writes the file: a last line without its
-    newline (being written now, or torn by a kill) is skipped, and repaired by the next writer.
+    """Finished cells of a results file, by key.
+
+    Never writes the file: a last line without its newline (being written now, or torn by a kill) is
+    skipped, and repaired by the next writer.
     """
     if not os.path.exists(path):
         return {}

@@ -61,8 +61,10 @@ def _die_with_parent(lifeline, parent: int) -> None:
 
 @contextlib.contextmanager
 def _sigint_blocked():
-    """SIGINT blocked in this thread (held pending, not lost: another thread's handler still
-    flags it for the main thread); processes started meanwhile inherit the mask through exec.
+    """SIGINT blocked in this thread.
+
+    Held pending, not lost: another thread's handler still flags it for the main thread; processes
+    started meanwhile inherit the mask through exec.
     """
     if not hasattr(signal, "pthread_sigmask"):
         yield
@@ -75,8 +77,10 @@ def _sigint_blocked():
 
 
 def _start(counter, cores: list[int], cache_dir: str | None, x64: bool, lifeline, parent: int) -> None:
-    """A worker's set-up, before any JAX computation: bound to its parent's life, SIGINT left to the
-    parent, then the next free core, the parent's cache and precision.
+    """A worker's set-up, before any JAX computation.
+
+    Bound to its parent's life, SIGINT left to the parent, then the next free core, the parent's
+    cache and precision.
     """
     _die_with_parent(lifeline, parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
