@@ -239,8 +239,11 @@ def main() -> int:
         new = render(text, bench)
     except BrokenPipeError:  # printed into `head`: nothing more to say
         return 0
-    except (OSError, ValueError, KeyError) as err:
-        print(f"report: {err!r}", file=sys.stderr)
+    except (OSError, ValueError) as err:
+        print(f"report: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:  # a record from an older or partial run (``--sections``, ``--quick``)
+        print(f"report: {args.bench} has no field {err} that docs/scale.md's tables need", file=sys.stderr)
         return 2
     with open(args.write, "w") as f:
         f.write(new)
