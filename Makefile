@@ -29,14 +29,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/colora bench
 
-## ruff: lint (and the formatting check) over the library, scripts and tests; `make format` applies it.
+## ruff: lint (docstrings and privacy on the library too) and the formatting check over the whole
+## tree, as configured in pyproject.toml; `make format` applies what it can.
 lint: $(STAMP)
-	$(BIN)/ruff check colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
-	$(BIN)/ruff format --check colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
-	$(BIN)/ruff format colora_jax proofs_numerics tests benchmarks interop/roundtrip.py
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

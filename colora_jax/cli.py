@@ -13,6 +13,7 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader wen
 
 
 def build_parser() -> common.Parser:
+    """The ``colora`` argument parser with every subcommand."""
     parser = common.Parser(prog="colora", description="Collaborative low-rank adaptation (CoLoRA) in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=common.Parser)
     for command in COMMANDS:

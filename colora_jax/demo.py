@@ -39,6 +39,7 @@ def dof_per_user(k: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo: print the recovery rates, write figures/demo_recovery.png and .json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per cell")
     parser.add_argument("--out", default="figures", help="folder for demo_recovery.png/.json")

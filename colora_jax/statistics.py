@@ -74,8 +74,10 @@ def sample_grid(minimum: int, reference: float, lo: float, hi: float, count: int
 
 
 def geometric_integers(low: float, high: float, ratio: float = 1.05, minimum: int = 1) -> list[int]:
-    """Every integer from ``ceil(low)`` to ``floor(high)`` where consecutive integers are closer than
-    ``ratio``, and steps of about ``ratio`` above: ``x_{j+1} = max(x_j + 1, round(x_j * ratio))``.
+    """Every integer from ``ceil(low)`` to ``floor(high)`` while they are closer than ``ratio``, then steps.
+
+    Consecutive integers where they are closer than ``ratio``, and steps of about ``ratio`` above:
+    ``x_{j+1} = max(x_j + 1, round(x_j * ratio))``.
 
     A grid for thresholds: unit steps where the sample size is small (so the grid's n50 is the
     exact integer one), relative steps of ``ratio - 1`` where it is large.
@@ -287,7 +289,7 @@ def threshold_line(x, y, low, high) -> LineFit:
             bounds.append(-lj)
 
     def extreme(index: int, sign: float) -> float:
-        """min (sign = 1) or max (sign = -1) of coefficient ``index`` over the feasible lines."""
+        """Min (sign = 1) or max (sign = -1) of coefficient ``index`` over the feasible lines."""
         if not rows:
             return -sign * math.inf
         objective = np.zeros(2)
@@ -489,7 +491,8 @@ def contraction(curve, window: tuple[float, float]) -> float:
 
 
 def crossing(x, a, b) -> float:
-    """The first ``x`` where ``a - b`` goes from negative to non-negative (linear interpolation);
+    """The first ``x`` where ``a - b`` goes from negative to non-negative (linear interpolation).
+
     NaN if it never does. (``a`` the curve that starts below ``b`` and overtakes it.)
 
     Example:

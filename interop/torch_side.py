@@ -99,7 +99,8 @@ def load(directory: str) -> None:
         merged = peft_model.merge_and_unload()
         y_merged = merged(x).numpy()
     weights = {k: v.numpy() for k, v in merged.state_dict().items()}
-    np.savez(os.path.join(directory, "torch_load.npz"), y=y, y_merged=y_merged, **{f"w:{k}": v for k, v in weights.items()})
+    named_weights = {f"w:{k}": v for k, v in weights.items()}
+    np.savez(os.path.join(directory, "torch_load.npz"), y=y, y_merged=y_merged, **named_weights)
     json.dump(
         {"wrapped": wrapped, "warnings": [str(w.message) for w in caught]},
         open(os.path.join(directory, "torch_load.json"), "w"),
@@ -110,13 +111,21 @@ CONFIGS = {
     # regex target (blocks 0 and 1, attention query and mlp up; block 1's attention out), rank and
     # alpha patterns, PEFT's default scaling alpha / r
     "peft_patterns": dict(
-        r=4, lora_alpha=8, target_modules=r"blocks\.\d\.(attn\.query|mlp\.up)|blocks\.1\.attn\.out",
-        rank_pattern={"blocks.1.attn.out": 2}, alpha_pattern={r"blocks\.0\.mlp\.up": 3}, use_rslora=False,
+        r=4,
+        lora_alpha=8,
+        target_modules=r"blocks\.\d\.(attn\.query|mlp\.up)|blocks\.1\.attn\.out",
+        rank_pattern={"blocks.1.attn.out": 2},
+        alpha_pattern={r"blocks\.0\.mlp\.up": 3},
+        use_rslora=False,
     ),
     # the same with rsLoRA: scaling alpha / sqrt(r), per layer
     "peft_rslora": dict(
-        r=4, lora_alpha=8, target_modules=r"blocks\.\d\.(attn\.query|mlp\.up)|blocks\.1\.attn\.out",
-        rank_pattern={"blocks.1.attn.out": 2}, alpha_pattern={r"blocks\.0\.mlp\.up": 3}, use_rslora=True,
+        r=4,
+        lora_alpha=8,
+        target_modules=r"blocks\.\d\.(attn\.query|mlp\.up)|blocks\.1\.attn\.out",
+        rank_pattern={"blocks.1.attn.out": 2},
+        alpha_pattern={r"blocks\.0\.mlp\.up": 3},
+        use_rslora=True,
     ),
     # a list target of last components: every block's mlp.down and the head
     "peft_list": dict(r=3, lora_alpha=5, target_modules=["down", "head"], use_rslora=True),
@@ -138,8 +147,11 @@ def make(directory: str) -> None:
         peft_model.save_pretrained(os.path.join(directory, name))
         with torch.no_grad():
             y = peft_model(x).numpy()
-        scalings = {n.removeprefix("base_model.model."): float(m.scaling["default"])
-                    for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+        scalings = {
+            n.removeprefix("base_model.model."): float(m.scaling["default"])
+            for n, m in peft_model.named_modules()
+            if isinstance(m, LoraLayer)
+        }
         np.save(os.path.join(directory, f"{name}_y.npy"), y)
         out[name] = {"wrapped": lora_modules(peft_model), "scaling": scalings}
     json.dump(out, open(os.path.join(directory, "torch_make.json"), "w"))

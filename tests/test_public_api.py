@@ -45,3 +45,14 @@ def test_nnx_surface_is_pinned():
     assert set(colora_jax.nnx.__all__) == set(NNX)
     for name in NNX:
         assert getattr(colora_jax.nnx, name) is not None
+
+
+def test_version_has_one_source():
+    """pyproject.toml reads the version from colora_jax.__version__, so the two cannot disagree."""
+    import pathlib
+    import tomllib
+
+    pyproject = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "colora_jax.__version__"}

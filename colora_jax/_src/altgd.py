@@ -21,6 +21,7 @@ def _lambda_max(M):
 
 
 def make_body(s: Setup, config, optimizer, axis_name):
+    """``(body, params0)`` of ``altgd`` for ``fitting.iterate``: exact S-step, gradient steps on U and V."""
     d, diag, n = s.design, config.personal == "diag", s.design.counts
 
     def body(params):

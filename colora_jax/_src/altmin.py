@@ -34,6 +34,7 @@ def altmin_body(d: blocks.Design, U, V, diag: bool, axis_name=None):
 
 
 def make_body(s: Setup, config, optimizer, axis_name):
+    """``(body, params0)`` of ``altmin`` for ``fitting.iterate``: ``altmin_body`` from ``(U, V)``."""
     diag = config.personal == "diag"
     return (lambda p: altmin_body(s.design, *p, diag, axis_name)), (s.U, s.V)
 

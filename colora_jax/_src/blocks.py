@@ -75,8 +75,10 @@ def _times(A: Float[Array, "k p q"], M: Float[Array, "q s"]) -> Float[Array, "k 
 
 
 def _mm(A: Float[Array, "k p q"], B: Float[Array, "k q s"]) -> Float[Array, "k p s"]:
-    """``A_i B_i`` for every user, small factors only (a fused broadcast-and-reduce over q);
-    a factor shared by all users is passed with a leading axis of 1 (``M[None]``)."""
+    """``A_i B_i`` for every user, small factors only (a fused broadcast-and-reduce over q).
+
+    A factor shared by all users is passed with a leading axis of 1 (``M[None]``).
+    """
     return jnp.sum(A[:, :, :, None] * B[:, None, :, :], axis=2)
 
 
@@ -182,7 +184,9 @@ def output_normal_regression(VCV, BtV, S):
 
 
 def personal_output_and_objective(d: Design, U, V, diag: bool, axis_name: str | None = None):
-    """At ``(U, V)``: the exact personal step ``S``, these users' (unpooled) output-step normal
+    """The exact personal step, the output-step normal equations and the residual at ``(U, V)``.
+
+    At ``(U, V)``: the exact personal step ``S``, these users' (unpooled) output-step normal
     equations ``(G, H)`` at ``(V, S)``, and the pooled sum of squared residuals ``f(U, V, S)``.
 
     One pass over the data serves all three: ``V^T C_i V`` and ``Bt_i V`` (regression; the

@@ -87,8 +87,8 @@ def _writable(path: str) -> str | None:
 def enable_compile_cache(path: str | os.PathLike | None = None, *, disable: bool = False) -> str | None:
     """Turn on JAX's persistent compilation cache in ``path`` (default ``default_cache_dir()``).
 
-    Every program is cached, however fast it compiled (the executables here compile in
-    0.1-3 s each, which is exactly what dominates a short run). Safe to call repeatedly.
+    Every program is cached, however fast it compiled: the executables here are small and
+    compile quickly, but compiling them is what dominates a short run. Safe to call repeatedly.
 
     Args:
       path: the cache directory (created if missing); default from the environment.

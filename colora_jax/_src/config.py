@@ -53,9 +53,10 @@ def check_real(owner: str, name: str, value) -> None:
 
 
 def effective_precision(config) -> str:
-    """The floating-point type a problem configuration generates and is fitted in: ``"float64"``
-    or ``"float32"``; raises ValueError when ``config.x64`` asks for float64 and JAX's 64-bit mode
-    is off.
+    """The floating-point type a problem configuration generates and is fitted in.
+
+    ``"float64"`` or ``"float32"``; raises ValueError when ``config.x64`` asks for float64 and JAX's
+    64-bit mode is off.
 
     JAX silently computes in float32 when its ``jax_enable_x64`` flag is off, whatever dtype is
     asked for, so float64 is honoured only with the flag on. The flag is process-wide (or scoped
@@ -134,6 +135,7 @@ class ProblemConfig:
 
     @property
     def dtype(self):
+        """The JAX float type: float64 when ``x64``, else float32."""
         return jnp.float64 if self.x64 else jnp.float32
 
     def validate(self) -> "ProblemConfig":
@@ -190,6 +192,7 @@ class FitConfig:
     ridge: float = 0.0  # centered: lambda of lambda sum_i n_i ||U (S_i - S_bar) V^T||_F^2 (0: CoLoRA)
 
     def validate(self) -> "FitConfig":
+        """Check every field; returns ``self``, or raises ValueError saying what to change."""
         choice("personal", self.personal, PERSONALS)
         choice("algorithm", self.algorithm, registry.ALGORITHMS)
         choice("init", self.init, INITS)

@@ -16,22 +16,18 @@ uniforms become normals by Box-Muller (``sqrt(-2 log u1) (cos, sin)(2 pi u2)``).
 Why not ``jax.random.normal``: its streams depend on the requested shape (not nested), and on
 CPU its ``threefry2x32`` primitive runs the rounds as a rolled loop that materializes every
 intermediate array, and its ``erf_inv`` transform is the costliest part of drawing normals.
-Written as one elementwise expression, the hash and Box-Muller fuse into a single loop:
-cheaper to compile and to run (20 trials x 50 users x 16 samples x 400 entries, float32, this
-2-core CPU: 0.27 s to compile and 53 ms to run, against 1.26 s and 98 ms for ``jax.random.normal``
-with partitionable threefry, jax 0.9.2). The hash is tested bit for bit
-against ``jax.extend.random.threefry2x32_p``.
+Written as one elementwise expression, the hash and Box-Muller fuse into a single loop, cheaper
+to compile and to run. The hash is tested bit for bit against ``jax.extend.random.threefry2x32_p``.
 
 Why Box-Muller and not the inverse CDF (``sqrt(2) erf_inv(u)``, ``jax.random.normal``'s transform),
-although XLA:CPU evaluates ``cos`` and ``sin`` one element at a time (7.4 ns each on one core
-here, against 0.6 ns per normal for the hash and 1.2 ns for ``log1p``) and an ``erf_inv`` stream
-made the sensing generator 2.8x faster: ``erf_inv`` is expanded into HLO multiplies and adds,
-and XLA:CPU fuses them into FMA instructions differently in different programs, so a draw would
-no longer depend on its index alone (float64 draws of ``generate_chunks`` and ``generate``
-differed in 23 of 360 entries by one ulp; equal when FMA is unavailable,
-``--xla_cpu_max_isa=AVX``). Nesting, chunking and batched-equals-looped rest on that
-property, which the transform's ``log1p``, ``sqrt``, ``cos`` and ``sin`` keep in every program
-the tests compare (docs/scale.md, "Why two targets stay missed").
+although XLA:CPU evaluates ``cos`` and ``sin`` one element at a time, the costliest part of a
+draw (docs/scale.md measures it): ``erf_inv`` is expanded into HLO multiplies and adds, and
+XLA:CPU fuses them into FMA instructions differently in different programs, so a draw would no
+longer depend on its index alone (float64 draws of ``generate_chunks`` and ``generate`` then
+differ by one ulp in some entries; they agree when FMA is unavailable, ``--xla_cpu_max_isa=AVX``).
+Nesting, chunking and batched-equals-looped rest on that property, which the transform's
+``log1p``, ``sqrt``, ``cos`` and ``sin`` keep in every program the tests compare (docs/scale.md,
+"Why two targets stay missed").
 
 Every operation is elementwise in ``(i, j, position)``, so generation shards over users
 with no communication (each device hashes its own users' indices).

@@ -2,10 +2,10 @@
 
 XLA:CPU splits every sizeable operation across one thread per schedulable core, and each split
 waits for its slowest part. On a machine whose cores are busy with other work, a descheduled
-thread stalls every operation of a fit's loop: on this project's 2-core machine, with another
-XLA process competing, a 20-trial ``colora recover`` ran its trials in 0.66-2.66 s with both
-cores and 0.76-0.99 s pinned to one (docs/scale.md, "CPU threads"). Running several processes side
-by side (pytest-xdist workers, sweeps) has the same effect on each other.
+thread stalls every operation of a fit's loop, so the run time of small programs varies
+several-fold when another XLA process competes for the cores, and stays steady on fewer cores
+(docs/scale.md, "CPU threads"). Running several processes side by side (pytest-xdist workers,
+sweeps) has the same effect on each other.
 
 XLA sizes its thread pool and its task partitioning from the cores the process may run on, so
 the only reliable knob is the process's CPU affinity, set before JAX starts its CPU backend:

@@ -55,6 +55,7 @@ class Observations:
 
     @property
     def users(self) -> int:
+        """The number of users ``k``."""
         return self.X.shape[0]
 
     @property

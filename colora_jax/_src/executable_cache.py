@@ -2,7 +2,7 @@
 
 JAX's persistent compilation cache (``compile_cache``) skips XLA's compile, but its key is the
 lowered program, so every process still traces and lowers the trial program before it can look
-it up: 0.9 s of the 2.3 s a warm ``colora recover`` took. Here the compiled executable itself is
+it up, most of a warm short run's time. Here the compiled executable itself is
 stored, keyed by everything that determines it *before* tracing:
 
 - the static arguments (problem and fit configurations, batch, method) and the argument shapes,
@@ -209,8 +209,10 @@ class DamagedEntry(Exception):
 
 
 def _load(path: pathlib.Path):
-    """The program stored at ``path``, bound to the devices it was compiled for (``DamagedEntry``
-    when its digest or placement does not match)."""
+    """The program stored at ``path``, bound to the devices it was compiled for.
+
+    Raises ``DamagedEntry`` when its digest or placement does not match.
+    """
     import jax
     from jax.experimental import serialize_executable
 
@@ -250,8 +252,11 @@ def _touch(path: pathlib.Path) -> None:
 
 
 def evict(folder: pathlib.Path, max_bytes: int = MAX_BYTES) -> int:
-    """Delete the least recently used entries until ``folder`` holds at most ``max_bytes``; returns
-    how many were deleted. Every source edit gives new keys, so old entries would only accumulate."""
+    """Delete the least recently used entries until ``folder`` holds at most ``max_bytes``.
+
+    Returns how many were deleted. Every source edit gives new keys, so old entries would only
+    accumulate.
+    """
     entries = []
     for entry in os.scandir(folder):
         if entry.is_file() and entry.name.endswith(".pkl"):

@@ -49,6 +49,7 @@ class Estimate(NamedTuple):
 
     @property
     def W(self) -> Float[Array, "k d_out d_in"]:
+        """Every user's ``W_i = U S_i V^T``."""
         return jnp.einsum("or,krs,is->koi", self.U, self.S, self.V)
 
 
@@ -128,8 +129,9 @@ FIT_DTYPES: tuple[str, ...] = ("float32", "float64")  # what the least squares a
 
 
 def check_observations(obs: Observations, rank: int, personal: str) -> None:
-    """Static checks (array types, dtypes, shapes, users, rank, samples, counts); raises
-    ValueError saying what to change.
+    """Static checks (array types, dtypes, shapes, users, rank, samples, counts).
+
+    Raises ValueError saying what to change.
 
     ``X`` and ``Y`` must be arrays of one real type, float32 or float64: half precision cannot
     resolve the normal equations, complex or integer data would turn into NaN or wrap around.
@@ -270,6 +272,8 @@ def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, mo
       tol: stop once the objective's relative decrease ``(f_prev - f) / f_prev <= tol``
         (only when ``monotone``; an optimizer that may increase f stops by budget or floor).
       floor: stop once the objective is ``<= floor``.
+      monotone: whether each iteration cannot increase the objective (exact block steps); only
+        then does ``tol`` stop the loop.
 
     Returns:
       ``(state, history, iterations, converged)``: ``history`` is a ``Metrics`` of
@@ -323,6 +327,8 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
       tol: stop once the objective's relative decrease ``(f_prev - f) / f_prev <= tol``
         (only when ``monotone``; an optimizer that may increase f stops by budget or floor).
       floor: stop once the objective is ``<= floor``.
+      monotone: whether each iteration cannot increase the objective (exact block steps); only
+        then does ``tol`` stop the loop.
 
     Returns:
       ``(current, history, iterations, converged)``: the last ``current``; ``history`` a
@@ -397,10 +403,12 @@ def _power_of_two(e, dtype):
 
 
 def times_power_of_two(x, e):
-    """``x * 2^e`` for an integer ``e``: exact in floating point (only the exponents move), unless
-    the result leaves the dtype's range. Three factors, so that no factor does. ``x`` itself
-    where ``e == 0`` (selected, not multiplied by one: XLA may reassociate a product with the
-    computation of ``x``, which would move results of data of order one by a rounding)."""
+    """``x * 2^e`` for an integer ``e``, exact in floating point (only the exponents move).
+
+    Exact unless the result leaves the dtype's range; three factors, so that no factor does. ``x``
+    itself where ``e == 0`` (selected, not multiplied by one: XLA may reassociate a product with the
+    computation of ``x``, which would move results of data of order one by a rounding).
+    """
     e = jnp.asarray(e, jnp.int32)
     first = e // 3
     second = (e - first) // 2
@@ -447,10 +455,13 @@ def fit_by_steps(
     monotone: bool = True,
     start=None,
 ) -> tuple[Estimate, Trace]:
-    """Run an iterative algorithm: ``make_body(setup, config, optimizer, axis_name)`` returns
-    ``(body, params0)`` with ``body(params) -> (current Estimate, its sum of squared residuals,
-    next params)`` (``run_loop``'s protocol, before the metrics are recorded). ``start = (U0, V0)``
-    replaces the configured initialization (the references that start from given factors)."""
+    """Run an iterative algorithm through ``run_loop``.
+
+    ``make_body(setup, config, optimizer, axis_name)`` returns ``(body, params0)`` with
+    ``body(params) -> (current Estimate, its sum of squared residuals, next params)``
+    (``run_loop``'s protocol, before the metrics are recorded). ``start = (U0, V0)`` replaces the
+    configured initialization (the references that start from given factors).
+    """
     s = setup(observations, config, key, axis_name, start)
     step, params = make_body(s, config, optimizer, axis_name)
 

@@ -94,10 +94,12 @@ def minimum_norm(U, V, S, dU, dV, dS, diag: bool, axis_name=None):
 
 
 def _regression_reduced_gradient(d: blocks.Design, star: varpro.Point, S):
-    """Regression: ``sum_i J_theta,i(S)^T r*_i`` (flattened ``(dU, dV)``), ``r*`` the residual of the exact
-    personal solve at ``(U, V)``: the Schur-reduced right-hand side of the joint linearization at ``S``
-    (``varpro.normal_equations`` forms it from the residual at ``S`` itself, which is right only when
-    ``S`` is the exact solve)."""
+    """Regression: the Schur-reduced right-hand side of the joint linearization at ``S``.
+
+    That is ``sum_i J_theta,i(S)^T r*_i`` (flattened ``(dU, dV)``), ``r*`` the residual of the exact
+    personal solve at ``(U, V)`` (``varpro.normal_equations`` forms it from the residual at ``S``
+    itself, which is right only when ``S`` is the exact solve).
+    """
     U = star.U
     CV, VCV, BtV = star.cache
     MV = BtV - U[None] @ star.S @ VCV  # M*_i V, M*_i = Bt_i - U S*_i V^T C_i
@@ -126,8 +128,11 @@ def personal_given_shared_step(d: blocks.Design, star: varpro.Point, S, dU, dV, 
 
 
 def gnmr_body(d: blocks.Design, U, V, S, diag: bool, axis_name=None):
-    """One GNMR iteration from ``(U, V, S)``: the current iterate, its sum of squared residuals,
-    and the next ``(U, V, S)`` (see the module docstring)."""
+    """One GNMR iteration from ``(U, V, S)``.
+
+    Returns the current iterate, its sum of squared residuals, and the next ``(U, V, S)`` (see the
+    module docstring).
+    """
     current = Estimate(U, V, S)
     sse = blocks.sum_squares(d, U, V, S, axis_name)
     star = varpro.evaluate_point(d, U, V, diag, axis_name)  # exact personal solve: P^perp r, the caches
@@ -148,6 +153,7 @@ def gnmr_body(d: blocks.Design, U, V, S, diag: bool, axis_name=None):
 
 
 def make_body(s: Setup, config, optimizer, axis_name):
+    """``(body, params0)`` of ``gnmr`` for ``fitting.iterate``, from the normalized spectral start."""
     d, diag = s.design, config.personal == "diag"
     U, S = normalize_U(s.U, blocks.personal_step(d, s.U, s.V, diag), diag)
     V, S = normalize_V(s.V, S, diag)

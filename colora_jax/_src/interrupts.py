@@ -97,8 +97,11 @@ def _watch(read_fd: int, finished: threading.Event) -> None:
 
 
 def start():
-    """Begin a command: SIGINT raises KeyboardInterrupt (once), and is watched from a thread (module
-    docstring). Returns what ``finish`` gives back (None off the main thread, where nothing is changed)."""
+    """Begin a command: SIGINT raises KeyboardInterrupt (once), and is watched from a thread.
+
+    See the module docstring. Returns what ``finish`` gives back (None off the main thread, where
+    nothing is changed).
+    """
     finished = threading.Event()
     _state.update(interrupted=False, reported=False, finished=finished)
     previous = _install(interrupting)
@@ -112,9 +115,12 @@ def start():
 
 
 def finish(started, *, process_ends: bool) -> None:
-    """End a command. When the process ends with it, a SIGINT from now on ends it at once (no traceback
-    from the interpreter's shutdown), and an interrupted command's grace still runs (a shutdown that
-    hangs is cut short); else the caller's handler and wake-up descriptor are put back."""
+    """End a command.
+
+    When the process ends with it, a SIGINT from now on ends it at once (no traceback from the
+    interpreter's shutdown), and an interrupted command's grace still runs (a shutdown that hangs is
+    cut short); else the caller's handler and wake-up descriptor are put back.
+    """
     if started is None:
         return
     previous, old_wakeup, write_fd = started

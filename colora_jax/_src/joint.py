@@ -16,6 +16,7 @@ from colora_jax._src.fitting import Estimate, Setup, fit_by_steps
 
 
 def make_body(s: Setup, config, optimizer, axis_name):
+    """``(body, params0)`` of ``adam`` for ``fitting.iterate``: joint first-order steps on U, V and S."""
     d, count = s.design, s.count
     opt = optax.adam(config.learning_rate) if optimizer is None else optimizer
     mask = jnp.eye(config.rank, dtype=d.X.dtype)[None] if config.personal == "diag" else 1.0

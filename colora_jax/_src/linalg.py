@@ -47,8 +47,11 @@ def psd_solve(G: Float[Array, "p p"], H: Float[Array, "p ..."], refine: int = 2)
 
 
 def _matmul_small(A, B):
-    """``A @ B``; for small systems as a fused product-and-sum (vmapped over many users, a
-    batched dot of tiny matrices runs one small GEMM per user on CPU, far slower)."""
+    """``A @ B``; for small systems as a fused product-and-sum.
+
+    Vmapped over many users, a batched dot of tiny matrices runs one small GEMM per user on CPU, far
+    slower.
+    """
     if A.shape[0] * A.shape[1] * B.shape[1] > 2**16:
         return A @ B
     return jnp.sum(A[:, :, None] * B[None, :, :], axis=1)

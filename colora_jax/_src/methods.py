@@ -23,8 +23,9 @@ def fit_method(
     truth: GroundTruth | None = None,
     **options,
 ) -> MethodFit:
-    """Fit one of ``registry.METHODS`` to the users' observations (pure; jit/vmap it with
-    ``method``, ``fit_config`` and the options static).
+    """Fit one of ``registry.METHODS`` to the users' observations.
+
+    Pure: jit/vmap it with ``method``, ``fit_config`` and the options static.
 
     Args:
       method: a name in ``registry.METHODS`` (``colora``, ``local``, ``fedrep``, ...).

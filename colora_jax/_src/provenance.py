@@ -14,9 +14,11 @@ _NOT_CODE = ("figures", "docs", "README.md")
 
 
 def git_version(*pathspecs: str) -> str | None:
-    """``git describe --always`` of the checkout holding this package, with ``-dirty`` if a tracked
-    file matched by ``pathspecs`` (git pathspecs, e.g. ``":(exclude)docs"``) differs from it; None
-    outside a git checkout."""
+    """``git describe --always`` of the checkout holding this package.
+
+    With ``-dirty`` if a tracked file matched by ``pathspecs`` (git pathspecs, e.g.
+    ``":(exclude)docs"``) differs from it; None outside a git checkout.
+    """
     root = pathlib.Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "describe", "--always"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -36,9 +38,11 @@ def git_version(*pathspecs: str) -> str | None:
 
 @functools.cache
 def code_version() -> str:
-    """``git describe --always`` of the checkout holding this package, ``-dirty`` if a tracked file
-    other than the outputs and prose (``figures/``, ``docs/``, ``README.md``) differs from it;
-    else the installed version. Cached: a run records the version it started with."""
+    """The code version: ``git describe --always`` of this package's checkout, else the installed version.
+
+    ``-dirty`` if a tracked file other than the outputs and prose (``figures/``, ``docs/``,
+    ``README.md``) differs from it. Cached: a run records the version it started with.
+    """
     found = git_version(".", *(f":(exclude){p}" for p in _NOT_CODE))
     if found is not None:
         return found

@@ -33,6 +33,7 @@ class Algorithm:
 
     @property
     def fit(self) -> Callable:
+        """The fit function, imported when first asked for."""
         return _resolve(self.target)
 
 
@@ -51,10 +52,12 @@ class Method:
 
     @property
     def fit(self) -> Callable:
+        """The fit function, imported when first asked for."""
         return _resolve(self.target)
 
     @property
     def nnx_fit(self) -> Callable:
+        """The NNX harness's fit function (ValueError for a method without one)."""
         if self.nnx is None:
             raise ValueError(f"method {self.name!r} has no NNX implementation")
         return _resolve(self.nnx)

@@ -42,8 +42,11 @@ from colora_jax._src.linalg import psd_solve
 
 
 def scaledgd_body(d: blocks.Design, U, V, S, lam, eta, diag: bool, axis_name=None):
-    """One ScaledGD iteration from ``(U, V, S)``: the current iterate, its sum of squared residuals,
-    and the next ``(U, V, S)`` (see the module docstring). ``lam``: each user's Gram scale."""
+    """One ScaledGD iteration from ``(U, V, S)``.
+
+    Returns the current iterate, its sum of squared residuals, and the next ``(U, V, S)`` (see the
+    module docstring). ``lam``: each user's Gram scale.
+    """
     # f pooled inside (as altgd): under shard_map the gradients of the replicated U, V come back summed
     # over the users' devices, and each device's gS is its own users'
     half_sse = lambda U_, V_, S_: 0.5 * blocks.sum_squares(d, U_, V_, S_, axis_name)
@@ -67,6 +70,7 @@ def scaledgd_body(d: blocks.Design, U, V, S, lam, eta, diag: bool, axis_name=Non
 
 
 def make_body(s: Setup, config, optimizer, axis_name):
+    """``(body, params0)`` of ``scaledgd`` for ``fitting.iterate``: preconditioned gradient steps."""
     d, diag = s.design, config.personal == "diag"
     lam = varpro.ridge_scale(d)
     eta = jnp.asarray(config.step_size, d.X.dtype)

@@ -46,9 +46,11 @@ class SharedInputConfig:
 
     @property
     def dtype(self):
+        """The JAX float type: float64 when ``x64``, else float32."""
         return jnp.float64 if self.x64 else jnp.float32
 
     def validate(self) -> "SharedInputConfig":
+        """Check every field; returns ``self``, or raises ValueError saying what to change."""
         choice("model", self.model, MODELS)
         for name in ("users", "d_out", "d_in", "rank", "samples"):
             check_integer("SharedInputConfig", name, getattr(self, name), 1)

@@ -227,8 +227,11 @@ def group_key(cell: Cell):
 
 
 def data_digest() -> tuple[Callable[[object], None], Callable[[], str]]:
-    """``(update, hexdigest)``: SHA-256 over the bytes of generated problems, leaf by leaf, in
-    trial order (``TrialPlan.run``'s ``on_data``): the data as drawn, whatever caused them."""
+    """``(update, hexdigest)``: SHA-256 over the bytes of generated problems.
+
+    Leaf by leaf, in trial order (``TrialPlan.run``'s ``on_data``): the data as drawn, whatever
+    caused them.
+    """
     h = hashlib.sha256()
 
     def update(problems) -> None:
@@ -265,9 +268,11 @@ def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = metho
 
 
 def run_cells(cells: Sequence[Cell], trace: bool = False, fn_for: Callable[[str], Callable] = method_evaluator) -> list:
-    """The default computation of a group of cells: every trial's evaluation (and, if asked, trace),
-    and ``data_sha256``, the digest of the group's generated draws (``data_digest``; each cell fits
-    a prefix of every user's samples of those draws)."""
+    """The default computation of a group of cells: every trial's evaluation (and, if asked, trace).
+
+    Each result also holds ``data_sha256``, the digest of the group's generated draws
+    (``data_digest``; each cell fits a prefix of every user's samples of those draws).
+    """
     update, digest = data_digest()
     evaluation, tr = cell_trials(cells, fn_for, on_data=update)
     out = []
@@ -322,8 +327,11 @@ def _group_cost(cells: Sequence[Cell]) -> float:
 
 
 def read_results(path: str | os.PathLike) -> dict[str, dict]:
-    """Finished cells of a results file, by key. Never writes the file: a last line without its
-    newline (being written now, or torn by a kill) is skipped, and repaired by the next writer."""
+    """Finished cells of a results file, by key.
+
+    Never writes the file: a last line without its newline (being written now, or torn by a kill) is
+    skipped, and repaired by the next writer.
+    """
     if not os.path.exists(path):
         return {}
     with open(path, "rb") as f:

@@ -167,14 +167,17 @@ def _generate_at(keys, noise, *, problem_config):
 
 
 def _fit_at(problems, keys, samples, *, fit_config, fn):
-    """``(B,) problems -> results (B, ...)``, each fitted on the first ``samples`` of every user's
-    samples (a traced count: one program for every n)."""
+    """``(B,) problems -> results (B, ...)``, each fitted on the first ``samples`` of every user's.
+
+    The count is traced: one program for every n.
+    """
     return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, samples))(problems, keys)
 
 
 def sample_buckets(samples: Sequence[int], pad_ratio: float) -> list[list[int]]:
-    """Group sorted sample counts so that within a group the largest is at most ``pad_ratio``
-    times the smallest: each group is one compiled program (generated with its largest count).
+    """Group sorted sample counts so that within a group the largest is at most ``pad_ratio`` x the smallest.
+
+    Each group is one compiled program (generated with its largest count).
 
     A fit on ``n`` of ``N`` stored samples costs what a fit on ``N`` costs (the unused rows are
     zero, not absent), so ``pad_ratio`` bounds that waste; ``inf`` gives one program for all.
@@ -195,9 +198,12 @@ def generated_config(problem_config, samples: Sequence[int] | None):
 
 
 class CompiledTrials(NamedTuple):
-    """A trial program in two parts: ``generate(keys, noise) -> problems`` and
-    ``fit(problems, keys, samples) -> results``, so that a batch's problems are generated once
-    and fitted at every sample count of a grid (each fit is on the first ``samples`` of them)."""
+    """A trial program in two parts, a generator and a fit.
+
+    ``generate(keys, noise) -> problems`` and ``fit(problems, keys, samples) -> results``, so that a
+    batch's problems are generated once and fitted at every sample count of a grid (each fit is on
+    the first ``samples`` of them).
+    """
 
     generate: Callable
     fit: Callable
@@ -248,17 +254,21 @@ def _generator(problem_config):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_generator(problem_config, batch: int):
-    """The compiled ``(keys, noise) -> problems``, one per (problem configuration, batch): every
-    fit configuration and method on the same problems shares it."""
+    """The compiled ``(keys, noise) -> problems``, one per (problem configuration, batch).
+
+    Every fit configuration and method on the same problems shares it.
+    """
     keys, noise = _example_arguments(problem_config, batch)
     parts = (problem_config, batch, keys.dtype, noise.dtype)
     return executable_cache.load_or_compile("generate", parts, lambda: _generator(problem_config).lower(keys, noise))
 
 
 def _program_key(fn) -> tuple[str | None, tuple | None]:
-    """The name and placement under which ``fn``'s trial program is stored (``executable_cache``):
-    a ``method_evaluator`` function by its method on the default device, a function carrying a
-    ``program_key`` (``sharding.sharded_evaluator``) by that, anything else not at all (None)."""
+    """The name and placement under which ``fn``'s trial program is stored (``executable_cache``).
+
+    A ``method_evaluator`` function by its method on the default device, a function carrying a
+    ``program_key`` (``sharding.sharded_evaluator``) by that, anything else not at all (None).
+    """
     if isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and not fn.args:
         return fn.keywords.get("method"), None
     return getattr(fn, "program_key", (None, None))
@@ -275,8 +285,11 @@ def trial_keys(key, start: int, stop: int):
 
 
 def trial_bytes(problem_config) -> int:
-    """Estimated memory of one trial: its data, their masked copy (with the sensing transpose or
-    the regression statistics), the test data and the users' matrices."""
+    """Estimated memory of one trial.
+
+    Its data, their masked copy (with the sensing transpose or the regression statistics), the test
+    data and the users' matrices.
+    """
     pc = problem_config
     item = 8 if pc.x64 else 4
     x_width = pc.d_out * pc.d_in if pc.model == "sensing" else pc.d_in + pc.d_out
@@ -311,9 +324,11 @@ def check_memory(problem_config) -> None:
 
 
 def default_batch(problem_config, trials: int, budget_bytes: float = 2**28) -> int:
-    """Trials per compiled call: at most ``budget_bytes`` a batch (``trial_bytes`` each), and as
-    even as possible across the calls, since the last batch is padded to full size (50 trials at
-    up to 36 a call run as 2 x 25, not 36 + 36 of which 22 are padding)."""
+    """Trials per compiled call: at most ``budget_bytes`` a batch, as even as possible across calls.
+
+    Each trial takes ``trial_bytes``; the last batch is padded to full size, so evenness saves
+    padding (50 trials at up to 36 a call run as 2 x 25, not 36 + 36 of which 22 are padding).
+    """
     largest = int(max(1, min(trials, budget_bytes // max(trial_bytes(problem_config), 1))))
     calls = -(-trials // largest)
     return -(-trials // calls)
@@ -369,9 +384,9 @@ def run_trials(
       workers: split the trials between this many processes, one core each, in contiguous blocks
         (``workers.parallel_map``; ``fn`` must then be picklable). On a CPU one process gains
         little from a second core (XLA splits each small operation over its threads) and one-core
-        processes scale (``python -m colora_jax._src.bench.cores``: 1.21x against 2.11x on two
-        cores), but each worker starts Python and JAX and loads or compiles its programs (1-2 s
-        warm, its own compile cold): worth it for runs of more than a few seconds. Blocks hold 2
+        processes scale (``python -m colora_jax._src.bench.cores`` measures both), but each worker
+        starts Python and JAX and loads or compiles its programs: worth it for runs of more than a
+        few seconds. Blocks hold 2
         trials or more (a vmap over one trial can round differently), so fewer than 4 trials run
         here. The results equal those of one process on one core (``COLORA_JAX_THREADS=1``) bit
         for bit; a process on more cores can differ at rounding (``cpu_threads``).
@@ -426,9 +441,12 @@ class TrialPlan:
         first_trial: int = 0,
         on_data: Callable[[object], None] | None = None,
     ):
-        """Every trial at every sample count (see ``run_trials``); trial ``t`` of the plan is trial
-        ``first_trial + t`` of ``key`` (a worker's block of a larger run). ``on_data``, if given, sees
-        each batch of generated problems (host arrays, trials in order), e.g. to hash the draws."""
+        """Every trial at every sample count (see ``run_trials``).
+
+        Trial ``t`` of the plan is trial ``first_trial + t`` of ``key`` (a worker's block of a
+        larger run). ``on_data``, if given, sees each batch of generated problems (host arrays,
+        trials in order), e.g. to hash the draws.
+        """
         level = self.problem_config.noise if noise is None else noise
         by_count, done, total = {}, 0, len(self.grid) * self.trials
         for program in self.programs:

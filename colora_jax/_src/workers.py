@@ -1,9 +1,8 @@
 """Independent pieces of work in several processes, each on a core of its own.
 
-A sweep's trial programs are many small operations in a loop: on this 2-core CPU XLA ran the
-issue-4 phase diagram's rows in 121 s on one core and in the same 121 s with both (its thread
-pool splits each operation, and the operations are too small to gain). Two processes, each
-pinned to one core and given half of the rows, do the same work in about half the time. The
+A sweep's trial programs are many small operations in a loop: XLA's thread pool splits each
+operation over the cores, and the operations are too small to gain from it (docs/scale.md,
+"Cores"). Processes, each pinned to one core and given a share of the work, scale instead. The
 numbers are those of the same work in one process on one core (tested); a process on more
 cores can differ at rounding, since XLA splits a long sum over its threads (``cpu_threads``).
 
@@ -62,8 +61,11 @@ def _die_with_parent(lifeline, parent: int) -> None:
 
 @contextlib.contextmanager
 def _sigint_blocked():
-    """SIGINT blocked in this thread (held pending, not lost: another thread's handler still
-    flags it for the main thread); processes started meanwhile inherit the mask through exec."""
+    """SIGINT blocked in this thread.
+
+    Held pending, not lost: another thread's handler still flags it for the main thread; processes
+    started meanwhile inherit the mask through exec.
+    """
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -75,8 +77,11 @@ def _sigint_blocked():
 
 
 def _start(counter, cores: list[int], cache_dir: str | None, x64: bool, lifeline, parent: int) -> None:
-    """A worker's set-up, before any JAX computation: bound to its parent's life, SIGINT left to the
-    parent, then the next free core, the parent's cache and precision."""
+    """A worker's set-up, before any JAX computation.
+
+    Bound to its parent's life, SIGINT left to the parent, then the next free core, the parent's
+    cache and precision.
+    """
     _die_with_parent(lifeline, parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with counter.get_lock():

@@ -49,8 +49,11 @@ def save_adapter(
 def restore_adapter(
     directory: str | os.PathLike, model: nnx.Module, parts: tp.Sequence[str] = ("shared", "personal")
 ) -> nnx.Module:
-    """Load the chosen parts into ``model`` (in place), whose adapted layers must have the same
-    paths and shapes as the saved ones (same base, same ``apply_colora`` call)."""
+    """Load the chosen parts into ``model`` (in place).
+
+    Its adapted layers must have the same paths and shapes as the saved ones (same base, same
+    ``apply_colora`` call).
+    """
     directory = os.path.abspath(directory)
     with ocp.StandardCheckpointer() as ckpt:
         for part in parts:

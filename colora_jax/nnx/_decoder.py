@@ -170,8 +170,9 @@ M = tp.TypeVar("M", bound=nnx.Module)
 
 
 def shard(model: M, mesh: jax.sharding.Mesh) -> M:
-    """Place every variable of ``model`` on ``mesh`` as its ``out_sharding`` metadata says
-    (``nnx.get_named_sharding``; unannotated variables are replicated), in place.
+    """Place every variable of ``model`` on ``mesh`` as its ``out_sharding`` metadata says, in place.
+
+    Uses ``nnx.get_named_sharding``; unannotated variables are replicated.
 
     Adapters follow: after :func:`colora_jax.nnx.apply_colora`, ``U`` and ``V`` carry the specs of
     the kernel they wrap and the bank its users axis, so calling ``shard`` again places them too.

@@ -282,8 +282,11 @@ def _array_params(module: nnx.Module) -> dict[str, nnx.Param]:
 
 
 def is_linear_candidate(module: nnx.Module) -> bool:
-    """Whether ``module`` claims to be a linear map with a kernel (a flax linear class, a
-    ``colora_kernel()`` method, an ``einsum_str`` attribute, or a ``kernel`` parameter)."""
+    """Whether ``module`` claims to be a linear map with a kernel.
+
+    A flax linear class, a ``colora_kernel()`` method, an ``einsum_str`` attribute, or a ``kernel``
+    parameter.
+    """
     return (
         isinstance(module, ADAPTABLE)
         or callable(getattr(type(module), "colora_kernel", None))
@@ -415,8 +418,10 @@ def _probe_rank(base: nnx.Module, axes: LayerAxes, equation: str | None) -> int:
 
 
 def _pattern(shape: tuple[int, ...], phase: float) -> np.ndarray:
-    """A fixed, full-rank, noise-like array of unit root mean square (uniform on ``[-sqrt(3), sqrt(3))``,
-    a hash of the index: no key needed)."""
+    """A fixed, full-rank, noise-like array of unit root mean square.
+
+    Uniform on ``[-sqrt(3), sqrt(3))``, a hash of the index: no key needed.
+    """
     index = np.arange(math.prod(shape), dtype=np.float64)
     return (((np.sin(index * 12.9898 + phase) * 43758.5453) % 1.0 - 0.5) * math.sqrt(12.0)).reshape(shape)
 
@@ -488,8 +493,11 @@ def check_contraction(base: nnx.Module) -> None:
 
 
 def _kernel_specs(kernel: nnx.Variable) -> tuple[tp.Any, tp.Any, dict]:
-    """The kernel's logical ``out_sharding`` metadata, its physical ``PartitionSpec`` (when the
-    array is placed with a ``NamedSharding``) with its mesh, and metadata to copy."""
+    """The kernel's sharding: logical metadata, physical spec with its mesh, and metadata to copy.
+
+    The logical ``out_sharding`` metadata, the physical ``PartitionSpec`` (when the array is placed
+    with a ``NamedSharding``) with its mesh, and the metadata to copy.
+    """
     logical = kernel.get_metadata().get("out_sharding", None)
     extra = {k: v for k, v in kernel.get_metadata().items() if k in ("sharding_rules", "mesh") and v is not None}
     value = kernel.get_value()
@@ -503,8 +511,10 @@ def _kernel_specs(kernel: nnx.Variable) -> tuple[tp.Any, tp.Any, dict]:
 
 
 def adapter_sharding(kernel_spec: tp.Sequence[tp.Any] | None, axes: LayerAxes) -> tuple[tuple, tuple] | None:
-    """Specs of ``U`` and ``V`` that follow a kernel's: ``V`` takes the input axes' entries and
-    ``U`` the output axes', each with a replicated rank axis.
+    """Specs of ``U`` and ``V`` that follow a kernel's.
+
+    ``V`` takes the input axes' entries and ``U`` the output axes', each with a replicated rank
+    axis.
 
     >>> axes = LayerAxes(in_dims=(0,), out_dims=(1,), kernel_shape=(8, 16))
     >>> adapter_sharding((None, "model"), axes)   # a column-parallel kernel: U split like K's columns
@@ -517,8 +527,10 @@ def adapter_sharding(kernel_spec: tp.Sequence[tp.Any] | None, axes: LayerAxes) -
 
 
 def _param(kind: type[nnx.Variable], value: Array, logical: tuple | None, physical: tuple | None, extra: dict):
-    """A variable holding ``value`` with ``out_sharding`` metadata ``logical`` (if any), placed
-    on the mesh with ``physical = (spec, mesh)`` (if given)."""
+    """A variable holding ``value`` with ``out_sharding`` metadata ``logical`` (if any).
+
+    Placed on the mesh with ``physical = (spec, mesh)`` (if given).
+    """
     if physical is not None:
         spec, mesh = physical
         value = jax.device_put(value, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))

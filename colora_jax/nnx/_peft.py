@@ -1,10 +1,10 @@
-"""One user's CoLoRA adapter as a standard LoRA in Hugging Face PEFT's on-disk layout, and back.
+r"""One user's CoLoRA adapter as a standard LoRA in Hugging Face PEFT's on-disk layout, and back.
 
 PEFT's LoRA computes ``y = x W^T + s (x A^T) B^T`` with ``lora_A.weight: (r, d_in)`` and
 ``lora_B.weight: (d_out, r)`` (PyTorch's ``(out, in)`` orientation) and the scaling
 ``s = alpha / r``, or ``s = alpha / sqrt(r)`` with rsLoRA (``use_rslora``); ``r`` and ``alpha``
 may differ per layer (``rank_pattern``, ``alpha_pattern``: a key ``k`` applies to a module
-whose dotted name matches ``(.*\\.)?(k)$``). User ``i``'s CoLoRA update is ``U S_i V^T``, so
+whose dotted name matches ``(.*\.)?(k)$``). User ``i``'s CoLoRA update is ``U S_i V^T``, so
 it is exported with ``s = 1`` (``alpha = r`` for each layer) as
 
     lora_A = V^T,        lora_B = U S_i.
@@ -47,8 +47,10 @@ _KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
 
 
 def pattern_key(keys: tp.Iterable[str], name: str) -> str | None:
-    """The first key of a PEFT ``rank_pattern`` / ``alpha_pattern`` that applies to module ``name``
-    (PEFT's rule: ``re.match(rf"(.*\\.)?({key})$", name)``), or ``None``."""
+    r"""The first key of a PEFT ``rank_pattern`` / ``alpha_pattern`` that applies to module ``name``.
+
+    PEFT's rule: ``re.match(rf"(.*\.)?({key})$", name)``; ``None`` when no key applies.
+    """
     for key in keys:
         if re.match(rf"(.*\.)?({key})$", name):
             return key
@@ -173,8 +175,10 @@ def _check_config(config: dict) -> None:
 
 
 def _scaling(config: dict, name: str, rank: int) -> float:
-    """PEFT's scaling of module ``name``: ``alpha / r`` or ``alpha / sqrt(r)`` (rsLoRA), with the
-    layer's own ``r`` and ``alpha`` from ``rank_pattern`` / ``alpha_pattern``."""
+    """PEFT's scaling of module ``name``: ``alpha / r`` or ``alpha / sqrt(r)`` (rsLoRA).
+
+    With the layer's own ``r`` and ``alpha`` from ``rank_pattern`` / ``alpha_pattern``.
+    """
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
     r_key, a_key = pattern_key(rank_pattern, name), pattern_key(alpha_pattern, name)

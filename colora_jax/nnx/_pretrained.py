@@ -156,9 +156,10 @@ class ArchConfig:
 
 
 def rope_inv_freq(config: dict, head_dim: int) -> np.ndarray:
-    """Rotary inverse frequencies ``theta^(-2j / head_dim)``, ``j < head_dim / 2``, in float32 as
-    transformers computes them, with ``linear`` (divide by ``factor``) or ``llama3`` scaling
-    (long wavelengths divided by ``factor``, a smooth blend between ``high_freq_factor`` and
+    """Rotary inverse frequencies ``theta^(-2j / head_dim)``, ``j < head_dim / 2``.
+
+    In float32 as transformers computes them, with ``linear`` (divide by ``factor``) or ``llama3``
+    scaling (long wavelengths divided by ``factor``, a smooth blend between ``high_freq_factor`` and
     ``low_freq_factor``; Llama 3.1's rule).
 
     Reads ``rope_parameters`` (transformers >= 5) or ``rope_theta`` + ``rope_scaling`` (older).
@@ -238,8 +239,11 @@ class _Placement:
 
 
 class RMSNorm(nnx.Module):
-    """``weight * x / sqrt(mean(x^2) + eps)`` (normalized in float32, scaled in the input's dtype, as
-    Llama/Qwen); with ``offset``, ``((1 + weight) * x / rms(x))`` all in float32 (Gemma)."""
+    """RMS normalization: ``weight * x / sqrt(mean(x^2) + eps)``.
+
+    Normalized in float32, scaled in the input's dtype, as Llama/Qwen; with ``offset``, ``((1 +
+    weight) * x / rms(x))`` all in float32 (Gemma).
+    """
 
     def __init__(self, dim: int, eps: float, *, offset: bool, dtype: tp.Any):
         self.weight = nnx.Param(jnp.zeros((dim,), dtype) if offset else jnp.ones((dim,), dtype))
@@ -337,8 +341,10 @@ class Backbone(nnx.Module):
 
 
 class CausalLM(nnx.Module):
-    """A decoder-only LM with transformers' module names: ``tokens (b, t) -> logits (b, t, vocab)``
-    (float32 logits; positions ``0 .. t-1``, causal mask, no padding mask).
+    """A decoder-only LM with transformers' module names.
+
+    ``tokens (b, t) -> logits (b, t, vocab)`` (float32 logits; positions ``0 .. t-1``, causal mask,
+    no padding mask).
 
     Built directly it holds placeholder weights (fixed keys); :func:`from_pretrained` builds it
     abstract and assigns the checkpoint's.

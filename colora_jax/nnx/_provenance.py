@@ -19,8 +19,9 @@ NNX_LIBRARY = ("colora_jax/nnx",)
 
 @functools.cache
 def code_version(*paths: str) -> str:
-    """``git describe --always`` of HEAD, with ``-dirty`` if the NNX library or one of ``paths``
-    (the script's own files) differs from it. Cached: a run records the version it started with.
+    """``git describe --always`` of HEAD, ``-dirty`` if the NNX library or one of ``paths`` differs.
+
+    ``paths`` are the script's own files. Cached: a run records the version it started with.
     """
     found = git_version(*NNX_LIBRARY, *paths)
     return checkout_version() if found is None else found

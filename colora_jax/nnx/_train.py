@@ -321,8 +321,10 @@ def count_parameters(model: nnx.Module, wrt: tp.Any) -> int:
 
 
 def _shared_lora_to_bank(model: nnx.Module) -> nnx.Module:
-    """Replace each CoLoRA layer (with ``S_i = I``) by a LoRA bank whose users all start at
-    ``A = V``, ``B = U^T`` (the same update ``V U^T``), in place."""
+    """Replace each CoLoRA layer (with ``S_i = I``) by a LoRA bank, in place.
+
+    Its users all start at ``A = V``, ``B = U^T`` (the same update ``V U^T``).
+    """
     for path, layer in [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, CoLoRALinear)]:
         bank = LoRABankLinear(
             layer.base,

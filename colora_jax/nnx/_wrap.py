@@ -66,8 +66,10 @@ def _below(path: tuple[tp.Any, ...], tops: tp.Iterable[tuple[tp.Any, ...]]) -> b
 
 
 def _modules(model: nnx.Module) -> list[tuple[tuple[tp.Any, ...], nnx.Module]]:
-    """Every sub-module of ``model`` (not the model itself) in graph order, except the ones
-    inside an adapted layer (its wrapped ``base``)."""
+    """Every sub-module of ``model`` (not the model itself) in graph order.
+
+    Except the ones inside an adapted layer (its wrapped ``base``).
+    """
     found = [(p, m) for p, m in nnx.iter_graph(model) if p and isinstance(m, nnx.Module)]
     adapted = [p for p, m in found if isinstance(m, Adapted)]
     return [(p, m) for p, m in found if not _below(p, adapted)]
@@ -275,8 +277,10 @@ def apply_lora_bank(
     example_axis: int | None = None,
     param_dtype: tp.Any = None,
 ) -> M:
-    """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local``
-    baseline); layers, targets, arguments, atomicity and errors as :func:`apply_colora`."""
+    """Wrap every matching layer in a :class:`LoRABankLinear` (one LoRA per user, the ``local`` baseline).
+
+    Layers, targets, arguments, atomicity and errors as :func:`apply_colora`.
+    """
     declared = declared_example_axes(model)
     return replace_layers(
         model,
@@ -320,9 +324,11 @@ def colora_users(model: nnx.Module, user_ids: Int[Array, " batch"], *, checked: 
 
 
 def merge(model: M, user: int) -> M:
-    """A plain copy of ``model`` for one user: each adapted layer becomes its wrapped layer whose
-    kernel is ``K + V S_user^T U^T`` (CoLoRA) or ``K + A_user B_user^T`` (LoRA bank), i.e.
-    ``W_0 + U S_user V^T`` in the math's orientation. ``model`` itself is not modified.
+    """A plain copy of ``model`` for one user, its adapter folded into the kernels.
+
+    Each adapted layer becomes its wrapped layer whose kernel is ``K + V S_user^T U^T`` (CoLoRA) or
+    ``K + A_user B_user^T`` (LoRA bank), i.e. ``W_0 + U S_user V^T`` in the math's orientation.
+    ``model`` itself is not modified.
 
     Raises:
       ValueError: if ``model`` has no adapted layer, or ``user`` is out of range.
@@ -368,7 +374,8 @@ def add_users(model: M, count: int) -> tuple[M, Int[Array, " count"]]:
 
 
 def ridge_penalty(model: nnx.Module) -> Float[Array, ""]:
-    """The centred ridge summed over the centred CoLoRA layers of ``model``:
+    """The centred ridge summed over the centred CoLoRA layers of ``model``.
+
     ``sum_layers (1/k) sum_i ||U Delta_i V^T||_F^2`` (see :func:`deviation_penalty`).
 
     Raises:

@@ -30,6 +30,7 @@ class FederatedConfig:
     init_scale: float = 1.0  # A0 ~ N(0, init_scale^2 / d_in); B0 = 0 (LoRA's initialization)
 
     def validate(self) -> "FederatedConfig":
+        """Check the options; returns ``self``, or raises ValueError saying what to change."""
         if self.local_steps < 1 or self.finetune_steps < 0 or not self.init_scale > 0:
             raise ValueError("local_steps must be >= 1, finetune_steps >= 0 and init_scale > 0")
         return self

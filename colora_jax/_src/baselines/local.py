@@ -58,8 +58,11 @@ def fit_local(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -
 
 
 def fit_local_full(obs: Observations, fc, *, key=None, truth: GroundTruth | None = None) -> MethodFit:
-    """Each user's min-norm least squares for its whole ``W_i``: CoLoRA's personal step with
-    both shared factors the identity (``W_i = I S_i I^T``, ``S_i`` d_out x d_in)."""
+    """Each user's min-norm least squares for its whole ``W_i``.
+
+    CoLoRA's personal step with both shared factors the identity (``W_i = I S_i I^T``, ``S_i`` d_out
+    x d_in).
+    """
     d_out, d_in = obs.dims
     need_samples(obs, d_out, d_in, "local-full")
     d = blocks.design(obs)

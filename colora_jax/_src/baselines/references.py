@@ -1,5 +1,4 @@
-"""Reference points: the oracle (the truth's shared factors given), AltMin started inside the
-truth's subspaces, and the frozen base."""
+"""Reference points: the oracle, AltMin started inside the truth's subspaces, the frozen base."""
 
 from __future__ import annotations
 
@@ -66,7 +65,8 @@ def fit_diag_span_start(obs: Observations, fc, *, key, truth: GroundTruth | None
     if truth.U.shape[1] != fc.rank or truth.V.shape[1] != fc.rank:
         raise ValueError(f"colora-diag-span needs a truth of rank {fc.rank}, got {truth.U.shape[1]}")
     ku, kv = jax.random.split(key)
-    start = (truth.U @ random_rotation(ku, fc.rank, truth.U.dtype), truth.V @ random_rotation(kv, fc.rank, truth.V.dtype))
+    rotation_u, rotation_v = random_rotation(ku, fc.rank, truth.U.dtype), random_rotation(kv, fc.rank, truth.V.dtype)
+    start = (truth.U @ rotation_u, truth.V @ rotation_v)
     config = dataclasses.replace(fc, personal="diag", algorithm="altmin")
     est, trace = fitting.fit_by_steps(altmin.make_body, obs, config, key=key, truth=truth, start=start)
     return MethodFit(est.W, est.U, est.V, trace)

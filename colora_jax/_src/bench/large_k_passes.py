@@ -28,6 +28,7 @@ from colora_jax._src.altmin import altmin_body
 
 
 def best_seconds(fn, *args, repeats=3) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn(*args)``, after one untimed call."""
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
@@ -38,6 +39,7 @@ def best_seconds(fn, *args, repeats=3) -> float:
 
 
 def main(argv=None) -> list[dict]:
+    """Time each pass of ``altmin_body`` over the large arrays alone; one record per pass."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--d", type=int, default=32)

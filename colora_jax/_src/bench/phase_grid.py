@@ -31,6 +31,7 @@ SUCCESS = 1e-3
 
 
 def dof(model: str, k: int) -> float:
+    """m*(k) at the grid's dimensions and rank."""
     return degrees_of_freedom(model, k, D, D, RANK)
 
 
@@ -48,8 +49,11 @@ def _counts() -> dict:
 
 
 def row(spec: tuple) -> tuple[str, dict, dict]:
-    """One (model, method, k) row: every sample size of its grid, one ``run_trials`` call; also
-    the compile-cache counts it added (so that rows computed in workers are counted too)."""
+    """One (model, method, k) row: every sample size of its grid, one ``run_trials`` call.
+
+    Also returns the compile-cache counts it added (so that rows computed in workers are counted
+    too).
+    """
     before = _counts()
     model, users, method, ref = spec
     ns = grid(model, ref)

@@ -73,9 +73,12 @@ def altmin(X, y, r, iters=100, tol=1e-7):
 
 
 def trial(rng, k, d_out, d_in, r, n, noise=0.0, iters=100, tol=1e-7):
-    """Generate, fit and score one problem: relative error of all users' W stacked, and the held-out
-    error as colora computes it by default (the exact population risk ``mean_i ||W_i_hat - W_i||^2
-    + noise^2`` of the Gaussian design, no test set drawn)."""
+    """Generate, fit and score one problem.
+
+    Returns the relative error of all users' W stacked, and the held-out error as colora computes it
+    by default (the exact population risk ``mean_i ||W_i_hat - W_i||^2 + noise^2`` of the Gaussian
+    design, no test set drawn).
+    """
     U0, V0, W, (X, y) = generate(rng, k, d_out, d_in, r, n, noise)
     U, V, S, it = altmin(X, y, r, iters, tol)
     W_hat = np.einsum("or,krs,is->koi", U, S, V, optimize=True)

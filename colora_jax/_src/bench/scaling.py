@@ -20,6 +20,7 @@ from colora_jax._src.sharding import fit_sharded, shard_users, users_mesh
 
 
 def time_sharded(devices: int, users: int, d: int, rank=4) -> float:
+    """Seconds per ``fit_sharded`` iteration of a regression problem over ``devices`` devices."""
     pc = ProblemConfig(
         model="regression", users=users, d_out=d, d_in=d, rank=rank, samples=16, test_samples=0, noise=0.1
     )
@@ -29,6 +30,7 @@ def time_sharded(devices: int, users: int, d: int, rank=4) -> float:
 
 
 def main(max_devices: int, per_device: int, d: int) -> dict:
+    """Strong (fixed total users) and weak (fixed users per device) scaling of ``fit_sharded``."""
     counts = [n for n in (1, 2, 4, 8, 16, 32) if n <= max_devices]
     strong = [time_sharded(n, per_device * max_devices, d) for n in counts]
     weak = [time_sharded(n, per_device * n, d) for n in counts]

@@ -22,6 +22,7 @@ from colora_jax._src.streaming import fit_streaming, generate_chunks
 
 
 def main(users: int, nchunks: int) -> dict:
+    """Generate the streamed regression problem, time its AltMin iterations, report peak memory."""
     pc = ProblemConfig(
         model="regression", users=users, d_out=32, d_in=32, rank=4, samples=16, test_samples=0, noise=0.1
     )

@@ -1,5 +1,7 @@
-"""The benchmark suite behind ``colora bench``: speed against NumPy, scaling in k, d and devices,
-memory, and a roofline floor. Every figure is measured here; nothing is asserted.
+"""The benchmark suite behind ``colora bench``.
+
+Speed against NumPy, scaling in k, d and devices, memory, and a roofline floor. Every figure is
+measured here; nothing is asserted.
 
 Child processes are used where a measurement needs its own setting before NumPy or JAX is
 imported: the NumPy reference (single-threaded OpenBLAS, its fastest setting for these small
@@ -167,11 +169,13 @@ def matmul_throughput(n=2048) -> float:
 
 
 def iteration_flops(users: int, d: int, samples: int, rank: int) -> int:
-    """Fewest flops of one exact regression AltMin iteration (d_in = d_out = d), per the
-    statistics-based steps: ``C_i V`` and ``B_i^T V`` (personal and output steps), the
-    input step's ``sum_i C_i (x) Q_i`` and ``sum_i B_i P_i``, and the objective's raw residuals
-    ``Y_i - X_i V S_i^T U^T``. Multiply-adds count 2; the r x r and (d r) x (d r) solves are
-    left out (they do not grow with k)."""
+    """Fewest flops of one exact regression AltMin iteration (d_in = d_out = d).
+
+    Counted per the statistics-based steps: ``C_i V`` and ``B_i^T V`` (personal and output steps),
+    the input step's ``sum_i C_i (x) Q_i`` and ``sum_i B_i P_i``, and the objective's raw residuals
+    ``Y_i - X_i V S_i^T U^T``. Multiply-adds count 2; the r x r and (d r) x (d r) solves are left
+    out (they do not grow with k).
+    """
     d2r = d * d * rank
     return users * 2 * (d2r + d2r * rank + 2 * d2r + samples * rank * (2 * d + rank))
 

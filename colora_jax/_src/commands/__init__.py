@@ -1,0 +1,1 @@
+"""The ``colora`` subcommands: each module has ``register(subparsers)`` and ``run(args)``."""

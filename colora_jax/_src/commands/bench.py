@@ -12,6 +12,7 @@ from colora_jax._src.provenance import code_version, device_info
 
 
 def register(subparsers) -> None:
+    """Add ``colora bench`` and its flags."""
     p = subparsers.add_parser(
         "bench",
         help="benchmark suite: trials/s against NumPy, scaling in k, d and devices, memory, roofline",
@@ -59,6 +60,7 @@ def _writable_folder(folder: str) -> pathlib.Path:
 
 
 def run(args) -> int:
+    """Run the suite, write bench.json and bench.png, print a summary; returns the exit code."""
     out = _writable_folder(args.out)
     result = {"code_version": code_version(), "device": device_info(), **suite.run(args.quick, args.sections)}
     (out / "bench.json").write_text(json.dumps(common.to_jsonable(result), indent=1))

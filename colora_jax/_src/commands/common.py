@@ -16,6 +16,7 @@ class UsageError(Exception):
     """A user's mistake on the command line: reported as ``{prog}: error: {message}``, exit code 2."""
 
     def __init__(self, message: str, prog: str = "colora"):
+        """Keep the message and the command it belongs to."""
         super().__init__(message)
         self.prog = prog  # the command the mistake belongs to ("colora recover")
 
@@ -24,6 +25,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (one line) instead of printing usage and exiting."""
 
     def error(self, message):
+        """Raise UsageError instead of printing the usage and exiting."""
         raise UsageError(message, self.prog)
 
 
@@ -42,7 +44,7 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
+positive_int = _int_at_least(1, "a positive integer")
 _nonnegative_int = _int_at_least(0, "a non-negative integer")
 
 
@@ -56,7 +58,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
     value = _finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
@@ -76,14 +79,14 @@ def add_problem_flags(p: argparse.ArgumentParser, *, many_samples: bool = False,
         default=defaults.get("model", d.model),
         help="regression: y = W_i x + e (vector output); sensing: y = <X, W_i> + e",
     )
-    g.add_argument("--users", type=_positive_int, default=defaults.get("users", d.users), help="number of users k")
-    g.add_argument("--d-out", type=_positive_int, default=defaults.get("d_out", d.d_out), help="output dimension")
-    g.add_argument("--d-in", type=_positive_int, default=defaults.get("d_in", d.d_in), help="input dimension")
-    g.add_argument("--rank", type=_positive_int, default=defaults.get("rank", d.rank), help="adapter rank r")
+    g.add_argument("--users", type=positive_int, default=defaults.get("users", d.users), help="number of users k")
+    g.add_argument("--d-out", type=positive_int, default=defaults.get("d_out", d.d_out), help="output dimension")
+    g.add_argument("--d-in", type=positive_int, default=defaults.get("d_in", d.d_in), help="input dimension")
+    g.add_argument("--rank", type=positive_int, default=defaults.get("rank", d.rank), help="adapter rank r")
     if many_samples:
         g.add_argument(
             "--samples",
-            type=_positive_int,
+            type=positive_int,
             nargs="+",
             default=[defaults.get("samples", d.samples)],
             help="training samples per user; several values fit each trial's first n samples for every n"
@@ -92,7 +95,7 @@ def add_problem_flags(p: argparse.ArgumentParser, *, many_samples: bool = False,
     else:
         g.add_argument(
             "--samples",
-            type=_positive_int,
+            type=positive_int,
             default=defaults.get("samples", d.samples),
             help="training samples per user",
         )
@@ -135,7 +138,7 @@ def add_problem_flags(p: argparse.ArgumentParser, *, many_samples: bool = False,
         help="0: every user its own S_i*; g > 0: only g distinct S_i* (low task diversity)",
     )
     g.add_argument("--x64", action="store_true", help="float64 throughout (default float32)")
-    g.add_argument("--trials", type=_positive_int, default=defaults.get("trials", 10), help="independent trials")
+    g.add_argument("--trials", type=positive_int, default=defaults.get("trials", 10), help="independent trials")
     g.add_argument("--seed", type=int, default=0, help="PRNG seed of the experiment")
 
 
@@ -149,7 +152,7 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
         default=d.algorithm,
         help="altmin: exact blocks; altgd: exact S, gradient steps on U, V; adam: joint",
     )
-    g.add_argument("--iters", type=_positive_int, default=d.iters, help="iteration budget")
+    g.add_argument("--iters", type=positive_int, default=d.iters, help="iteration budget")
     g.add_argument("--tol", type=_finite_float, default=d.tol, help="stop when the relative decrease < tol")
     g.add_argument("--init", choices=INITS, default=d.init, help="initialization of U, V")
     g.add_argument("--step-size", type=_finite_float, default=d.step_size, help="altgd: step times 1/L; scaledgd: eta")
@@ -169,7 +172,7 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh, cache nothing")
     g.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="CPU cores XLA may use (default $COLORA_JAX_THREADS, else all); on a busy machine 1 is"
         " often several times faster (docs/scale.md)",
@@ -190,6 +193,7 @@ def apply_runtime_flags(args) -> None:
 
 
 def problem_config(args) -> ProblemConfig:
+    """The validated ProblemConfig of the parsed flags (samples: the largest of several)."""
     samples = max(args.samples) if isinstance(args.samples, list) else args.samples
     return ProblemConfig(
         model=args.model,
@@ -211,6 +215,7 @@ def problem_config(args) -> ProblemConfig:
 
 
 def fit_config(args) -> FitConfig:
+    """The validated FitConfig of the parsed flags."""
     return FitConfig(
         rank=args.rank,
         personal=args.personal,
@@ -224,6 +229,7 @@ def fit_config(args) -> FitConfig:
 
 
 def print_json(obj) -> None:
+    """Print ``obj`` as one line of JSON on stdout."""
     json.dump(to_jsonable(obj), sys.stdout, indent=None)
     sys.stdout.write("\n")
 

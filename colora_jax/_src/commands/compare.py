@@ -37,6 +37,7 @@ def _methods(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers) -> None:
+    """Add ``colora compare`` and its flags."""
     p = subparsers.add_parser(
         "compare",
         help="CoLoRA against its baselines on the same planted problems",
@@ -61,10 +62,10 @@ def register(subparsers) -> None:
         f" noise {FEDREP_SYNTHETIC.noise}); only --samples (default {FEDREP_SYNTHETIC.samples}),"
         " --test-samples and --x64 apply to the problem",
     )
-    p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
+    p.add_argument("--batch", type=common.positive_int, default=None, help="trials per compiled call")
     p.add_argument(
         "--workers",
-        type=common._positive_int,
+        type=common.positive_int,
         default=1,
         help="split each method's trials between this many processes, one CPU core each (default 1;"
         " as colora recover --workers: worth it when a method runs for more than a few seconds)",
@@ -210,6 +211,7 @@ def table(result: dict) -> str:
 
 
 def run(args) -> int:
+    """Compare the methods, print the table (or JSON); returns the exit code."""
     result = compare(args)
     if args.json:
         common.print_json(result)

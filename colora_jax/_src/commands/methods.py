@@ -9,6 +9,7 @@ from colora_jax._src.commands import common
 
 
 def register(subparsers) -> None:
+    """Add ``colora methods`` and its flags."""
     p = subparsers.add_parser(
         "methods",
         help="list the registered algorithms and methods",
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Print the registry's tables, or rewrite them in ``--write``'s file; returns the exit code."""
     if args.write is None:
         print(registry.markdown_tables())
         return 0

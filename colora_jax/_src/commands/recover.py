@@ -17,6 +17,7 @@ from colora_jax._src.trials import method_evaluator, plan_trials, run_trials
 
 
 def register(subparsers) -> None:
+    """Add ``colora recover`` and its flags."""
     p = subparsers.add_parser(
         "recover",
         help="recover planted shared factors over many trials",
@@ -29,24 +30,24 @@ def register(subparsers) -> None:
     common.add_fit_flags(p)
     p.add_argument(
         "--success-threshold",
-        type=common._positive_float,
+        type=common.positive_float,
         default=1e-3,
         help="a trial succeeds when its stacked relative error is <= this (a positive number)",
     )
     p.add_argument(
         "--devices",
-        type=common._positive_int,
+        type=common.positive_int,
         default=None,
         help="split each trial's users over this many devices (default 1; the users must be divisible by it)",
     )
     p.add_argument(
         "--workers",
-        type=common._positive_int,
+        type=common.positive_int,
         default=1,
-        help="split the trials between this many processes, one CPU core each (default 1): on a 2-core"
-        " CPU 1.2-1.75x the trials/s of one process, after 1-2 s of starting each worker (docs/scale.md)",
+        help="split the trials between this many processes, one CPU core each (default 1): worth it for"
+        " runs longer than a few seconds, since each worker has to start (docs/scale.md)",
     )
-    p.add_argument("--batch", type=common._positive_int, default=None, help="trials per compiled call")
+    p.add_argument("--batch", type=common.positive_int, default=None, help="trials per compiled call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.set_defaults(run=run)
 
@@ -131,6 +132,7 @@ def recover(args) -> dict:
 
 
 def run(args) -> int:
+    """Run the trials, print the summary (or JSON); returns the exit code."""
     result = recover(args)
     if args.json:
         common.print_json(result)
