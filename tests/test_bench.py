@@ -54,3 +54,37 @@ def test_an_unwritable_output_folder_is_refused_before_measuring(capsys):
     assert main(["bench", "--out", "/proc/colora-bench"]) == 2
     err = capsys.readouterr().err
     assert "cannot write to --out /proc/colora-bench" in err and err.count("\n") == 1
+
+
+TINY_LIMIT = dict(models=("sensing",), estimators=("altmin",), users=(3,), d_out=4, d_in=4, trials=6, grid_hi=2.6)
+
+
+def test_information_limit_rows_resume_and_no_estimator_beats_the_count(tmp_path, monkeypatch, capsys):
+    """Below m* (fewer equations than the users' U S_i V^T have parameters) no trial can recover,
+    for any estimator: the rate there is 0; well above it AltMin recovers every noiseless trial.
+    A second run reads its rows back instead of computing them; the CLI section prints the table."""
+    import dataclasses
+
+    from colora_jax._src.bench import information_limit as il
+
+    config = dataclasses.replace(il.Config(), iters=(("altmin", 40),), **TINY_LIMIT)
+    path = tmp_path / "rows.jsonl"
+    table = il.run(config, str(path), progress=False)
+    (row,) = table["rows"]
+    below = [r for n, r in zip(row["grid"], row["rate"]) if n < row["m_star"]]
+    assert below and all(r == 0 for r in below), row
+    assert row["rate"][-1] == 1.0 and row["n50_low"] <= row["n50"] <= row["n50_high"]
+    assert row["ratio"] == pytest.approx(row["n50"] / row["m_star"]) and row["compile_seconds"] > 0
+
+    def refuse(*args):
+        raise AssertionError("a finished row was recomputed")
+
+    monkeypatch.setattr(il, "compute_row", refuse)
+    assert il.run(config, str(path), progress=False)["rows"] == table["rows"]
+    assert "| sensing | altmin | " in il.markdown(table)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(il, "SMOKE", config)
+    assert main(["bench", "--quick", "--sections", "information_limit", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "information_limit.json").read_text())["rows"][0]["grid"] == row["grid"]
+    assert "| sensing | altmin | " in capsys.readouterr().out

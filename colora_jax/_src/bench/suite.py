@@ -237,6 +237,8 @@ def _stage(name: str) -> None:
 
 
 SECTIONS = ("latency", "versus_numpy", "cores", "iteration", "roofline", "device_scaling", "streaming")
+# asked for by name only (``--sections information_limit``): hours at full size, not part of the default run
+OPTIONAL_SECTIONS = ("information_limit",)
 
 
 def run(quick: bool, sections=SECTIONS) -> dict:
@@ -279,6 +281,13 @@ def run(quick: bool, sections=SECTIONS) -> dict:
         users = 2_000 if quick else 1_000_000
         _stage(f"streamed regression, k={users} (child process)")
         out["streaming"] = streaming(users, 4 if quick else 100)
+    if "information_limit" in sections:
+        from colora_jax._src.bench import information_limit as il
+
+        _stage("information-limit table: n50 / m* of every estimator (resumable rows)")
+        config = il.SMOKE if quick else il.Config()
+        path = os.path.join("results", "information_limit" + ("_smoke" if quick else "") + ".jsonl")
+        out["information_limit"] = il.run(config, path)
     out["peak_rss_bytes_bench_process"] = peak_rss_bytes()
     out["load_average_end"] = os.getloadavg()
     return out

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
         "--sections",
         type=_sections,
         default=suite.SECTIONS,
-        help=f"comma-separated parts to run (default all: {','.join(suite.SECTIONS)})",
+        help=f"comma-separated parts to run (default all: {','.join(suite.SECTIONS)}; also, asked for by name:"
+        f" {','.join(suite.OPTIONAL_SECTIONS)})",
     )
     p.add_argument("--out", default="figures", help="directory for bench.json and bench.png")
     p.add_argument("--json", action="store_true", help="print the whole JSON result")
@@ -36,10 +37,11 @@ def register(subparsers) -> None:
 
 def _sections(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [s for s in names if s not in suite.SECTIONS]
+    known = suite.SECTIONS + suite.OPTIONAL_SECTIONS
+    unknown = [s for s in names if s not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown section {', '.join(map(repr, unknown)) or '(none)'}: choose from {', '.join(suite.SECTIONS)}"
+            f"unknown section {', '.join(map(repr, unknown)) or '(none)'}: choose from {', '.join(known)}"
         )
     return names
 
@@ -77,6 +79,12 @@ def run(args) -> int:
         )
     for c in result.get("cores", []):
         print(cores.line(c))
+    if "information_limit" in result:
+        from colora_jax._src.bench import information_limit
+
+        table = common.to_jsonable(result["information_limit"])
+        (out / "information_limit.json").write_text(json.dumps(table, indent=1))
+        print(information_limit.markdown(result["information_limit"]))
     if "roofline" in result:
         rf = result["roofline"]
         print(
