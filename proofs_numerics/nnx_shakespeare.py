@@ -350,7 +350,9 @@ class Study:
                 if f.startswith("base-"):
                     os.remove(os.path.join(cache, f))
         self.base = pretrained_base(config, self.vocab, pretrain, cache, not args.no_progress)
-        shape = {k: v for k, v in dataclasses.asdict(config).items() if "seed" not in k and k != "learning_rate"}
+        # what a fit depends on: not the seeds, grids, candidates or bounds (each fit's key names its own)
+        ignored = ("learning_rate", "lr_candidates", "chars_grid", "ridges", "margin", "calibration")
+        shape = {k: v for k, v in dataclasses.asdict(config).items() if "seed" not in k and k not in ignored}
         self.tag = hashlib.sha256(
             json.dumps({**shape, "base_seed": config.base_seed}, sort_keys=True).encode()
         ).hexdigest()[:16]
