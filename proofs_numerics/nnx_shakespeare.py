@@ -40,7 +40,8 @@ tasks lies within ``+-calibration`` of 0 at the largest ``c``.
 
 Exploration: ``Config.seeds``; ``--confirm``: the registered ``confirmation_seeds`` (the verdict
 of record). Fits are appended one by one to ``results/nnx_shakespeare.jsonl`` (resumable;
-``--fresh`` recomputes) and the pretrained base is cached in ``results/nnx_shakespeare/``.
+``--fresh`` recomputes) and the pretrained base is cached in ``results/nnx_shakespeare/`` (``--fresh``
+pretrains it again in the exploration; the confirmation reuses it).
 
     python -m proofs_numerics.nnx_shakespeare [--smoke] [--fresh] [--confirm] [--no-progress]
 
@@ -264,13 +265,18 @@ def heterogeneity(base: nnx.Module, data: cn.Examples, users: int, names: tuple[
     for u in range(users):
         rows = np.nonzero(ids == u)[0][:most]
         half = len(rows) // 2
+        if half == 0:
+            raise ValueError(f"user {u} has {len(rows)} training windows: H needs at least 2 (more text per user)")
         a = _kernel_gradient(base, data.inputs[rows[:half]], data.targets[rows[:half]], names)
         b = _kernel_gradient(base, data.inputs[rows[half : 2 * half]], data.targets[rows[half : 2 * half]], names)
         g.append((a + b) / 2)
         noise.append(np.sum((a - b) ** 2) / 4)
     g = np.stack(g)
     spread = np.sum((g - g.mean(axis=0)) ** 2) / (users - 1)
-    return float((spread - np.mean(noise)) / np.mean(np.sum(g**2, axis=1)))
+    energy = np.mean(np.sum(g**2, axis=1))
+    if not energy > 0:  # a base that fits every window exactly: no direction to adapt, nothing differs
+        return 0.0
+    return float((spread - np.mean(noise)) / energy)
 
 
 def identical_tasks(data: cn.Examples, users: int, seed: int) -> cn.Examples:
@@ -347,7 +353,7 @@ class Study:
         folder = os.path.join(args.results, "smoke") if args.smoke else args.results
         self.path = os.path.join(folder, f"{NAME}.jsonl")
         cache = os.path.join(folder, NAME)
-        if args.fresh:
+        if args.fresh and not args.confirm:  # the confirmation reuses the base its exploration pretrained
             for f in os.listdir(cache) if os.path.isdir(cache) else []:
                 if f.startswith("base-"):
                     os.remove(os.path.join(cache, f))
