@@ -85,7 +85,7 @@ class Config:
         ("fedavg-lora", 3e-2),
     )
     groups: int = 4  # FedAvg-LoRA: user groups (clients)
-    local_steps: int = 10  # FedAvg-LoRA: local steps per round (steps / groups local steps in all)
+    local_steps: int = 10  # FedAvg-LoRA: local steps per round (rounds of all groups: about steps local steps)
     finetune_steps: int = 50  # FedAvg-LoRA: per-user fine-tuning steps after the rounds (early-stopped)
     # recovery: learned distance / a random subspace's <= this (theory: exact recovery gives 0 at
     # loss 0; a random r-subspace lies at ~1, so 0.5 asks for at least half the way)
