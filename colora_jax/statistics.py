@@ -43,6 +43,7 @@ __all__ = (
     "geometric_integers",
     "integer_floor",
     "loglog_fit",
+    "mean_interval",
     "median_interval",
     "median_ratio_interval",
     "order_statistic_ranks",
@@ -314,6 +315,30 @@ def student_t_quantile(probability: float, df: float) -> float:
     if not df > 0:
         raise ValueError(f"Student's t needs df > 0, got {df}: use at least two independent runs")
     return float(stats.t.ppf(probability, df))
+
+
+def mean_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of i.i.d. ``values`` and its Student-t interval.
+
+    ``mean -/+ t_{(1 + level) / 2, T - 1} s / sqrt(T)`` for ``T`` values with sample standard
+    deviation ``s`` (``student_t_quantile``: any ``T >= 2``). Used on paired differences, one per
+    independent run (seed), so that a claim is judged on the interval, not on the point mean.
+    Fewer than two values: ``(mean, nan, nan)`` (``decide`` calls that undecided); NaN values
+    are an error (say what a run's value is instead).
+
+    Example:
+      >>> m, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+      >>> m, round(lo, 3), round(hi, 3)
+      (3.0, 1.037, 4.963)
+    """
+    x = np.asarray(values, float).ravel()
+    if x.size == 0 or np.any(np.isnan(x)):
+        raise ValueError("mean_interval needs at least one value and no NaN")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    half = student_t_quantile((1 + level) / 2, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, mean - half, mean + half
 
 
 @functools.lru_cache(maxsize=256)

@@ -4,7 +4,7 @@
 
 ``make proofs`` runs this (``make proofs SMOKE=1``: the smoke configurations, written under
 results/smoke/figures so the committed figures stay untouched); ``make figures`` adds
-``--fresh``, recomputing every sweep cell. Each script of the linear model runs twice: the
+``--fresh``, recomputing every sweep cell. Each script runs twice: the
 exploration (its Config's seeds) and then the confirmation (``--confirm``: the registered fresh
 seeds), whose verdict is the one of record (``_common.attach_confirmation``). Exit status 1 if
 a script crashed or wrote no JSON (a FAIL is a finding about the claim, reported in the table, not an error of the run).
@@ -30,8 +30,8 @@ SCRIPTS: tuple[tuple[str, bool], ...] = (
     ("fedrep_linear", True),
     ("restricted_isometry", True),
     ("assumptions", True),
-    ("nnx_planted_teacher", False),
-    ("nnx_shakespeare", False),
+    ("nnx_planted_teacher", True),
+    ("nnx_shakespeare", True),
 )
 
 

@@ -128,6 +128,8 @@ def test_every_linear_script_registers_fresh_confirmation_seeds(name):
         confirmed = _common.configure(config, argparse.Namespace(confirm=True))
         assert confirmed.seed == config.confirmation_seed != config.seed
         assert _common.configure(config, argparse.Namespace(confirm=False)) is config
+        if hasattr(config, "seeds"):  # the NNX scripts: a seed set each, the confirmation's disjoint
+            assert config.seed in config.seeds and not set(confirmed.seeds) & set(config.seeds)
 
 
 def test_phase_transition_line_allows_for_the_integer_grid():

@@ -4,9 +4,9 @@ Each script runs in a subprocess (scripts set process-wide JAX flags, e.g. float
 sweep file and figure in a temporary directory; compiled executables come from the checkout's
 the persistent compilation cache when a previous run left them there (cold, the first run
 compiles a few dozen executables: minutes on a loaded 2-core CPU; warm, about 65 s of CPU for the
-nine scripts). No smoke run is expected to PASS (tiny problems, 2-6 trials, short budgets: most
+nine linear scripts; the two nnx_* scripts add about two minutes of CPU: a few dozen short
+fits each). No smoke run is expected to PASS (tiny problems, 2-6 trials, short budgets: most
 intervals are undecided): the smoke runs check the pipeline, the default runs check the claims.
-The nnx_* scripts are another engineer's and are tested with their own code.
 """
 
 import json

@@ -294,3 +294,16 @@ def test_student_t_quantile_for_any_degrees_of_freedom():
     assert st.student_t_quantile(0.975, 10**6) == pytest.approx(1.960, abs=1e-3)
     with pytest.raises(ValueError, match="df > 0"):
         st.student_t_quantile(0.975, 0)
+
+
+def test_mean_interval_is_the_t_interval_and_covers():
+    m, lo, hi = st.mean_interval([2.0, 4.0])
+    half = st.student_t_quantile(0.975, 1) * np.std([2.0, 4.0], ddof=1) / np.sqrt(2)
+    assert (m, lo, hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half))
+    assert np.isnan(st.mean_interval([1.0])[1]) and st.decide(*st.mean_interval([1.0])[1:], upper=2.0) == "undecided"
+    with pytest.raises(ValueError, match="NaN"):
+        st.mean_interval([1.0, float("nan")])
+    rng = np.random.default_rng(0)
+    draws = rng.normal(1.0, 2.0, size=(4000, 5))  # df = 4: the t quantile, not the normal one, covers
+    covered = np.mean([lo <= 1.0 <= hi for _, lo, hi in map(st.mean_interval, draws)])
+    assert abs(covered - 0.95) < 0.015
