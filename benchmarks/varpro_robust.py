@@ -86,14 +86,15 @@ def cell(model: str, k: int, n: int | None, algorithm: str, trials: int, seed: i
 def render(path: str) -> str:
     rows = [json.loads(line) for line in open(path)]
     lines = [
-        "| model | k | n (n/m*) | algorithm | success [95% CI] | compile + run (s) | load |",
-        "|---|---|---|---|---|---|---|",
+        "| model | k | n (n/m*) | algorithm | success [95% CI] | compile + run(s) (s) | load | code |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['users']} | {r['samples']} ({r['samples'] / r['m_star']:.2f}) | {r['algorithm']} |"
             f" {r['successes']}/{r['trials']} = {r['rate']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}] |"
-            f" {r['compile_s']:.1f} + {r['run_s']:.1f} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |"
+            f" {r['compile_s']:.1f} + {' / '.join(f'{t:.1f}' for t in r.get('runs_s', [r['run_s']]))} |"
+            f" {r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['code']} |"
         )
     return "\n".join(lines)
 
