@@ -406,7 +406,7 @@ def _one_program(problem, key, fit_config):
     return cj.fit_and_evaluate(problem, key, fit_config, method="colora")
 
 
-@pytest.mark.parametrize("algorithm", ["varpro", "varpro-restarts"])
+@pytest.mark.parametrize("algorithm", ["varpro-restarts"])
 def test_hard_trials_rerun_apart_equal_every_trial_run_whole(algorithm, x64):
     """``run_trials`` fits varpro's first stage (no continuation) on every trial and the algorithm
     itself only on the trials where that fit is not exact (trials.SplitFit): the same results as

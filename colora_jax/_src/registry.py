@@ -94,7 +94,6 @@ ALGORITHMS: dict[str, Algorithm] = {
             "varpro",
             f"{_PKG}.varpro:fit_varpro",
             "variable projection: Levenberg-Marquardt on U, V with every S_i eliminated exactly",
-            first_stage="varpro-plain",
         ),
         Algorithm(
             "varpro-plain",
