@@ -17,6 +17,7 @@ if __name__ == "__main__":  # before jax is imported (the sharded worker); impor
     )
     os.environ["JAX_PLATFORMS"] = "cpu"
 
+import dataclasses  # noqa: E402
 import doctest  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
@@ -30,7 +31,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src import blocks, varpro  # noqa: E402
+from colora_jax._src import blocks, fitting, varpro  # noqa: E402
 
 SHAPE = {"regression": (12, 8, 6), "sensing": (12, 8, 6)}  # (users, d_out, d_in)
 SAMPLES = {"regression": 6, "sensing": 20}  # about 2 m*(k) or more: every start recovers
@@ -118,6 +119,59 @@ def test_fallback_is_the_better_of_the_plain_and_the_continued_fit(seed, x64):
     assert final["fallback"] == min(final["never"], final["always"]) or final["fallback"] == final["never"]
     if final["never"] > 1e-20:  # the plain fit did not interpolate: the continuation was tried
         assert final["fallback"] == min(final["never"], final["always"])
+
+
+NEAR = dict(shape=(6, 8, 8), samples=9)  # sensing, k = 6, d = 8: m* = 6.7, n = 9 (1.34 m*): some starts fail
+
+
+def _restart_fits(p, fc, seed, restarts):
+    """Each fit ``restarts`` runs on its own: the plain fit, then one from each keyed random start."""
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), restarts)
+    rand = dataclasses.replace(fc, init="random")
+    fits = [run_fit(fc, p.train, p.truth, seed=seed)]
+    fits += [jitted(rand)(p.train, p.truth, kk) for kk in keys]
+    return [float(t.objective[int(t.iterations)]) for _, t in fits]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_restarts_until_exact_pick_the_lowest_objective_of_the_fits_run(seed, x64):
+    """``restart_rule="until-exact"`` runs the plain fit, then restarts in order until one reaches
+    the stopping floor; it returns the lowest final objective of the fits it ran. ``"all"`` returns
+    the lowest of every fit."""
+    p = problem("sensing", seed, x64=True, **NEAR)
+    fc = cj.FitConfig(iters=40)
+    finals = _restart_fits(p, fc, seed, 3)
+    floor = float(fitting.stopping_floor(jnp.sum(jnp.square(p.train.Y)) / p.train.Y.size))
+    ran = next((j + 1 for j, f in enumerate(finals) if f <= floor), len(finals))
+    for rule, expected in (("until-exact", min(finals[:ran])), ("all", min(finals))):
+        _, trace = run_fit(fc, p.train, p.truth, seed=seed, restarts=3, restart_rule=rule)
+        # fits at the floor are all exact: their objectives are rounding, which a program may order differently
+        got = float(trace.objective[int(trace.iterations)])
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=floor, err_msg=rule)
+
+
+def test_restarts_until_exact_leave_an_exact_first_fit_unchanged(x64):
+    """Where the plain fit is exact (about 2 m*), "until-exact" runs no restart: the default's result."""
+    p = problem("sensing", 0, x64=True)
+    fc = cj.FitConfig(iters=40)
+    plain = run_fit(fc, p.train, p.truth)
+    restarted = run_fit(fc, p.train, p.truth, restarts=3, restart_rule="until-exact")
+    for got, want in zip(jax.tree.leaves(restarted), jax.tree.leaves(plain)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_registered_varpro_restarts_is_fit_varpro_with_restarts(x64):
+    p = problem("sensing", 1, x64=True, **NEAR)
+    fc = cj.FitConfig(iters=40)
+    key = jax.random.key(3)
+    got = jax.jit(lambda o, t, k: cj.fit(o, dataclasses.replace(fc, algorithm="varpro-restarts"), truth=t, key=k))(
+        p.train, p.truth, key
+    )
+    want = jitted(fc, (("restart_rule", "until-exact"), ("restarts", varpro.ROBUST_RESTARTS)))(p.train, p.truth, key)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="key"):
+        cj.fit(p.train, dataclasses.replace(fc, algorithm="varpro-restarts"))
 
 
 # ----------------------------------------------------------------------------- monotone, AltMin
@@ -316,6 +370,23 @@ SMALL_FIT = cj.FitConfig(iters=6, tol=0.0)
 SHORT_PATH = dict(continuation="always", ridge_start=1.0, ridge_stop=0.5, ridge_decay=0.8)
 
 
+def test_batched_equals_looped_with_restarts_until_exact(x64):
+    """Near the threshold some trials restart and others do not: each batched trial equals its own fit."""
+    cfg = cj.ProblemConfig(model="sensing", users=6, d_out=8, d_in=8, rank=2, samples=9, test_samples=0, x64=True)
+    keys = jax.random.split(jax.random.key(1), 4)
+    problems = jax.jit(jax.vmap(lambda k: cj.generate(k, cfg)))(keys)
+    fc = cj.FitConfig(iters=40)
+    fit = lambda o, t, k: varpro.fit_varpro(o, fc, truth=t, key=k, restarts=2, restart_rule="until-exact")
+    batched = jax.jit(jax.vmap(fit))(problems.train, problems.truth, keys)
+    one = jax.jit(fit)
+    for i in range(4):
+        at_i = lambda tree, i=i: jax.tree.map(lambda a: a[i], tree)
+        looped = one(*at_i((problems.train, problems.truth)), keys[i])
+        # 40 iterations of several fits amplify a vmap's rounding (seen: 2e-9 relative in one trace entry)
+        for got, want in zip(jax.tree.leaves(at_i(batched)), jax.tree.leaves(looped)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+
+
 def test_batched_equals_looped(x64):
     cfg = cj.ProblemConfig(model="sensing", users=8, d_out=6, d_in=5, rank=2, samples=12, noise=0.1, x64=True)
     keys = jax.random.split(jax.random.key(0), 3)
@@ -328,6 +399,27 @@ def test_batched_equals_looped(x64):
         looped = one(*at_i((problems.train, problems.truth)))
         for got, want in zip(jax.tree.leaves(at_i(batched)), jax.tree.leaves(looped)):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def _one_program(problem, key, fit_config):
+    """A caller's per-problem function: ``run_trials`` runs it as one program (no split)."""
+    return cj.fit_and_evaluate(problem, key, fit_config, method="colora")
+
+
+@pytest.mark.parametrize("algorithm", ["varpro-restarts"])
+def test_hard_trials_rerun_apart_equal_every_trial_run_whole(algorithm, x64):
+    """``run_trials`` fits varpro's first stage (no continuation) on every trial and the algorithm
+    itself only on the trials where that fit is not exact (trials.SplitFit): the same results as
+    the algorithm on every trial in one program. Near the threshold, so both kinds occur."""
+    pc = cj.ProblemConfig(model="sensing", users=6, d_out=8, d_in=8, rank=2, samples=12, test_samples=0, x64=True)
+    fc = cj.FitConfig(rank=2, iters=40, algorithm=algorithm)
+    split = cj.run_trials(jax.random.key(0), pc, fc, 8)
+    whole = cj.run_trials(jax.random.key(0), pc, fc, 8, fn=_one_program)
+    plain = cj.run_trials(jax.random.key(0), pc, dataclasses.replace(fc, algorithm="varpro-plain"), 8)
+    hard = plain.evaluation.rel_error > 1e-6
+    assert 0 < hard.sum() < 8, plain.evaluation.rel_error  # both kinds of trial occur
+    for got, want in zip(jax.tree.leaves(split), jax.tree.leaves(whole)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
 
 @pytest.mark.parametrize("model, samples", [("regression", 8), ("sensing", 30)])

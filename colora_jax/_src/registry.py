@@ -30,6 +30,9 @@ class Algorithm:
     name: str
     target: str  # "module:function", called as fit(observations, config, *, key, truth, optimizer, axis_name)
     description: str  # one line, for --help and the docs table
+    first_stage: str | None = None  # an algorithm whose fit this one returns unchanged wherever that fit is
+    #   exact (reaches the stopping floor): the trial driver runs it on every trial, then this one only on
+    #   the others, in a smaller batch (trials.SplitFit), so a hard trial does not hold the whole batch
 
     @property
     def fit(self) -> Callable:
@@ -94,6 +97,18 @@ ALGORITHMS: dict[str, Algorithm] = {
             "varpro",
             f"{_PKG}.varpro:fit_varpro",
             "variable projection: Levenberg-Marquardt on U, V with every S_i eliminated exactly",
+        ),
+        Algorithm(
+            "varpro-plain",
+            f"{_PKG}.varpro:fit_varpro_plain",
+            "varpro without the ridge continuation (the first fit of varpro's fallback)",
+        ),
+        Algorithm(
+            "varpro-restarts",
+            f"{_PKG}.varpro:fit_varpro_restarts",
+            "varpro, then keyed random restarts only while no fit is exact (on noiseless data a fit above"
+            " the stopping floor is a spurious stationary point); the lowest objective wins",
+            first_stage="varpro-plain",
         ),
         Algorithm(
             "centered",

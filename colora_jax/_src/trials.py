@@ -29,7 +29,7 @@ from jaxtyping import Array, Float
 from colora_jax._src import executable_cache
 from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
 from colora_jax._src.data import GroundTruth, Observations, Problem, predict
-from colora_jax._src.fitting import Trace
+from colora_jax._src.fitting import Trace, stopping_floor
 from colora_jax._src.methods import fit_method
 from colora_jax._src.metrics import per_user_relative_error, relative_error, subspace_distance
 from colora_jax._src.shared_input import SharedInputConfig, generate_problem
@@ -213,6 +213,66 @@ class CompiledTrials(NamedTuple):
         return self.fit(self.generate(keys, noise), keys, samples)
 
 
+@jax.jit
+def _exact_fits(train: Observations, samples, final_objective) -> Array:
+    """Whether each trial's fit on its first ``samples`` samples ended at the stopping floor
+    (``fitting.stopping_floor`` of its mean squared measurement, as the estimators stop): data only."""
+
+    def one(obs, objective):
+        used = obs.with_counts(samples).masked()
+        return objective <= stopping_floor(jnp.sum(jnp.square(used.Y)) / jnp.sum(used.sample_counts()))
+
+    return jax.vmap(one)(train, final_objective)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFit:
+    """A trial program's fit in two parts, for an algorithm with a ``first_stage`` (``registry``).
+
+    The first stage's fit runs on every trial of the batch; the trials where it is exact (its
+    final objective at the stopping floor: a data-only test, never the truth) keep it, since the
+    algorithm returns that fit unchanged there. Only the other trials are fitted again with the
+    algorithm itself, in a batch of the next power of two (at least 2, at most ``batch``; padded
+    by repeating a trial), so a trial that needs a long continuation or restarts does not hold
+    every trial of the batch. The result is the algorithm's on every trial, up to the rounding
+    of a different batch size (tested)."""
+
+    first: Callable  # compiled (problems, keys, samples) -> results of the first stage, at ``batch``
+    hard: Callable[[int], Callable]  # size -> compiled fit of the algorithm itself for ``size`` trials
+    batch: int
+
+    def __call__(self, problems, keys, samples):
+        out = jax.device_get(self.first(problems, keys, samples))
+        final = np.take_along_axis(out.trace.objective, np.asarray(out.trace.iterations)[:, None], axis=1)[:, 0]
+        hard = np.flatnonzero(~np.asarray(_exact_fits(problems.train, samples, final)))
+        if hard.size == 0:
+            return out
+        size = min(self.batch, max(2, 1 << int(hard.size - 1).bit_length()))
+        merged = out
+        for start in range(0, hard.size, size):
+            part = hard[start : start + size]
+            rows = np.resize(part, size)
+            picked = jax.tree.map(lambda a, rows=rows: a[rows], (problems, keys))
+            again = jax.device_get(self.hard(size)(*picked, samples))
+            merged = jax.tree.map(lambda a, b, part=part: _put(a, part, b[: part.size]), merged, again)
+        return merged
+
+
+def _put(a, rows, values):
+    a = np.array(a)
+    a[rows] = values
+    return a
+
+
+def _first_stage(fit_config: FitConfig, fn) -> str | None:
+    """The first-stage algorithm of a CoLoRA trial program, or None (no split)."""
+    from colora_jax._src import registry
+
+    if not (isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and fn.keywords == {"method": "colora"}):
+        return None  # another method, or a sharded or caller's function: one program
+    return registry.ALGORITHMS[fit_config.algorithm].first_stage
+
+
 def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Callable | None = None) -> CompiledTrials:
     """The ahead-of-time compiled trial program for ``batch`` trials (``CompiledTrials``).
 
@@ -222,7 +282,17 @@ def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Ca
     ``colora_jax.enable_compile_cache``), so repeated runs with the same shapes never
     recompile. ``fn(problem, key, fit_config)`` defaults to CoLoRA's fit.
     """
-    return _compiled_trials(problem_config, fit_config, batch, fn or method_evaluator("colora"))
+    fn = fn or method_evaluator("colora")
+    first = _first_stage(fit_config, fn)
+    if first is None or batch < 2:
+        return _compiled_trials(problem_config, fit_config, batch, fn)
+    staged = _compiled_trials(problem_config, dataclasses.replace(fit_config, algorithm=first), batch, fn)
+    hard = functools.partial(_compiled_fit, problem_config, fit_config, fn=fn)
+    return CompiledTrials(staged.generate, SplitFit(staged.fit, hard, batch))
+
+
+def _compiled_fit(problem_config, fit_config, size: int, *, fn):
+    return _compiled_trials(problem_config, fit_config, size, fn).fit
 
 
 @functools.lru_cache(maxsize=64)

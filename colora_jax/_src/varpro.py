@@ -81,6 +81,7 @@ from colora_jax._src.trials import TrialResult, evaluate
 
 JACOBIANS: tuple[str, ...] = ("kaufman", "golub-pereyra")
 CONTINUATIONS: tuple[str, ...] = ("fallback", "always", "never")
+RESTART_RULES: tuple[str, ...] = ("all", "until-exact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,9 @@ class VarProOptions:
     ridge_stop: float = 0.1  # continuation: last ridge; the fit proper (no ridge) follows
     ridge_decay: float = 0.92  # continuation: the ridge's factor per iteration (one LM iteration per ridge)
     restarts: int = 0  # extra fits from random orthonormal starts (needs a key); the lowest final objective wins
+    restart_rule: str = "all"  # "all": every restart runs; "until-exact": restarts run one after another only
+    #   while no fit so far reaches the stopping floor (an exact fit: on noiseless data a fit above it is a
+    #   spurious stationary point), so a trial whose first fit is exact runs no restart
 
     @property
     def continuation_iterations(self) -> int:
@@ -120,6 +124,8 @@ class VarProOptions:
             raise ValueError(f"ridge_decay must lie in (0, 1), got {self.ridge_decay}")
         if self.restarts < 0:
             raise ValueError(f"restarts must be >= 0, got {self.restarts}")
+        if self.restart_rule not in RESTART_RULES:
+            raise ValueError(f"unknown restart_rule {self.restart_rule!r}: choose one of {', '.join(RESTART_RULES)}")
         return self
 
 
@@ -597,6 +603,30 @@ def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: "VarP
     return jax.tree.map(lambda a, b: jnp.where(keep_first, a, b), first, second)
 
 
+def restart_until_exact(run: Callable[[Array, Array], _Fit], U0, V0, Us, Vs, floor) -> _Fit:
+    """The fit from ``(U0, V0)``, then fits from ``(Us[j], Vs[j])`` one after another while the
+    best so far is above ``floor``; the lowest final objective wins (the earliest on a tie).
+
+    On noiseless data an exact fit reaches the floor, and a converged fit above it is a spurious
+    stationary point: a data-only signal (the truth is never looked at). A fit whose first run is
+    exact runs no restart and returns that run unchanged; under ``vmap`` a trial that is done keeps
+    its result while others restart (``while_loop`` batching), so batched equals looped.
+    """
+    first = run(U0, V0)
+
+    def going(carry):
+        j, best = carry
+        return (j < Us.shape[0]) & (best.final_objective > floor)
+
+    def another(carry):
+        j, best = carry
+        fit = run(Us[j], Vs[j])
+        better = fit.final_objective < best.final_objective  # False for NaN
+        return j + 1, jax.tree.map(lambda a, b: jnp.where(better, a, b), fit, best)
+
+    return jax.lax.while_loop(going, another, (jnp.asarray(0), first))[1]
+
+
 def fit_varpro(
     observations: Observations,
     config: FitConfig = FitConfig(),
@@ -622,7 +652,8 @@ def fit_varpro(
       optimizer: not taken (a Gauss-Newton method); must be None.
       axis_name: mesh axis over which users are sharded (inside ``shard_map``), else ``None``.
       **options: fields of ``VarProOptions`` (``jacobian``, ``damping``, ``max_tries``,
-        ``continuation``, ``ridge_start``, ``ridge_stop``, ``ridge_decay``, ``restarts``).
+        ``continuation``, ``ridge_start``, ``ridge_stop``, ``ridge_decay``, ``restarts``,
+        ``restart_rule``).
 
     Returns:
       ``(Estimate, Trace)`` as ``fit``: trace index 0 is the start of the returned fit (the
@@ -667,10 +698,61 @@ def fit_varpro(
         random_init = dataclasses.replace(config, init="random")
         keys = jax.random.split(jax.random.fold_in(key, 1), opts.restarts)
         Us, Vs = jax.vmap(lambda kk: initialize(d, random_init, kk, axis_name))(keys)
-        runs = jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))
-        best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))
-        pt, history, iterations, done = jax.tree.map(lambda a: a[best], runs)
+        if opts.restart_rule == "all":
+            runs = jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))
+            best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))
+            pt, history, iterations, done = jax.tree.map(lambda a: a[best], runs)
+        else:
+            pt, history, iterations, done = restart_until_exact(run, s.U, s.V, Us, Vs, s.floor)
     return Estimate(pt.U, pt.V, pt.S), make_trace(history, iterations, done, s.finite)
+
+
+def fit_varpro_plain(
+    observations: Observations,
+    config: FitConfig = FitConfig(),
+    *,
+    key: PRNGKeyArray | None = None,
+    truth: GroundTruth | None = None,
+    optimizer=None,
+    axis_name: str | None = None,
+) -> tuple[Estimate, Trace]:
+    """``fit_varpro`` with ``continuation="never"`` (registry entry ``varpro-plain``): the first
+    fit of the default fallback, so where it is exact ``varpro`` returns it unchanged."""
+    return fit_varpro(
+        observations, config, key=key, truth=truth, optimizer=optimizer, axis_name=axis_name, continuation="never"
+    )
+
+
+ROBUST_RESTARTS = 8  # restarts of the registered "varpro-restarts" (docs/varpro.md: the measured table)
+
+
+def fit_varpro_restarts(
+    observations: Observations,
+    config: FitConfig = FitConfig(),
+    *,
+    key: PRNGKeyArray | None = None,
+    truth: GroundTruth | None = None,
+    optimizer=None,
+    axis_name: str | None = None,
+) -> tuple[Estimate, Trace]:
+    """``fit_varpro`` with ``restarts=ROBUST_RESTARTS, restart_rule="until-exact"`` (registry entry
+    ``varpro-restarts``): the default fit, then keyed random restarts only while no fit is exact.
+
+    Where the default fit reaches the stopping floor the result is the default's; otherwise up to
+    ``ROBUST_RESTARTS`` more fits run from random orthonormal starts drawn from ``key`` (required).
+    """
+    if key is None:
+        raise ValueError("varpro-restarts draws random starts: pass key=jax.random.key(seed)")
+    return fit_varpro(
+        observations,
+        config,
+        key=key,
+        truth=truth,
+        optimizer=optimizer,
+        axis_name=axis_name,
+        restarts=ROBUST_RESTARTS,
+        restart_rule="until-exact",
+    )
 
 
 def varpro_trial(key, problem_config: ProblemConfig, fit_config: FitConfig, options: VarProOptions = VarProOptions()):
