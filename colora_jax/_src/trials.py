@@ -215,8 +215,11 @@ class CompiledTrials(NamedTuple):
 
 @jax.jit
 def _exact_fits(train: Observations, samples, final_objective) -> Array:
-    """Whether each trial's fit on its first ``samples`` samples ended at the stopping floor
-    (``fitting.stopping_floor`` of its mean squared measurement, as the estimators stop): data only."""
+    """Whether each trial's fit on its first ``samples`` samples ended at the stopping floor.
+
+    The floor is ``fitting.stopping_floor`` of its mean squared measurement, as the estimators
+    stop: a test of the data only.
+    """
 
     def one(obs, objective):
         used = obs.with_counts(samples).masked()
@@ -235,13 +238,15 @@ class SplitFit:
     algorithm itself, in a batch of the next power of two (at least 2, at most ``batch``; padded
     by repeating a trial), so a trial that needs a long continuation or restarts does not hold
     every trial of the batch. The result is the algorithm's on every trial, up to the rounding
-    of a different batch size (tested)."""
+    of a different batch size (tested).
+    """
 
     first: Callable  # compiled (problems, keys, samples) -> results of the first stage, at ``batch``
     hard: Callable[[int], Callable]  # size -> compiled fit of the algorithm itself for ``size`` trials
     batch: int
 
     def __call__(self, problems, keys, samples):
+        """The algorithm's results on every trial of the batch (host arrays)."""
         out = jax.device_get(self.first(problems, keys, samples))
         final = np.take_along_axis(out.trace.objective, np.asarray(out.trace.iterations)[:, None], axis=1)[:, 0]
         hard = np.flatnonzero(~np.asarray(_exact_fits(problems.train, samples, final)))
