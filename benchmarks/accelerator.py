@@ -41,7 +41,7 @@ from benchmarks import serving
 from colora_jax import device_info
 from colora_jax._src.bench import latency, suite
 from colora_jax._src.commands.common import to_jsonable
-from colora_jax.nnx import code_version
+from colora_jax.nnx import nnx_code_version as code_version
 
 PARTS = ("linear", "nnx", "compile")
 

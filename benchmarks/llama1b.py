@@ -54,7 +54,7 @@ from flax import nnx
 
 from colora_jax import device_info
 from colora_jax import nnx as cn
-from colora_jax.nnx import code_version
+from colora_jax.nnx import nnx_code_version as code_version
 
 NAME = "nnx_llama1b"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

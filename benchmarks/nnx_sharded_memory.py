@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 
 from colora_jax import device_info  # noqa: E402
 from colora_jax import nnx as cn  # noqa: E402
-from colora_jax.nnx import code_version  # noqa: E402
+from colora_jax.nnx import nnx_code_version as code_version  # noqa: E402
 
 MODEL = cn.DecoderConfig(vocab=1024, seq_len=8, width=256, depth=2, heads=8, kv_heads=4, head_dim=32, mlp_hidden=768)
 TARGETS = ("query", "key", "value", "out", "gate", "up", "down")

@@ -61,7 +61,7 @@ from flax import nnx
 
 from colora_jax import device_info
 from colora_jax import nnx as cn
-from colora_jax.nnx import code_version
+from colora_jax.nnx import nnx_code_version as code_version
 
 NAME = "nnx_serving"
 METHODS = ("base", "global", "colora", "local")

@@ -33,7 +33,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from colora_jax import nnx as cn
-from colora_jax.nnx import code_version
+from colora_jax.nnx import nnx_code_version as code_version
 
 FAMILIES = ["llama", "qwen2", "qwen3", "gemma", "llama_bias_linear"]  # the last: hf_side.py's VARIANTS
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

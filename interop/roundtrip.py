@@ -34,7 +34,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from colora_jax import nnx as cn
-from colora_jax.nnx import code_version
+from colora_jax.nnx import nnx_code_version as code_version
 
 SIZES = {"width": 16, "heads": 4, "head_dim": 3, "hidden": 24, "out": 10, "depth": 2}
 OUTPUT_TOL, MERGE_TOL = 4e-6, 1e-7  # the claims

@@ -162,7 +162,7 @@ def fit(config: Config, method: str, lr: float, seed: int, samples: int) -> dict
     """One method at one learning rate on one seed's problem: validation and per-user test losses."""
     base, planted, validation, k_fit, k_random = problem(config, seed, samples)
     test = planted.test
-    model, params = cn.fit_method(
+    model, params = cn.train_method(
         method,
         base,
         planted.train,
@@ -173,7 +173,7 @@ def fit(config: Config, method: str, lr: float, seed: int, samples: int) -> dict
         key=k_fit,
         validation=validation,
     )
-    out = cn.predict(model, test.inputs, test.user_ids)
+    out = cn.user_outputs(model, test.inputs, test.user_ids)
     record = {
         "method": method,
         "lr": lr,

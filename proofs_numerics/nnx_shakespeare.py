@@ -306,7 +306,7 @@ class Cell:
         """One method's validation loss and per-role test loss (cached)."""
 
         def compute():
-            model, params = cn.fit_method(
+            model, params = cn.train_method(
                 method,
                 self.study.base,
                 self.train,
@@ -317,7 +317,8 @@ class Cell:
                 key=self.key,
                 validation=self.val,
             )
-            per_example = cn.next_token_loss(cn.predict(model, self.test.inputs, self.test.user_ids), self.test.targets)
+            outputs = cn.user_outputs(model, self.test.inputs, self.test.user_ids)
+            per_example = cn.next_token_loss(outputs, self.test.targets)
             return {
                 "validation": cn.validation_loss(model, self.val, cn.next_token_loss),
                 "test": np.asarray(cn.per_user_mean(per_example, self.test.user_ids, self.study.config.roles)).tolist(),

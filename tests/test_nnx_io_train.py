@@ -341,9 +341,9 @@ def test_federated_round_averages_shared_and_keeps_each_groups_personal_rows():
 
 
 def test_method_names_are_the_projects():
-    assert cn.METHODS == ("colora", "colora-centered", "local", "global", "fedavg-lora", "base")
+    assert cn.METHOD_NAMES == ("colora", "colora-centered", "local", "global", "fedavg-lora", "base")
     with pytest.raises(ValueError, match="choose one of colora, colora-centered, local"):
-        cn.fit_method(
+        cn.train_method(
             "lora_bank", MLP(nnx.Rngs(0)), None, None, None, cn.MethodConfig(), users=2, key=jax.random.key(0)
         )
 

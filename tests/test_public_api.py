@@ -1,5 +1,7 @@
 """The public surface is pinned: adding or removing a name is a deliberate change here."""
 
+import pytest
+
 import colora_jax
 import colora_jax.nnx
 
@@ -19,12 +21,12 @@ spectral_init subspace_distance sum_squares sweep tilt to_jsonable trial trial_k
 """.split()
 
 NNX = """
-CharVocab CoLoRALinear Decoder DecoderConfig Examples LoRABankLinear METHODS MethodConfig PersonalParam
+CharVocab CoLoRALinear Decoder DecoderConfig Examples LoRABankLinear METHOD_NAMES MethodConfig PersonalParam
 PlantedTeacher SCHEMES SHAKESPEARE_PATH SharedParam TeacherConfig TrainConfig Transformer TransformerConfig UserIds
-adapted_layers add_users apply_colora apply_lora_bank code_version colora_users count_parameters export_peft
-export_peft_users fit_method
-from_pretrained import_peft layer_axes load_roles logit_mse merge next_token_loss per_user_mean planted_teacher predict
-pretrain restore_adapter ridge_penalty role_windows save_adapter select_ridge shard train validation_loss
+adapted_layers add_users apply_colora apply_lora_bank nnx_code_version colora_users count_parameters export_peft
+export_peft_users train_method
+from_pretrained import_peft layer_axes load_roles logit_mse merge next_token_loss per_user_mean planted_teacher
+user_outputs pretrain restore_adapter ridge_penalty role_windows save_adapter select_ridge shard train validation_loss
 """.split()
 
 
@@ -37,8 +39,26 @@ def test_core_surface_is_pinned_and_sorted():
 
 def test_one_spelling_per_method():
     """The NNX harness's methods are registry entries: one name for one method everywhere."""
-    assert set(colora_jax.nnx.METHODS) <= set(colora_jax.METHODS)
-    assert all(colora_jax.METHODS[m].nnx for m in colora_jax.nnx.METHODS)
+    assert set(colora_jax.nnx.METHOD_NAMES) <= set(colora_jax.METHODS)
+    assert all(colora_jax.METHODS[m].nnx for m in colora_jax.nnx.METHOD_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("METHODS", "METHOD_NAMES"),
+        ("fit_method", "train_method"),
+        ("predict", "user_outputs"),
+        ("code_version", "nnx_code_version"),
+    ],
+)
+def test_renamed_nnx_names_stay_one_release_as_deprecated_aliases(old, new):
+    """The NNX names that clashed with colora_jax's (same spelling, other meaning) were renamed;
+    the old spelling still works, warns, and is the same object."""
+    with pytest.warns(DeprecationWarning, match=f"use colora_jax.nnx.{new}"):
+        assert getattr(colora_jax.nnx, old) is getattr(colora_jax.nnx, new)
+    with pytest.raises(AttributeError):
+        colora_jax.nnx.no_such_name  # noqa: B018
 
 
 def test_nnx_surface_is_pinned():

@@ -79,7 +79,7 @@ class Trace(NamedTuple):
 
 def make_trace(history: Metrics, iterations, converged, finite_input) -> Trace:
     """The ``Trace`` of a loop's metric history and its stopping state."""
-    return Trace(*history, iterations=iterations, converged=converged, finite_input=finite_input)
+    return Trace(**history._asdict(), iterations=iterations, converged=converged, finite_input=finite_input)
 
 
 def record(

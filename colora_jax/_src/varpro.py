@@ -52,7 +52,6 @@ personal directions are eliminated explicitly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -62,8 +61,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from colora_jax._src import blocks
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import GroundTruth, Observations, generate
+from colora_jax._src.config import FitConfig
+from colora_jax._src.data import GroundTruth, Observations
 from colora_jax._src.fitting import (
     Estimate,
     Trace,
@@ -77,7 +76,6 @@ from colora_jax._src.fitting import (
 )
 from colora_jax._src.linalg import psd_solve, qr_positive, top_eigenvectors
 from colora_jax._src.streaming import stored_chunks
-from colora_jax._src.trials import TrialResult, evaluate
 
 JACOBIANS: tuple[str, ...] = ("kaufman", "golub-pereyra")
 CONTINUATIONS: tuple[str, ...] = ("fallback", "always", "never")
@@ -755,26 +753,13 @@ def fit_varpro_restarts(
     )
 
 
-def varpro_trial(key, problem_config: ProblemConfig, fit_config: FitConfig, options: VarProOptions = VarProOptions()):
-    """``trials.trial`` with the variable-projection fit (for ``run_trials(fn=...)``)."""
-    kp, kf = jax.random.split(key)
-    problem = generate(kp, problem_config)
-    estimate, trace = fit_varpro(problem.train, fit_config, key=kf, truth=problem.truth, **dataclasses.asdict(options))
-    return TrialResult(evaluate(estimate.W, problem, estimate.U, estimate.V), trace)
-
-
-@functools.cache
-def varpro_trial_fn(options: VarProOptions = VarProOptions()):
-    """A stable, hashable ``varpro_trial`` with these options (for ``run_trials(fn=...)``)."""
-    return functools.partial(varpro_trial, options=options)
-
-
 # ----------------------------------------------------------------------------- users streamed in chunks
 
 
 def _scan_chunks(part, per_user, nchunks):
     """``sum_b part(b, x_b)[0]`` over chunks with ``lax.scan``, and the stacked ``part(b, x_b)[1]``
-    (``x_b``: chunk b's rows of every array of the pytree ``per_user``); as ``streaming._sweep``."""
+    (``x_b``: chunk b's rows of every array of the pytree ``per_user``); ``streaming.sum_over_chunks``
+    is the same sum over AltMin's per-chunk statistics."""
     chunked = jax.tree.map(lambda a: a.reshape((nchunks, -1) + a.shape[1:]), per_user)
     xs = (jnp.arange(nchunks), chunked)
     shapes = jax.eval_shape(lambda x: part(*x)[0], jax.tree.map(lambda a: a[0], xs))

@@ -10,7 +10,7 @@ from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, 
 from colora_jax.nnx._models import Transformer, TransformerConfig
 from colora_jax.nnx._peft import export_peft, export_peft_users, import_peft
 from colora_jax.nnx._pretrained import from_pretrained
-from colora_jax.nnx._provenance import code_version
+from colora_jax.nnx._provenance import code_version as nnx_code_version
 from colora_jax.nnx._tasks import (
     SHAKESPEARE_PATH,
     CharVocab,
@@ -20,23 +20,23 @@ from colora_jax.nnx._tasks import (
     planted_teacher,
     role_windows,
 )
+from colora_jax.nnx._train import METHODS as METHOD_NAMES
 from colora_jax.nnx._train import (
-    METHODS,
     SCHEMES,
     Examples,
     MethodConfig,
     TrainConfig,
     count_parameters,
-    fit_method,
     logit_mse,
     next_token_loss,
     per_user_mean,
-    predict,
     pretrain,
     select_ridge,
     train,
     validation_loss,
 )
+from colora_jax.nnx._train import fit_method as train_method
+from colora_jax.nnx._train import predict as user_outputs
 from colora_jax.nnx._wrap import (
     adapted_layers,
     add_users,
@@ -49,7 +49,7 @@ from colora_jax.nnx._wrap import (
 
 __all__ = [
     "SHAKESPEARE_PATH",
-    "code_version",
+    "nnx_code_version",
     "adapted_layers",
     "add_users",
     "apply_colora",
@@ -63,7 +63,7 @@ __all__ = [
     "Examples",
     "export_peft",
     "export_peft_users",
-    "fit_method",
+    "train_method",
     "from_pretrained",
     "import_peft",
     "layer_axes",
@@ -72,13 +72,13 @@ __all__ = [
     "LoRABankLinear",
     "merge",
     "MethodConfig",
-    "METHODS",
+    "METHOD_NAMES",
     "next_token_loss",
     "per_user_mean",
     "PersonalParam",
     "planted_teacher",
     "PlantedTeacher",
-    "predict",
+    "user_outputs",
     "pretrain",
     "restore_adapter",
     "ridge_penalty",
@@ -96,3 +96,25 @@ __all__ = [
     "UserIds",
     "validation_loss",
 ]
+
+# Names of the previous release, kept one release as deprecated aliases: they meant something else
+# than the same names in ``colora_jax`` (a registry dict, a fit of the linear model, the checkout's
+# version, the linear model's prediction).
+_DEPRECATED = {
+    "METHODS": ("METHOD_NAMES", METHOD_NAMES),
+    "fit_method": ("train_method", train_method),
+    "predict": ("user_outputs", user_outputs),
+    "code_version": ("nnx_code_version", nnx_code_version),
+}
+
+
+def __getattr__(name: str):
+    """The deprecated aliases, each with a DeprecationWarning naming its replacement."""
+    if name in _DEPRECATED:
+        import warnings
+
+        new, value = _DEPRECATED[name]
+        message = f"colora_jax.nnx.{name} is deprecated: use colora_jax.nnx.{new}"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return value
+    raise AttributeError(f"module 'colora_jax.nnx' has no attribute {name!r}")

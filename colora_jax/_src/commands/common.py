@@ -150,7 +150,7 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
         "--algorithm",
         choices=tuple(registry.ALGORITHMS),
         default=d.algorithm,
-        help="altmin: exact blocks; altgd: exact S, gradient steps on U, V; adam: joint",
+        help=f"the estimator, one of {', '.join(registry.ALGORITHMS)} (`colora methods` says what each does)",
     )
     g.add_argument("--iters", type=positive_int, default=d.iters, help="iteration budget")
     g.add_argument("--tol", type=_finite_float, default=d.tol, help="stop when the relative decrease < tol")
@@ -192,9 +192,10 @@ def apply_runtime_flags(args) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
-def problem_config(args) -> ProblemConfig:
-    """The validated ProblemConfig of the parsed flags (samples: the largest of several)."""
-    samples = max(args.samples) if isinstance(args.samples, list) else args.samples
+def problem_config(args, samples: int | None = None) -> ProblemConfig:
+    """The validated ProblemConfig of the parsed flags (samples: the largest of several, or ``samples``)."""
+    if samples is None:
+        samples = max(args.samples) if isinstance(args.samples, list) else args.samples
     return ProblemConfig(
         model=args.model,
         users=args.users,
@@ -214,10 +215,10 @@ def problem_config(args) -> ProblemConfig:
     ).validate()
 
 
-def fit_config(args) -> FitConfig:
-    """The validated FitConfig of the parsed flags."""
+def fit_config(args, rank: int | None = None) -> FitConfig:
+    """The validated FitConfig of the parsed flags (``rank``, if given, replaces ``--rank``)."""
     return FitConfig(
-        rank=args.rank,
+        rank=args.rank if rank is None else rank,
         personal=args.personal,
         algorithm=args.algorithm,
         iters=args.iters,

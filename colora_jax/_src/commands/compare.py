@@ -83,11 +83,9 @@ def configs(args):
             test_samples=args.test_samples,
             x64=args.x64,
         ).validate()
-        args.rank = pc.rank
-        return pc, common.fit_config(args)
-    if args.samples is None:
-        args.samples = ProblemConfig.samples
-    return common.problem_config(args), common.fit_config(args)
+        return pc, common.fit_config(args, rank=pc.rank)
+    samples = ProblemConfig.samples if args.samples is None else None
+    return common.problem_config(args, samples), common.fit_config(args)
 
 
 def _median(a) -> float:
