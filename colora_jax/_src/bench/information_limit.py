@@ -151,7 +151,8 @@ def run(config: Config, results: str | None = None, progress: bool = True) -> di
                     continue  # a torn last line: recomputed
                 done[record["key"]] = record["row"]
     rows = []
-    specs = [(m, e, k) for m in config.models for e in config.estimators for k in config.users]
+    # estimator by estimator (both models), so an interrupted table has whole rows of the cheap ones
+    specs = [(m, e, k) for e in config.estimators for m in config.models for k in config.users]
     for i, (model, estimator, k) in enumerate(specs):
         key = row_key(config, model, estimator, k)
         if key not in done:
