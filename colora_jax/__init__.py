@@ -82,6 +82,7 @@ from colora_jax._src.sweep import Cell as Cell
 from colora_jax._src.sweep import SweepResult as SweepResult
 from colora_jax._src.sweep import cell_key as cell_key
 from colora_jax._src.sweep import cell_trials as cell_trials
+from colora_jax._src.sweep import data_digest as data_digest
 from colora_jax._src.sweep import per_cell as per_cell
 from colora_jax._src.sweep import read_results as read_results
 from colora_jax._src.sweep import run_cells as run_cells
@@ -130,6 +131,7 @@ __all__ = (
     "check_observations",
     "chordal_distance_squared",
     "code_version",
+    "data_digest",
     "degrees_of_freedom",
     "design",
     "device_info",

@@ -27,12 +27,14 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
 from colora_jax import (
     Cell,
     SweepResult,
     code_version,
+    data_digest,
     degrees_of_freedom,
     device_info,
     enable_compile_cache,
@@ -135,6 +137,13 @@ def run_sweep(name: str, cells, args, compute=run_cells, tag: str = "") -> Sweep
         desc=name,
         workers=getattr(args, "workers", 1),
     )
+
+
+def array_digest(tree) -> str:
+    """SHA-256 (20 hex digits) of the bytes of every array in ``tree`` (``colora_jax.data_digest``)."""
+    update, digest = data_digest()
+    update(jax.device_get(tree))
+    return digest()
 
 
 def with_trace(cells: list[Cell]) -> list[dict]:

@@ -106,7 +106,8 @@ def rate_trial(problem: cj.Problem, key, fit_config: FitConfig):
 
 
 def compute(cells: list[Cell]) -> list[dict]:
-    (evaluation, trace), rate = cj.cell_trials(cells, lambda method: rate_trial)
+    update, digest = cj.data_digest()
+    (evaluation, trace), rate = cj.cell_trials(cells, lambda method: rate_trial, on_data=update)
     out = []
     for j in range(len(cells)):
         out.append(
@@ -115,6 +116,7 @@ def compute(cells: list[Cell]) -> list[dict]:
                     "trace": jax.tree.map(lambda a, j=j: a[:, j], trace)._asdict(),
                     "final_rel_error": evaluation.rel_error[:, j],
                     "predicted_rate": rate[:, j],
+                    "data_sha256": digest(),
                 }
             )
         )

@@ -182,6 +182,8 @@ def fit(config: Config, method: str, lr: float, seed: int, samples: int) -> dict
         "validation": cn.validation_loss(model, validation, cn.logit_mse),
         "test": np.asarray(cn.per_user_mean(cn.logit_mse(out, test.targets), test.user_ids, config.users)).tolist(),
         "trainable_parameters": params,
+        "data_sha256": _common.array_digest((planted.train, validation, test)),
+        "code_version": cn.nnx_code_version("proofs_numerics/nnx_planted_teacher.py"),
     }
     if method == "colora":
         record["distance"], record["random_distance"] = {}, {}

@@ -324,6 +324,8 @@ class Cell:
                 "test": np.asarray(cn.per_user_mean(per_example, self.test.user_ids, self.study.config.roles)).tolist(),
                 "trainable_parameters": params,
                 "steps": self.steps,
+                "data_sha256": _common.array_digest((self.train, self.val, self.test)),
+                "code_version": cn.nnx_code_version("proofs_numerics/nnx_shakespeare.py"),
             }
 
         return self.study.cached({"method": method, "lr": lr, "seed": self.seed, "chars": self.chars}, compute)

@@ -72,6 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import colora_jax as cj
 from colora_jax import (
     Cell,
     FitConfig,
@@ -232,11 +233,16 @@ def pooled_upper(stat, rank: int):
     return jnp.sqrt(jnp.sum(jnp.clip(top, 0.0)))
 
 
+def design(key, pc: ProblemConfig):
+    """The operator's design ``X`` (users first), drawn from ``key``."""
+    zeros = jnp.zeros((pc.users, pc.d_out, pc.d_in), pc.dtype)
+    return measure(key, zeros, pc.samples, 0.0, pc.model).X
+
+
 def statistic(key, pc: ProblemConfig):
     """The operator's statistic for ``blocks``: the design or its second moment (sensing), each
     user's ``Sigma_i`` (regression)."""
-    zeros = jnp.zeros((pc.users, pc.d_out, pc.d_in), pc.dtype)
-    return statistic_of(measure(key, zeros, pc.samples, 0.0, pc.model).X, pc)
+    return statistic_of(design(key, pc), pc)
 
 
 def statistic_of(X, pc: ProblemConfig):
@@ -310,12 +316,14 @@ def isometry_cell(cell: Cell, restarts: int, user_restarts: int, pooled_trials: 
         )
         return to_jsonable({"single": jax.device_get(run(kx, ku))})
     keys = trial_keys(jax.random.key(cell.seed), 0, cell.trials)
+    update, digest = cj.data_digest()  # the operators' bytes, as isometry_trial draws them
+    update(jax.device_get(jax.jit(jax.vmap(lambda k: design(jax.random.split(k, 3)[0], pc)))(keys)))
     pooled = min(cell.trials, pooled_trials) if pc.model == "sensing" else cell.trials
     head, searched = jax.device_get(_compiled(pc, fc, restarts, user_restarts)(keys[:pooled]))
     if pooled < cell.trials:
         tail, _ = jax.device_get(_compiled(pc, fc, 0, user_restarts)(keys[pooled:]))
         head = {k: np.concatenate([v, tail[k]]) for k, v in head.items()}
-    return to_jsonable({**head, **searched})
+    return to_jsonable({**head, **searched, "data_sha256": digest()})
 
 
 def cells(config: Config):

@@ -144,8 +144,12 @@ def compute_for(config: Config):
     grid = settings(config)
 
     def compute(cells: list[Cell]) -> list[dict]:
-        evaluation, _ = cj.cell_trials(cells, lambda m: fn_for(m, grid))
-        return [cj.to_jsonable({"rel_error": evaluation.rel_error[:, j]}) for j in range(len(cells))]
+        update, digest = cj.data_digest()
+        evaluation, _ = cj.cell_trials(cells, lambda m: fn_for(m, grid), on_data=update)
+        return [
+            cj.to_jsonable({"rel_error": evaluation.rel_error[:, j], "data_sha256": digest()})
+            for j in range(len(cells))
+        ]
 
     return compute
 

@@ -9,7 +9,7 @@ CORE = """
 ALGORITHMS Cell Design Estimate Evaluation FEDREP_SYNTHETIC FederatedConfig FitConfig GroundTruth LoRAFactors
 METHODS MethodFit Observations PlantedChunks Problem ProblemConfig STREAM_VERSION SharedInputConfig SweepResult
 Trace TrialResult VarProOptions cell_key cell_trials check_observations chordal_distance_squared code_version
-degrees_of_freedom design
+data_digest degrees_of_freedom design
 device_info enable_compile_cache evaluate federated_lora fit fit_and_evaluate fit_chunks fit_method
 fit_sharded fit_streaming fit_varpro fit_varpro_chunks generate generate_chunks generate_problem
 generate_shared_input generate_truth
