@@ -27,8 +27,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src import executable_cache  # noqa: E402
-from colora_jax._src.sharding import sharded_evaluator  # noqa: E402
+from colora_jax._src.experiments.sharding import sharded_evaluator  # noqa: E402
+from colora_jax._src.runtime import executable_cache  # noqa: E402
 
 PROBLEM = cj.ProblemConfig(model="regression", users=8, d_out=6, d_in=5, rank=2, samples=8, noise=0.01)
 FIT = cj.FitConfig(rank=2, iters=8)

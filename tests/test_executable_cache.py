@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import colora_jax as cj
-from colora_jax._src import executable_cache, trials
+from colora_jax._src.experiments import trials
+from colora_jax._src.runtime import executable_cache
 
 PC = cj.ProblemConfig(model="regression", users=4, d_out=5, d_in=6, rank=2, samples=12)
 FC = cj.FitConfig(rank=2, iters=10)

@@ -28,7 +28,8 @@ import pytest  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src import blocks, gnmr, scaledgd, varpro  # noqa: E402
+from colora_jax._src.estimators import gnmr, scaledgd, varpro  # noqa: E402
+from colora_jax._src.model import blocks  # noqa: E402
 
 SOTA = ("gnmr", "scaledgd")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks, fitting
 from colora_jax._src.baselines.common import MethodFit, finite, need_samples, record_fit
-from colora_jax._src.data import GroundTruth, Observations
+from colora_jax._src.estimators import fitting
+from colora_jax._src.model import blocks
+from colora_jax._src.model.data import GroundTruth, Observations
 
 
 def fit_local(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -> MethodFit:

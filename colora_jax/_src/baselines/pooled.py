@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from colora_jax._src import fitting
 from colora_jax._src.baselines.common import MethodFit
-from colora_jax._src.data import GroundTruth, Observations
+from colora_jax._src.estimators import fitting
+from colora_jax._src.model.data import GroundTruth, Observations
 
 
 def fit_global(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -> MethodFit:

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import colora_jax as cj
-from colora_jax._src import blocks
-from colora_jax._src.altmin import altmin_body
+from colora_jax._src.estimators.altmin import altmin_body
+from colora_jax._src.model import blocks
 
 
 def best_seconds(fn, *args, repeats=3) -> float:

@@ -26,14 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from colora_jax._src import executable_cache
-from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
-from colora_jax._src.data import GroundTruth, Observations, Problem, predict
-from colora_jax._src.fitting import Trace, stopping_floor
+from colora_jax._src.estimators.fitting import Trace, stopping_floor
 from colora_jax._src.methods import fit_method
-from colora_jax._src.metrics import per_user_relative_error, relative_error, subspace_distance
-from colora_jax._src.shared_input import SharedInputConfig, generate_problem
-from colora_jax._src.workers import parallel_map, picklable
+from colora_jax._src.model.config import FitConfig, ProblemConfig, min_samples
+from colora_jax._src.model.data import GroundTruth, Observations, Problem, predict
+from colora_jax._src.model.metrics import per_user_relative_error, relative_error, subspace_distance
+from colora_jax._src.model.shared_input import SharedInputConfig, generate_problem
+from colora_jax._src.runtime import executable_cache
+from colora_jax._src.runtime.workers import parallel_map, picklable
 
 
 class Evaluation(NamedTuple):

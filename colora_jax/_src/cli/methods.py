@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from colora_jax._src import registry
-from colora_jax._src.commands import common
+from colora_jax._src.cli import common
 
 
 def register(subparsers) -> None:

@@ -58,7 +58,7 @@ def stats() -> dict:
     ``executables_saved`` count the trial programs stored whole (``executable_cache``): a loaded
     one is neither traced nor looked up in JAX's cache.
     """
-    from colora_jax._src import executable_cache
+    from colora_jax._src.runtime import executable_cache
 
     counts = {"dir": _state.get("dir"), **_counts, "misses": _counts["requests"] - _counts["hits"]}
     return counts | executable_cache.stats()

@@ -33,12 +33,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks, fitting
 from colora_jax._src.baselines.common import MethodFit
-from colora_jax._src.config import FitConfig, min_samples
-from colora_jax._src.data import Observations, predict
-from colora_jax._src.fitting import Estimate, Setup, normalize_U, normalize_V
-from colora_jax._src.linalg import psd_solve
+from colora_jax._src.estimators import fitting
+from colora_jax._src.estimators.fitting import Estimate, Setup, normalize_U, normalize_V
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import FitConfig, min_samples
+from colora_jax._src.model.data import Observations, predict
+from colora_jax._src.model.linalg import psd_solve
 
 RIDGE_GRID = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)  # lambda, per sample (0: CoLoRA; 1e4: ~ one shared S)
 VALIDATION_FRACTION = 0.2  # of each user's samples held out to choose lambda

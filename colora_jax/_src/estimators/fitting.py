@@ -33,11 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from colora_jax._src import blocks, registry
-from colora_jax._src.config import FitConfig, min_samples
-from colora_jax._src.data import GroundTruth, Observations
-from colora_jax._src.linalg import qr_positive
-from colora_jax._src.metrics import subspace_distance
+from colora_jax._src import registry
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import FitConfig, min_samples
+from colora_jax._src.model.data import GroundTruth, Observations
+from colora_jax._src.model.linalg import qr_positive
+from colora_jax._src.model.metrics import subspace_distance
 
 
 class Estimate(NamedTuple):

@@ -25,11 +25,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from colora_jax._src import executable_cache
-from colora_jax._src.config import FitConfig
-from colora_jax._src.data import GroundTruth, Observations, Problem
-from colora_jax._src.fitting import Estimate, Trace, check_finite, fit
-from colora_jax._src.trials import TrialResult, evaluate
+from colora_jax._src.estimators.fitting import Estimate, Trace, check_finite, fit
+from colora_jax._src.experiments.trials import TrialResult, evaluate
+from colora_jax._src.model.config import FitConfig
+from colora_jax._src.model.data import GroundTruth, Observations, Problem
+from colora_jax._src.runtime import executable_cache
 
 AXIS = "users"  # the mesh axis the users are split over
 

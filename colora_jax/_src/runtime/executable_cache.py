@@ -66,7 +66,7 @@ def stats() -> dict:
 @functools.cache
 def source_fingerprint() -> str:
     """sha256 over the colora_jax package's Python sources (names and contents)."""
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())
@@ -79,7 +79,7 @@ def _environment() -> str:
     import jaxlib
     from jax._src import compiler, config
 
-    from colora_jax._src.cpu_threads import available_cores
+    from colora_jax._src.runtime.cpu_threads import available_cores
 
     device = jax.devices()[0]
     # XLA's compile options: debug options from XLA_FLAGS, jax_disable_most_optimizations, ...
@@ -120,7 +120,7 @@ def entry_path(name: str, parts: tuple, placement: tuple | None = None) -> pathl
     ``placement`` (``default_placement()`` when None, or ``mesh_placement(mesh)``) is part of the
     key, so a program is never looked up for devices other than the ones it was compiled for.
     """
-    from colora_jax._src import compile_cache
+    from colora_jax._src.runtime import compile_cache
 
     root = compile_cache.cache_dir()
     if root is None:
