@@ -94,7 +94,7 @@ from colora_jax._src.model.shared_input import generate_problem as generate_prob
 from colora_jax._src.model.shared_input import generate_shared_input as generate_shared_input
 from colora_jax._src.registry import ALGORITHMS as ALGORITHMS
 from colora_jax._src.registry import METHODS as METHODS
-from colora_jax._src.runtime.compile_cache import enable_compile_cache as enable_compile_cache
+from colora_jax._src.runtime.caches import enable_compile_cache as enable_compile_cache
 from colora_jax._src.runtime.cpu_threads import limit_cpu_threads as limit_cpu_threads
 from colora_jax._src.runtime.provenance import code_version as code_version
 from colora_jax._src.runtime.provenance import device_info as device_info

@@ -21,7 +21,7 @@ import numpy as np
 
 from colora_jax._src.experiments.trials import run_trials
 from colora_jax._src.model.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
-from colora_jax._src.runtime.compile_cache import enable_compile_cache, stats
+from colora_jax._src.runtime.caches import enable_compile_cache, stats
 from colora_jax._src.runtime.cpu_threads import available_cores
 from colora_jax._src.runtime.workers import parallel_map
 

@@ -183,7 +183,7 @@ def apply_runtime_flags(args) -> None:
     """CPU threads, the compile cache (unless disabled) and float64 when asked, before anything compiles."""
     import jax
 
-    from colora_jax._src.runtime.compile_cache import enable_compile_cache
+    from colora_jax._src.runtime.caches import enable_compile_cache
     from colora_jax._src.runtime.cpu_threads import limit_cpu_threads
 
     limit_cpu_threads(args.threads)

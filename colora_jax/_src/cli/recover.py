@@ -12,7 +12,7 @@ from colora_jax._src.cli import common
 from colora_jax._src.experiments.sharding import check_divisible, sharded_evaluator, users_mesh
 from colora_jax._src.experiments.trials import method_evaluator, plan_trials, run_trials
 from colora_jax._src.model.data import STREAM_VERSION
-from colora_jax._src.runtime import compile_cache
+from colora_jax._src.runtime import caches
 from colora_jax._src.runtime.provenance import code_version, device_info
 
 
@@ -106,7 +106,7 @@ def recover(args) -> dict:
         "compile_seconds": t1 - t0,
         "run_seconds": t2 - t1,
         "trials_per_second": args.trials / (t2 - t1),
-        "compile_cache": compile_cache.stats(),
+        "compile_cache": caches.stats(),
     }
     ev, tr = out.evaluation, out.trace
     if len(samples) == 1:

@@ -32,7 +32,7 @@ from colora_jax._src.model.config import FitConfig, ProblemConfig, min_samples
 from colora_jax._src.model.data import GroundTruth, Observations, Problem, predict
 from colora_jax._src.model.metrics import per_user_relative_error, relative_error, subspace_distance
 from colora_jax._src.model.shared_input import SharedInputConfig, generate_problem
-from colora_jax._src.runtime import executable_cache
+from colora_jax._src.runtime import caches
 from colora_jax._src.runtime.workers import parallel_map, picklable
 
 
@@ -314,7 +314,7 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return CompiledTrials(generate, lower().compile())
     parts = (problem_config, fit_config, batch, method, keys.dtype, samples.dtype, noise.dtype)
-    return CompiledTrials(generate, executable_cache.load_or_compile("trials", parts, lower, placement))
+    return CompiledTrials(generate, caches.load_or_compile("trials", parts, lower, placement))
 
 
 def _example_arguments(problem_config, batch: int):
@@ -335,11 +335,11 @@ def _compiled_generator(problem_config, batch: int):
     """
     keys, noise = _example_arguments(problem_config, batch)
     parts = (problem_config, batch, keys.dtype, noise.dtype)
-    return executable_cache.load_or_compile("generate", parts, lambda: _generator(problem_config).lower(keys, noise))
+    return caches.load_or_compile("generate", parts, lambda: _generator(problem_config).lower(keys, noise))
 
 
 def _program_key(fn) -> tuple[str | None, tuple | None]:
-    """The name and placement under which ``fn``'s trial program is stored (``executable_cache``).
+    """The name and placement under which ``fn``'s trial program is stored (``caches.load_or_compile``).
 
     A ``method_evaluator`` function by its method on the default device, a function carrying a
     ``program_key`` (``sharding.sharded_evaluator``) by that, anything else not at all (None).
