@@ -17,6 +17,7 @@ if "jax" not in _sys.modules:
     # user set the level. Python errors are unaffected. (README, "Known issues".)
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from colora_jax._src.algorithms import fit as fit
 from colora_jax._src.baselines.common import MethodFit as MethodFit
 from colora_jax._src.baselines.federated import FederatedConfig as FederatedConfig
 from colora_jax._src.baselines.federated import LoRAFactors as LoRAFactors
@@ -25,7 +26,6 @@ from colora_jax._src.baselines.one_sided import one_sided_fit as one_sided_fit
 from colora_jax._src.estimators.fitting import Estimate as Estimate
 from colora_jax._src.estimators.fitting import Trace as Trace
 from colora_jax._src.estimators.fitting import check_observations as check_observations
-from colora_jax._src.estimators.fitting import fit as fit
 from colora_jax._src.estimators.streaming import PlantedChunks as PlantedChunks
 from colora_jax._src.estimators.streaming import fit_chunks as fit_chunks
 from colora_jax._src.estimators.streaming import fit_streaming as fit_streaming

@@ -25,7 +25,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from colora_jax._src.estimators.fitting import Estimate, Trace, check_finite, fit
+from colora_jax._src.algorithms import fit
+from colora_jax._src.estimators.fitting import Estimate, Trace, check_finite
 from colora_jax._src.experiments.trials import TrialResult, evaluate
 from colora_jax._src.model.config import FitConfig
 from colora_jax._src.model.data import GroundTruth, Observations, Problem
