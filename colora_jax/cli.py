@@ -1,4 +1,4 @@
-"""The ``colora`` command line. Each subcommand lives in ``colora_jax/_src/commands``."""
+"""The ``colora`` command line. Each subcommand lives in ``colora_jax/_src/cli``."""
 
 from __future__ import annotations
 
