@@ -262,7 +262,7 @@ def test_bad_input_says_what_to_change(algorithm):
 def test_registered_and_listed():
     assert set(SOTA) <= set(cj.ALGORITHMS)
     with pytest.raises(ValueError, match="gnmr, scaledgd"):
-        cj.FitConfig(algorithm="gauss-newton").validate()
+        cj.fit(planted("regression").train, cj.FitConfig(algorithm="gauss-newton"))
 
 
 if __name__ == "__main__":
