@@ -40,7 +40,7 @@ import jax
 from benchmarks import serving
 from colora_jax import device_info
 from colora_jax._src.bench import latency, suite
-from colora_jax._src.commands.common import to_jsonable
+from colora_jax._src.cli.common import to_jsonable
 from colora_jax.nnx import nnx_code_version as code_version
 
 PARTS = ("linear", "nnx", "compile")

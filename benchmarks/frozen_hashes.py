@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 import colora_jax as cj
-from colora_jax._src.varpro import fit_varpro_streaming
+from colora_jax._src.estimators.varpro import fit_varpro_streaming
 
 
 def digest(tree) -> str:

@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src.provenance import code_version  # noqa: E402
-from colora_jax._src.trials import plan_trials  # noqa: E402
+from colora_jax._src.experiments.trials import plan_trials  # noqa: E402
+from colora_jax._src.runtime.provenance import code_version  # noqa: E402
 from colora_jax.statistics import binomial_interval  # noqa: E402
 
 D, R, SUCCESS = 20, 2, 1e-3

@@ -1,12 +1,12 @@
-"""The ``colora`` command line. Each subcommand lives in ``colora_jax/_src/commands``."""
+"""The ``colora`` command line. Each subcommand lives in ``colora_jax/_src/cli``."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from colora_jax._src import interrupts
-from colora_jax._src.commands import bench, common, compare, methods, recover
+from colora_jax._src.cli import bench, common, compare, methods, recover
+from colora_jax._src.runtime import interrupts
 
 COMMANDS = (recover, compare, bench, methods)
 BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader went away

@@ -20,12 +20,12 @@ import time
 import jax
 import numpy as np
 
-from colora_jax._src.compile_cache import enable_compile_cache, stats
-from colora_jax._src.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
-from colora_jax._src.cpu_threads import limit_cpu_threads
-from colora_jax._src.data import STREAM_VERSION
-from colora_jax._src.provenance import code_version, device_info
-from colora_jax._src.trials import run_trials
+from colora_jax._src.experiments.trials import run_trials
+from colora_jax._src.model.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
+from colora_jax._src.model.data import STREAM_VERSION
+from colora_jax._src.runtime.caches import enable_compile_cache, stats
+from colora_jax._src.runtime.cpu_threads import limit_cpu_threads
+from colora_jax._src.runtime.provenance import code_version, device_info
 
 D, RANK = 10, 2
 USERS = (1, 20)

@@ -27,8 +27,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src import executable_cache  # noqa: E402
-from colora_jax._src.sharding import sharded_evaluator  # noqa: E402
+from colora_jax._src.experiments.sharding import sharded_evaluator  # noqa: E402
+from colora_jax._src.runtime import caches  # noqa: E402
 
 PROBLEM = cj.ProblemConfig(model="regression", users=8, d_out=6, d_in=5, rank=2, samples=8, noise=0.01)
 FIT = cj.FitConfig(rank=2, iters=8)
@@ -58,7 +58,7 @@ def main(devices: int, sweep_path: str) -> None:
     compute = functools.partial(cj.run_cells, fn_for=functools.partial(sharded, devices))
     result = cj.sweep(cells, compute, path=sweep_path, fresh=True, progress=False)
     out["sweep"] = hashlib.sha256(json.dumps(result.results, sort_keys=True).encode()).hexdigest()
-    print(json.dumps(out | executable_cache.stats()))
+    print(json.dumps(out | caches.executable_stats()))
 
 
 if __name__ == "__main__":

@@ -140,8 +140,8 @@ def test_a_program_in_jax_cache_is_stored_from_a_fresh_compile(tmp_path):
     the next process."""
     cache = tmp_path / "cache"
     script = (  # the same run with nothing stored whole: JAX's cache gets the trial program too
-        "import sys; from colora_jax._src import executable_cache;"
-        " executable_cache.entry_path = lambda *args: None;"
+        "import sys; from colora_jax._src.runtime import caches;"
+        " caches.entry_path = lambda *args: None;"
         " from colora_jax.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     seeded = subprocess.run(

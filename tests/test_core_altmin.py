@@ -194,8 +194,8 @@ def test_bad_observations_say_what_to_change():
         cj.fit(cj.Observations(p.train.X, p.train.Y.at[0, 0].set(jnp.nan), "sensing"))
     with pytest.raises(ValueError, match="needs a PRNG key"):
         cj.fit(p.train, cj.FitConfig(init="random"))
-    with pytest.raises(ValueError, match="unknown algorithm"):
-        cj.FitConfig(algorithm="sgd").validate()
+    with pytest.raises(ValueError, match="unknown algorithm 'sgd': choose one of altmin, "):
+        cj.fit(p.train, cj.FitConfig(algorithm="sgd"))
 
 
 def test_non_finite_data_under_jit_is_reported_not_hidden():

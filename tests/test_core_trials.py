@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import colora_jax as cj
-from colora_jax._src.trials import default_batch, trial_bytes
+from colora_jax._src.experiments.trials import default_batch, trial_bytes
 
 pytestmark = pytest.mark.usefixtures("strict_numerics")
 

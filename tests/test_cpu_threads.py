@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from colora_jax._src.cpu_threads import initial_cores
+from colora_jax._src.runtime.cpu_threads import initial_cores
 
 SCRIPT = """
 import os
-from colora_jax._src.cpu_threads import initial_cores, limit_cpu_threads
+from colora_jax._src.runtime.cpu_threads import initial_cores, limit_cpu_threads
 cores = initial_cores()
 limit_cpu_threads(1)  # the parent: one core (a proof script's default)
 assert sorted(os.sched_getaffinity(0)) == cores[:1], os.sched_getaffinity(0)

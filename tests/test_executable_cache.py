@@ -1,4 +1,4 @@
-"""Trial programs (generator and fit) stored whole (``executable_cache``): the key separates what
+"""Trial programs (generator and fit) stored whole (``caches.load_or_compile``): the key separates what
 changes the program, and a loaded program computes what the compiled one did, bit for bit."""
 
 import json
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import colora_jax as cj
-from colora_jax._src import executable_cache, trials
+from colora_jax._src.experiments import trials
+from colora_jax._src.runtime import caches
 
 PC = cj.ProblemConfig(model="regression", users=4, d_out=5, d_in=6, rank=2, samples=12)
 FC = cj.FitConfig(rank=2, iters=10)
@@ -26,8 +27,8 @@ def cache_in(tmp_path):
 
 
 def test_the_key_separates_configurations_methods_precision_and_the_cache_switch(cache_in):
-    key = lambda pc=PC, method="colora": executable_cache.entry_path("trials", (pc, FC, 3, method))
-    assert key().parent == cache_in / executable_cache.SUBDIR
+    key = lambda pc=PC, method="colora": caches.entry_path("trials", (pc, FC, 3, method))
+    assert key().parent == cache_in / caches.SUBDIR
     assert key() == key()  # stable
     assert key(pc=PC.__class__(**{**PC.__dict__, "samples": 13})) != key()
     assert key(method="local") != key()
@@ -40,7 +41,7 @@ def test_the_key_separates_configurations_methods_precision_and_the_cache_switch
         assert key() != single
     finally:
         jax.config.update("jax_disable_most_optimizations", disabled)
-    assert executable_cache.entry_path("trials", (object(),)) is None  # printed with an address: not cached
+    assert caches.entry_path("trials", (object(),)) is None  # printed with an address: not cached
     cj.enable_compile_cache(disable=True)
     assert key() is None
 
@@ -50,19 +51,19 @@ def test_a_loaded_program_equals_the_compiled_one_and_a_caller_function_is_not_s
     args = (keys, np.int32(12), np.float32(0.01))
     trials._compiled_trials.cache_clear()
     trials._compiled_generator.cache_clear()
-    before = executable_cache.stats()
+    before = caches.executable_stats()
     compiled = trials.compiled_trials(PC, FC, 3)
     trials._compiled_trials.cache_clear()  # a new process would start here
     trials._compiled_generator.cache_clear()
     loaded = trials.compiled_trials(PC, FC, 3)
-    after = executable_cache.stats()
+    after = caches.executable_stats()
     assert after["executables_saved"] - before["executables_saved"] == 2  # the generator and the fit
     assert after["executables_loaded"] - before["executables_loaded"] == 2
     a, b = jax.device_get(compiled(*args)), jax.device_get(loaded(*args))
     jax.tree.map(np.testing.assert_array_equal, a, b)
     custom = lambda problem, key, fit_config: trials.fit_and_evaluate(problem, key, fit_config)
     assert trials.compiled_trials(PC, FC, 3, fn=custom).generate is loaded.generate  # one generator per problem
-    assert executable_cache.stats()["executables_saved"] == after["executables_saved"]
+    assert caches.executable_stats()["executables_saved"] == after["executables_saved"]
 
 
 def test_eviction_deletes_the_least_recently_used_entries_first(tmp_path):
@@ -73,9 +74,9 @@ def test_eviction_deletes_the_least_recently_used_entries_first(tmp_path):
         path.write_bytes(b"x" * 100)
         os.utime(path, (1000 + i, 1000 + i))
     (tmp_path / "other.txt").write_bytes(b"y" * 1000)  # not an entry: never counted or deleted
-    assert executable_cache.evict(tmp_path, max_bytes=250) == 1
+    assert caches.evict(tmp_path, max_bytes=250) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", "trials-mid.pkl", "trials-new.pkl"]
-    assert executable_cache.evict(tmp_path, max_bytes=250) == 0
+    assert caches.evict(tmp_path, max_bytes=250) == 0
 
 
 PLACEMENT_WORKER = pathlib.Path(__file__).with_name("_placement_worker.py")
@@ -113,15 +114,12 @@ def test_a_warm_run_on_several_devices_equals_the_cold_one_bit_for_bit(tmp_path)
 
 def test_the_key_separates_placements(cache_in):
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("users",))
-    default = executable_cache.entry_path("trials", (PC, FC, 3, "colora"))
-    assert executable_cache.entry_path("trials", (PC, FC, 3, "colora"), executable_cache.default_placement()) == default
-    meshed = executable_cache.entry_path("trials", (PC, FC, 3, "colora"), executable_cache.mesh_placement(mesh))
+    default = caches.entry_path("trials", (PC, FC, 3, "colora"))
+    assert caches.entry_path("trials", (PC, FC, 3, "colora"), caches.default_placement()) == default
+    meshed = caches.entry_path("trials", (PC, FC, 3, "colora"), caches.mesh_placement(mesh))
     other_axis = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
     assert meshed != default
-    assert (
-        executable_cache.entry_path("trials", (PC, FC, 3, "colora"), executable_cache.mesh_placement(other_axis))
-        != meshed
-    )
+    assert caches.entry_path("trials", (PC, FC, 3, "colora"), caches.mesh_placement(other_axis)) != meshed
 
 
 def test_a_damaged_entry_fails_its_digest_and_is_compiled_afresh(cache_in, capsys, monkeypatch):
@@ -130,18 +128,18 @@ def test_a_damaged_entry_fails_its_digest_and_is_compiled_afresh(cache_in, capsy
     trials._compiled_trials.cache_clear()
     trials._compiled_generator.cache_clear()
     expected = jax.device_get(trials.compiled_trials(PC, FC, 3)(*args))
-    entries = sorted((cache_in / executable_cache.SUBDIR).glob("*.pkl"))
+    entries = sorted((cache_in / caches.SUBDIR).glob("*.pkl"))
     assert len(entries) == 2
     for entry in entries:  # one flipped byte in the middle of the payload; the file still unpickles as bytes
         data = bytearray(entry.read_bytes())
         data[len(data) // 2] ^= 0xFF
         entry.write_bytes(bytes(data))
-    monkeypatch.setitem(executable_cache._state, "warned", False)
-    before = executable_cache.stats()
+    monkeypatch.setitem(caches._executable_state, "warned", False)
+    before = caches.executable_stats()
     trials._compiled_trials.cache_clear()
     trials._compiled_generator.cache_clear()
     again = jax.device_get(trials.compiled_trials(PC, FC, 3)(*args))
-    after = executable_cache.stats()
+    after = caches.executable_stats()
     assert after["executables_loaded"] == before["executables_loaded"]  # neither damaged entry was run
     assert after["executables_saved"] - before["executables_saved"] == 2  # both compiled and stored afresh
     warning = capsys.readouterr().err.strip().splitlines()

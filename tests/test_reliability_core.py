@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import colora_jax as cj
-from colora_jax._src.config import effective_precision
+from colora_jax._src.model.config import effective_precision
 
 SENSING = cj.ProblemConfig(model="sensing", users=6, d_out=6, d_in=6, rank=2, samples=20)
 

@@ -22,8 +22,8 @@ import pytest
 
 import colora_jax as cj
 from colora_jax import Cell, cell_key, per_cell, read_results, sweep
-from colora_jax._src.data import STREAM_VERSION
-from colora_jax._src.sweep import cell_config
+from colora_jax._src.experiments.sweep import cell_config
+from colora_jax._src.model.data import STREAM_VERSION
 
 PC = cj.ProblemConfig(model="regression", users=3, d_out=4, d_in=4, rank=1, samples=6, test_samples=0)
 FC = cj.FitConfig(rank=1, iters=5)
@@ -172,7 +172,7 @@ def test_kill_9_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 WRITERS = {
-    "library": "from colora_jax._src.sweep import append_result as write",
+    "library": "from colora_jax._src.experiments.sweep import append_result as write",
     # a line written in two parts, as a text stream or a network file system may: readers see half
     "in pieces": "import time\n"
     "def write(path, record):\n"
@@ -219,7 +219,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path, parent, how):
     }[parent]
     code = (
         "import functools, colora_jax as cj, test_reliability_runtime as t\n"
-        f"from colora_jax._src.workers import parallel_map\nfolder = {str(folder)!r}\n{call}"
+        f"from colora_jax._src.runtime.workers import parallel_map\nfolder = {str(folder)!r}\n{call}"
     )
     child = subprocess.Popen([sys.executable, "-c", code], env=ENV)
     deadline = time.monotonic() + 90
@@ -350,7 +350,7 @@ def test_an_interrupt_lost_inside_a_command_still_exits_130(monkeypatch, capfd, 
     """Code between the handler and ``main`` may swallow the KeyboardInterrupt (a ``__del__``, a
     callback) or turn it into another error (a callback whose error is re-raised as a string)."""
     from colora_jax import cli
-    from colora_jax._src.commands import methods
+    from colora_jax._src.cli import methods
 
     def swallows(args):
         try:
@@ -374,7 +374,7 @@ def test_sigint_while_the_main_thread_is_held_in_c_still_ends_the_command():
     whole call. Here: a call that never returns (a normal mutex locked twice by one thread)."""
     code = (
         "import ctypes, sys, colora_jax.cli as cli\n"
-        "from colora_jax._src.commands import methods\n"
+        "from colora_jax._src.cli import methods\n"
         "def held(args):\n"
         "    libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64)  # a default (normal) mutex\n"
         "    libc.pthread_mutex_lock(mutex)\n"

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import colora_jax as cj
-from colora_jax._src.counter_rng import threefry2x32  # the hash itself is internal; its output is public
+from colora_jax._src.model.counter_rng import threefry2x32  # the hash itself is internal; its output is public
 
 pytestmark = pytest.mark.usefixtures("x64")
 

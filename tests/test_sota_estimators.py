@@ -28,7 +28,8 @@ import pytest  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src import blocks, gnmr, scaledgd, varpro  # noqa: E402
+from colora_jax._src.estimators import gnmr, scaledgd, varpro  # noqa: E402
+from colora_jax._src.model import blocks  # noqa: E402
 
 SOTA = ("gnmr", "scaledgd")
 
@@ -261,7 +262,7 @@ def test_bad_input_says_what_to_change(algorithm):
 def test_registered_and_listed():
     assert set(SOTA) <= set(cj.ALGORITHMS)
     with pytest.raises(ValueError, match="gnmr, scaledgd"):
-        cj.FitConfig(algorithm="gauss-newton").validate()
+        cj.fit(planted("regression").train, cj.FitConfig(algorithm="gauss-newton"))
 
 
 if __name__ == "__main__":

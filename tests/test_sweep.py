@@ -79,7 +79,7 @@ def test_cell_key_is_the_resolved_configuration(monkeypatch):
     assert cell_key(a) == cell_key(b)
     assert cell_key(a) != cell_key(Cell(PC, FC, 2, 1)) != cell_key(Cell(PC, FC, 2, 0, pad_samples=8))
     before = cell_key(a)
-    monkeypatch.setattr("colora_jax._src.sweep.STREAM_VERSION", "another layout")
+    monkeypatch.setattr("colora_jax._src.experiments.sweep.STREAM_VERSION", "another layout")
     assert cell_key(a) != before, "results drawn with another stream layout are other cells"
 
 

@@ -31,7 +31,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src import blocks, fitting, varpro  # noqa: E402
+from colora_jax._src.estimators import fitting, varpro  # noqa: E402
+from colora_jax._src.model import blocks  # noqa: E402
 
 SHAPE = {"regression": (12, 8, 6), "sensing": (12, 8, 6)}  # (users, d_out, d_in)
 SAMPLES = {"regression": 6, "sensing": 20}  # about 2 m*(k) or more: every start recovers
@@ -451,7 +452,7 @@ def _sharded_differences(devices: int) -> dict:
     """Worker body (fake CPU devices): the fit inside shard_map, users split, against one device."""
     from jax.sharding import PartitionSpec as P
 
-    from colora_jax._src import sharding
+    from colora_jax._src.experiments import sharding
 
     out = {}
     for model, kw in WORKER_PROBLEMS.items():

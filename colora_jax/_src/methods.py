@@ -9,9 +9,9 @@ from jaxtyping import PRNGKeyArray
 
 from colora_jax._src import registry
 from colora_jax._src.baselines.common import MethodFit
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import GroundTruth, Observations
-from colora_jax._src.shared_input import SharedInputConfig, personal_size
+from colora_jax._src.model.config import FitConfig, ProblemConfig
+from colora_jax._src.model.data import GroundTruth, Observations
+from colora_jax._src.model.shared_input import SharedInputConfig, personal_size
 
 
 def fit_method(

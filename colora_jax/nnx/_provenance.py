@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 
-from colora_jax._src.provenance import code_version as checkout_version
-from colora_jax._src.provenance import git_version
+from colora_jax._src.runtime.provenance import code_version as checkout_version
+from colora_jax._src.runtime.provenance import git_version
 
 # The NNX library's own files: every NNX result depends on them.
 NNX_LIBRARY = ("colora_jax/nnx",)

@@ -40,7 +40,6 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 from tqdm.auto import tqdm
 
-from colora_jax._src import registry
 from colora_jax.nnx._layers import CoLoRALinear, LoRABankLinear, PersonalParam, SharedParam
 from colora_jax.nnx._wrap import adapted_layers, apply_colora, apply_lora_bank, colora_users, ridge_penalty, set_child
 
@@ -412,9 +411,18 @@ def train_base(model, data, loss_fn, tx, config, users, keys, validation) -> int
     return 0
 
 
-# The NNX methods are the registry's (colora_jax/_src/registry.py): an entry's ``nnx`` names its
-# function here, so one spelling serves the linear harness, the CLI and this one.
-METHODS: tuple[str, ...] = tuple(m.name for m in registry.METHODS.values() if m.nnx is not None)
+# The NNX trainer of each method that has one, under the method's name in colora_jax.METHODS
+# (the registry; tests/test_public_api.py checks the names), so one spelling serves the linear
+# harness, the CLI and this one. The map lives here: the NNX path points to the core, never back.
+TRAINERS: dict[str, tp.Callable[..., int]] = {
+    "colora": train_colora,
+    "colora-centered": train_centered,
+    "local": train_local,
+    "global": train_global,
+    "fedavg-lora": train_fedavg,
+    "base": train_base,
+}
+METHODS: tuple[str, ...] = tuple(TRAINERS)
 
 
 def fit_method(
@@ -440,7 +448,7 @@ def fit_method(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} for NNX models: choose one of {', '.join(METHODS)}")
     model = nnx.clone(base)
-    fit = registry.method(method).nnx_fit
+    fit = TRAINERS[method]
     params = fit(model, data, loss_fn, tx, config, users, tuple(jax.random.split(key, 3)), validation)
     return model, params
 

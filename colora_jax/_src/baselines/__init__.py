@@ -6,6 +6,7 @@ Every method estimates the users' matrices ``W_i`` (d_out x d_in) from the same
 parameter counts are the table ``registry.METHODS``; the families are the modules here:
 
 * ``colora``: the CoLoRA model itself, fitted by any registered algorithm;
+* ``centered``: centred CoLoRA (``colora-centered``), its ridge chosen on held-out samples;
 * ``local``: one model per user (its own LoRA, or its whole ``W_i`` by least squares);
 * ``pooled``: one adapter for all users (``global``);
 * ``one_sided``: one shared factor and a full personal other factor (FedRep, FedSA-LoRA, ALoRA);

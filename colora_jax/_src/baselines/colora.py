@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from colora_jax._src.algorithms import fit
 from colora_jax._src.baselines.common import MethodFit
-from colora_jax._src.fitting import fit
 
 
 def _fit(obs, fc, key, truth, **changes) -> MethodFit:

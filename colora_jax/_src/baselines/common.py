@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from colora_jax._src import fitting
-from colora_jax._src.data import GroundTruth, Observations, predict
-from colora_jax._src.fitting import Metrics, Trace
+from colora_jax._src.estimators import fitting
+from colora_jax._src.estimators.fitting import Metrics, Trace
+from colora_jax._src.model.data import GroundTruth, Observations, predict
 
 
 class MethodFit(NamedTuple):

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from colora_jax._src import fitting
 from colora_jax._src.baselines.common import MethodFit, finite, floor, iterate_fit, record_fit
-from colora_jax._src.config import FitConfig
-from colora_jax._src.data import GroundTruth, Observations, predict
-from colora_jax._src.fitting import Trace
+from colora_jax._src.estimators import fitting
+from colora_jax._src.estimators.fitting import Trace
+from colora_jax._src.model.config import FitConfig
+from colora_jax._src.model.data import GroundTruth, Observations, predict
 
 
 @dataclasses.dataclass(frozen=True)

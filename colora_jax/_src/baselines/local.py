@@ -5,9 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks, fitting
+from colora_jax._src.algorithms import fit
 from colora_jax._src.baselines.common import MethodFit, finite, need_samples, record_fit
-from colora_jax._src.data import GroundTruth, Observations
+from colora_jax._src.estimators import fitting
+from colora_jax._src.model import blocks
+from colora_jax._src.model.data import GroundTruth, Observations
 
 
 def fit_local(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -> MethodFit:
@@ -22,7 +24,7 @@ def fit_local(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -
 
     def one(i, X, Y, c, t):
         mine = Observations(X[None], Y[None], obs.model, counts=None if obs.counts is None else c[None])
-        est, tr = fitting.fit(mine, fc, key=jax.random.fold_in(key, i), truth=t)
+        est, tr = fit(mine, fc, key=jax.random.fold_in(key, i), truth=t)
         return est.W[0], tr
 
     users = jnp.arange(obs.users)

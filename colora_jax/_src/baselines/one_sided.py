@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from colora_jax._src import blocks, fitting
 from colora_jax._src.baselines.common import MethodFit, finite, floor, iterate_fit, need_samples, record_fit
-from colora_jax._src.config import FitConfig, choice
-from colora_jax._src.data import GroundTruth, Observations
-from colora_jax._src.fitting import Trace
+from colora_jax._src.estimators import fitting
+from colora_jax._src.estimators.fitting import Trace
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import FitConfig, choice
+from colora_jax._src.model.data import GroundTruth, Observations
 
 
 def one_sided_fit(

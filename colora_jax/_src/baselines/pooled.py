@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from colora_jax._src import fitting
+from colora_jax._src.algorithms import fit
 from colora_jax._src.baselines.common import MethodFit
-from colora_jax._src.data import GroundTruth, Observations
+from colora_jax._src.model.data import GroundTruth, Observations
 
 
 def fit_global(obs: Observations, fc, *, key, truth: GroundTruth | None = None) -> MethodFit:
@@ -32,7 +32,7 @@ def fit_global(obs: Observations, fc, *, key, truth: GroundTruth | None = None) 
             W=Wbar,
             noise=truth.noise,
         )
-    est, tr = fitting.fit(pooled, fc, key=key, truth=mean_truth)
+    est, tr = fit(pooled, fc, key=key, truth=mean_truth)
     # the pooled fit counts every stored row; report the mean over the used samples
     tr = tr._replace(objective=tr.objective * ((k * n) / jnp.sum(obs.sample_counts()).astype(tr.objective.dtype)))
     if truth is not None:

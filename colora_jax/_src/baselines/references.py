@@ -7,9 +7,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import altmin, blocks, fitting
 from colora_jax._src.baselines.common import MethodFit, finite, need_samples, record_fit
-from colora_jax._src.data import GroundTruth, Observations
+from colora_jax._src.estimators import altmin, fitting
+from colora_jax._src.model import blocks
+from colora_jax._src.model.data import GroundTruth, Observations
 
 
 def fit_oracle(obs: Observations, fc, *, key=None, truth: GroundTruth | None = None) -> MethodFit:

@@ -29,14 +29,14 @@ CHILD, READY = "--child", "ready"
 
 def _child(samples: int, trials: int, core: int | None) -> dict:
     """Run ``trials`` trials twice in this process (on ``core`` alone, or every core); time the second."""
-    from colora_jax._src.cpu_threads import limit_cpu_threads
+    from colora_jax._src.runtime.cpu_threads import limit_cpu_threads
 
     if core is not None:
         limit_cpu_threads(1, offset=core)
     import jax
 
-    from colora_jax._src.config import FitConfig, ProblemConfig
-    from colora_jax._src.trials import run_trials
+    from colora_jax._src.experiments.trials import run_trials
+    from colora_jax._src.model.config import FitConfig, ProblemConfig
 
     pc = ProblemConfig(model="sensing", users=50, d_out=20, d_in=20, rank=2, samples=samples)
     fc = FitConfig(rank=2)
@@ -77,7 +77,7 @@ def _together(procs: list[subprocess.Popen]) -> list[dict]:
 
 def main(samples: int = 16, trials: int = 128) -> dict:
     """The three ways, one after the other (see the module docstring)."""
-    from colora_jax._src.cpu_threads import available_cores
+    from colora_jax._src.runtime.cpu_threads import available_cores
 
     cores = len(available_cores())
     (one,) = _together([_spawn(samples, trials, 0)])

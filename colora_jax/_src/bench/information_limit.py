@@ -33,9 +33,9 @@ import jax
 import numpy as np
 
 from colora_jax import statistics
-from colora_jax._src.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
-from colora_jax._src.provenance import code_version
-from colora_jax._src.trials import plan_trials
+from colora_jax._src.experiments.trials import plan_trials
+from colora_jax._src.model.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
+from colora_jax._src.runtime.provenance import code_version
 
 
 @dataclasses.dataclass(frozen=True)

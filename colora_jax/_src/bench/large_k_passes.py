@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import colora_jax as cj
-from colora_jax._src import blocks
-from colora_jax._src.altmin import altmin_body
+from colora_jax._src.estimators.altmin import altmin_body
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import ProblemConfig
+from colora_jax._src.model.data import generate
 
 
 def best_seconds(fn, *args, repeats=3) -> float:
@@ -47,8 +48,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--samples", type=int, default=16)
     a = p.parse_args(argv)
     k, d, r, n = a.users, a.d, a.rank, a.samples
-    pc = cj.ProblemConfig(model="regression", users=k, d_out=d, d_in=d, rank=r, samples=n, noise=0.1)
-    obs = jax.jit(lambda key: cj.generate(key, pc).train)(jax.random.key(0))
+    pc = ProblemConfig(model="regression", users=k, d_out=d, d_in=d, rank=r, samples=n, noise=0.1)
+    obs = jax.jit(lambda key: generate(key, pc).train)(jax.random.key(0))
     des = jax.jit(blocks.design)(obs)
     key_u, key_v, key_s = jax.random.split(jax.random.key(1), 3)
     U = jnp.linalg.qr(jax.random.normal(key_u, (d, r)))[0]

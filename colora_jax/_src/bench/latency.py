@@ -5,7 +5,7 @@ at a fresh directory: the first run compiles everything (cold), the second loads
 from the cache (warm). Reported per run: wall seconds of the whole process (interpreter start,
 imports, tracing, compiling or loading, running, writing), and, from the command's own record,
 the seconds spent compiling (XLA backend compiles only), the compile cache's hits and misses,
-and the trial programs loaded whole (``executable_cache``: neither traced nor compiled).
+and the trial programs loaded whole (``caches.load_or_compile``: neither traced nor compiled).
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ import time
 import jax
 import numpy as np
 
-from colora_jax._src.compile_cache import enable_compile_cache, stats
-from colora_jax._src.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
-from colora_jax._src.cpu_threads import available_cores
-from colora_jax._src.trials import run_trials
-from colora_jax._src.workers import parallel_map
+from colora_jax._src.experiments.trials import run_trials
+from colora_jax._src.model.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
+from colora_jax._src.runtime.caches import enable_compile_cache, stats
+from colora_jax._src.runtime.cpu_threads import available_cores
+from colora_jax._src.runtime.workers import parallel_map
 
 USERS, D, RANK, POINTS, TRIALS = (1, 5, 20, 100), 20, 2, 12, 50
 ROWS = [(k, "colora", k) for k in USERS] + [(5, "local", 1)]  # (users, method, the k whose grid it uses)

@@ -14,9 +14,9 @@ import sys
 import jax
 
 from colora_jax._src.bench.suite import seconds_per_iteration
-from colora_jax._src.config import ProblemConfig
-from colora_jax._src.data import generate
-from colora_jax._src.sharding import fit_sharded, shard_users, users_mesh
+from colora_jax._src.experiments.sharding import fit_sharded, shard_users, users_mesh
+from colora_jax._src.model.config import ProblemConfig
+from colora_jax._src.model.data import generate
 
 
 def time_sharded(devices: int, users: int, d: int, rank=4) -> float:

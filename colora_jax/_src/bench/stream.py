@@ -17,8 +17,8 @@ import time
 import jax
 
 from colora_jax._src.bench.suite import seconds_per_iteration
-from colora_jax._src.config import ProblemConfig
-from colora_jax._src.streaming import fit_streaming, generate_chunks
+from colora_jax._src.estimators.streaming import fit_streaming, generate_chunks
+from colora_jax._src.model.config import ProblemConfig
 
 
 def main(users: int, nchunks: int) -> dict:

@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from colora_jax._src import blocks
-from colora_jax._src.altmin import altmin_body
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import generate
-from colora_jax._src.fitting import fit, initialize
-from colora_jax._src.trials import compiled_trials, generated_config, run_trials
+from colora_jax._src.algorithms import fit
+from colora_jax._src.estimators.altmin import altmin_body
+from colora_jax._src.estimators.fitting import initialize
+from colora_jax._src.experiments.trials import compiled_trials, generated_config, run_trials
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import FitConfig, ProblemConfig
+from colora_jax._src.model.data import generate
 
 
 def _child(module: str, args, env=None, timeout=3600) -> dict:

@@ -1,13 +1,13 @@
 """The estimator driver shared by every algorithm: checks, initialization, the iteration loop, the trace.
 
-``fit(observations, config)`` looks ``config.algorithm`` up in the registry
-(``registry.ALGORITHMS``) and runs it. Each algorithm is written for one problem (all its
-users); vmap ``fit`` over trials and jit it at the call site (``colora_jax.run_trials`` does
-both). The pieces here are what every algorithm shares:
+``fit(observations, config)`` (``algorithms.py``, the floor above the estimators) looks
+``config.algorithm`` up in ``ALGORITHMS`` and runs it. Each algorithm is written for one problem
+(all its users); vmap ``fit`` over trials and jit it at the call site (``colora_jax.run_trials``
+does both). The pieces here are what every algorithm shares:
 
 * ``check_observations`` / ``check_finite``: trace-time ``ValueError`` that says what to change;
-* ``fit``: concrete data far from order one are brought to a power-of-two scale near one
-  (``data_exponent``) and the estimate and trace returned in the caller's units;
+* ``data_exponent`` / ``times_power_of_two``: with them ``fit`` brings concrete data far from
+  order one to a power-of-two scale near one and returns the estimate and trace in the caller's units;
 * ``initialize``: spectral (second moments across users) or random orthonormal ``U``, ``V``;
 * ``iterate``: the ``lax.while_loop`` with budget, relative-decrease and floor stopping;
 * ``record``: the per-iteration metrics (one recorder for every estimator, the streamed
@@ -24,8 +24,6 @@ users' W stacked. Entries past ``iterations`` are NaN.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
@@ -33,11 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from colora_jax._src import blocks, registry
-from colora_jax._src.config import FitConfig, min_samples
-from colora_jax._src.data import GroundTruth, Observations
-from colora_jax._src.linalg import qr_positive
-from colora_jax._src.metrics import subspace_distance
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import FitConfig, min_samples
+from colora_jax._src.model.data import GroundTruth, Observations
+from colora_jax._src.model.linalg import qr_positive
+from colora_jax._src.model.metrics import subspace_distance
 
 
 class Estimate(NamedTuple):
@@ -472,96 +470,3 @@ def fit_by_steps(
 
     estimate, history, iterations, done = run_loop(body, params, config.iters, config.tol, s.floor, monotone)
     return estimate, make_trace(history, iterations, done, s.finite)
-
-
-def fit(
-    observations: Observations,
-    config: FitConfig = FitConfig(),
-    *,
-    key: PRNGKeyArray | None = None,
-    truth: GroundTruth | None = None,
-    optimizer=None,
-    axis_name: str | None = None,
-) -> tuple[Estimate, Trace]:
-    """Fit the shared factors and personal matrices of all users.
-
-    Args:
-      observations: the users' training data (``Observations``; ``counts`` selects a prefix
-        of each user's samples).
-      config: static settings: ``algorithm`` (a name in ``registry.ALGORITHMS``: altmin, altgd,
-        adam, varpro, centered, gnmr, scaledgd), rank, personal part, iterations, tolerance, initialization.
-      key: PRNG key, needed only for ``init="random"``.
-      truth: optional ground truth; when given, the trace records distances to it.
-      optimizer: for ``algorithm="adam"``: any optax transformation (default
-        ``optax.adam(config.learning_rate)``); it minimizes the mean squared residual.
-      axis_name: mesh axis over which users are sharded (inside ``shard_map``); the pooled
-        sums become ``psum``s over it. ``None`` for a single device.
-
-    Returns:
-      ``(Estimate, Trace)``. Iteration stops after ``config.iters`` iterations, or (all but
-      adam) once the objective's relative decrease is below ``config.tol``, or when the
-      objective reaches ``(10 eps)^2`` times the mean squared measurement.
-
-    Called on concrete arrays whose largest entries lie outside ``2^(+-16)``, ``fit`` divides X
-    and Y by powers of two (exact) that bring them near one, fits, and returns the estimate and
-    the trace in the caller's units (the objective, a squared residual, may then under- or
-    overflow the dtype; ``FitConfig.ridge`` is converted too): the result does not depend on the
-    units of X and Y. Inside ``jit``/``vmap`` the data are fitted as given; where their squares
-    underflow, the trace's ``converged`` is False (``resolvable``).
-
-    Called on concrete arrays, ``fit`` checks them (NaN or inf in a used sample is a ValueError)
-    and runs as one compiled program (cached per configuration and shapes); inside ``jit``,
-    ``vmap`` or ``shard_map`` it is traced into the caller's program.
-
-    Example:
-      >>> import jax, colora_jax as cj
-      >>> pc = cj.ProblemConfig(model="sensing", users=20, d_out=8, d_in=8, rank=2, samples=24)
-      >>> problem = cj.generate(jax.random.key(0), pc)
-      >>> estimate, trace = cj.fit(problem.train, cj.FitConfig(rank=2), truth=problem.truth)
-      >>> bool(trace.rel_error[trace.iterations] < 1e-3), estimate.S.shape
-      (True, (20, 2, 2))
-    """
-    config.validate()
-    check_observations(observations, config.rank, config.personal)
-    check_counts(observations, config.rank, config.personal)
-    check_finite(observations)
-    if not _traced(observations):
-        used = observations.masked()
-        x_exponent, y_exponent = data_exponent(used.X), data_exponent(used.Y)
-        if x_exponent or y_exponent:
-            return _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent, y_exponent)
-    return _fit(observations, config, key, truth, optimizer, axis_name)
-
-
-def _traced(observations: Observations) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in (observations.X, observations.Y))
-
-
-def _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent: int, y_exponent: int):
-    """``_fit`` on ``X 2^-x_exponent``, ``Y 2^-y_exponent``, answered in the caller's units.
-
-    In the fit's units ``W`` is ``W 2^(x_exponent - y_exponent)``: the truth is converted for the
-    trace's errors, the estimate's ``S`` (which carries the scale) and the objective back; the
-    ridge penalty ``lambda n_i ||U Delta_i V^T||^2`` is on the caller's ``W``, so its lambda
-    becomes ``lambda 2^(-2 x_exponent)``. Powers of two make every conversion exact.
-    """
-    scaled = dataclasses.replace(
-        observations,
-        X=times_power_of_two(observations.X, -x_exponent),
-        Y=times_power_of_two(observations.Y, -y_exponent),
-    )
-    if truth is not None:
-        truth = dataclasses.replace(truth, W=times_power_of_two(truth.W, x_exponent - y_exponent))
-    if config.ridge:
-        config = dataclasses.replace(config, ridge=float(config.ridge) * 2.0 ** (-2 * x_exponent))
-    estimate, trace = _fit(scaled, config, key, truth, optimizer, axis_name)
-    estimate = estimate._replace(S=times_power_of_two(estimate.S, y_exponent - x_exponent))
-    return estimate, trace._replace(objective=times_power_of_two(trace.objective, 2 * y_exponent))
-
-
-@functools.partial(jax.jit, static_argnums=(1, 4, 5))
-def _fit(observations, config, key, truth, optimizer, axis_name):
-    extra = {} if optimizer is None else {"optimizer": optimizer}  # only the first-order algorithms take one
-    return registry.algorithm(config.algorithm).fit(
-        observations, config, key=key, truth=truth, axis_name=axis_name, **extra
-    )

@@ -8,12 +8,12 @@ import time
 import jax
 import numpy as np
 
-from colora_jax._src import compile_cache
-from colora_jax._src.commands import common
-from colora_jax._src.data import STREAM_VERSION
-from colora_jax._src.provenance import code_version, device_info
-from colora_jax._src.sharding import check_divisible, sharded_evaluator, users_mesh
-from colora_jax._src.trials import method_evaluator, plan_trials, run_trials
+from colora_jax._src.cli import common
+from colora_jax._src.experiments.sharding import check_divisible, sharded_evaluator, users_mesh
+from colora_jax._src.experiments.trials import method_evaluator, plan_trials, run_trials
+from colora_jax._src.model.data import STREAM_VERSION
+from colora_jax._src.runtime import caches
+from colora_jax._src.runtime.provenance import code_version, device_info
 
 
 def register(subparsers) -> None:
@@ -106,7 +106,7 @@ def recover(args) -> dict:
         "compile_seconds": t1 - t0,
         "run_seconds": t2 - t1,
         "trials_per_second": args.trials / (t2 - t1),
-        "compile_cache": compile_cache.stats(),
+        "compile_cache": caches.stats(),
     }
     ev, tr = out.evaluation, out.trace
     if len(samples) == 1:

@@ -25,11 +25,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from colora_jax._src import executable_cache
-from colora_jax._src.config import FitConfig
-from colora_jax._src.data import GroundTruth, Observations, Problem
-from colora_jax._src.fitting import Estimate, Trace, check_finite, fit
-from colora_jax._src.trials import TrialResult, evaluate
+from colora_jax._src.algorithms import fit
+from colora_jax._src.estimators.fitting import Estimate, Trace, check_finite
+from colora_jax._src.experiments.trials import TrialResult, evaluate
+from colora_jax._src.model.config import FitConfig
+from colora_jax._src.model.data import GroundTruth, Observations, Problem
+from colora_jax._src.runtime import caches
 
 AXIS = "users"  # the mesh axis the users are split over
 
@@ -112,9 +113,9 @@ def sharded_evaluator(devices: int):
     """A stable, hashable ``sharded_fit_and_evaluate`` over the first ``devices`` devices (``run_trials(fn=...)``).
 
     Its ``program_key`` (a name and the mesh's placement) lets the trial program be stored whole
-    (``executable_cache``), keyed by the mesh it is sharded over.
+    (``caches.load_or_compile``), keyed by the mesh it is sharded over.
     """
     mesh = users_mesh(devices)
     evaluator = functools.partial(sharded_fit_and_evaluate, mesh=mesh)
-    evaluator.program_key = ("colora-sharded", executable_cache.mesh_placement(mesh))
+    evaluator.program_key = ("colora-sharded", caches.mesh_placement(mesh))
     return evaluator

@@ -55,9 +55,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks, varpro
-from colora_jax._src.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
-from colora_jax._src.linalg import psd_solve
+from colora_jax._src.estimators import varpro
+from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.model import blocks
+from colora_jax._src.model.linalg import psd_solve
 
 
 def gauge_coordinates(r: int, diag: bool, dtype):

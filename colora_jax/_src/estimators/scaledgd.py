@@ -36,9 +36,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks, varpro
-from colora_jax._src.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
-from colora_jax._src.linalg import psd_solve
+from colora_jax._src.estimators import varpro
+from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.model import blocks
+from colora_jax._src.model.linalg import psd_solve
 
 
 def scaledgd_body(d: blocks.Design, U, V, S, lam, eta, diag: bool, axis_name=None):

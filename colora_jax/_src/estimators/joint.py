@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from colora_jax._src import blocks
-from colora_jax._src.fitting import Estimate, Setup, fit_by_steps
+from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps
+from colora_jax._src.model import blocks
 
 
 def make_body(s: Setup, config, optimizer, axis_name):

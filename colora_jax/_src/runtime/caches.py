@@ -1,6 +1,30 @@
-"""Compiled trial programs saved whole, so that a warm run skips tracing and lowering too.
+"""The two caches of compiled programs: JAX's persistent compilation cache, and trial programs stored whole.
 
-JAX's persistent compilation cache (``compile_cache``) skips XLA's compile, but its key is the
+Both live under one directory and are on or off together: one module, one floor (runtime).
+
+JAX's persistent compilation cache
+----------------------------------
+
+On by default for every entry point of colora_jax.
+
+Compiling dominates a small run on a CPU (seconds per program); with the cache, a command run a
+second time (in a new process) loads its executables from disk instead. Library users opt in
+with one call, ``colora_jax.enable_compile_cache()``; the CLI, ``make demo``, the proof scripts,
+``colora bench`` and the test suite call it for you.
+
+Where (XDG conventions): ``$COLORA_JAX_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/colora_jax/jax``,
+else ``~/.cache/colora_jax/jax``. ``COLORA_JAX_CACHE_DIR=off`` (or ``0``, ``none``, or empty)
+disables it; the CLI's ``--compile-cache DIR`` / ``--no-compile-cache`` do the same per command.
+JAX keys every entry by the program, the JAX/XLA version, the device and the flags, so one
+directory serves every version and configuration. A directory that cannot be written, or
+entries that cannot be read, degrade to compiling, with one warning line.
+
+Trial programs stored whole (``load_or_compile``)
+-------------------------------------------------
+
+Compiled trial programs saved whole, so that a warm run skips tracing and lowering too.
+
+JAX's persistent compilation cache (above) skips XLA's compile, but its key is the
 lowered program, so every process still traces and lowers the trial program before it can look
 it up, most of a warm short run's time. Here the compiled executable itself is
 stored, keyed by everything that determines it *before* tracing:
@@ -49,24 +73,161 @@ import pathlib
 import pickle
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
+
+ENV = "COLORA_JAX_CACHE_DIR"
+_OFF = {"", "0", "off", "none", "false", "no"}
+_compile_state: dict[str, str | None] = {}
+_compile_counts = {"requests": 0, "hits": 0, "compiles": 0, "compile_seconds": 0.0}
+
+
+def _listen() -> None:
+    """Count this process's persistent-cache lookups and XLA compiles (JAX's monitoring events)."""
+    import jax
+
+    if _compile_state.get("listening"):
+        return
+    _compile_state["listening"] = "yes"
+
+    def event(name, **_):
+        if name == "/jax/compilation_cache/compile_requests_use_cache":
+            _compile_counts["requests"] += 1
+        elif name == "/jax/compilation_cache/cache_hits":
+            _compile_counts["hits"] += 1
+
+    def duration(name, seconds, **_):
+        if name == "/jax/core/compile/backend_compile_duration":
+            _compile_counts["compiles"] += 1
+            _compile_counts["compile_seconds"] += seconds
+
+    jax.monitoring.register_event_listener(event)
+    jax.monitoring.register_event_duration_secs_listener(duration)
+
+
+def stats() -> dict:
+    """This process so far: the cache directory, lookups, hits, misses, XLA compiles and their seconds.
+
+    ``compiles`` counts every backend compile (cache misses, and programs not cached); a warm
+    run of a command that was run before has ``misses == 0``. ``executables_loaded`` and
+    ``executables_saved`` count the trial programs stored whole (``load_or_compile``, below): a loaded
+    one is neither traced nor looked up in JAX's cache.
+    """
+    counts = {
+        "dir": _compile_state.get("dir"),
+        **_compile_counts,
+        "misses": _compile_counts["requests"] - _compile_counts["hits"],
+    }
+    return counts | executable_stats()
+
+
+def default_cache_dir() -> str | None:
+    """The cache directory the environment asks for (None: disabled), see the module docstring."""
+    value = os.environ.get(ENV)
+    if value is not None:
+        return None if value.strip().lower() in _OFF else os.path.expanduser(value)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "colora_jax", "jax")
+
+
+def _writable(path: str) -> str | None:
+    """None if ``path`` can hold cache entries, else the reason it cannot."""
+    try:
+        pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None, *, disable: bool = False) -> str | None:
+    """Turn on JAX's persistent compilation cache in ``path`` (default ``default_cache_dir()``).
+
+    Every program is cached, however fast it compiled: the executables here are small and
+    compile quickly, but compiling them is what dominates a short run. Safe to call repeatedly.
+
+    Args:
+      path: the cache directory (created if missing); default from the environment.
+      disable: turn the cache off for this process instead.
+
+    Returns:
+      The directory in use, or None when the cache is off (disabled, or the directory is not
+      writable: then one warning line says so and everything compiles as usual).
+    """
+    import jax
+
+    _listen()
+    target = None if disable else (os.fspath(path) if path is not None else default_cache_dir())
+    if _compile_state.get("dir", "unset") == target:
+        return target
+    if target is not None:
+        reason = _writable(target)
+        if reason is not None:
+            print(
+                f"colora_jax: compile cache {target} is not writable ({reason}); compiling without it", file=sys.stderr
+            )
+            target = None
+    jax.config.update("jax_compilation_cache_dir", target)
+    if target is not None:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        _one_line_cache_warnings()
+    _compile_state["dir"] = target
+    return target
+
+
+_CACHE_WARNINGS = (
+    "Error reading persistent compilation cache entry",
+    "Error writing persistent compilation cache entry",
+)
+
+
+def _one_line_cache_warnings() -> None:
+    """JAX warns once per unreadable (corrupt) or unwritable entry, then compiles it: say it once."""
+    if _compile_state.get("hooked"):
+        return
+    _compile_state["hooked"] = "yes"
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if not text.startswith(_CACHE_WARNINGS):
+            return show(message, category, filename, lineno, file, line)
+        if not _compile_state.get("warned"):
+            _compile_state["warned"] = "yes"
+            reason = text.split(": ", 1)[-1]
+            where = _compile_state.get("dir")
+            print(
+                f"colora_jax: compile cache {where}: unusable entries are compiled afresh ({reason})",
+                file=sys.stderr,
+            )
+
+    warnings.showwarning = showwarning
+
+
+def cache_dir() -> str | None:
+    """The directory ``enable_compile_cache`` set up in this process (None: off or never enabled)."""
+    return _compile_state.get("dir")
+
+
+# Trial programs stored whole.
 
 SUBDIR = "colora_executables"
 FORMAT = 3  # part of every key: entries written by an older layout (or the bugs above) are never read
 MAX_BYTES = 2 * 2**30  # beyond this the least recently used entries are deleted (each is about 1 MB)
-_counts = {"executables_loaded": 0, "executables_saved": 0}
-_state: dict[str, bool] = {}
+_executable_counts = {"executables_loaded": 0, "executables_saved": 0}
+_executable_state: dict[str, bool] = {}
 
 
-def stats() -> dict:
+def executable_stats() -> dict:
     """Executables loaded from and saved to the cache by this process."""
-    return dict(_counts)
+    return dict(_executable_counts)
 
 
 @functools.cache
 def source_fingerprint() -> str:
     """sha256 over the colora_jax package's Python sources (names and contents)."""
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())
@@ -79,7 +240,7 @@ def _environment() -> str:
     import jaxlib
     from jax._src import compiler, config
 
-    from colora_jax._src.cpu_threads import available_cores
+    from colora_jax._src.runtime.cpu_threads import available_cores
 
     device = jax.devices()[0]
     # XLA's compile options: debug options from XLA_FLAGS, jax_disable_most_optimizations, ...
@@ -120,9 +281,7 @@ def entry_path(name: str, parts: tuple, placement: tuple | None = None) -> pathl
     ``placement`` (``default_placement()`` when None, or ``mesh_placement(mesh)``) is part of the
     key, so a program is never looked up for devices other than the ones it was compiled for.
     """
-    from colora_jax._src import compile_cache
-
-    root = compile_cache.cache_dir()
+    root = cache_dir()
     if root is None:
         return None
     placement = default_placement() if placement is None else placement
@@ -134,7 +293,7 @@ def entry_path(name: str, parts: tuple, placement: tuple | None = None) -> pathl
 
 def _prepare_backend() -> None:
     """Initialize what lowering would have (the CPU LAPACK kernels) before running a loaded program."""
-    if _state.get("prepared"):
+    if _executable_state.get("prepared"):
         return
     import jax
 
@@ -143,12 +302,12 @@ def _prepare_backend() -> None:
         from jax._src.lib import lapack
 
         lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float32))  # initializes the LAPACK table
-    _state["prepared"] = True
+    _executable_state["prepared"] = True
 
 
 def _warn_once(path: pathlib.Path, err: Exception) -> None:
-    if not _state.get("warned"):
-        _state["warned"] = True
+    if not _executable_state.get("warned"):
+        _executable_state["warned"] = True
         print(
             f"colora_jax: compiled program {path.name} could not be loaded ({type(err).__name__}: {err});"
             " compiling it afresh",
@@ -168,7 +327,7 @@ def load_or_compile(name: str, parts: tuple, lower: Callable, placement: tuple |
     if path is not None and path.exists():
         try:
             compiled = _load(path)
-            _counts["executables_loaded"] += 1
+            _executable_counts["executables_loaded"] += 1
             _touch(path)
             return compiled
         except Exception as err:  # a corrupt, damaged or foreign entry: compile instead
@@ -179,7 +338,7 @@ def load_or_compile(name: str, parts: tuple, lower: Callable, placement: tuple |
         compiled = lower().compile()
     try:
         _save(path, compiled)
-        _counts["executables_saved"] += 1
+        _executable_counts["executables_saved"] += 1
         evict(path.parent)
     except Exception:  # not serializable here, or not writable: the program still runs
         pass

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from colora_jax._src import counter_rng
-from colora_jax._src.config import ProblemConfig
+from colora_jax._src.model import counter_rng
+from colora_jax._src.model.config import ProblemConfig
 
 
 @jax.tree_util.register_dataclass

@@ -8,8 +8,8 @@ import math
 import sys
 
 from colora_jax._src import registry
-from colora_jax._src.config import INITS, MODELS, PERSONAL_MEANS, PERSONALS, FitConfig, ProblemConfig
-from colora_jax._src.serialization import to_jsonable
+from colora_jax._src.model.config import INITS, MODELS, PERSONAL_MEANS, PERSONALS, FitConfig, ProblemConfig
+from colora_jax._src.runtime.serialization import to_jsonable
 
 
 class UsageError(Exception):
@@ -183,8 +183,8 @@ def apply_runtime_flags(args) -> None:
     """CPU threads, the compile cache (unless disabled) and float64 when asked, before anything compiles."""
     import jax
 
-    from colora_jax._src.compile_cache import enable_compile_cache
-    from colora_jax._src.cpu_threads import limit_cpu_threads
+    from colora_jax._src.runtime.caches import enable_compile_cache
+    from colora_jax._src.runtime.cpu_threads import limit_cpu_threads
 
     limit_cpu_threads(args.threads)
     enable_compile_cache(args.compile_cache, disable=args.no_compile_cache)

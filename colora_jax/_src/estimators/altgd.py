@@ -12,8 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks
-from colora_jax._src.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.model import blocks
 
 
 def _lambda_max(M):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from colora_jax._src import registry
-from colora_jax._src.commands import common
+from colora_jax._src.cli import common
 
 
 def register(subparsers) -> None:
@@ -23,12 +23,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Print the registry's tables, or rewrite them in ``--write``'s file; returns the exit code."""
+    from colora_jax.nnx import METHOD_NAMES  # the methods with an NNX trainer (flax loads on this command only)
+
     if args.write is None:
-        print(registry.markdown_tables())
+        print(registry.markdown_tables(METHOD_NAMES))
         return 0
     path = pathlib.Path(args.write)
     try:
-        path.write_text(registry.replace_tables(path.read_text()))
+        path.write_text(registry.replace_tables(path.read_text(), METHOD_NAMES))
     except OSError as err:
         raise common.UsageError(f"cannot update {args.write} ({err.strerror or err})", "colora methods") from None
     print(f"updated the registry tables in {args.write}")

@@ -89,8 +89,8 @@ def _start(counter, cores: list[int], cache_dir: str | None, x64: bool, lifeline
         counter.value += 1
     import jax
 
-    from colora_jax._src.compile_cache import enable_compile_cache
-    from colora_jax._src.cpu_threads import limit_cpu_threads
+    from colora_jax._src.runtime.caches import enable_compile_cache
+    from colora_jax._src.runtime.cpu_threads import limit_cpu_threads
 
     limit_cpu_threads(1, offset=index, cores=cores)
     enable_compile_cache(cache_dir, disable=cache_dir is None)
@@ -119,8 +119,8 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence, workers: int) -> Ite
         return
     import jax
 
-    from colora_jax._src.compile_cache import cache_dir
-    from colora_jax._src.cpu_threads import initial_cores
+    from colora_jax._src.runtime.caches import cache_dir
+    from colora_jax._src.runtime.cpu_threads import initial_cores
 
     context = multiprocessing.get_context("spawn")
     counter = context.Value("i", 0)

@@ -60,10 +60,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from colora_jax._src import blocks
-from colora_jax._src.config import FitConfig
-from colora_jax._src.data import GroundTruth, Observations
-from colora_jax._src.fitting import (
+from colora_jax._src.estimators.fitting import (
     Estimate,
     Trace,
     check_observations,
@@ -74,8 +71,11 @@ from colora_jax._src.fitting import (
     setup,
     stopping_floor,
 )
-from colora_jax._src.linalg import psd_solve, qr_positive, top_eigenvectors
-from colora_jax._src.streaming import stored_chunks
+from colora_jax._src.estimators.streaming import stored_chunks
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import FitConfig
+from colora_jax._src.model.data import GroundTruth, Observations
+from colora_jax._src.model.linalg import psd_solve, qr_positive, top_eigenvectors
 
 JACOBIANS: tuple[str, ...] = ("kaufman", "golub-pereyra")
 CONTINUATIONS: tuple[str, ...] = ("fallback", "always", "never")

@@ -11,12 +11,12 @@ import numpy as np
 
 from colora_jax._src import registry
 from colora_jax._src.baselines.federated import FederatedConfig
-from colora_jax._src.commands import common
-from colora_jax._src.config import ProblemConfig
+from colora_jax._src.cli import common
+from colora_jax._src.experiments.trials import check_memory, default_batch, generated_config, run_trials
 from colora_jax._src.methods import parameter_counts
-from colora_jax._src.provenance import code_version, device_info
-from colora_jax._src.shared_input import FEDREP_SYNTHETIC
-from colora_jax._src.trials import check_memory, default_batch, generated_config, run_trials
+from colora_jax._src.model.config import ProblemConfig
+from colora_jax._src.model.shared_input import FEDREP_SYNTHETIC
+from colora_jax._src.runtime.provenance import code_version, device_info
 
 METHODS = tuple(registry.METHODS)
 

@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from colora_jax._src import registry
-
 MODELS: tuple[str, ...] = ("regression", "sensing")
 PERSONALS: tuple[str, ...] = ("full", "diag")
 INITS: tuple[str, ...] = ("spectral", "random")
@@ -183,7 +181,7 @@ class FitConfig:
 
     rank: int = 2  # r, rank of the fitted shared adapter
     personal: str = "full"  # fitted personal part: "full" r x r or "diag"
-    algorithm: str = "altmin"  # a name in registry.ALGORITHMS (altmin, altgd, adam, varpro, centered, gnmr, scaledgd)
+    algorithm: str = "altmin"  # a name in ALGORITHMS (altmin, altgd, adam, varpro, ...): checked by fit
     iters: int = 100  # iteration budget (an iteration = S-, U- and V-step, or one optimizer step)
     tol: float = 1e-7  # stop when the objective's relative decrease falls below tol
     init: str = "spectral"  # "spectral" (second-moment) or "random" orthonormal U, V
@@ -194,7 +192,6 @@ class FitConfig:
     def validate(self) -> "FitConfig":
         """Check every field; returns ``self``, or raises ValueError saying what to change."""
         choice("personal", self.personal, PERSONALS)
-        choice("algorithm", self.algorithm, registry.ALGORITHMS)
         choice("init", self.init, INITS)
         check_integer("FitConfig", "rank", self.rank, 1)
         check_integer("FitConfig", "iters", self.iters, 1)

@@ -26,14 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from colora_jax._src import executable_cache
-from colora_jax._src.config import FitConfig, ProblemConfig, min_samples
-from colora_jax._src.data import GroundTruth, Observations, Problem, predict
-from colora_jax._src.fitting import Trace, stopping_floor
+from colora_jax._src import registry
+from colora_jax._src.algorithms import algorithm
+from colora_jax._src.estimators.fitting import Trace, stopping_floor
 from colora_jax._src.methods import fit_method
-from colora_jax._src.metrics import per_user_relative_error, relative_error, subspace_distance
-from colora_jax._src.shared_input import SharedInputConfig, generate_problem
-from colora_jax._src.workers import parallel_map, picklable
+from colora_jax._src.model.config import FitConfig, ProblemConfig, min_samples
+from colora_jax._src.model.data import GroundTruth, Observations, Problem, predict
+from colora_jax._src.model.metrics import per_user_relative_error, relative_error, subspace_distance
+from colora_jax._src.model.shared_input import SharedInputConfig, generate_problem
+from colora_jax._src.runtime import caches
+from colora_jax._src.runtime.workers import parallel_map, picklable
 
 
 class Evaluation(NamedTuple):
@@ -123,8 +125,6 @@ def fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, method: str =
 @functools.cache
 def method_evaluator(method: str) -> Callable[..., TrialResult]:
     """``fit_and_evaluate`` with the method bound: a stable, hashable ``fn`` for ``run_trials``."""
-    from colora_jax._src import registry
-
     registry.method(method)  # unknown names fail here, with the list of known ones
     return functools.partial(fit_and_evaluate, method=method)
 
@@ -271,11 +271,9 @@ def _put(a, rows, values):
 
 def _first_stage(fit_config: FitConfig, fn) -> str | None:
     """The first-stage algorithm of a CoLoRA trial program, or None (no split)."""
-    from colora_jax._src import registry
-
     if not (isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and fn.keywords == {"method": "colora"}):
         return None  # another method, or a sharded or caller's function: one program
-    return registry.ALGORITHMS[fit_config.algorithm].first_stage
+    return algorithm(fit_config.algorithm).first_stage
 
 
 def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Callable | None = None) -> CompiledTrials:
@@ -314,7 +312,7 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return CompiledTrials(generate, lower().compile())
     parts = (problem_config, fit_config, batch, method, keys.dtype, samples.dtype, noise.dtype)
-    return CompiledTrials(generate, executable_cache.load_or_compile("trials", parts, lower, placement))
+    return CompiledTrials(generate, caches.load_or_compile("trials", parts, lower, placement))
 
 
 def _example_arguments(problem_config, batch: int):
@@ -335,11 +333,11 @@ def _compiled_generator(problem_config, batch: int):
     """
     keys, noise = _example_arguments(problem_config, batch)
     parts = (problem_config, batch, keys.dtype, noise.dtype)
-    return executable_cache.load_or_compile("generate", parts, lambda: _generator(problem_config).lower(keys, noise))
+    return caches.load_or_compile("generate", parts, lambda: _generator(problem_config).lower(keys, noise))
 
 
 def _program_key(fn) -> tuple[str | None, tuple | None]:
-    """The name and placement under which ``fn``'s trial program is stored (``executable_cache``).
+    """The name and placement under which ``fn``'s trial program is stored (``caches.load_or_compile``).
 
     A ``method_evaluator`` function by its method on the default device, a function carrying a
     ``program_key`` (``sharding.sharded_evaluator``) by that, anything else not at all (None).
@@ -585,6 +583,7 @@ def _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio
         raise ValueError(f"pad_ratio must be >= 1, got {pad_ratio}")
     problem_config.validate()
     fit_config.validate()
+    algorithm(fit_config.algorithm)  # an unknown name fails here, with the list of known ones
     scalar = samples is None or np.ndim(samples) == 0
     asked = [problem_config.samples] if samples is None else [samples] if scalar else samples
     grid = [_sample_count(n) for n in asked]

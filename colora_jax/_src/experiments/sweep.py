@@ -50,13 +50,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from colora_jax._src.config import FitConfig, ProblemConfig, effective_precision
-from colora_jax._src.data import STREAM_VERSION
-from colora_jax._src.provenance import code_version
-from colora_jax._src.serialization import to_jsonable
-from colora_jax._src.shared_input import SharedInputConfig
-from colora_jax._src.trials import method_evaluator, plan_trials, trial_bytes
-from colora_jax._src.workers import parallel_map, picklable
+from colora_jax._src.experiments.trials import method_evaluator, plan_trials, trial_bytes
+from colora_jax._src.model.config import FitConfig, ProblemConfig, effective_precision
+from colora_jax._src.model.data import STREAM_VERSION
+from colora_jax._src.model.shared_input import SharedInputConfig
+from colora_jax._src.runtime.provenance import code_version
+from colora_jax._src.runtime.serialization import to_jsonable
+from colora_jax._src.runtime.workers import parallel_map, picklable
 
 try:
     import fcntl

@@ -29,10 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from colora_jax._src import blocks as bk
-from colora_jax._src.config import FitConfig, ProblemConfig
-from colora_jax._src.data import TRUTH_STREAM, Observations, generate, shared_factors
-from colora_jax._src.fitting import (
+from colora_jax._src.estimators.fitting import (
     Estimate,
     Trace,
     check_observations,
@@ -43,7 +40,10 @@ from colora_jax._src.fitting import (
     run_loop,
     stopping_floor,
 )
-from colora_jax._src.linalg import top_eigenvectors
+from colora_jax._src.model import blocks as bk
+from colora_jax._src.model.config import FitConfig, ProblemConfig
+from colora_jax._src.model.data import TRUTH_STREAM, Observations, generate, shared_factors
+from colora_jax._src.model.linalg import top_eigenvectors
 
 
 def sum_over_chunks(part, S, nchunks):

@@ -9,8 +9,8 @@ diagonal personal part the gauge is diagonal, so columns are normalized instead 
 
 from __future__ import annotations
 
-from colora_jax._src import blocks
-from colora_jax._src.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.model import blocks
 
 
 def altmin_body(d: blocks.Design, U, V, diag: bool, axis_name=None):

@@ -7,8 +7,8 @@ import json
 import pathlib
 
 from colora_jax._src.bench import cores, latency, suite
-from colora_jax._src.commands import common
-from colora_jax._src.provenance import code_version, device_info
+from colora_jax._src.cli import common
+from colora_jax._src.runtime.provenance import code_version, device_info
 
 
 def register(subparsers) -> None:

@@ -23,9 +23,8 @@ and centre steps:
   (each row of ``U``), then QR with ``R`` absorbed into every ``S_i`` and ``S_bar``;
 * input step: likewise for ``V`` with ``lambda sum_i n_i Delta_i^T Delta_i``, then QR.
 
-``colora-centered`` (a method in the registry) chooses ``lambda`` on held-out validation data:
-the last fifth of each user's samples is held out, ``lambda`` ranges over ``RIDGE_GRID``, and
-the fit with the smallest validation error is refitted on all samples.
+The method ``colora-centered`` (``baselines/centered.py``) chooses ``lambda`` on held-out
+validation data with ``fit_with_ridge``.
 """
 
 from __future__ import annotations
@@ -33,15 +32,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src import blocks, fitting
-from colora_jax._src.baselines.common import MethodFit
-from colora_jax._src.config import FitConfig, min_samples
-from colora_jax._src.data import Observations, predict
-from colora_jax._src.fitting import Estimate, Setup, normalize_U, normalize_V
-from colora_jax._src.linalg import psd_solve
-
-RIDGE_GRID = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e4)  # lambda, per sample (0: CoLoRA; 1e4: ~ one shared S)
-VALIDATION_FRACTION = 0.2  # of each user's samples held out to choose lambda
+from colora_jax._src.estimators import fitting
+from colora_jax._src.estimators.fitting import Estimate, Setup, normalize_U, normalize_V
+from colora_jax._src.model import blocks
+from colora_jax._src.model.config import FitConfig
+from colora_jax._src.model.linalg import psd_solve
 
 
 def _personal_and_centre(d: blocks.Design, U, V, weights, axis_name=None):
@@ -108,19 +103,20 @@ def centered_body(d: blocks.Design, U, V, ridge, axis_name=None):
     return current, objective, (U2, V2)
 
 
-def _check(config: FitConfig) -> None:
+def check_centered(config: FitConfig) -> None:
+    """ValueError unless ``config`` suits the centred estimator (full personal parts, a known init)."""
     if config.personal != "full":
         raise ValueError("the centred estimator pulls full r x r personal parts to a centre: use personal='full'")
     if config.init != "spectral" and config.init != "random":
         raise ValueError(f"unknown init {config.init!r}")
 
 
-def _fit(observations, config: FitConfig, ridge, *, key=None, truth=None, axis_name=None):
+def fit_with_ridge(observations, config: FitConfig, ridge, *, key=None, truth=None, axis_name=None):
     """The centred fit with a (possibly traced) ``ridge``.
 
     ``fit`` with ``algorithm="centered"`` uses ``config.ridge``.
     """
-    _check(config)
+    check_centered(config)
 
     def make_body(s: Setup, config, optimizer, axis_name):
         return (lambda p: centered_body(s.design, *p, ridge, axis_name)), (s.U, s.V)
@@ -130,46 +126,6 @@ def _fit(observations, config: FitConfig, ridge, *, key=None, truth=None, axis_n
 
 def fit_centered(observations, config, *, key=None, truth=None, axis_name=None):
     """``fit`` with ``algorithm="centered"``: the centred objective with ``lambda = config.ridge``."""
-    return _fit(
+    return fit_with_ridge(
         observations, config, jnp.asarray(config.ridge, observations.X.dtype), key=key, truth=truth, axis_name=axis_name
     )
-
-
-def validation_split(obs: Observations, fraction: float = VALIDATION_FRACTION):
-    """Training counts (the first samples of each user) and the held-out rows (the rest)."""
-    counts = obs.sample_counts()
-    held = jnp.maximum(1, jnp.floor(fraction * counts).astype(counts.dtype))
-    return counts - held, counts
-
-
-def validation_error(obs: Observations, W, start, stop):
-    """Mean squared residual of each user's rows ``start_i <= j < stop_i`` under ``W``."""
-    rows = jnp.arange(obs.samples, dtype=start.dtype)[None, :]
-    keep = (rows >= start[:, None]) & (rows < stop[:, None])
-    pred = jax.vmap(lambda w, x: predict(w, x, obs.model))(W, obs.X)
-    err = jnp.square(obs.Y - pred).reshape(obs.users, obs.samples, -1).sum(-1)
-    return jnp.sum(jnp.where(keep, err, 0.0)) / jnp.sum(stop - start)
-
-
-def fit_colora_centered(obs: Observations, fc: FitConfig, *, key=None, truth=None) -> MethodFit:
-    """Centred CoLoRA with ``lambda`` chosen on validation data (see the module docstring)."""
-    _check(fc)
-    train_counts, all_counts = validation_split(obs)
-    need = min_samples(obs.model, fc.rank, "full")
-    if int(obs.samples - max(1, int(VALIDATION_FRACTION * obs.samples))) < need:
-        raise ValueError(
-            f"colora-centered holds out a fifth of each user's samples to choose lambda: use at least"
-            f" {int(need / (1 - VALIDATION_FRACTION)) + 1} samples per user"
-        )
-    dtype = obs.X.dtype
-    grid = jnp.asarray(RIDGE_GRID, dtype)
-    train = Observations(obs.X, obs.Y, obs.model, counts=train_counts)
-
-    def score(ridge):
-        est, _ = _fit(train, fc, ridge, key=key)
-        return validation_error(obs, est.W, train_counts, all_counts)
-
-    errors = jax.vmap(score)(grid)
-    chosen = grid[jnp.argmin(jnp.where(jnp.isfinite(errors), errors, jnp.inf))]
-    est, trace = _fit(obs, fc, chosen, key=key, truth=truth)
-    return MethodFit(est.W, est.U, est.V, trace)

@@ -19,7 +19,7 @@ def git_version(*pathspecs: str) -> str | None:
     With ``-dirty`` if a tracked file matched by ``pathspecs`` (git pathspecs, e.g.
     ``":(exclude)docs"``) differs from it; None outside a git checkout.
     """
-    root = pathlib.Path(__file__).resolve().parents[2]
+    root = pathlib.Path(__file__).resolve().parents[3]
     try:
         head = subprocess.run(["git", "describe", "--always"], cwd=root, capture_output=True, text=True, timeout=10)
         status = subprocess.run(

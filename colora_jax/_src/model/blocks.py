@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from colora_jax._src.data import Observations
-from colora_jax._src.linalg import psd_solve, top_eigenvectors
+from colora_jax._src.model.data import Observations
+from colora_jax._src.model.linalg import psd_solve, top_eigenvectors
 
 
 def pool(x, axis_name: str | None):

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from colora_jax._src import counter_rng
-from colora_jax._src.config import MODELS, ProblemConfig, check_integer, check_real, choice, effective_precision
-from colora_jax._src.data import (
+from colora_jax._src.model import counter_rng
+from colora_jax._src.model.config import MODELS, ProblemConfig, check_integer, check_real, choice, effective_precision
+from colora_jax._src.model.data import (
     TEST_STREAM,
     TRAIN_STREAM,
     TRUTH_STREAM,

@@ -1,0 +1,1 @@
+"""The estimators of the CoLoRA model: the shared driver (fitting) and one module per algorithm."""

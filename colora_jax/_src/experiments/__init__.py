@@ -1,0 +1,1 @@
+"""Experiments: batched trials, resumable sweeps, trials sharded over a device mesh."""

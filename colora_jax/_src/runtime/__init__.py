@@ -1,0 +1,1 @@
+"""Runtime (the lowest floor): caches, CPU threads, worker processes, interrupts, provenance, JSON."""
