@@ -183,11 +183,12 @@ def markdown(table: dict) -> str:
     by = {(r["model"], r["estimator"], r["users"]): r for r in table["rows"]}
     for model in config["models"]:
         for estimator in config["estimators"]:
-            rows = [by[(model, estimator, k)] for k in users if (model, estimator, k) in by]
-            if not rows:
+            rows = [by.get((model, estimator, k)) for k in users]
+            if not any(rows):
                 continue
-            ms = "/".join(f"{1e3 * r['seconds_per_trial']:.1f}" for r in rows)
-            lines.append(f"| {model} | {estimator} | " + " | ".join(_interval(r) for r in rows) + f" | {ms} |")
+            ms = "/".join("-" if r is None else f"{1e3 * r['seconds_per_trial']:.1f}" for r in rows)
+            cells = " | ".join("not run" if r is None else _interval(r) for r in rows)
+            lines.append(f"| {model} | {estimator} | {cells} | {ms} |")
     return "\n".join(lines)
 
 
