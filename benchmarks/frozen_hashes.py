@@ -16,7 +16,6 @@ explained); the comparison says which entries moved.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 
@@ -25,15 +24,7 @@ import numpy as np
 
 import colora_jax as cj
 from colora_jax._src.estimators.varpro import fit_varpro_streaming
-
-
-def digest(tree) -> str:
-    """SHA-256 (20 hex digits) of every array leaf's dtype, shape and bytes, in tree order."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(tree)):
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
-    return h.hexdigest()[:20]
+from proofs_numerics._common import array_digest as digest  # dtype, shape and bytes of every leaf
 
 
 def problem(model: str, x64: bool, users: int = 6, samples: int = 30):

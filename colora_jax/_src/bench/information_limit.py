@@ -33,9 +33,11 @@ import jax
 import numpy as np
 
 from colora_jax import statistics
+from colora_jax._src.experiments.sweep import append_result, read_results
 from colora_jax._src.experiments.trials import plan_trials
 from colora_jax._src.model.config import FitConfig, ProblemConfig, degrees_of_freedom, min_samples
 from colora_jax._src.runtime.provenance import code_version
+from colora_jax._src.runtime.serialization import to_jsonable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,16 +142,13 @@ def compute_row(config: Config, model: str, estimator: str, k: int) -> dict:
 
 
 def run(config: Config, results: str | None = None, progress: bool = True) -> dict:
-    """Every row of the table; rows already in ``results`` (JSON lines) are read back, not recomputed."""
-    done = {}
-    if results and os.path.exists(results):
-        with open(results) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line: recomputed
-                done[record["key"]] = record["row"]
+    """Every row of the table; rows already in ``results`` (JSON lines) are read back, not recomputed.
+
+    The file is a sweep results file (``sweep.read_results`` / ``append_result``): torn last lines
+    are skipped and repaired, each row is forced to disk as it finishes, infinities are written as
+    null (``to_jsonable``).
+    """
+    done = {k: r["result"] for k, r in read_results(results).items()} if results else {}
     rows = []
     # estimator by estimator (both models), so an interrupted table has whole rows of the cheap ones
     specs = [(m, e, k) for e in config.estimators for m in config.models for k in config.users]
@@ -158,19 +157,23 @@ def run(config: Config, results: str | None = None, progress: bool = True) -> di
         if key not in done:
             if progress:
                 print(f"[{i + 1}/{len(specs)}] {model} {estimator} k={k}", file=sys.stderr, flush=True)
-            done[key] = compute_row(config, model, estimator, k)
+            done[key] = to_jsonable(compute_row(config, model, estimator, k))
             if results:
                 os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
-                with open(results, "a") as f:
-                    f.write(json.dumps({"key": key, "row": done[key], "code_version": code_version()}) + "\n")
+                append_result(results, {"key": key, "result": done[key], "code_version": code_version()})
         rows.append(done[key])
     return {"config": dataclasses.asdict(config), "rows": rows}
 
 
+def _finite(value) -> bool:
+    """A finite number (a row read back holds null where it had an infinity)."""
+    return value is not None and math.isfinite(value)
+
+
 def _interval(row: dict) -> str:
-    if not math.isfinite(row["n50"]):
+    if not _finite(row["n50"]):
         return f"> {row['grid'][-1] / row['m_star']:.2f}"
-    high = f"{row['ratio_high']:.2f}" if math.isfinite(row["ratio_high"]) else "inf"
+    high = f"{row['ratio_high']:.2f}" if _finite(row["ratio_high"]) else "inf"
     return f"{row['ratio']:.2f} [{row['ratio_low']:.2f}, {high}]"
 
 
