@@ -18,21 +18,31 @@ if "jax" not in _sys.modules:
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from colora_jax._src.algorithms import fit as fit
+from colora_jax._src.algorithms import fit_chunks as fit_chunks
+from colora_jax._src.algorithms import fit_streaming as fit_streaming
+from colora_jax._src.algorithms import fit_varpro_chunks as fit_varpro_chunks
+from colora_jax._src.algorithms import resolve as resolve
 from colora_jax._src.baselines.common import MethodFit as MethodFit
 from colora_jax._src.baselines.federated import FederatedConfig as FederatedConfig
 from colora_jax._src.baselines.federated import LoRAFactors as LoRAFactors
 from colora_jax._src.baselines.federated import federated_lora as federated_lora
 from colora_jax._src.baselines.one_sided import one_sided_fit as one_sided_fit
+from colora_jax._src.estimators.altgd import AltGD as AltGD
+from colora_jax._src.estimators.altmin import AltMin as AltMin
+from colora_jax._src.estimators.centered import Centered as Centered
 from colora_jax._src.estimators.fitting import Estimate as Estimate
+from colora_jax._src.estimators.fitting import Estimator as Estimator
 from colora_jax._src.estimators.fitting import Trace as Trace
 from colora_jax._src.estimators.fitting import check_observations as check_observations
-from colora_jax._src.estimators.streaming import PlantedChunks as PlantedChunks
-from colora_jax._src.estimators.streaming import fit_chunks as fit_chunks
-from colora_jax._src.estimators.streaming import fit_streaming as fit_streaming
-from colora_jax._src.estimators.streaming import generate_chunks as generate_chunks
+from colora_jax._src.estimators.gnmr import GNMR as GNMR
+from colora_jax._src.estimators.joint import Adam as Adam
+from colora_jax._src.estimators.scaledgd import ScaledGD as ScaledGD
+from colora_jax._src.estimators.users import AllUsers as AllUsers
+from colora_jax._src.estimators.users import UserChunks as UserChunks
+from colora_jax._src.estimators.users import Users as Users
+from colora_jax._src.estimators.varpro import VarPro as VarPro
 from colora_jax._src.estimators.varpro import VarProOptions as VarProOptions
 from colora_jax._src.estimators.varpro import fit_varpro as fit_varpro
-from colora_jax._src.estimators.varpro import fit_varpro_chunks as fit_varpro_chunks
 from colora_jax._src.experiments.sharding import fit_sharded as fit_sharded
 from colora_jax._src.experiments.sharding import shard_users as shard_users
 from colora_jax._src.experiments.sharding import users_mesh as users_mesh
@@ -67,6 +77,8 @@ from colora_jax._src.model.blocks import personal_step as personal_step
 from colora_jax._src.model.blocks import residuals as residuals
 from colora_jax._src.model.blocks import spectral_init as spectral_init
 from colora_jax._src.model.blocks import sum_squares as sum_squares
+from colora_jax._src.model.chunks import PlantedChunks as PlantedChunks
+from colora_jax._src.model.chunks import generate_chunks as generate_chunks
 from colora_jax._src.model.config import FitConfig as FitConfig
 from colora_jax._src.model.config import ProblemConfig as ProblemConfig
 from colora_jax._src.model.config import degrees_of_freedom as degrees_of_freedom
@@ -105,13 +117,20 @@ __version__ = "0.2.0"
 
 __all__ = (
     "ALGORITHMS",
+    "Adam",
+    "AllUsers",
+    "AltGD",
+    "AltMin",
     "Cell",
+    "Centered",
     "Design",
     "Estimate",
+    "Estimator",
     "Evaluation",
     "FEDREP_SYNTHETIC",
     "FederatedConfig",
     "FitConfig",
+    "GNMR",
     "GroundTruth",
     "LoRAFactors",
     "METHODS",
@@ -121,10 +140,14 @@ __all__ = (
     "Problem",
     "ProblemConfig",
     "STREAM_VERSION",
+    "ScaledGD",
     "SharedInputConfig",
     "SweepResult",
     "Trace",
     "TrialResult",
+    "UserChunks",
+    "Users",
+    "VarPro",
     "VarProOptions",
     "cell_key",
     "cell_trials",
@@ -174,6 +197,7 @@ __all__ = (
     "read_results",
     "relative_error",
     "residuals",
+    "resolve",
     "run_cells",
     "run_trials",
     "shard_users",

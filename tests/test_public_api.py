@@ -6,7 +6,8 @@ import colora_jax
 import colora_jax.nnx
 
 CORE = """
-ALGORITHMS Cell Design Estimate Evaluation FEDREP_SYNTHETIC FederatedConfig FitConfig GroundTruth LoRAFactors
+ALGORITHMS Adam AllUsers AltGD AltMin Centered Estimator GNMR ScaledGD UserChunks Users VarPro resolve
+Cell Design Estimate Evaluation FEDREP_SYNTHETIC FederatedConfig FitConfig GroundTruth LoRAFactors
 METHODS MethodFit Observations PlantedChunks Problem ProblemConfig STREAM_VERSION SharedInputConfig SweepResult
 Trace TrialResult VarProOptions cell_key cell_trials check_observations chordal_distance_squared code_version
 data_digest degrees_of_freedom design

@@ -28,7 +28,7 @@ import pytest  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import colora_jax as cj  # noqa: E402
-from colora_jax._src.estimators import gnmr, scaledgd, varpro  # noqa: E402
+from colora_jax._src.estimators import varpro  # noqa: E402
 from colora_jax._src.model import blocks  # noqa: E402
 
 SOTA = ("gnmr", "scaledgd")
@@ -108,7 +108,8 @@ def test_gnmr_step_is_the_dense_minimum_norm_gauss_newton_step(model, personal):
         step = jnp.linalg.lstsq(J, d.Y.ravel() - predictions(flat), rcond=1e-10)[0]
         dU, dV, ds = unravel(step)
         W_ref = cj.Estimate(U + dU, V + dV, S + unpick(ds)).W
-        _, _, (U2, V2, S2) = gnmr.gnmr_body(d, U, V, S, diag)
+        config = cj.FitConfig(rank=2, personal=personal)
+        _, _, (U2, V2, S2) = cj.GNMR().step((U, V, S), None, config, cj.AllUsers(d))
         assert float(jnp.max(jnp.abs(cj.Estimate(U2, V2, S2).W - W_ref))) <= 1e-10 * float(jnp.max(jnp.abs(W_ref)))
 
 
@@ -142,10 +143,10 @@ def test_scaledgd_step_is_gauge_equivariant(model):
         A = jnp.array([[2.0, 0.5], [-0.3, 0.7]])
         B = jnp.array([[0.4, 0.0], [1.0, 3.0]])
         S_g = jnp.linalg.solve(A, S) @ jnp.linalg.inv(B).T
-        lam, eta = varpro.ridge_scale(d), jnp.asarray(0.5)
-        nxt = scaledgd.scaledgd_body(d, U, V, S, lam, eta, False)[2]
-        nxt_g = scaledgd.scaledgd_body(d, U @ A, V @ B, S_g, lam, eta, False)[2]
-        W, W_g = cj.Estimate(*nxt).W, cj.Estimate(*nxt_g).W
+        lam, users, config = varpro.ridge_scale(d), cj.AllUsers(d), cj.FitConfig(rank=2)
+        nxt = cj.ScaledGD(step_size=0.5).step((U, V, S, lam), None, config, users)[2]
+        nxt_g = cj.ScaledGD(step_size=0.5).step((U @ A, V @ B, S_g, lam), None, config, users)[2]
+        W, W_g = cj.Estimate(*nxt[:3]).W, cj.Estimate(*nxt_g[:3]).W
         assert float(jnp.max(jnp.abs(W - W_g))) <= 1e-12 * float(jnp.max(jnp.abs(W)))
         assert float(jnp.max(jnp.abs(W - cj.Estimate(U, V, S).W))) > 1e-3  # the step moved
 

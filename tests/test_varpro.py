@@ -117,9 +117,12 @@ def test_fallback_is_the_better_of_the_plain_and_the_continued_fit(seed, x64):
     for mode in ("never", "always", "fallback"):
         _, trace = run_fit(fc, p.train, p.truth, continuation=mode)
         final[mode] = float(trace.objective[int(trace.iterations)])
-    assert final["fallback"] == min(final["never"], final["always"]) or final["fallback"] == final["never"]
-    if final["never"] > 1e-20:  # the plain fit did not interpolate: the continuation was tried
-        assert final["fallback"] == min(final["never"], final["always"])
+    # the fits stop at the first iterate below the stopping floor, so two programs (fallback, always)
+    # reaching it agree to the floor, not to the bit (their GEMMs may round differently)
+    floor = float((10 * jnp.finfo(jnp.float64).eps) ** 2 * jnp.mean(jnp.square(p.train.Y)))
+    assert final["fallback"] <= min(final["never"], final["always"]) + floor
+    if final["never"] > floor:  # the plain fit did not interpolate: the continuation was tried
+        assert final["fallback"] <= final["always"] + floor
 
 
 NEAR = dict(shape=(6, 8, 8), samples=9)  # sensing, k = 6, d = 8: m* = 6.7, n = 9 (1.34 m*): some starts fail
@@ -368,7 +371,7 @@ def test_degenerate_problems_give_finite_results(case, x64):
 SMALL_FIT = cj.FitConfig(iters=6, tol=0.0)
 # a deterministic path for the equality tests (the fallback's choice between two fits that end at the same
 # noisy minimum could flip on rounding): the continuation always, 4 iterations
-SHORT_PATH = dict(continuation="always", ridge_start=1.0, ridge_stop=0.5, ridge_decay=0.8)
+SHORT_PATH = dict(continuation="always", continuation_start=1.0, continuation_stop=0.5, continuation_decay=0.8)
 
 
 def test_batched_equals_looped_with_restarts_until_exact(x64):
@@ -429,7 +432,8 @@ def test_streamed_equals_in_memory(model, samples, x64):
     prob = jax.jit(cj.generate, static_argnums=1)(jax.random.key(1), pc)
     fc = cj.FitConfig(iters=3, tol=0.0)
     ref, ref_trace = jax.jit(lambda o, t: varpro.fit_varpro(o, fc, truth=t, **SHORT_PATH))(prob.train, prob.truth)
-    run = jax.jit(lambda o, U, V: varpro.fit_varpro_streaming(o, fc, nchunks=3, truth_U=U, truth_V=V, **SHORT_PATH))
+    streamed = dataclasses.replace(fc, algorithm=cj.VarPro(**SHORT_PATH))
+    run = jax.jit(lambda o, U, V: cj.fit_streaming(o, streamed, nchunks=3, truth_U=U, truth_V=V))
     est, trace = run(prob.train, prob.truth.U, prob.truth.V)
     assert int(trace.iterations) == int(ref_trace.iterations)
     for got, want in (
@@ -510,8 +514,10 @@ def test_bad_input_says_what_to_change():
         varpro.fit_varpro(p.train, jacobian="newton")
     with pytest.raises(ValueError, match="unknown continuation"):
         varpro.fit_varpro(p.train, continuation=True)
-    with pytest.raises(ValueError, match="ridge_decay"):
-        varpro.fit_varpro(p.train, ridge_decay=1.5)
+    with pytest.raises(ValueError, match="continuation_decay"):
+        varpro.fit_varpro(p.train, continuation_decay=1.5)
+    with pytest.warns(DeprecationWarning, match="ridge_decay"):  # the name before 0.2 still works
+        varpro.fit_varpro(p.train, cj.FitConfig(iters=1), ridge_decay=0.9)
     with pytest.raises(TypeError):
         varpro.fit_varpro(p.train, damping_schedule=3)  # not an option
 

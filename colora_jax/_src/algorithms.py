@@ -1,10 +1,13 @@
-"""The algorithms (estimators of the CoLoRA model) by name, and ``fit``, which dispatches on the name.
+"""The algorithms (estimators of the CoLoRA model) by name, and ``fit``, which resolves and runs one.
 
-``ALGORITHMS`` maps every ``FitConfig.algorithm`` to its fit function by a real import, so the
-estimators are found by any import tool; ``fit`` looks ``config.algorithm`` up here (an unknown
-name is a ValueError listing the known ones). This floor sits on the estimators and under the
+``ALGORITHMS`` maps every registered name to an ``Algorithm``: a default ``Estimator`` object
+(imported for real, so any import tool sees the estimators) and a one-line description.
+``FitConfig.algorithm`` is a name here or an estimator object with its own options
+(``FitConfig(algorithm=AltGD(step_size=0.3))``); ``resolve`` turns either into the object, once,
+at the public boundary (``fit``, ``fit_chunks``), where ``check_fit`` also checks everything;
+the estimators trust what they are given. This floor sits on the estimators and under the
 baselines, which call ``fit``. Adding an estimator is one module in ``estimators/`` plus one
-entry below.
+entry below; the conformance test runs it in every execution mode.
 """
 
 from __future__ import annotations
@@ -14,38 +17,29 @@ import functools
 from collections.abc import Callable
 
 import jax
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from colora_jax._src.estimators.altgd import fit_altgd
-from colora_jax._src.estimators.altmin import fit_altmin
-from colora_jax._src.estimators.centered import fit_centered
-from colora_jax._src.estimators.fitting import (
-    Estimate,
-    Trace,
-    check_counts,
-    check_finite,
-    check_observations,
-    data_exponent,
-    times_power_of_two,
-)
-from colora_jax._src.estimators.gnmr import fit_gnmr
-from colora_jax._src.estimators.joint import fit_joint
-from colora_jax._src.estimators.scaledgd import fit_scaledgd
-from colora_jax._src.estimators.varpro import fit_varpro, fit_varpro_plain, fit_varpro_restarts
+from colora_jax._src.estimators.altgd import AltGD
+from colora_jax._src.estimators.altmin import AltMin
+from colora_jax._src.estimators.centered import Centered
+from colora_jax._src.estimators.fitting import Estimate, Estimator, Trace, check_fit, data_exponent, times_power_of_two
+from colora_jax._src.estimators.gnmr import GNMR
+from colora_jax._src.estimators.joint import Adam
+from colora_jax._src.estimators.scaledgd import ScaledGD
+from colora_jax._src.estimators.users import AllUsers, UserChunks, stored_chunks
+from colora_jax._src.estimators.varpro import ROBUST_RESTARTS, VarPro
+from colora_jax._src.model import blocks
 from colora_jax._src.model.config import FitConfig
 from colora_jax._src.model.data import GroundTruth, Observations
 
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
-    """An estimator of the CoLoRA model ``U S_i V^T`` (``FitConfig.algorithm``)."""
+    """A registered estimator: its name (``FitConfig.algorithm``), default object and description."""
 
     name: str
-    fit: Callable  # called as fit(observations, config, *, key, truth, optimizer, axis_name)
+    estimator: Estimator  # the default options; FitConfig's shorthand fields apply to it (Estimator.configured)
     description: str  # one line, for --help and the docs table
-    first_stage: str | None = None  # an algorithm whose fit this one returns unchanged wherever that fit is
-    #   exact (reaches the stopping floor): the trial driver runs it on every trial, then this one only on
-    #   the others, in a smaller batch (trials.SplitFit), so a hard trial does not hold the whole batch
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -53,51 +47,50 @@ ALGORITHMS: dict[str, Algorithm] = {
     for a in (
         Algorithm(
             "altmin",
-            fit_altmin,
+            AltMin(),
             "exact alternating minimization: per-user r^2 least squares, pooled U and V least squares",
         ),
         Algorithm(
             "altgd",
-            fit_altgd,
+            AltGD(),
             "exact personal step, one gradient step on U and on V (FedRep's scheme); no (d r)^2 system",
         ),
         Algorithm(
             "adam",
-            fit_joint,
+            Adam(),
             "joint first-order training of U, V and every S_i with optax (adam by default), as LoRA is trained",
         ),
         Algorithm(
             "varpro",
-            fit_varpro,
+            VarPro(),
             "variable projection: Levenberg-Marquardt on U, V with every S_i eliminated exactly",
         ),
         Algorithm(
             "varpro-plain",
-            fit_varpro_plain,
+            VarPro(continuation="never"),
             "varpro without the ridge continuation (the first fit of varpro's fallback)",
         ),
         Algorithm(
             "varpro-restarts",
-            fit_varpro_restarts,
+            VarPro(restarts=ROBUST_RESTARTS, restart_rule="until-exact"),
             "varpro, then keyed random restarts only while no fit is exact (on noiseless data a fit above"
             " the stopping floor is a spurious stationary point); the lowest objective wins",
-            first_stage="varpro-plain",
         ),
         Algorithm(
             "centered",
-            fit_centered,
+            Centered(),
             "exact alternating minimization with S_i pulled to a shared centre:"
             " + ridge sum_i n_i ||U (S_i - S_bar) V^T||^2",
         ),
         Algorithm(
             "gnmr",
-            fit_gnmr,
+            GNMR(),
             "GNMR (Zilber-Nadler): one undamped Gauss-Newton least squares in (U, V, S_i) per iteration,"
-            " its min-norm solution (setting variant); S_i eliminated by a Schur complement",
+            " its minimum-norm step (updating variant); S_i eliminated by a Schur complement",
         ),
         Algorithm(
             "scaledgd",
-            fit_scaledgd,
+            ScaledGD(),
             "ScaledGD (Tong-Ma-Chi): simultaneous gradient steps on U, V, S_i, each preconditioned by the"
             " inverse Gram of the other factors; eta = step_size",
         ),
@@ -110,6 +103,31 @@ def algorithm(name: str) -> Algorithm:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}: choose one of {', '.join(ALGORITHMS)}")
     return ALGORITHMS[name]
+
+
+def resolve(config: FitConfig, optimizer=None) -> Estimator:
+    """The estimator ``config.algorithm`` names (with ``FitConfig``'s shorthand fields) or is.
+
+    ``optimizer`` (``fit``'s argument) goes into an estimator that takes one (``Adam``); any other
+    refuses it with a ValueError.
+    """
+    chosen = config.algorithm
+    if isinstance(chosen, Estimator):
+        estimator = chosen
+    elif isinstance(chosen, str):
+        estimator = algorithm(chosen).estimator.configured(config)
+    else:
+        raise ValueError(
+            f"FitConfig.algorithm must be a registered name ({', '.join(ALGORITHMS)}) or an Estimator"
+            f" object such as AltGD(step_size=0.3), got {chosen!r}"
+        )
+    if optimizer is not None:
+        if "optimizer" not in {f.name for f in dataclasses.fields(estimator)}:
+            raise ValueError(
+                f"{type(estimator).__name__} takes no optimizer (only adam's steps come from optax): drop optimizer="
+            )
+        estimator = dataclasses.replace(estimator, optimizer=optimizer)
+    return estimator
 
 
 def fit(
@@ -159,30 +177,28 @@ def fit(
       >>> bool(trace.rel_error[trace.iterations] < 1e-3), estimate.S.shape
       (True, (20, 2, 2))
     """
-    config.validate()
-    algorithm(config.algorithm)  # an unknown name fails here, with the list of known ones
-    check_observations(observations, config.rank, config.personal)
-    check_counts(observations, config.rank, config.personal)
-    check_finite(observations)
+    estimator = resolve(config, optimizer)
+    check_fit(observations, config, estimator, key)
     if not _traced(observations):
         used = observations.masked()
         x_exponent, y_exponent = data_exponent(used.X), data_exponent(used.Y)
         if x_exponent or y_exponent:
-            return _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent, y_exponent)
-    return _fit(observations, config, key, truth, optimizer, axis_name)
+            return _fit_rescaled(observations, config, estimator, key, truth, axis_name, x_exponent, y_exponent)
+    return _fit(observations, config, estimator, key, truth, axis_name)
 
 
 def _traced(observations: Observations) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in (observations.X, observations.Y))
 
 
-def _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_exponent: int, y_exponent: int):
+def _fit_rescaled(observations, config, estimator, key, truth, axis_name, x_exponent: int, y_exponent: int):
     """``_fit`` on ``X 2^-x_exponent``, ``Y 2^-y_exponent``, answered in the caller's units.
 
     In the fit's units ``W`` is ``W 2^(x_exponent - y_exponent)``: the truth is converted for the
-    trace's errors, the estimate's ``S`` (which carries the scale) and the objective back; the
-    ridge penalty ``lambda n_i ||U Delta_i V^T||^2`` is on the caller's ``W``, so its lambda
-    becomes ``lambda 2^(-2 x_exponent)``. Powers of two make every conversion exact.
+    trace's errors, the estimate's ``S`` (which carries the scale) and the objective back; options
+    with units follow (``Estimator.in_units``: the centred penalty ``lambda n_i ||U Delta_i V^T||^2``
+    is on the caller's ``W``, so its lambda becomes ``lambda 2^(-2 x_exponent)``). Powers of two
+    make every conversion exact.
     """
     scaled = dataclasses.replace(
         observations,
@@ -191,14 +207,75 @@ def _fit_rescaled(observations, config, key, truth, optimizer, axis_name, x_expo
     )
     if truth is not None:
         truth = dataclasses.replace(truth, W=times_power_of_two(truth.W, x_exponent - y_exponent))
-    if config.ridge:
-        config = dataclasses.replace(config, ridge=float(config.ridge) * 2.0 ** (-2 * x_exponent))
-    estimate, trace = _fit(scaled, config, key, truth, optimizer, axis_name)
+    estimate, trace = _fit(scaled, config, estimator.in_units(x_exponent), key, truth, axis_name)
     estimate = estimate._replace(S=times_power_of_two(estimate.S, y_exponent - x_exponent))
     return estimate, trace._replace(objective=times_power_of_two(trace.objective, 2 * y_exponent))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5))
-def _fit(observations, config, key, truth, optimizer, axis_name):
-    extra = {} if optimizer is None else {"optimizer": optimizer}  # only the first-order algorithms take one
-    return ALGORITHMS[config.algorithm].fit(observations, config, key=key, truth=truth, axis_name=axis_name, **extra)
+@functools.partial(jax.jit, static_argnums=(1, 2, 5))
+def _fit(observations, config, estimator, key, truth, axis_name):
+    return estimator.fit(AllUsers(blocks.design(observations), axis_name), config, key=key, truth=truth)
+
+
+def fit_chunks(
+    chunk: Callable[[Array], Observations],
+    nchunks: int,
+    config: FitConfig = FitConfig(),
+    *,
+    key: PRNGKeyArray | None = None,
+    truth_U: Float[Array, "d_out r"] | None = None,
+    truth_V: Float[Array, "d_in r"] | None = None,
+    axis_name: str | None = None,
+) -> tuple[Estimate, Trace]:
+    """``fit`` with the users visited chunk by chunk: memory linear in the users, nothing quadratic in k.
+
+    ``fit`` holds every user's design at once (for the regression model the per-user statistics
+    ``C_i = X_i^T X_i``, ``B_i = X_i^T Y_i`` are ``2 k d^2`` numbers, more than the data itself
+    when ``n < d``). Here every sum over users is a ``lax.scan`` over chunks that builds each
+    chunk's design and adds its part (``users.UserChunks``): the same estimator, the sum over
+    users split into a sum over chunks (and, given ``axis_name``, over devices). Held at once:
+    the per-user parameters (``k r^2`` for ``S``), one chunk's intermediates, and whatever
+    ``chunk(c)`` reads: the stored observations (``fit_streaming``) or nothing when ``chunk``
+    regenerates chunk ``c`` from its key on every pass.
+
+    Args:
+      chunk: ``chunk(c)`` returns the observations of users ``c m .. (c+1) m - 1`` (``c`` is a
+        traced integer: slice stored arrays with ``lax.dynamic_slice_in_dim``, or generate them
+        with ``generate(key, config, first_user=c m)``). Every chunk has the same shapes.
+      nchunks: number of chunks; the users are ``nchunks * m``.
+      config: as for ``fit`` (any registered algorithm, or an estimator object).
+      key: as for ``fit``.
+      truth_U, truth_V: optional planted shared factors; the trace then records the subspace
+        distances (``rel_error`` stays NaN: the users' ``W`` are never formed).
+      axis_name: as for ``fit``: chunks of users on each device of a ``'users'`` mesh axis.
+
+    Returns:
+      ``(Estimate, Trace)`` as ``fit`` returns them (``S`` of all users, ``k r^2`` numbers); data
+      far from order one are fitted as given (no rescaling).
+    """
+    estimator = resolve(config)
+    users = UserChunks(chunk, nchunks, axis_name)
+    check_fit(users.layout, config, estimator, key)
+    truth = None if truth_U is None and truth_V is None else (truth_U, truth_V)
+    return estimator.fit(users, config, key=key, truth=truth)
+
+
+def fit_streaming(observations: Observations, config: FitConfig = FitConfig(), *, nchunks: int, **kwargs):
+    """``fit_chunks`` over stored observations cut into ``nchunks`` chunks of users (see there)."""
+    return fit_chunks(stored_chunks(observations, nchunks), nchunks, config, **kwargs)
+
+
+def fit_varpro_chunks(
+    chunk,
+    nchunks: int,
+    config: FitConfig = FitConfig(),
+    *,
+    key=None,
+    truth_U=None,
+    truth_V=None,
+    axis_name=None,
+    **options,
+):
+    """``fit_chunks`` with ``algorithm=VarPro(**options)`` (the form before 0.2)."""
+    config = dataclasses.replace(config, algorithm=VarPro.from_options(**options))
+    return fit_chunks(chunk, nchunks, config, key=key, truth_U=truth_U, truth_V=truth_V, axis_name=axis_name)

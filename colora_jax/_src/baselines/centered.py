@@ -11,7 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from colora_jax._src.baselines.common import MethodFit
-from colora_jax._src.estimators.centered import check_centered, fit_with_ridge
+from colora_jax._src.estimators.centered import Centered
+from colora_jax._src.estimators.fitting import check_fit
+from colora_jax._src.estimators.users import AllUsers
+from colora_jax._src.model import blocks
 from colora_jax._src.model.config import FitConfig, min_samples
 from colora_jax._src.model.data import Observations, predict
 
@@ -37,7 +40,7 @@ def validation_error(obs: Observations, W, start, stop):
 
 def fit_colora_centered(obs: Observations, fc: FitConfig, *, key=None, truth=None) -> MethodFit:
     """Centred CoLoRA with ``lambda`` chosen on validation data (see the module docstring)."""
-    check_centered(fc)
+    check_fit(obs, fc, Centered(), key)
     train_counts, all_counts = validation_split(obs)
     need = min_samples(obs.model, fc.rank, "full")
     if int(obs.samples - max(1, int(VALIDATION_FRACTION * obs.samples))) < need:
@@ -50,10 +53,10 @@ def fit_colora_centered(obs: Observations, fc: FitConfig, *, key=None, truth=Non
     train = Observations(obs.X, obs.Y, obs.model, counts=train_counts)
 
     def score(ridge):
-        est, _ = fit_with_ridge(train, fc, ridge, key=key)
+        est, _ = Centered(ridge=ridge).fit(AllUsers(blocks.design(train)), fc, key=key)
         return validation_error(obs, est.W, train_counts, all_counts)
 
     errors = jax.vmap(score)(grid)
     chosen = grid[jnp.argmin(jnp.where(jnp.isfinite(errors), errors, jnp.inf))]
-    est, trace = fit_with_ridge(obs, fc, chosen, key=key, truth=truth)
+    est, trace = Centered(ridge=chosen).fit(AllUsers(blocks.design(obs)), fc, key=key, truth=truth)
     return MethodFit(est.W, est.U, est.V, trace)

@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from colora_jax._src.baselines.common import MethodFit, finite, need_samples, record_fit
-from colora_jax._src.estimators import altmin, fitting
+from colora_jax._src.estimators import fitting
+from colora_jax._src.estimators.altmin import AltMin
+from colora_jax._src.estimators.users import AllUsers
 from colora_jax._src.model import blocks
 from colora_jax._src.model.data import GroundTruth, Observations
 
@@ -62,12 +64,12 @@ def fit_diag_span_start(obs: Observations, fc, *, key, truth: GroundTruth | None
     """
     if truth is None:
         raise ValueError("colora-diag-span needs the ground truth: pass truth=problem.truth")
-    fitting.check_observations(obs, fc.rank, "diag")
     if truth.U.shape[1] != fc.rank or truth.V.shape[1] != fc.rank:
         raise ValueError(f"colora-diag-span needs a truth of rank {fc.rank}, got {truth.U.shape[1]}")
     ku, kv = jax.random.split(key)
     rotation_u, rotation_v = random_rotation(ku, fc.rank, truth.U.dtype), random_rotation(kv, fc.rank, truth.V.dtype)
     start = (truth.U @ rotation_u, truth.V @ rotation_v)
     config = dataclasses.replace(fc, personal="diag", algorithm="altmin")
-    est, trace = fitting.fit_by_steps(altmin.make_body, obs, config, key=key, truth=truth, start=start)
+    fitting.check_fit(obs, config, AltMin(), key)
+    est, trace = AltMin().fit(AllUsers(blocks.design(obs)), config, key=key, truth=truth, start=start)
     return MethodFit(est.W, est.U, est.V, trace)

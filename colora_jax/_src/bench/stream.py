@@ -16,8 +16,9 @@ import time
 
 import jax
 
+from colora_jax._src.algorithms import fit_streaming
 from colora_jax._src.bench.suite import seconds_per_iteration
-from colora_jax._src.estimators.streaming import fit_streaming, generate_chunks
+from colora_jax._src.model.chunks import generate_chunks
 from colora_jax._src.model.config import ProblemConfig
 
 

@@ -1,4 +1,4 @@
-"""Alternating gradient descent (``algorithm="altgd"``): exact personal step, gradient steps on U, V.
+"""Alternating gradient descent (``AltGD``, registered as ``"altgd"``): exact personal step, gradient steps on U, V.
 
 FedRep's scheme (Collins et al., "Exploiting Shared Representations for Personalized Federated
 Learning", ICML 2021): every iteration solves each user's ``S_i`` exactly, then takes one
@@ -9,36 +9,61 @@ No pooled ``(d r) x (d r)`` system is formed, so it scales to large d.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V
 from colora_jax._src.model import blocks
+from colora_jax._src.model.config import check_real
 
 
 def _lambda_max(M):
     return jnp.linalg.eigvalsh(M)[-1]
 
 
-def make_body(s: Setup, config, optimizer, axis_name):
-    """``(body, params0)`` of ``altgd`` for ``fitting.iterate``: exact S-step, gradient steps on U and V."""
-    d, diag, n = s.design, config.personal == "diag", s.design.counts
+@dataclasses.dataclass(frozen=True)
+class AltGD(Estimator):
+    """Exact personal step, one gradient step on U and on V (FedRep's scheme); no ``(d r)^2`` system."""
 
-    def body(params):
+    step_size: float = 0.5  # the step is step_size / L (isotropic-design Lipschitz bound)
+
+    def check(self, config):
+        """``step_size`` a finite number > 0."""
+        check_step_size("AltGD", self.step_size)
+
+    def configured(self, config):
+        """``FitConfig.step_size`` as this step size."""
+        return dataclasses.replace(self, step_size=config.step_size)
+
+    def step(self, params, s, config, users):
+        """Exact S-step, then a gradient step on U and one on V (each re-orthonormalized)."""
         U, V = params
-        S, _, sse = blocks.personal_output_and_objective(d, U, V, diag, axis_name)
-        half_sse = lambda U_, V_: 0.5 * blocks.sum_squares(d, U_, V_, S, axis_name)
-        L_U = _lambda_max(blocks.pool(jnp.einsum("k,krs,kts->rt", n, S, S), axis_name))
-        U2 = U - (config.step_size / L_U) * jax.grad(half_sse, 0)(U, V)
+        diag = config.personal == "diag"
+
+        def personal(d, _):
+            S, _, sse = blocks.personal_output_and_objective(d, U, V, diag)
+            return (sse, jnp.einsum("k,krs,kts->rt", d.counts, S, S)), S
+
+        (sse, NU), S = users.sum(personal)
+        half_sse = lambda d, U_, V_, S_: 0.5 * blocks.sum_squares(d, U_, V_, S_)
+        gU, _ = users.sum(lambda d, S_: (jax.grad(half_sse, 1)(d, users.local(U), V, S_), None), S)
+        U2 = U - (self.step_size / _lambda_max(NU)) * gU
         U2, S2 = normalize_U(U2, S, diag)
-        L_V = _lambda_max(blocks.pool(jnp.einsum("k,ksr,kst->rt", n, S2, S2), axis_name))
-        V2 = V - (config.step_size / L_V) * jax.grad(half_sse, 1)(U2, V)
+
+        def input_part(d, S_):
+            grad = jax.grad(half_sse, 2)(d, U2, users.local(V), S_)
+            return (jnp.einsum("k,ksr,kst->rt", d.counts, S_, S_), grad), None
+
+        (NV, gV), _ = users.sum(input_part, S2)
+        V2 = V - (self.step_size / _lambda_max(NV)) * gV
         V2, _ = normalize_V(V2, S2, diag)
         return Estimate(U, V, S), sse, (U2, V2)
 
-    return body, (s.U, s.V)
 
-
-def fit_altgd(observations, config, *, key=None, truth=None, optimizer=None, axis_name=None):
-    """``fit`` with ``algorithm="altgd"`` (see the module docstring)."""
-    return fit_by_steps(make_body, observations, config, key=key, truth=truth, axis_name=axis_name)
+def check_step_size(owner: str, step_size) -> None:
+    """ValueError unless ``step_size`` is a finite number > 0."""
+    check_real(owner, "step_size", step_size)
+    if not step_size > 0:
+        raise ValueError(f"{owner}.step_size must be > 0, got {step_size}")

@@ -1,20 +1,23 @@
-"""The estimator driver shared by every algorithm: checks, initialization, the iteration loop, the trace.
+"""What every estimator shares: the ``Estimator`` protocol, the one loop, checks, start and trace.
 
-``fit(observations, config)`` (``algorithms.py``, the floor above the estimators) looks
-``config.algorithm`` up in ``ALGORITHMS`` and runs it. Each algorithm is written for one problem
-(all its users); vmap ``fit`` over trials and jit it at the call site (``colora_jax.run_trials``
-does both). The pieces here are what every algorithm shares:
+``fit(observations, config)`` (``algorithms.py``, the floor above the estimators) resolves
+``config.algorithm`` to an ``Estimator`` object, checks everything once (``check_fit``) and runs
+``Estimator.fit`` over the users (``users.Users``: in memory, sharded, or in chunks). The
+pieces here are what every estimator shares:
 
-* ``check_observations`` / ``check_finite``: trace-time ``ValueError`` that says what to change;
+* ``Estimator``: a frozen object with its options and two methods, ``start`` and ``step``;
+  its ``fit`` drives them with ``run_loop``;
+* ``check_fit`` (``check_observations``, ``check_counts``, ``check_finite``): trace-time
+  ``ValueError`` that says what to change, run once at the public boundary;
 * ``data_exponent`` / ``times_power_of_two``: with them ``fit`` brings concrete data far from
   order one to a power-of-two scale near one and returns the estimate and trace in the caller's units;
-* ``initialize``: spectral (second moments across users) or random orthonormal ``U``, ``V``;
-* ``iterate``: the ``lax.while_loop`` with budget, relative-decrease and floor stopping;
-* ``record``: the per-iteration metrics (one recorder for every estimator, the streamed
-  fit and the baselines), and ``Trace``, their history;
+* ``setup`` / ``initialize``: one pass over the users for the sample count, the floor and the
+  spectral (second moments across users) or random orthonormal start;
+* ``run_loop``: the ``lax.while_loop`` with budget, relative-decrease and floor stopping;
+* ``record``: the per-iteration metrics (one recorder for every estimator and the baselines),
+  and ``Trace``, their history;
 * ``normalize_U`` / ``normalize_V``: the gauge step ``U S V^T = Q (R S) V^T`` that keeps the
-  shared factors orthonormal without changing any user's matrix;
-* ``fit_by_steps``: the driver of the step-based algorithms (altmin, altgd, adam).
+  shared factors orthonormal without changing any user's matrix.
 
 The trace records, at index 0 the initialization and at index t the end of iteration t:
 the objective ``f / N`` (mean squared residual per used sample, in the caller's units), and when
@@ -24,17 +27,19 @@ users' W stacked. Entries past ``iterations`` are NaN.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from colora_jax._src.estimators.users import Users
 from colora_jax._src.model import blocks
 from colora_jax._src.model.config import FitConfig, min_samples
 from colora_jax._src.model.data import GroundTruth, Observations
-from colora_jax._src.model.linalg import qr_positive
+from colora_jax._src.model.linalg import qr_positive, top_eigenvectors
 from colora_jax._src.model.metrics import subspace_distance
 
 
@@ -194,8 +199,8 @@ def check_observations(obs: Observations, rank: int, personal: str) -> None:
 def check_finite(obs: Observations) -> None:
     """Eager check for NaN/inf in the used samples of concrete observations (skipped when traced)."""
     arrays = (obs.X, obs.Y) + (() if obs.counts is None else (obs.counts,))
-    if any(isinstance(a, jax.core.Tracer) for a in arrays):
-        return
+    if any(isinstance(a, (jax.core.Tracer, jax.ShapeDtypeStruct)) for a in arrays):
+        return  # traced, or only shapes (users in chunks): the trace's finite_input says
     used = obs.masked()
     for name, a in (("X", used.X), ("Y", used.Y)):
         if not bool(jnp.all(jnp.isfinite(a))):
@@ -204,7 +209,7 @@ def check_finite(obs: Observations) -> None:
 
 def check_counts(obs: Observations, rank: int, personal: str) -> None:
     """Eager check that concrete per-user ``counts`` lie in ``[min_samples, stored samples]``."""
-    if obs.counts is None or isinstance(obs.counts, jax.core.Tracer):
+    if obs.counts is None or isinstance(obs.counts, (jax.core.Tracer, jax.ShapeDtypeStruct)):
         return
     need = min_samples(obs.model, rank, personal)
     low, high = int(jnp.min(obs.counts)), int(jnp.max(obs.counts))
@@ -257,50 +262,6 @@ def resolvable(floor):
     data on a scale near one, so in-memory fits only meet this with all-zero measurements.
     """
     return floor >= jnp.finfo(floor.dtype).tiny
-
-
-def iterate(advance, state, metrics0: Metrics, iters: int, tol: float, floor, monotone: bool = True):
-    """The iteration loop shared by every estimator, inside ``lax.while_loop``.
-
-    Args:
-      advance: ``state -> (state, Metrics)``: one iteration, then the metrics of the new iterate.
-      state: the initial state (any pytree).
-      metrics0: the metrics of the initial state (recorded at index 0).
-      iters: iteration budget.
-      tol: stop once the objective's relative decrease ``(f_prev - f) / f_prev <= tol``
-        (only when ``monotone``; an optimizer that may increase f stops by budget or floor).
-      floor: stop once the objective is ``<= floor``.
-      monotone: whether each iteration cannot increase the objective (exact block steps); only
-        then does ``tol`` stop the loop.
-
-    Returns:
-      ``(state, history, iterations, converged)``: ``history`` is a ``Metrics`` of
-      ``(iters + 1,)`` arrays (index t = after iteration t, NaN past ``iterations``);
-      ``converged`` is True when the loop stopped by tolerance or floor rather than by the budget,
-      and the floor is ``resolvable``.
-    """
-    metrics0 = Metrics(*metrics0)
-    dtype = metrics0.objective.dtype
-    history = Metrics(*(jnp.full((iters + 1,), jnp.nan, dtype).at[0].set(m) for m in metrics0))
-
-    def cond(carry):
-        it, _, _, done = carry
-        return (it < iters) & ~done
-
-    def body(carry):
-        it, st, hist, _ = carry
-        st, m = advance(st)
-        m = Metrics(*m)
-        hist = Metrics(*(h.at[it + 1].set(v) for h, v in zip(hist, m)))
-        f_prev, f = hist.objective[it], m.objective
-        done = f <= floor
-        if monotone:
-            done = done | (f_prev - f <= tol * f_prev)
-        return it + 1, st, hist, done
-
-    start = (jnp.asarray(0), state, history, history.objective[0] <= floor)
-    it, state, history, done = jax.lax.while_loop(cond, body, start)
-    return state, history, it, done & resolvable(floor)
 
 
 def _zeros_like_shape(shape: jax.ShapeDtypeStruct):
@@ -364,17 +325,18 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
     return current, history, calls - 1, converged
 
 
-def initialize(d: blocks.Design, config: FitConfig, key: PRNGKeyArray | None, axis_name=None):
-    """Initial shared factors: spectral (second moments across users) or random orthonormal."""
+def initialize(users: Users, config: FitConfig, key: PRNGKeyArray | None, moments=None):
+    """Initial shared factors: spectral (top eigenvectors of the pooled second ``moments``) or random orthonormal."""
     if config.init == "spectral":
-        return blocks.spectral_init(d, config.rank, axis_name)
+        MU, MV = moments
+        return top_eigenvectors(MU, config.rank), top_eigenvectors(MV, config.rank)
     if key is None:
         raise ValueError("init='random' needs a PRNG key: pass key=jax.random.key(seed) to fit")
-    d_out = d.X.shape[2] if d.model == "sensing" else d.Y.shape[2]
-    d_in = d.X.shape[-1]
+    layout = users.layout
+    (d_out, d_in), dtype = layout.dims, layout.X.dtype
     ku, kv = jax.random.split(key)
-    U = jnp.linalg.qr(jax.random.normal(ku, (d_out, config.rank), d.X.dtype))[0]
-    V = jnp.linalg.qr(jax.random.normal(kv, (d_in, config.rank), d.X.dtype))[0]
+    U = jnp.linalg.qr(jax.random.normal(ku, (d_out, config.rank), dtype))[0]
+    V = jnp.linalg.qr(jax.random.normal(kv, (d_in, config.rank), dtype))[0]
     return U, V
 
 
@@ -417,56 +379,121 @@ def times_power_of_two(x, e):
 
 
 class Setup(NamedTuple):
-    """What every algorithm starts from: the design, the sample count, the floor, the start."""
+    """What every algorithm starts from: the sample count, the floor, the start."""
 
-    design: blocks.Design
     count: Float[Array, ""]  # samples used, all users (pooled)
     floor: Float[Array, ""]  # the stopping floor of the mean squared residual
     U: Float[Array, "d_out r"]  # initial shared factors
     V: Float[Array, "d_in r"]
-    finite: Bool[Array, ""]  # every used sample finite (every shard)
+    finite: Bool[Array, ""]  # every used sample finite (every shard, every chunk)
 
 
-def setup(observations: Observations, config: FitConfig, key, axis_name=None, start=None) -> Setup:
-    """Validate, build the design, initialize ``U`` and ``V`` (or take ``start = (U0, V0)`` as given)."""
-    config.validate()
-    check_observations(observations, config.rank, config.personal)
-    check_counts(observations, config.rank, config.personal)
-    check_finite(observations)
-    d = blocks.design(observations)
-    count = blocks.pool(jnp.sum(d.counts), axis_name)
-    floor = stopping_floor(blocks.pool(jnp.sum(jnp.square(d.Y)), axis_name) / count)
-    U, V = initialize(d, config, key, axis_name) if start is None else start
-    bad = (~(jnp.all(jnp.isfinite(d.X)) & jnp.all(jnp.isfinite(d.Y)))).astype(jnp.int32)
-    return Setup(d, count, floor, U, V, blocks.pool(bad, axis_name) == 0)
+def setup(users: Users, config: FitConfig, key, start=None) -> Setup:
+    """The pooled sample count, the stopping floor, the finiteness flag, and ``U``, ``V`` to start from.
 
-
-def fit_by_steps(
-    make_body,
-    observations: Observations,
-    config: FitConfig,
-    *,
-    key=None,
-    truth: GroundTruth | None = None,
-    optimizer=None,
-    axis_name: str | None = None,
-    monotone: bool = True,
-    start=None,
-) -> tuple[Estimate, Trace]:
-    """Run an iterative algorithm through ``run_loop``.
-
-    ``make_body(setup, config, optimizer, axis_name)`` returns ``(body, params0)`` with
-    ``body(params) -> (current Estimate, its sum of squared residuals, next params)``
-    (``run_loop``'s protocol, before the metrics are recorded). ``start = (U0, V0)`` replaces the
-    configured initialization (the references that start from given factors).
+    One pass over the users (``Users.sum``): counts, ``sum ||y||^2``, non-finite entries and, for
+    the spectral start, the second moments. ``start = (U0, V0)`` replaces the configured
+    initialization. The inputs are trusted: ``check_fit`` ran at the public boundary.
     """
-    s = setup(observations, config, key, axis_name, start)
-    step, params = make_body(s, config, optimizer, axis_name)
+    spectral = config.init == "spectral" and start is None
 
-    def body(p):
-        current, sse, nxt = step(p)
-        W = None if truth is None else current.W
-        return current, record(sse / s.count, U=current.U, V=current.V, W=W, truth=truth, axis_name=axis_name), nxt
+    def part(d, _):
+        bad = (~(jnp.all(jnp.isfinite(d.X)) & jnp.all(jnp.isfinite(d.Y)))).astype(jnp.int32)
+        moments = blocks.spectral_moments(d) if spectral else None
+        return (jnp.sum(d.counts), jnp.sum(jnp.square(d.Y)), bad, moments), None
 
-    estimate, history, iterations, done = run_loop(body, params, config.iters, config.tol, s.floor, monotone)
-    return estimate, make_trace(history, iterations, done, s.finite)
+    (count, yy, bad, moments), _ = users.sum(part)
+    floor = stopping_floor(yy / count)
+    U, V = initialize(users, config, key, moments) if start is None else start
+    return Setup(count, floor, U, V, bad == 0)
+
+
+def check_fit(layout: Observations, config: FitConfig, estimator: "Estimator", key=None) -> None:
+    """Every static check of a fit, once, at the public boundary (ValueError saying what to change).
+
+    ``layout``: the observations (or their shapes, for users visited in chunks). Concrete values
+    are checked too: counts in range, no NaN or inf in a used sample (skipped when traced).
+    """
+    config.validate()
+    estimator.check(config)
+    if key is None and (estimator.needs_key or config.init == "random"):
+        why = "init='random'" if config.init == "random" else f"{type(estimator).__name__} with restarts"
+        raise ValueError(f"{why} needs a PRNG key (it draws random starts): pass key=jax.random.key(seed) to fit")
+    check_observations(layout, config.rank, config.personal)
+    check_counts(layout, config.rank, config.personal)
+    check_finite(layout)
+
+
+def metrics_of(users: Users, objective, estimate: Estimate, truth) -> Metrics:
+    """``record`` of an iterate: with every user in memory, the W error too; in chunks, the subspaces only."""
+    if users.in_memory:
+        W = None if truth is None else estimate.W
+        return record(objective, U=estimate.U, V=estimate.V, W=W, truth=truth, axis_name=users.axis_name)
+    truth_U, truth_V = (None, None) if truth is None else truth
+    return record(objective, U=estimate.U, V=estimate.V, truth_U=truth_U, truth_V=truth_V)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """An estimator of the CoLoRA model ``W_i = U S_i V^T``: a frozen object carrying its own options.
+
+    The protocol is two methods, ``start`` and ``step``; ``fit`` drives them with the one loop
+    (``run_loop``: budget, relative decrease, floor, trace) over any ``Users`` (in memory,
+    sharded, in chunks). Every sum over users inside ``step`` goes through ``users.sum`` (or
+    ``users.pool`` for one already formed on this device's users), so the estimator is written
+    once for every execution mode. Objects are hashable: they are static arguments of ``jit``
+    (``FitConfig(algorithm=AltGD(step_size=0.3))``).
+
+    A new estimator is a subclass in its own module plus one entry in ``algorithms.ALGORITHMS``;
+    the conformance test (tests/test_estimators.py) runs every registered one.
+    """
+
+    monotone: ClassVar[bool] = True  # each iteration cannot increase the objective (then tol may stop it)
+    needs_key: ClassVar[bool] = False  # draws random numbers whatever the init (then fit needs key=)
+
+    def check(self, config: FitConfig) -> None:
+        """ValueError unless the options (and ``config``, where they interact) are valid."""
+
+    def configured(self, config: FitConfig) -> "Estimator":
+        """This estimator with ``FitConfig``'s shorthand fields applied (a registry default named by a string)."""
+        return self
+
+    def in_units(self, x_exponent: int) -> "Estimator":
+        """This estimator for data whose ``X`` is divided by ``2^x_exponent`` (options with units)."""
+        return self
+
+    @property
+    def first_stage(self) -> "Estimator | None":
+        """An estimator whose fit this one returns unchanged wherever that fit is exact (or None).
+
+        The trial driver then runs the first stage on every trial and this estimator only on
+        the others, in a smaller batch (``trials.SplitFit``).
+        """
+        return None
+
+    def start(self, s: Setup, config: FitConfig, users: Users):
+        """The loop's first parameters (default: the initial ``(U, V)``)."""
+        return s.U, s.V
+
+    def step(self, params, s: Setup, config: FitConfig, users: Users):
+        """One iteration: ``(current Estimate, its sum of squared residuals, next params)``.
+
+        ``current`` is the iterate ``params`` stand for (``run_loop``'s protocol, before the
+        metrics are recorded).
+        """
+        raise NotImplementedError
+
+    def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
+        """``(Estimate, Trace)`` from the configured start (or ``start = (U0, V0)``); inputs trusted.
+
+        ``truth``: a ``GroundTruth`` with every user in memory, ``(U*, V*)`` for users in chunks.
+        """
+        s = setup(users, config, key, start)
+        params = self.start(s, config, users)
+
+        def body(p):
+            current, sse, nxt = self.step(p, s, config, users)
+            return current, metrics_of(users, sse / s.count, current, truth), nxt
+
+        estimate, history, iterations, done = run_loop(body, params, config.iters, config.tol, s.floor, self.monotone)
+        return estimate, make_trace(history, iterations, done, s.finite)

@@ -1,4 +1,4 @@
-"""Gauss-Newton on the factors, GNMR's updating variant (``algorithm="gnmr"``).
+"""Gauss-Newton on the factors, GNMR's updating variant (``GNMR``, registered as ``"gnmr"``).
 
 Zilber & Nadler, "GNMR: a provable one-line algorithm for low rank matrix recovery", SIAM J.
 Math. Data Sci. 4 (2022). For ``X = U V^T`` GNMR linearizes the factorization at the current
@@ -56,7 +56,8 @@ import jax
 import jax.numpy as jnp
 
 from colora_jax._src.estimators import varpro
-from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V
+from colora_jax._src.estimators.users import Users
 from colora_jax._src.model import blocks
 from colora_jax._src.model.linalg import psd_solve
 
@@ -72,12 +73,12 @@ def gauge_coordinates(r: int, diag: bool, dtype):
     return coords, jnp.zeros(2 * r if diag else 2 * r * r, dtype)
 
 
-def minimum_norm(U, V, S, dU, dV, dS, diag: bool, axis_name=None):
+def minimum_norm(users: Users, U, V, S, dU, dV, dS, diag: bool):
     """The minimum-norm step among ``(dU + U A, dV + V B, dS_i - A S_i - S_i B^T)`` over the gauge.
 
     Minimizes ``||dU + U A||^2 + ||dV + V B||^2 + sum_i ||dS_i - A S_i - S_i B^T||^2`` over
     ``(A, B)`` (diagonal when ``diag``): a least squares in the gauge coordinates whose user sum
-    is pooled over ``axis_name``. Every such step solves the same linearized least squares at
+    goes through ``users``. Every such step solves the same linearized least squares at
     ``(U, V, S)`` (the gauge directions are its null space).
     """
     r = U.shape[1]
@@ -85,11 +86,17 @@ def minimum_norm(U, V, S, dU, dV, dS, diag: bool, axis_name=None):
     shared = lambda c: jnp.concatenate([(U @ coords(c)[0]).ravel(), (V @ coords(c)[1]).ravel()])
     personal = lambda c, S_i: (coords(c)[0] @ S_i + S_i @ coords(c)[1].T).ravel()
     Js = jax.jacfwd(shared)(c0)  # (p_shared, q), exact: the maps are linear
-    Jp = jax.vmap(lambda S_i: jax.jacfwd(personal)(c0, S_i))(S)  # (k, r^2, q)
-    k, _, q = Jp.shape
-    G = Js.T @ Js + blocks.pool(Jp.reshape(-1, q).T @ Jp.reshape(-1, q), axis_name)
-    base = jnp.concatenate([dU.ravel(), dV.ravel()])
-    h = blocks.pool(Jp.reshape(-1, q).T @ dS.reshape(-1), axis_name) - Js.T @ base
+
+    def part(_, per_user):
+        S_, dS_ = per_user
+        Jp = jax.vmap(lambda S_i: jax.jacfwd(personal)(c0, S_i))(S_)  # (users, r^2, q)
+        q = Jp.shape[2]
+        Jp = Jp.reshape(-1, q)
+        return (Jp.T @ Jp, Jp.T @ dS_.reshape(-1)), None
+
+    (JtJ, Jtd), _ = users.sum(part, (S, dS))
+    G = Js.T @ Js + JtJ
+    h = Jtd - Js.T @ jnp.concatenate([dU.ravel(), dV.ravel()])
     A, B = coords(psd_solve(G, h))
     return dU + U @ A, dV + V @ B, dS - (A[None] @ S + S @ B.T[None])
 
@@ -128,41 +135,46 @@ def personal_given_shared_step(d: blocks.Design, star: varpro.Point, S, dU, dV, 
     return blocks.personal_from_core(dataclasses.replace(d, Y=Y2), blocks.sensing_core(XV, U), diag)
 
 
-def gnmr_body(d: blocks.Design, U, V, S, diag: bool, axis_name=None):
-    """One GNMR iteration from ``(U, V, S)``.
+@dataclasses.dataclass(frozen=True)
+class GNMR(Estimator):
+    """GNMR (Zilber-Nadler), the updating variant: one undamped Gauss-Newton least squares in ``(U, V, S_i)``."""
 
-    Returns the current iterate, its sum of squared residuals, and the next ``(U, V, S)`` (see the
-    module docstring).
-    """
-    current = Estimate(U, V, S)
-    sse = blocks.sum_squares(d, U, V, S, axis_name)
-    star = varpro.evaluate_point(d, U, V, diag, axis_name)  # exact personal solve: P^perp r, the caches
-    # the Schur complement at S; sensing: its gradient is formed from the cached residual r* (right as it is)
-    N, g = varpro.normal_equations(d, star._replace(S=S), diag, False)
-    if d.model == "regression":
-        g = _regression_reduced_gradient(d, star, S)
-    h = varpro.horizontal(blocks.pool(N, axis_name), blocks.pool(g, axis_name), varpro.gauge_projector(U, V, diag))
-    delta, _ = varpro.damped_step(h, jnp.zeros((), U.dtype))
-    n_u = U.size
-    dU, dV = delta[:n_u].reshape(U.shape), delta[n_u:].reshape(V.shape)
-    dU, dV, dS = minimum_norm(
-        U, V, S, dU, dV, personal_given_shared_step(d, star, S, dU, dV, diag) - S, diag, axis_name
-    )
-    U2, S2 = normalize_U(U + dU, S + dS, diag)
-    V2, S2 = normalize_V(V + dV, S2, diag)
-    return current, sse, (U2, V2, S2)
+    monotone = False  # full Gauss-Newton steps, as in the paper: stops by budget or floor
 
+    def start(self, s, config, users):
+        """The normalized spectral start, every ``S_i`` the exact personal solve there."""
+        diag = config.personal == "diag"
+        _, S = users.sum(lambda d, _: (None, blocks.personal_step(d, s.U, s.V, diag)))
+        U, S = normalize_U(s.U, S, diag)
+        V, S = normalize_V(s.V, S, diag)
+        return U, V, S
 
-def make_body(s: Setup, config, optimizer, axis_name):
-    """``(body, params0)`` of ``gnmr`` for ``fitting.iterate``, from the normalized spectral start."""
-    d, diag = s.design, config.personal == "diag"
-    U, S = normalize_U(s.U, blocks.personal_step(d, s.U, s.V, diag), diag)
-    V, S = normalize_V(s.V, S, diag)
-    return (lambda p: gnmr_body(d, *p, diag, axis_name)), (U, V, S)
+    def step(self, params, s, config, users):
+        """One GNMR iteration from ``(U, V, S)``: the current iterate, its objective, the next ``(U, V, S)``."""
+        U, V, S = params
+        diag = config.personal == "diag"
 
+        def linearize(d, S_):
+            sse = blocks.sum_squares(d, U, V, S_)
+            star = varpro.evaluate_point(d, U, V, diag)  # exact personal solve: P^perp r, the caches
+            # the Schur complement at S; sensing: its gradient formed from the cached residual r* (right as it is)
+            N, g = varpro.normal_equations(d, star._replace(S=S_), diag, False)
+            if d.model == "regression":
+                g = _regression_reduced_gradient(d, star, S_)
+            return (sse, N, g), None
 
-def fit_gnmr(observations, config, *, key=None, truth=None, optimizer=None, axis_name=None):
-    """``fit`` with ``algorithm="gnmr"`` (see the module docstring). Not monotone: stops by budget or floor."""
-    if optimizer is not None:
-        raise ValueError("gnmr takes no optimizer (it is a Gauss-Newton method): drop optimizer=")
-    return fit_by_steps(make_body, observations, config, key=key, truth=truth, axis_name=axis_name, monotone=False)
+        (sse, N, g), _ = users.sum(linearize, S)
+        h = varpro.horizontal(N, g, varpro.gauge_projector(U, V, diag))
+        delta, _ = varpro.damped_step(h, jnp.zeros((), U.dtype))
+        n_u = U.size
+        dU, dV = delta[:n_u].reshape(U.shape), delta[n_u:].reshape(V.shape)
+
+        def personal(d, S_):
+            star = varpro.evaluate_point(d, U, V, diag)
+            return None, personal_given_shared_step(d, star, S_, dU, dV, diag) - S_
+
+        _, dS = users.sum(personal, S)
+        dU, dV, dS = minimum_norm(users, U, V, S, dU, dV, dS, diag)
+        U2, S2 = normalize_U(U + dU, S + dS, diag)
+        V2, S2 = normalize_V(V + dV, S2, diag)
+        return Estimate(U, V, S), sse, (U2, V2, S2)

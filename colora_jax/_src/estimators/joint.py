@@ -1,43 +1,69 @@
-"""Joint first-order training of U, V and every S_i (``algorithm="adam"``), as LoRA is trained.
+"""Joint first-order training of U, V and every S_i (``Adam``, registered as ``"adam"``), as LoRA is trained.
 
 One optax step per iteration on the mean squared residual over all users' used samples
-(default ``optax.adam(config.learning_rate)``; any optax transformation can be passed).
+(default ``optax.adam(learning_rate)``; any optax transformation can be given as ``optimizer``).
 The objective may increase, so only the budget and the floor stop the loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps
+from colora_jax._src.estimators.fitting import Estimate, Estimator
 from colora_jax._src.model import blocks
+from colora_jax._src.model.config import check_real
 
 
-def make_body(s: Setup, config, optimizer, axis_name):
-    """``(body, params0)`` of ``adam`` for ``fitting.iterate``: joint first-order steps on U, V and S."""
-    d, count = s.design, s.count
-    opt = optax.adam(config.learning_rate) if optimizer is None else optimizer
-    mask = jnp.eye(config.rank, dtype=d.X.dtype)[None] if config.personal == "diag" else 1.0
-    start = Estimate(s.U, s.V, blocks.personal_step(d, s.U, s.V, config.personal == "diag"))
+@dataclasses.dataclass(frozen=True)
+class Adam(Estimator):
+    """Joint first-order training of U, V and every S_i with optax (adam by default), as LoRA is trained."""
 
-    def loss(p):
-        return blocks.sum_squares(d, p.U, p.V, p.S * mask, axis_name) / count
+    learning_rate: float = 1e-2  # of the default optax.adam
+    optimizer: Any = None  # any optax GradientTransformation (replaces optax.adam(learning_rate))
 
-    def body(state):
-        params, opt_state = state
-        sse, grads = jax.value_and_grad(lambda p: loss(p) * count)(params)
+    monotone = False
+
+    def check(self, config):
+        """``learning_rate`` a finite number > 0."""
+        check_real("Adam", "learning_rate", self.learning_rate)
+        if not self.learning_rate > 0:
+            raise ValueError(f"Adam.learning_rate must be > 0, got {self.learning_rate}")
+
+    def configured(self, config):
+        """``FitConfig.learning_rate`` as this learning rate."""
+        return dataclasses.replace(self, learning_rate=config.learning_rate)
+
+    @property
+    def transformation(self):
+        """The optax transformation: ``optimizer``, or ``optax.adam(learning_rate)``."""
+        return optax.adam(self.learning_rate) if self.optimizer is None else self.optimizer
+
+    def start(self, s, config, users):
+        """``(U0, V0, S0)`` with ``S0`` the exact personal step at the start, and the optimizer state."""
+        diag = config.personal == "diag"
+        _, S = users.sum(lambda d, _: (None, blocks.personal_step(d, s.U, s.V, diag)))
+        start = Estimate(s.U, s.V, S)
+        return start, self.transformation.init(start)
+
+    def step(self, params, s, config, users):
+        """One optax step on ``(U, V, S)`` (diagonal personal parts kept diagonal by a mask)."""
+        p, opt_state = params
+        mask = jnp.eye(config.rank, dtype=p.U.dtype)[None] if config.personal == "diag" else 1.0
+
+        def part(d, S):
+            sse, grads = jax.value_and_grad(lambda U, V, S_: blocks.sum_squares(d, U, V, S_ * mask), (0, 1, 2))(
+                users.local(p.U), users.local(p.V), S
+            )
+            return (sse, grads[0], grads[1]), grads[2]
+
+        (sse, gU, gV), gS = users.sum(part, p.S)
+        grads = Estimate(gU, gV, gS)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes its int step count with floats
-            updates, opt_state = opt.update(jax.tree.map(lambda g: g / count, grads), opt_state, params)
-        nxt = optax.apply_updates(params, updates)
-        return params, sse, (nxt._replace(S=nxt.S * mask), opt_state)
-
-    return body, (start, opt.init(start))
-
-
-def fit_joint(observations, config, *, key=None, truth=None, optimizer=None, axis_name=None):
-    """``fit`` with ``algorithm="adam"`` (see the module docstring)."""
-    return fit_by_steps(
-        make_body, observations, config, key=key, truth=truth, optimizer=optimizer, axis_name=axis_name, monotone=False
-    )
+            updates, opt_state = self.transformation.update(jax.tree.map(lambda g: g / s.count, grads), opt_state, p)
+        nxt = optax.apply_updates(p, updates)
+        return p, sse, (nxt._replace(S=nxt.S * mask), opt_state)

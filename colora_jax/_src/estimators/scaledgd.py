@@ -1,4 +1,4 @@
-"""Scaled gradient descent on ``(U, V, S)`` (``algorithm="scaledgd"``).
+"""Scaled gradient descent on ``(U, V, S)`` (``ScaledGD``, registered as ``"scaledgd"``).
 
 Tong, Ma & Chi, "Accelerating ill-conditioned low-rank matrix estimation via scaled gradient
 descent", JMLR 22 (2021). For ``X = L R^T`` ScaledGD preconditions each factor's gradient by the
@@ -18,7 +18,7 @@ the same point::
 
 ``lambda_i`` user i's Gram scale (``varpro.ridge_scale``: ``sum_j ||X_ij||^2 / (d_out d_in)`` in
 sensing, ``tr(X_i^T X_i) / d_in`` in regression; ``n_i`` for a standard Gaussian design), so
-the steps do not depend on the design's scale. ``eta = FitConfig.step_size`` (default 0.5, the
+the steps do not depend on the design's scale. ``eta = step_size`` (default 0.5, the
 paper's value). Like the paper's update, this one is equivariant under the gauge
 ``U -> U A, S_i -> A^-1 S_i B^-T, V -> V B``, so re-orthonormalizing ``U`` and ``V`` after each
 step (``normalize_U``/``normalize_V``, absorbed into every ``S_i``) changes no iterate's ``W_i``
@@ -33,55 +33,69 @@ personal solve there (the paper starts from the spectral estimate's factors).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from colora_jax._src.estimators import varpro
-from colora_jax._src.estimators.fitting import Estimate, Setup, fit_by_steps, normalize_U, normalize_V
+from colora_jax._src.estimators.altgd import check_step_size
+from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V
 from colora_jax._src.model import blocks
 from colora_jax._src.model.linalg import psd_solve
 
 
-def scaledgd_body(d: blocks.Design, U, V, S, lam, eta, diag: bool, axis_name=None):
-    """One ScaledGD iteration from ``(U, V, S)``.
+@dataclasses.dataclass(frozen=True)
+class ScaledGD(Estimator):
+    """ScaledGD (Tong-Ma-Chi): gradient steps on U, V, S_i at once, each preconditioned by the others' Gram."""
 
-    Returns the current iterate, its sum of squared residuals, and the next ``(U, V, S)`` (see the
-    module docstring). ``lam``: each user's Gram scale.
-    """
-    # f pooled inside (as altgd): under shard_map the gradients of the replicated U, V come back summed
-    # over the users' devices, and each device's gS is its own users'
-    half_sse = lambda U_, V_, S_: 0.5 * blocks.sum_squares(d, U_, V_, S_, axis_name)
-    sse_half, (gU, gV, gS) = jax.value_and_grad(half_sse, argnums=(0, 1, 2))(U, V, S)
-    VtV, UtU = V.T @ V, U.T @ U
-    PU = blocks.pool(jnp.einsum("k,kab,bc,kdc->ad", lam, S, VtV, S), axis_name)  # sum_i lam_i S_i V^T V S_i^T
-    PV = blocks.pool(jnp.einsum("k,kba,bc,kcd->ad", lam, S, UtU, S), axis_name)  # sum_i lam_i S_i^T U^T U S_i
-    U2 = U - eta * psd_solve(PU, gU.T).T
-    V2 = V - eta * psd_solve(PV, gV.T).T
-    if diag:  # the Gauss-Newton block of diagonal S_i under isotropy: lam_i (U^T U o V^T V)
-        step_S = jax.vmap(jnp.diag)(
-            jnp.linalg.solve((UtU * VtV)[None], jnp.diagonal(gS, axis1=1, axis2=2)[..., None])[..., 0]
-        )
-    else:  # (U^T U)^-1 grad_{S_i} f (V^T V)^-1
-        T = jnp.linalg.solve(UtU[None], gS)
-        step_S = jnp.swapaxes(jnp.linalg.solve(VtV[None], jnp.swapaxes(T, 1, 2)), 1, 2)
-    S2 = S - eta * step_S / jnp.where(lam > 0, lam, 1.0)[:, None, None]
-    U2, S2 = normalize_U(U2, S2, diag)
-    V2, S2 = normalize_V(V2, S2, diag)
-    return Estimate(U, V, S), 2 * sse_half, (U2, V2, S2)
+    step_size: float = 0.5  # eta (the paper's value); eta < 2/3 with three blocks moving at once
 
+    monotone = False  # a fixed step: stops by budget or floor
 
-def make_body(s: Setup, config, optimizer, axis_name):
-    """``(body, params0)`` of ``scaledgd`` for ``fitting.iterate``: preconditioned gradient steps."""
-    d, diag = s.design, config.personal == "diag"
-    lam = varpro.ridge_scale(d)
-    eta = jnp.asarray(config.step_size, d.X.dtype)
-    U, S = normalize_U(s.U, blocks.personal_step(d, s.U, s.V, diag), diag)
-    V, S = normalize_V(s.V, S, diag)
-    return (lambda p: scaledgd_body(d, *p, lam, eta, diag, axis_name)), (U, V, S)
+    def check(self, config):
+        """``step_size`` a finite number > 0."""
+        check_step_size("ScaledGD", self.step_size)
 
+    def configured(self, config):
+        """``FitConfig.step_size`` as eta."""
+        return dataclasses.replace(self, step_size=config.step_size)
 
-def fit_scaledgd(observations, config, *, key=None, truth=None, optimizer=None, axis_name=None):
-    """``fit`` with ``algorithm="scaledgd"`` (see the module docstring). Not monotone: stops by budget or floor."""
-    if optimizer is not None:
-        raise ValueError("scaledgd takes no optimizer (its step is FitConfig.step_size): drop optimizer=")
-    return fit_by_steps(make_body, observations, config, key=key, truth=truth, axis_name=axis_name, monotone=False)
+    def start(self, s, config, users):
+        """The normalized spectral start, every ``S_i`` the exact personal solve there, and each user's Gram scale."""
+        diag = config.personal == "diag"
+        _, (S, lam) = users.sum(lambda d, _: (None, (blocks.personal_step(d, s.U, s.V, diag), varpro.ridge_scale(d))))
+        U, S = normalize_U(s.U, S, diag)
+        V, S = normalize_V(s.V, S, diag)
+        return U, V, S, lam
+
+    def step(self, params, s, config, users):
+        """One ScaledGD iteration from ``(U, V, S)`` (``lam``: each user's Gram scale)."""
+        U, V, S, lam = params
+        diag = config.personal == "diag"
+        eta = jnp.asarray(self.step_size, U.dtype)
+        VtV, UtU = V.T @ V, U.T @ U
+
+        def part(d, per_user):
+            S_, lam_ = per_user
+            sse_half, (gU, gV, gS) = jax.value_and_grad(
+                lambda U_, V_, S__: 0.5 * blocks.sum_squares(d, U_, V_, S__), argnums=(0, 1, 2)
+            )(users.local(U), users.local(V), S_)
+            PU = jnp.einsum("k,kab,bc,kdc->ad", lam_, S_, VtV, S_)  # sum_i lam_i S_i V^T V S_i^T
+            PV = jnp.einsum("k,kba,bc,kcd->ad", lam_, S_, UtU, S_)  # sum_i lam_i S_i^T U^T U S_i
+            return (sse_half, gU, gV, PU, PV), gS
+
+        (sse_half, gU, gV, PU, PV), gS = users.sum(part, (S, lam))
+        U2 = U - eta * psd_solve(PU, gU.T).T
+        V2 = V - eta * psd_solve(PV, gV.T).T
+        if diag:  # the Gauss-Newton block of diagonal S_i under isotropy: lam_i (U^T U o V^T V)
+            step_S = jax.vmap(jnp.diag)(
+                jnp.linalg.solve((UtU * VtV)[None], jnp.diagonal(gS, axis1=1, axis2=2)[..., None])[..., 0]
+            )
+        else:  # (U^T U)^-1 grad_{S_i} f (V^T V)^-1
+            T = jnp.linalg.solve(UtU[None], gS)
+            step_S = jnp.swapaxes(jnp.linalg.solve(VtV[None], jnp.swapaxes(T, 1, 2)), 1, 2)
+        S2 = S - eta * step_S / jnp.where(lam > 0, lam, 1.0)[:, None, None]
+        U2, S2 = normalize_U(U2, S2, diag)
+        V2, S2 = normalize_V(V2, S2, diag)
+        return Estimate(U, V, S), 2 * sse_half, (U2, V2, S2, lam)

@@ -53,38 +53,45 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
 from colora_jax._src.estimators.fitting import (
     Estimate,
-    Trace,
-    check_observations,
+    Estimator,
+    check_fit,
     initialize,
-    iterate,
     make_trace,
-    record,
+    metrics_of,
+    run_loop,
     setup,
-    stopping_floor,
 )
-from colora_jax._src.estimators.streaming import stored_chunks
+from colora_jax._src.estimators.users import AllUsers, Users
 from colora_jax._src.model import blocks
-from colora_jax._src.model.config import FitConfig
+from colora_jax._src.model.config import FitConfig, check_integer, check_real, choice
 from colora_jax._src.model.data import GroundTruth, Observations
-from colora_jax._src.model.linalg import psd_solve, qr_positive, top_eigenvectors
+from colora_jax._src.model.linalg import psd_solve, qr_positive
 
 JACOBIANS: tuple[str, ...] = ("kaufman", "golub-pereyra")
 CONTINUATIONS: tuple[str, ...] = ("fallback", "always", "never")
 RESTART_RULES: tuple[str, ...] = ("all", "until-exact")
 
 
+_RENAMED = {"ridge_start": "continuation_start", "ridge_stop": "continuation_stop", "ridge_decay": "continuation_decay"}
+
+
 @dataclasses.dataclass(frozen=True)
-class VarProOptions:
-    """Hyper-parameters of the variable-projection estimator (beyond ``FitConfig``)."""
+class VarPro(Estimator):
+    """Variable projection: Levenberg-Marquardt on ``(U, V)`` with every ``S_i`` eliminated exactly.
+
+    Its options (beyond ``FitConfig``) are its fields; ``restarts``/``restart_rule`` draw keyed
+    random starts, so ``fit`` then needs a key.
+    """
 
     jacobian: str = "kaufman"  # reduced-residual Jacobian: "kaufman" (approximation) or "golub-pereyra" (full)
     damping: float = 1e-3  # initial LM damping mu, relative to the largest diagonal entry of the normal matrix
@@ -92,39 +99,116 @@ class VarProOptions:
     continuation: str = "fallback"  # ridge continuation (see ``continuation``): "always" before the fit; "never";
     #   "fallback": only when the plain fit from the start does not reach the stopping floor (an exact fit),
     #   then the lower final objective of the two fits wins
-    ridge_start: float = 10.0  # continuation: first ridge on the personal parts, relative to each user's Gram scale
-    ridge_stop: float = 0.1  # continuation: last ridge; the fit proper (no ridge) follows
-    ridge_decay: float = 0.92  # continuation: the ridge's factor per iteration (one LM iteration per ridge)
+    continuation_start: float = 10.0  # first ridge on the personal parts, relative to each user's Gram scale
+    continuation_stop: float = 0.1  # last ridge of the continuation; the fit proper (no ridge) follows
+    continuation_decay: float = 0.92  # the ridge's factor per iteration (one LM iteration per ridge)
     restarts: int = 0  # extra fits from random orthonormal starts (needs a key); the lowest final objective wins
     restart_rule: str = "all"  # "all": every restart runs; "until-exact": restarts run one after another only
     #   while no fit so far reaches the stopping floor (an exact fit: on noiseless data a fit above it is a
     #   spurious stationary point), so a trial whose first fit is exact runs no restart
 
+    @classmethod
+    def from_options(cls, **options) -> "VarPro":
+        """``VarPro(**options)``, accepting the names before 0.2 (``ridge_start`` etc.) with a DeprecationWarning."""
+        for old, new in _RENAMED.items():
+            if old in options:
+                warnings.warn(f"VarPro option {old!r} is now {new!r}", DeprecationWarning, stacklevel=3)
+                options[new] = options.pop(old)
+        return cls(**options)
+
+    @property
+    def needs_key(self) -> bool:
+        """Restarts draw random starts."""
+        return self.restarts > 0
+
     @property
     def continuation_iterations(self) -> int:
-        """LM iterations of the continuation: ridges ``ridge_start * ridge_decay^t >= ridge_stop``."""
+        """LM iterations of the continuation: ridges ``start * decay^t >= stop`` (the ``continuation_*`` fields)."""
         if self.continuation == "never":
             return 0
-        return 1 + int(math.floor(math.log(self.ridge_stop / self.ridge_start) / math.log(self.ridge_decay) + 1e-9))
+        ratio = math.log(self.continuation_stop / self.continuation_start) / math.log(self.continuation_decay)
+        return 1 + int(math.floor(ratio + 1e-9))
 
-    def validate(self) -> "VarProOptions":
-        if self.continuation not in CONTINUATIONS:
-            raise ValueError(f"unknown continuation {self.continuation!r}: choose one of {', '.join(CONTINUATIONS)}")
-        if self.jacobian not in JACOBIANS:
-            raise ValueError(f"unknown jacobian {self.jacobian!r}: choose one of {', '.join(JACOBIANS)}")
+    def check(self, config=None) -> "VarPro":
+        """ValueError naming the option and the fix; returns ``self``."""
+        choice("continuation", self.continuation, CONTINUATIONS)
+        choice("jacobian", self.jacobian, JACOBIANS)
+        choice("restart_rule", self.restart_rule, RESTART_RULES)
+        for name in ("damping", "continuation_start", "continuation_stop", "continuation_decay"):
+            check_real("VarPro", name, getattr(self, name))
+        check_integer("VarPro", "max_tries", self.max_tries, 1)
+        check_integer("VarPro", "restarts", self.restarts, 0)
         if not self.damping > 0:
             raise ValueError(f"damping must be > 0, got {self.damping}")
-        if self.max_tries < 1:
-            raise ValueError(f"max_tries must be >= 1, got {self.max_tries}")
-        if not 0 < self.ridge_stop <= self.ridge_start:
-            raise ValueError(f"need 0 < ridge_stop <= ridge_start, got {self.ridge_stop}, {self.ridge_start}")
-        if not 0 < self.ridge_decay < 1:
-            raise ValueError(f"ridge_decay must lie in (0, 1), got {self.ridge_decay}")
-        if self.restarts < 0:
-            raise ValueError(f"restarts must be >= 0, got {self.restarts}")
-        if self.restart_rule not in RESTART_RULES:
-            raise ValueError(f"unknown restart_rule {self.restart_rule!r}: choose one of {', '.join(RESTART_RULES)}")
+        if not 0 < self.continuation_stop <= self.continuation_start:
+            raise ValueError(
+                "need 0 < continuation_stop <= continuation_start,"
+                f" got {self.continuation_stop}, {self.continuation_start}"
+            )
+        if not 0 < self.continuation_decay < 1:
+            raise ValueError(f"continuation_decay must lie in (0, 1), got {self.continuation_decay}")
         return self
+
+    validate = check  # VarProOptions(...).validate() before 0.2
+
+    @property
+    def first_stage(self):
+        """With restarts until exact: the plain fit, returned unchanged wherever it is exact."""
+        if self.restarts and self.restart_rule == "until-exact" and self.continuation == "fallback":
+            return dataclasses.replace(self, continuation="never", restarts=0, restart_rule="all")
+        return None
+
+    def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
+        """The fit (and its fallback, restarts) over ``users``; inputs trusted.
+
+        Every sum over users goes through ``users``. With every user in memory each user's pass
+        over the data (``X_ij V`` and residuals, or ``C_i V``) is kept from the objective's
+        evaluation for the next normal equations; in chunks it is recomputed chunk by chunk (one
+        pass for the normal equations, one per Levenberg-Marquardt attempt).
+        """
+        s = setup(users, config, key, start)
+        diag, gp = config.personal == "diag", self.jacobian == "golub-pereyra"
+        keep = users.in_memory
+        scale = None if self.continuation == "never" else users.sum(lambda d, _: (None, ridge_scale(d)))[1]
+
+        def evaluate_at(U, V, alpha):
+            def part(d, scale_):
+                q = evaluate_point(d, U, V, diag, ridge=None if alpha is None else alpha * scale_)
+                return q.sse, (q.S, q.ridge, q.cache if keep else ())
+
+            sse, (S, lam, cache) = users.sum(part, scale)
+            return Point(U, V, S, sse, lam, cache)
+
+        def normal(pt):
+            def part(d, per_user):
+                S_, lam, cache = per_user
+                q = (
+                    pt._replace(S=S_, ridge=lam, cache=cache)
+                    if keep
+                    else evaluate_point(d, pt.U, pt.V, diag, S=S_, ridge=lam)
+                )
+                return normal_equations(d, q, diag, gp), None
+
+            return users.sum(part, (pt.S, pt.ridge, pt.cache))[0]
+
+        metrics = lambda q: metrics_of(users, q.sse / s.count, Estimate(q.U, q.V, q.S), truth)
+        run = lambda U, V: _fit_from(evaluate_at, normal, metrics, U, V, config, self, diag, s.floor)
+        if not self.restarts:
+            pt, history, iterations, done = run(s.U, s.V)
+        else:
+            random_init = dataclasses.replace(config, init="random")
+            keys = jax.random.split(jax.random.fold_in(key, 1), self.restarts)
+            Us, Vs = jax.vmap(lambda kk: initialize(users, random_init, kk))(keys)
+            if self.restart_rule == "all":
+                runs = jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))
+                best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))
+                pt, history, iterations, done = jax.tree.map(lambda a: a[best], runs)
+            else:
+                pt, history, iterations, done = restart_until_exact(run, s.U, s.V, Us, Vs, s.floor)
+        return Estimate(pt.U, pt.V, pt.S), make_trace(history, iterations, done, s.finite)
+
+
+VarProOptions = VarPro  # the name before 0.2 (options and estimator are one object now)
 
 
 # ----------------------------------------------------------------------------- per-user helpers
@@ -522,10 +606,10 @@ def lm_iteration(
 # ----------------------------------------------------------------------------- the driver
 
 
-def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions", skip=False):
+def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, skip=False):
     """Ridge continuation: one LM iteration on ``phi_alpha(U, V) = min_S f + sum_i alpha lambda_i ||S_i||^2``
-    for each ``alpha = ridge_start * ridge_decay^t >= ridge_stop`` (``lambda_i = ridge_scale_i``,
-    each user's Gram scale).
+    for each ``alpha = continuation_start * continuation_decay^t >= continuation_stop``
+    (``lambda_i = ridge_scale_i``, each user's Gram scale).
 
     At large ``alpha`` the personal parts are shrunk toward ``J_S^T y / lambda`` and ``phi_alpha``
     is, up to constants, ``-sum_i ||U^T M_i V||^2 / lambda_i`` with ``M_i`` the moment estimate:
@@ -536,16 +620,17 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: "VarProOptions
     Args:
       evaluate_at: ``(U, V, alpha) -> Point`` with the ridge ``alpha``.
       normal: ``Point -> (N, g)`` pooled over users.
+      U, V: the start; mu: the initial damping; diag: diagonal personal parts; opts: the estimator.
       skip: a (traced) flag: no iteration at all (a ``while_loop``, so a batch skips when all do).
 
     Returns:
       ``(U, V, mu)`` at the end of the path.
     """
-    decay = jnp.asarray(opts.ridge_decay, U.dtype)
+    decay = jnp.asarray(opts.continuation_decay, U.dtype)
 
     def stage(carry):
         t, U, V, mu = carry
-        ev = lambda U_, V_: evaluate_at(U_, V_, opts.ridge_start * decay**t)
+        ev = lambda U_, V_: evaluate_at(U_, V_, opts.continuation_start * decay**t)
         pt = ev(U, V)
         pt, mu, _ = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries)
         return t + 1, pt.U, pt.V, mu
@@ -566,23 +651,23 @@ class _Fit(NamedTuple):
         return self.history.objective[self.iterations]
 
 
-def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: "VarProOptions", diag: bool, floor):
-    """LM iterations from ``(U, V)`` under ``fitting.iterate`` (the shared stopping rules and trace)."""
-    pt = evaluate_at(U, V, None)
+def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: VarPro, diag: bool, floor):
+    """LM iterations from ``(U, V)`` under ``fitting.run_loop`` (the shared stopping rules and trace).
+
+    The loop's parameters are ``(point, mu, stuck)``: after an iteration that found no decrease,
+    the next one makes no attempt, its objective repeats and the relative-decrease rule stops.
+    """
     ev = lambda U_, V_: evaluate_at(U_, V_, None)
 
-    def advance(state):
+    def body(state):
         pt, mu, stuck = state
-        pt, mu, accepted = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries, active=~stuck)
-        return (pt, mu, ~accepted), metrics(pt)
+        nxt, mu_next, accepted = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries, active=~stuck)
+        return pt, metrics(pt), (nxt, mu_next, ~accepted)
 
-    (pt, _, _), buffers, iterations, done = iterate(
-        advance, (pt, mu, jnp.asarray(False)), metrics(pt), config.iters, config.tol, floor
-    )
-    return _Fit(pt, buffers, iterations, done)
+    return _Fit(*run_loop(body, (ev(U, V), mu, jnp.asarray(False)), config.iters, config.tol, floor))
 
 
-def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: "VarProOptions", diag: bool, floor) -> _Fit:
+def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: VarPro, diag: bool, floor) -> _Fit:
     """One fit from the start ``(U, V)``, with the ridge continuation as ``opts.continuation`` says."""
     U, V = retract(U, V, diag)
     mu = jnp.asarray(opts.damping, U.dtype)
@@ -629,18 +714,19 @@ def fit_varpro(
     observations: Observations,
     config: FitConfig = FitConfig(),
     *,
-    key: PRNGKeyArray | None = None,
+    key=None,
     truth: GroundTruth | None = None,
     optimizer=None,
     axis_name: str | None = None,
     **options,
-) -> tuple[Estimate, Trace]:
+):
     """Fit the shared factors by variable projection (Levenberg-Marquardt on ``phi(U, V)``).
 
-    Same contract as ``fit``: ``config`` gives the rank, personal part, iteration budget
-    ``iters``, tolerance ``tol`` and initialization; an iteration is one accepted
-    Levenberg-Marquardt step, after which every ``S_i`` is the exact personal solve. The
-    objective never increases.
+    ``VarPro(**options).fit`` on the observations, checked as ``fit`` checks them (without
+    ``fit``'s rescaling of data far from order one). Same contract as ``fit``: ``config`` gives
+    the rank, personal part, iteration budget ``iters``, tolerance ``tol`` and initialization; an
+    iteration is one accepted Levenberg-Marquardt step, after which every ``S_i`` is the exact
+    personal solve. The objective never increases.
 
     Args:
       observations: the users' training data (``counts`` selects a prefix of each user's samples).
@@ -649,8 +735,8 @@ def fit_varpro(
       truth: optional ground truth; when given, the trace records distances to it.
       optimizer: not taken (a Gauss-Newton method); must be None.
       axis_name: mesh axis over which users are sharded (inside ``shard_map``), else ``None``.
-      **options: fields of ``VarProOptions`` (``jacobian``, ``damping``, ``max_tries``,
-        ``continuation``, ``ridge_start``, ``ridge_stop``, ``ridge_decay``, ``restarts``,
+      **options: fields of ``VarPro`` (``jacobian``, ``damping``, ``max_tries``, ``continuation``,
+        ``continuation_start``, ``continuation_stop``, ``continuation_decay``, ``restarts``,
         ``restart_rule``).
 
     Returns:
@@ -671,179 +757,9 @@ def fit_varpro(
     """
     if optimizer is not None:
         raise ValueError("varpro takes no optimizer (it is a Gauss-Newton method): drop optimizer=")
-    opts = VarProOptions(**options).validate()
-    s = setup(observations, config, key, axis_name)
-    d, diag, gp = s.design, config.personal == "diag", opts.jacobian == "golub-pereyra"
-    scale = ridge_scale(d) if opts.continuation != "never" else None
-    evaluate_at = lambda U, V, alpha: evaluate_point(
-        d, U, V, diag, axis_name, ridge=None if alpha is None else alpha * scale
-    )
-
-    def normal(pt):
-        N, g = normal_equations(d, pt, diag, gp)
-        return blocks.pool(N, axis_name), blocks.pool(g, axis_name)
-
-    def metrics(q: Point):
-        W = None if truth is None else Estimate(q.U, q.V, q.S).W
-        return record(q.sse / s.count, U=q.U, V=q.V, W=W, truth=truth, axis_name=axis_name)
-
-    run = lambda U, V: _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, s.floor)
-    if not opts.restarts:
-        pt, history, iterations, done = run(s.U, s.V)
-    else:
-        if key is None:
-            raise ValueError("restarts > 0 draws random starts: pass key=jax.random.key(seed) to fit_varpro")
-        random_init = dataclasses.replace(config, init="random")
-        keys = jax.random.split(jax.random.fold_in(key, 1), opts.restarts)
-        Us, Vs = jax.vmap(lambda kk: initialize(d, random_init, kk, axis_name))(keys)
-        if opts.restart_rule == "all":
-            runs = jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))
-            best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))
-            pt, history, iterations, done = jax.tree.map(lambda a: a[best], runs)
-        else:
-            pt, history, iterations, done = restart_until_exact(run, s.U, s.V, Us, Vs, s.floor)
-    return Estimate(pt.U, pt.V, pt.S), make_trace(history, iterations, done, s.finite)
-
-
-def fit_varpro_plain(
-    observations: Observations,
-    config: FitConfig = FitConfig(),
-    *,
-    key: PRNGKeyArray | None = None,
-    truth: GroundTruth | None = None,
-    optimizer=None,
-    axis_name: str | None = None,
-) -> tuple[Estimate, Trace]:
-    """``fit_varpro`` with ``continuation="never"`` (registry entry ``varpro-plain``): the first
-    fit of the default fallback, so where it is exact ``varpro`` returns it unchanged."""
-    return fit_varpro(
-        observations, config, key=key, truth=truth, optimizer=optimizer, axis_name=axis_name, continuation="never"
-    )
+    estimator = VarPro.from_options(**options)
+    check_fit(observations, config, estimator, key)
+    return estimator.fit(AllUsers(blocks.design(observations), axis_name), config, key=key, truth=truth)
 
 
 ROBUST_RESTARTS = 8  # restarts of the registered "varpro-restarts" (docs/varpro.md: the measured table)
-
-
-def fit_varpro_restarts(
-    observations: Observations,
-    config: FitConfig = FitConfig(),
-    *,
-    key: PRNGKeyArray | None = None,
-    truth: GroundTruth | None = None,
-    optimizer=None,
-    axis_name: str | None = None,
-) -> tuple[Estimate, Trace]:
-    """``fit_varpro`` with ``restarts=ROBUST_RESTARTS, restart_rule="until-exact"`` (registry entry
-    ``varpro-restarts``): the default fit, then keyed random restarts only while no fit is exact.
-
-    Where the default fit reaches the stopping floor the result is the default's; otherwise up to
-    ``ROBUST_RESTARTS`` more fits run from random orthonormal starts drawn from ``key`` (required).
-    """
-    if key is None:
-        raise ValueError("varpro-restarts draws random starts: pass key=jax.random.key(seed)")
-    return fit_varpro(
-        observations,
-        config,
-        key=key,
-        truth=truth,
-        optimizer=optimizer,
-        axis_name=axis_name,
-        restarts=ROBUST_RESTARTS,
-        restart_rule="until-exact",
-    )
-
-
-# ----------------------------------------------------------------------------- users streamed in chunks
-
-
-def _scan_chunks(part, per_user, nchunks):
-    """``sum_b part(b, x_b)[0]`` over chunks with ``lax.scan``, and the stacked ``part(b, x_b)[1]``
-    (``x_b``: chunk b's rows of every array of the pytree ``per_user``); ``streaming.sum_over_chunks``
-    is the same sum over AltMin's per-chunk statistics."""
-    chunked = jax.tree.map(lambda a: a.reshape((nchunks, -1) + a.shape[1:]), per_user)
-    xs = (jnp.arange(nchunks), chunked)
-    shapes = jax.eval_shape(lambda x: part(*x)[0], jax.tree.map(lambda a: a[0], xs))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    def step(total, x):
-        value, out = part(*x)
-        return jax.tree.map(jnp.add, total, value), out
-
-    return jax.lax.scan(step, zeros, xs)
-
-
-def fit_varpro_chunks(
-    chunk: Callable[[Array], Observations],
-    nchunks: int,
-    config: FitConfig = FitConfig(),
-    *,
-    key: PRNGKeyArray | None = None,
-    truth_U: Float[Array, "d_out r"] | None = None,
-    truth_V: Float[Array, "d_in r"] | None = None,
-    axis_name: str | None = None,
-    **options,
-) -> tuple[Estimate, Trace]:
-    """``fit_varpro`` with the users visited chunk by chunk (memory: one chunk plus ``k r^2``).
-
-    Args:
-      chunk: ``chunk(c)`` returns the observations of users ``c m .. (c+1) m - 1`` (``c`` traced;
-        see ``streaming.fit_chunks``). Every chunk has the same shapes.
-      nchunks: number of chunks; the users are ``nchunks * m``.
-      config, key, axis_name, options: as for ``fit_varpro`` (no ``restarts``).
-      truth_U, truth_V: optional planted shared factors for the trace's subspace distances
-        (``rel_error`` stays NaN: the users' ``W`` are never formed).
-
-    Each iteration makes one pass over the chunks for the pooled normal equations and one per
-    Levenberg-Marquardt attempt (personal solves and objective at the trial point).
-    """
-    opts = VarProOptions(**options).validate()
-    if opts.restarts:
-        raise ValueError("restarts are not streamed: use restarts=0 with fit_varpro_chunks (or fit_varpro)")
-    config.validate()
-    first = jax.eval_shape(chunk, jnp.asarray(0))
-    check_observations(first, config.rank, config.personal)
-    diag, r, gp = config.personal == "diag", config.rank, opts.jacobian == "golub-pereyra"
-    k = nchunks * first.users
-    S0 = jnp.zeros((k, r, r), first.X.dtype)
-    pool = lambda x: blocks.pool(x, axis_name)
-    design = lambda c: blocks.design(chunk(c))
-
-    def init_part(c, _):
-        d = design(c)
-        bad = jnp.sum(~jnp.isfinite(d.X)) + jnp.sum(~jnp.isfinite(d.Y))
-        return (blocks.spectral_moments(d), jnp.sum(jnp.square(d.Y)), jnp.sum(d.counts), bad), None
-
-    ((MU, MV), yy, n_used, bad), _ = _scan_chunks(init_part, S0, nchunks)
-    count = pool(n_used)
-    floor = stopping_floor(pool(yy) / count)
-    if config.init == "spectral":
-        U, V = top_eigenvectors(pool(MU), r), top_eigenvectors(pool(MV), r)
-    else:
-        U, V = initialize(design(jnp.asarray(0)), config, key, axis_name)
-
-    def evaluate_at(U, V, alpha):
-        def part(c, _):
-            d = design(c)
-            q = evaluate_point(d, U, V, diag, ridge=None if alpha is None else alpha * ridge_scale(d))
-            return q.sse, (q.S, q.ridge)
-
-        sse, (S, lam) = _scan_chunks(part, S0, nchunks)
-        return Point(U, V, S.reshape(k, r, r), pool(sse), None if lam is None else lam.reshape(k), ())
-
-    def normal(pt):
-        def part(c, per_user):
-            Sc, lam = per_user
-            q = evaluate_point(design(c), pt.U, pt.V, diag, S=Sc, ridge=lam)
-            return normal_equations(design(c), q, diag, gp), None
-
-        N, g = _scan_chunks(part, (pt.S, pt.ridge), nchunks)[0]
-        return pool(N), pool(g)
-
-    metrics = lambda q: record(q.sse / count, U=q.U, V=q.V, truth_U=truth_U, truth_V=truth_V)
-    pt, history, iterations, done = _fit_from(evaluate_at, normal, metrics, U, V, config, opts, diag, floor)
-    return Estimate(pt.U, pt.V, pt.S), make_trace(history, iterations, done, pool(bad) == 0)
-
-
-def fit_varpro_streaming(observations: Observations, config: FitConfig = FitConfig(), *, nchunks: int, **kwargs):
-    """``fit_varpro_chunks`` over stored observations cut into ``nchunks`` chunks of users."""
-    return fit_varpro_chunks(stored_chunks(observations, nchunks), nchunks, config, **kwargs)

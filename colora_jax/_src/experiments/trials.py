@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from colora_jax._src import registry
-from colora_jax._src.algorithms import algorithm
+from colora_jax._src.algorithms import resolve
 from colora_jax._src.estimators.fitting import Trace, stopping_floor
 from colora_jax._src.methods import fit_method
 from colora_jax._src.model.config import FitConfig, ProblemConfig, min_samples
@@ -269,11 +269,11 @@ def _put(a, rows, values):
     return a
 
 
-def _first_stage(fit_config: FitConfig, fn) -> str | None:
+def _first_stage(fit_config: FitConfig, fn):
     """The first-stage algorithm of a CoLoRA trial program, or None (no split)."""
     if not (isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and fn.keywords == {"method": "colora"}):
         return None  # another method, or a sharded or caller's function: one program
-    return algorithm(fit_config.algorithm).first_stage
+    return resolve(fit_config).first_stage
 
 
 def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Callable | None = None) -> CompiledTrials:
@@ -583,7 +583,7 @@ def _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio
         raise ValueError(f"pad_ratio must be >= 1, got {pad_ratio}")
     problem_config.validate()
     fit_config.validate()
-    algorithm(fit_config.algorithm)  # an unknown name fails here, with the list of known ones
+    resolve(fit_config)  # an unknown name fails here, with the list of known ones
     scalar = samples is None or np.ndim(samples) == 0
     asked = [problem_config.samples] if samples is None else [samples] if scalar else samples
     grid = [_sample_count(n) for n in asked]

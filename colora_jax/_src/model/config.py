@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -181,10 +182,13 @@ class FitConfig:
 
     rank: int = 2  # r, rank of the fitted shared adapter
     personal: str = "full"  # fitted personal part: "full" r x r or "diag"
-    algorithm: str = "altmin"  # a name in ALGORITHMS (altmin, altgd, adam, varpro, ...): checked by fit
+    algorithm: Any = "altmin"  # a name in ALGORITHMS (altmin, altgd, adam, varpro, ...) or an Estimator object
+    #   with its own options (AltGD(step_size=0.3)); resolved and checked by fit
     iters: int = 100  # iteration budget (an iteration = S-, U- and V-step, or one optimizer step)
     tol: float = 1e-7  # stop when the objective's relative decrease falls below tol
     init: str = "spectral"  # "spectral" (second-moment) or "random" orthonormal U, V
+    # shorthand for the options of an algorithm named by a string (an Estimator object carries its own),
+    # and the knobs of the baselines that reuse them (fedrep's step, the federated methods' learning rate):
     step_size: float = 0.5  # altgd: step = step_size / L (isotropic-design Lipschitz bound); scaledgd: eta
     learning_rate: float = 1e-2  # adam: optax.adam learning rate
     ridge: float = 0.0  # centered: lambda of lambda sum_i n_i ||U (S_i - S_bar) V^T||_F^2 (0: CoLoRA)
