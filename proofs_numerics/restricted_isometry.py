@@ -303,7 +303,7 @@ def isometry_cell(cell: Cell, restarts: int, user_restarts: int, pooled_trials: 
     The pooled search runs on the first ``pooled_trials`` operators in sensing (it costs k users per
     step and start), on all in regression.
     """
-    pc, fc = cell.problem, cell.fit
+    pc, fc = cell.problem, cell.fit_config
     if cell.method == REFERENCE:
         if pc.model == "regression":
             return to_jsonable({"single": wishart_reference(cell.seed, pc.users, pc.d_in, pc.samples, pc.users)})

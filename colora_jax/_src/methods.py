@@ -45,6 +45,23 @@ def fit_method(
     """
     registry.method(method)
     fit_config.validate()
+    return fit_method_unchecked(method, observations, fit_config, key=key, truth=truth, **options)
+
+
+def fit_method_unchecked(
+    method: str,
+    observations: Observations,
+    fit_config: FitConfig,
+    *,
+    key: PRNGKeyArray,
+    truth: GroundTruth | None = None,
+    **options,
+) -> MethodFit:
+    """``fit_method`` for a registered ``method`` and a validated ``fit_config``: neither is checked again.
+
+    For callers that checked them once for a whole run (``trials.trial_request``); the method's
+    own checks of the observations still run.
+    """
     return _fit_method(method, observations, fit_config, key, truth, tuple(sorted(options.items())))
 
 

@@ -193,7 +193,10 @@ def apply_runtime_flags(args) -> None:
 
 
 def problem_config(args, samples: int | None = None) -> ProblemConfig:
-    """The validated ProblemConfig of the parsed flags (samples: the largest of several, or ``samples``)."""
+    """The ProblemConfig of the parsed flags (samples: the largest of several, or ``samples``).
+
+    Not validated here: the command validates it once with the whole run (``trials.trial_request``).
+    """
     if samples is None:
         samples = max(args.samples) if isinstance(args.samples, list) else args.samples
     return ProblemConfig(
@@ -212,11 +215,14 @@ def problem_config(args, samples: int | None = None) -> ProblemConfig:
         personal_mean=args.personal_mean,
         personal_groups=args.personal_groups,
         x64=args.x64,
-    ).validate()
+    )
 
 
 def fit_config(args, rank: int | None = None) -> FitConfig:
-    """The validated FitConfig of the parsed flags (``rank``, if given, replaces ``--rank``)."""
+    """The FitConfig of the parsed flags (``rank``, if given, replaces ``--rank``).
+
+    Not validated here: the command validates it once with the whole run (``trials.trial_request``).
+    """
     return FitConfig(
         rank=args.rank if rank is None else rank,
         personal=args.personal,
@@ -226,7 +232,7 @@ def fit_config(args, rank: int | None = None) -> FitConfig:
         init=args.init,
         step_size=args.step_size,
         learning_rate=args.learning_rate,
-    ).validate()
+    )
 
 
 def print_json(obj) -> None:

@@ -12,7 +12,13 @@ import numpy as np
 from colora_jax._src import registry
 from colora_jax._src.baselines.federated import FederatedConfig
 from colora_jax._src.cli import common
-from colora_jax._src.experiments.trials import check_memory, default_batch, generated_config, run_trials
+from colora_jax._src.experiments.trials import (
+    check_memory,
+    default_batch,
+    generated_config,
+    method_evaluator,
+    trial_request,
+)
 from colora_jax._src.methods import parameter_counts
 from colora_jax._src.model.config import ProblemConfig
 from colora_jax._src.model.shared_input import FEDREP_SYNTHETIC
@@ -75,14 +81,17 @@ def register(subparsers) -> None:
 
 
 def configs(args):
-    """The problem and fit configurations the flags describe (the preset replaces the problem)."""
+    """The problem and fit configurations the flags describe (the preset replaces the problem).
+
+    Not validated here: ``compare`` validates them once for every method (``trial_request``).
+    """
     if args.preset == "fedrep":
         pc = dataclasses.replace(
             FEDREP_SYNTHETIC,
             samples=args.samples or FEDREP_SYNTHETIC.samples,
             test_samples=args.test_samples,
             x64=args.x64,
-        ).validate()
+        )
         return pc, common.fit_config(args, rank=pc.rank)
     samples = ProblemConfig.samples if args.samples is None else None
     return common.problem_config(args, samples), common.fit_config(args)
@@ -128,9 +137,13 @@ def _row(method, pc, out, seconds, error):
 
 
 def compare(args) -> dict:
-    """Run every requested method on the same trials; returns the JSON-ready result."""
+    """Run every requested method on the same trials; returns the JSON-ready result.
+
+    The run is checked once (``trial_request``) for every method; ``args`` is only read.
+    """
     pc, fc = configs(args)
-    check_memory(generated_config(pc, None))
+    request = trial_request(pc, fc, args.trials)
+    check_memory(generated_config(pc))  # refused before any method runs (a method's error is its row's)
     batch = args.batch or default_batch(pc, args.trials)
     key = jax.random.key(args.seed)
     rows = {}
@@ -139,13 +152,10 @@ def compare(args) -> dict:
             t0 = time.perf_counter()
             out, error = None, None
             try:
-                out = run_trials(
+                out = request.run(
                     key,
-                    pc,
-                    fc,
-                    args.trials,
+                    method_evaluator(method),
                     batch=batch,
-                    method=method,
                     workers=args.workers,
                     on_batch=lambda done, i=i: bar.update(i * args.trials + done - bar.n),
                 )

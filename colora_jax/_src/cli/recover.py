@@ -10,7 +10,7 @@ import numpy as np
 
 from colora_jax._src.cli import common
 from colora_jax._src.experiments.sharding import check_divisible, sharded_evaluator, users_mesh
-from colora_jax._src.experiments.trials import method_evaluator, plan_trials, run_trials
+from colora_jax._src.experiments.trials import method_evaluator, trial_request
 from colora_jax._src.model.data import STREAM_VERSION
 from colora_jax._src.runtime import caches
 from colora_jax._src.runtime.provenance import code_version, device_info
@@ -65,9 +65,14 @@ def _summary(ev, tr, threshold: float) -> dict:
 
 
 def recover(args) -> dict:
-    """Run the trials described by ``args``; returns the JSON-ready result."""
-    pc, fc = common.problem_config(args), common.fit_config(args)
-    samples = sorted(set(args.samples))
+    """Run the trials described by ``args``; returns the JSON-ready result.
+
+    The run is checked once (``trial_request``), before anything else; ``args`` is only read.
+    """
+    pc, fc = common.problem_config(args), common.fit_config(args)  # generated: the largest --samples
+    request = trial_request(pc, fc, args.trials, samples=args.samples)
+    fitted_samples = request.distinct_samples  # ascending, each once: the rows of the report
+    column = [request.fitted_samples.index(n) for n in fitted_samples]  # where each is in the result
     devices = 1 if args.devices is None else users_mesh(args.devices).shape["users"]
     check_divisible(pc.users, devices)
     if args.workers > 1 and devices > 1:
@@ -81,16 +86,15 @@ def recover(args) -> dict:
         advance = lambda done: bar.update(done - bar.n)
         if args.workers > 1:  # the workers compile (or load) their own programs
             t1 = t0
-            out = run_trials(
-                key, pc, fc, args.trials, samples=samples, batch=args.batch, workers=args.workers, on_batch=advance
-            )
+            out = request.run(key, fn, batch=args.batch, workers=args.workers, on_batch=advance)
         else:
-            plan = plan_trials(pc, fc, args.trials, samples=samples, batch=args.batch, fn=fn)
+            plan = request.plan(fn, batch=args.batch)
             t1 = time.perf_counter()
             out = plan.run(key, on_batch=advance)
     t2 = time.perf_counter()
     config = {
-        "problem": dataclasses.asdict(pc) | {"samples": samples if len(samples) > 1 else samples[0]},
+        "problem": dataclasses.asdict(pc)
+        | {"samples": list(fitted_samples) if len(fitted_samples) > 1 else fitted_samples[0]},
         "fit": dataclasses.asdict(fc),
         "trials": args.trials,
         "seed": args.seed,
@@ -109,25 +113,12 @@ def recover(args) -> dict:
         "compile_cache": caches.stats(),
     }
     ev, tr = out.evaluation, out.trace
-    if len(samples) == 1:
-        return {
-            "config": config,
-            **_summary(
-                jax.tree.map(lambda a: a[:, 0], ev), jax.tree.map(lambda a: a[:, 0], tr), args.success_threshold
-            ),
-            **timing,
-        }
-    by_samples = [
-        {
-            "samples": n,
-            **_summary(
-                jax.tree.map(lambda a, j=j: a[:, j], ev),
-                jax.tree.map(lambda a, j=j: a[:, j], tr),
-                args.success_threshold,
-            ),
-        }
-        for j, n in enumerate(samples)
-    ]
+    at = lambda j: _summary(
+        jax.tree.map(lambda a: a[:, j], ev), jax.tree.map(lambda a: a[:, j], tr), args.success_threshold
+    )
+    if len(fitted_samples) == 1:
+        return {"config": config, **at(column[0]), **timing}
+    by_samples = [{"samples": n, **at(j)} for n, j in zip(fitted_samples, column)]
     return {"config": config, "by_samples": by_samples, **timing}
 
 

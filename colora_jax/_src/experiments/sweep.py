@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from colora_jax._src.experiments.trials import method_evaluator, plan_trials, trial_bytes
+from colora_jax._src.experiments.trials import method_evaluator, trial_bytes, trial_request
 from colora_jax._src.model.config import FitConfig, ProblemConfig, effective_precision
 from colora_jax._src.model.data import STREAM_VERSION
 from colora_jax._src.model.shared_input import SharedInputConfig
@@ -66,14 +66,24 @@ except ImportError:  # not POSIX: appends are not locked against a second writer
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One point of a sweep: everything that determines its result."""
+    """One point of a sweep: everything that determines its result.
 
-    problem: ProblemConfig | SharedInputConfig  # the planted problem (``samples``: per user, as used)
-    fit: FitConfig  # CoLoRA's estimator settings (baselines read rank, iters, tol from it too)
+    Samples per user: ``problem.samples`` are *fitted*, ``generated_samples()`` are *generated*
+    (``pad_samples``, or the fitted ones when it is 0); a result records the fitted count.
+    """
+
+    problem: ProblemConfig | SharedInputConfig  # the planted problem (``samples``: fitted per user)
+    fit_config: FitConfig  # CoLoRA's estimator settings (baselines read rank, iters, tol from it too)
     trials: int = 50  # independent trials; trial t uses fold_in(key(seed), t)
     seed: int = 0  # PRNG seed of the cell
     method: str = "colora"  # a name in ``registry.METHODS``, or one the caller's ``fn_for`` knows
     pad_samples: int = 0  # generate this many samples per user, fit the first ``samples`` (0: no padding)
+
+    @property
+    def fit(self) -> FitConfig:
+        """Deprecated alias of ``fit_config`` (``Method.fit`` is a function; this is a configuration)."""
+        warnings.warn("Cell.fit is deprecated: use Cell.fit_config", DeprecationWarning, stacklevel=2)
+        return self.fit_config
 
     def generated_samples(self) -> int:
         """Samples per user that are generated (the prefix ``problem.samples`` of them is fitted)."""
@@ -84,9 +94,16 @@ class Cell:
         return max(self.pad_samples, self.problem.samples)
 
 
+_STORED_NAMES = {"fit_config": "fit"}  # field -> its name in keys and results files (written before a rename)
+
+
 def cell_config(cell: Cell) -> dict:
-    """The cell's resolved configuration as a JSON-ready dict (what its key hashes)."""
-    return to_jsonable(dataclasses.asdict(cell))
+    """The cell's resolved configuration as a JSON-ready dict (what its key hashes).
+
+    Fields appear under their stored names (``fit_config`` as ``"fit"``), so the keys of results
+    files written before a field was renamed stay the same and those files still resume.
+    """
+    return to_jsonable({_STORED_NAMES.get(k, k): v for k, v in dataclasses.asdict(cell).items()})
 
 
 def cell_precision(cell: Cell) -> str:
@@ -219,7 +236,7 @@ def group_key(cell: Cell):
     """Cells with equal group keys differ only in ``problem.samples``: one runner call computes them."""
     return (
         dataclasses.replace(cell.problem, samples=cell.generated_samples()),
-        cell.fit,
+        cell.fit_config,
         cell.trials,
         cell.seed,
         cell.method,
@@ -246,25 +263,28 @@ def data_digest() -> tuple[Callable[[object], None], Callable[[], str]]:
 def cell_trials(cells: Sequence[Cell], fn_for: Callable[[str], Callable] = method_evaluator, on_data=None):
     """Every trial of a group of cells (``group_key`` equal) as NumPy arrays ``(trials, cells, ...)``.
 
-    One ``run_trials`` call: generated with ``pad_samples`` per user, fitted at each cell's
-    sample count. ``fn_for(method)`` gives the per-problem function (default: the registry's
-    method); it must return a stable, hashable function. ``on_data`` sees the generated draws
-    (``TrialPlan.run``).
+    One run: generated with ``generated_samples()`` per user, fitted at each cell's
+    ``problem.samples``. ``fn_for(method)`` gives the per-problem function (default: the
+    registry's method); it must return a stable, hashable function. ``on_data`` sees the
+    generated draws (``TrialPlan.run``). Each distinct problem is validated once: the first
+    cell's with the run (``trial_request``), the others' (their fitted counts) here.
     """
     first = cells[0]
-    if any(group_key(c) != group_key(first) for c in cells):
+    group = group_key(first)
+    if any(group_key(c) != group for c in cells):
         raise ValueError("cell_trials computes cells that differ only in problem.samples: group them with group_key")
-    for c in cells:
-        c.problem.validate()
-    plan = plan_trials(
+    for problem in dict.fromkeys(c.problem for c in cells):
+        if problem != first.problem:
+            problem.validate()
+    fn = fn_for(first.method)
+    request = trial_request(
         first.problem,
-        first.fit,
+        first.fit_config,
         first.trials,
         samples=[c.problem.samples for c in cells],
-        fn=fn_for(first.method),
-        generate_samples=first.generated_samples(),
+        generate_samples=group[0].samples,  # the generated problem's: first.generated_samples()
     )
-    return plan.run(jax.random.key(first.seed), on_data=on_data)
+    return request.plan(fn).run(jax.random.key(first.seed), on_data=on_data)
 
 
 def run_cells(cells: Sequence[Cell], trace: bool = False, fn_for: Callable[[str], Callable] = method_evaluator) -> list:

@@ -11,6 +11,15 @@ prefix of it (the first 8, 12, 16 samples of each user: common random numbers ac
 sizes). The trial program is compiled in two parts (``CompiledTrials``): the generator and the
 fit, whose sample count is a traced input, so other sample grids and other noise levels reuse
 both. The sweep driver (``sweep.run_cells``) runs its cells through this same runner.
+
+Two sample counts meet here, and the names keep them apart: the *generated* samples per user
+(what a program draws: ``generated_samples``, ``generate_samples``) and the *fitted* samples per
+user (the prefix of them a fit uses: ``fitted_samples``; the public keyword ``samples``).
+
+A call is checked once, where it enters (``trial_request``: ``run_trials``, ``plan_trials``, the
+CLI, the sweeps), into a ``TrialRequest``: configurations validated, sample counts normalized,
+sorted and grouped into programs. What runs below it (``TrialPlan``, the compiled programs, the
+worker processes) trusts the request and checks nothing again.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from jaxtyping import Array, Float
 from colora_jax._src import registry
 from colora_jax._src.algorithms import resolve
 from colora_jax._src.estimators.fitting import Trace, stopping_floor
-from colora_jax._src.methods import fit_method
+from colora_jax._src.methods import fit_method, fit_method_unchecked
 from colora_jax._src.model.config import FitConfig, ProblemConfig, min_samples
 from colora_jax._src.model.data import GroundTruth, Observations, Problem, predict
 from colora_jax._src.model.metrics import per_user_relative_error, relative_error, subspace_distance
@@ -113,8 +122,19 @@ def fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, method: str =
     The subspace distances of the estimate are the trace's last entries: every method records
     them with the truth through the same ``fitting.record`` (NaN where it has no shared factor),
     so they are not computed a second time (``evaluate(W, problem, U, V)`` gives the same numbers).
+    ``fit_config`` and ``method`` are checked here (``fit_method``); a trial program's function
+    (``method_evaluator``) is the same fit without the checks, which its request has made.
     """
-    f = fit_method(method, problem.train, fit_config, key=key, truth=problem.truth)
+    return _scored(fit_method(method, problem.train, fit_config, key=key, truth=problem.truth), problem)
+
+
+def _fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, method: str) -> TrialResult:
+    """``fit_and_evaluate`` for a validated ``fit_config`` and a registered ``method``."""
+    return _scored(fit_method_unchecked(method, problem.train, fit_config, key=key, truth=problem.truth), problem)
+
+
+def _scored(f, problem: Problem) -> TrialResult:
+    """A method's fit and its evaluation on ``problem``, distances read from its trace."""
     last = lambda history: history[f.trace.iterations]
     evaluation = evaluate(f.W, problem)._replace(
         subspace_distance_U=last(f.trace.subspace_distance_U), subspace_distance_V=last(f.trace.subspace_distance_V)
@@ -124,9 +144,23 @@ def fit_and_evaluate(problem: Problem, key, fit_config: FitConfig, method: str =
 
 @functools.cache
 def method_evaluator(method: str) -> Callable[..., TrialResult]:
-    """``fit_and_evaluate`` with the method bound: a stable, hashable ``fn`` for ``run_trials``."""
+    """``fit_and_evaluate`` with the method bound: a stable, hashable ``fn`` for ``run_trials``.
+
+    Its ``fit_config`` is not validated again at each trace: a run validates it once
+    (``trial_request``) before anything is traced.
+    """
     registry.method(method)  # unknown names fail here, with the list of known ones
-    return functools.partial(fit_and_evaluate, method=method)
+    return functools.partial(_fit_and_evaluate, method=method)
+
+
+def _is_method_evaluator(fn) -> bool:
+    """Whether ``fn`` is ``method_evaluator(name)`` (or a copy of one, unpickled in a worker)."""
+    return (
+        isinstance(fn, functools.partial)
+        and fn.func is _fit_and_evaluate
+        and not fn.args
+        and set(fn.keywords) == {"method"}
+    )
 
 
 def trial(
@@ -140,14 +174,12 @@ def trial(
 ) -> TrialResult:
     """Generate one problem from ``key``, fit ``method`` and evaluate the fit (pure; jit/vmap it).
 
-    ``samples`` (may be traced) fits the first ``samples`` of each user's
+    ``samples`` (may be traced) is the number fitted: the first ``samples`` of each user's
     ``problem_config.samples`` generated ones; ``noise`` (may be traced) overrides the noise level.
+    The configurations are validated here (the generator validates ``problem_config``).
     """
-    return _one_trial(key, problem_config, fit_config, method_evaluator(method), samples, noise)
-
-
-def _one_trial(key, problem_config, fit_config, fn, samples, noise):
-    return _fit_one(_generate_one(key, problem_config, noise), key, fit_config, fn, samples)
+    fit_config.validate()
+    return _fit_one(_generate_one(key, problem_config, noise), key, fit_config, method_evaluator(method), samples)
 
 
 def _generate_one(key, problem_config, noise):
@@ -155,9 +187,10 @@ def _generate_one(key, problem_config, noise):
     return generate_problem(jax.random.split(key)[0], problem_config, noise=noise)
 
 
-def _fit_one(problem, key, fit_config, fn, samples):
-    if samples is not None:
-        problem = dataclasses.replace(problem, train=problem.train.with_counts(samples))
+def _fit_one(problem, key, fit_config, fn, fitted_samples):
+    """``fn`` on the first ``fitted_samples`` of each user's generated samples (None: all of them)."""
+    if fitted_samples is not None:
+        problem = dataclasses.replace(problem, train=problem.train.with_counts(fitted_samples))
     return fn(problem, jax.random.split(key)[1], fit_config)
 
 
@@ -166,63 +199,67 @@ def _generate_at(keys, noise, *, problem_config):
     return jax.vmap(lambda k: _generate_one(k, problem_config, noise))(keys)
 
 
-def _fit_at(problems, keys, samples, *, fit_config, fn):
-    """``(B,) problems -> results (B, ...)``, each fitted on the first ``samples`` of every user's.
+def _fit_at(problems, keys, fitted_samples, *, fit_config, fn):
+    """``(B,) problems -> results (B, ...)``, each fitted on the first ``fitted_samples`` of every user's.
 
     The count is traced: one program for every n.
     """
-    return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, samples))(problems, keys)
+    return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, fitted_samples))(problems, keys)
 
 
-def sample_buckets(samples: Sequence[int], pad_ratio: float) -> list[list[int]]:
-    """Group sorted sample counts so that within a group the largest is at most ``pad_ratio`` x the smallest.
+def sample_buckets(distinct_samples: Sequence[int], pad_ratio: float) -> list[tuple[int, ...]]:
+    """Group fitted sample counts so that within a group the largest is at most ``pad_ratio`` x the smallest.
 
-    Each group is one compiled program (generated with its largest count).
+    ``distinct_samples`` are ascending and each given once (``TrialRequest.distinct_samples``).
+    Each group is one compiled program (generated with its largest count), its counts ascending.
 
     A fit on ``n`` of ``N`` stored samples costs what a fit on ``N`` costs (the unused rows are
     zero, not absent), so ``pad_ratio`` bounds that waste; ``inf`` gives one program for all.
     """
     groups: list[list[int]] = []
-    for n in sorted(set(int(n) for n in samples), reverse=True):
+    for n in reversed(distinct_samples):
         if groups and groups[-1][0] <= pad_ratio * n:
             groups[-1].append(n)
         else:
             groups.append([n])
-    return [sorted(g) for g in reversed(groups)]
+    return [tuple(reversed(g)) for g in reversed(groups)]
 
 
-def generated_config(problem_config, samples: Sequence[int] | None):
-    """The configuration a run compiles and generates: the largest sample count, noise 0 (traced)."""
-    largest = problem_config.samples if samples is None else max(samples)
+def generated_config(problem_config, generated_samples: int | None = None):
+    """The configuration a program compiles and generates from.
+
+    ``generated_samples`` per user (default ``problem_config.samples``), noise 0 (the level is traced).
+    """
+    largest = problem_config.samples if generated_samples is None else generated_samples
     return dataclasses.replace(problem_config, samples=int(largest), noise=0.0)
 
 
 class CompiledTrials(NamedTuple):
     """A trial program in two parts, a generator and a fit.
 
-    ``generate(keys, noise) -> problems`` and ``fit(problems, keys, samples) -> results``, so that a
-    batch's problems are generated once and fitted at every sample count of a grid (each fit is on
-    the first ``samples`` of them).
+    ``generate(keys, noise) -> problems`` and ``fit(problems, keys, fitted_samples) -> results``, so
+    that a batch's problems are generated once and fitted at every sample count of a grid (each fit
+    is on the first ``fitted_samples`` of them).
     """
 
     generate: Callable
     fit: Callable
 
-    def __call__(self, keys, samples, noise):
-        """The results of trials ``keys`` at one sample count (generated, then fitted)."""
-        return self.fit(self.generate(keys, noise), keys, samples)
+    def __call__(self, keys, fitted_samples, noise):
+        """The results of trials ``keys`` at one fitted sample count (generated, then fitted)."""
+        return self.fit(self.generate(keys, noise), keys, fitted_samples)
 
 
 @jax.jit
-def _exact_fits(train: Observations, samples, final_objective) -> Array:
-    """Whether each trial's fit on its first ``samples`` samples ended at the stopping floor.
+def _exact_fits(train: Observations, fitted_samples, final_objective) -> Array:
+    """Whether each trial's fit on its first ``fitted_samples`` samples ended at the stopping floor.
 
     The floor is ``fitting.stopping_floor`` of its mean squared measurement, as the estimators
     stop: a test of the data only.
     """
 
     def one(obs, objective):
-        used = obs.with_counts(samples).masked()
+        used = obs.with_counts(fitted_samples).masked()
         return objective <= stopping_floor(jnp.sum(jnp.square(used.Y)) / jnp.sum(used.sample_counts()))
 
     return jax.vmap(one)(train, final_objective)
@@ -241,15 +278,15 @@ class SplitFit:
     of a different batch size (tested).
     """
 
-    first: Callable  # compiled (problems, keys, samples) -> results of the first stage, at ``batch``
+    first: Callable  # compiled (problems, keys, fitted_samples) -> results of the first stage, at ``batch``
     hard: Callable[[int], Callable]  # size -> compiled fit of the algorithm itself for ``size`` trials
     batch: int
 
-    def __call__(self, problems, keys, samples):
+    def __call__(self, problems, keys, fitted_samples):
         """The algorithm's results on every trial of the batch (host arrays)."""
-        out = jax.device_get(self.first(problems, keys, samples))
+        out = jax.device_get(self.first(problems, keys, fitted_samples))
         final = np.take_along_axis(out.trace.objective, np.asarray(out.trace.iterations)[:, None], axis=1)[:, 0]
-        hard = np.flatnonzero(~np.asarray(_exact_fits(problems.train, samples, final)))
+        hard = np.flatnonzero(~np.asarray(_exact_fits(problems.train, fitted_samples, final)))
         if hard.size == 0:
             return out
         size = min(self.batch, max(2, 1 << int(hard.size - 1).bit_length()))
@@ -258,7 +295,7 @@ class SplitFit:
             part = hard[start : start + size]
             rows = np.resize(part, size)
             picked = jax.tree.map(lambda a, rows=rows: a[rows], (problems, keys))
-            again = jax.device_get(self.hard(size)(*picked, samples))
+            again = jax.device_get(self.hard(size)(*picked, fitted_samples))
             merged = jax.tree.map(lambda a, b, part=part: _put(a, part, b[: part.size]), merged, again)
         return merged
 
@@ -271,7 +308,7 @@ def _put(a, rows, values):
 
 def _first_stage(fit_config: FitConfig, fn):
     """The first-stage algorithm of a CoLoRA trial program, or None (no split)."""
-    if not (isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and fn.keywords == {"method": "colora"}):
+    if not (_is_method_evaluator(fn) and fn.keywords["method"] == "colora"):
         return None  # another method, or a sharded or caller's function: one program
     return resolve(fit_config).first_stage
 
@@ -280,12 +317,18 @@ def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Ca
     """The ahead-of-time compiled trial program for ``batch`` trials (``CompiledTrials``).
 
     ``problem_config`` is the generated configuration (``generated_config``: its ``samples``
-    are drawn, the first ``samples`` fitted). Compiled once per (configs, batch, fn) and cached
-    in memory (and on disk when the persistent compilation cache is on:
-    ``colora_jax.enable_compile_cache``), so repeated runs with the same shapes never
-    recompile. ``fn(problem, key, fit_config)`` defaults to CoLoRA's fit.
+    are drawn, the first ``fitted_samples`` of them fitted). Both configurations are validated
+    here. Compiled once per (configs, batch, fn) and cached in memory (and on disk when the
+    persistent compilation cache is on: ``colora_jax.enable_compile_cache``), so repeated runs
+    with the same shapes never recompile. ``fn(problem, key, fit_config)`` defaults to CoLoRA's fit.
     """
-    fn = fn or method_evaluator("colora")
+    problem_config.validate()
+    fit_config.validate()
+    return _compiled(problem_config, fit_config, batch, fn or method_evaluator("colora"))
+
+
+def _compiled(problem_config, fit_config: FitConfig, batch: int, fn: Callable) -> CompiledTrials:
+    """``compiled_trials`` of validated configurations (a ``TrialRequest``'s)."""
     first = _first_stage(fit_config, fn)
     if first is None or batch < 2:
         return _compiled_trials(problem_config, fit_config, batch, fn)
@@ -300,18 +343,17 @@ def _compiled_fit(problem_config, fit_config, size: int, *, fn):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_trials(problem_config, fit_config, batch, fn):
-    problem_config.validate()
-    fit_config.validate()
+    """The compiled program of validated configurations, one per (configs, batch, fn)."""
     keys, noise = _example_arguments(problem_config, batch)
-    samples = jnp.asarray(problem_config.samples, jnp.int32)
+    fitted_samples = jnp.asarray(problem_config.samples, jnp.int32)  # its shape and type; the value is traced
     generate = _compiled_generator(problem_config, batch)
     fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn))
     problems = lambda: jax.eval_shape(_generator(problem_config), keys, noise)  # traced on a miss only
-    lower = lambda: fit.lower(problems(), keys, samples)
+    lower = lambda: fit.lower(problems(), keys, fitted_samples)
     method, placement = _program_key(fn)
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return CompiledTrials(generate, lower().compile())
-    parts = (problem_config, fit_config, batch, method, keys.dtype, samples.dtype, noise.dtype)
+    parts = (problem_config, fit_config, batch, method, keys.dtype, fitted_samples.dtype, noise.dtype)
     return CompiledTrials(generate, caches.load_or_compile("trials", parts, lower, placement))
 
 
@@ -342,8 +384,8 @@ def _program_key(fn) -> tuple[str | None, tuple | None]:
     A ``method_evaluator`` function by its method on the default device, a function carrying a
     ``program_key`` (``sharding.sharded_evaluator``) by that, anything else not at all (None).
     """
-    if isinstance(fn, functools.partial) and fn.func is fit_and_evaluate and not fn.args:
-        return fn.keywords.get("method"), None
+    if _is_method_evaluator(fn):
+        return fn.keywords["method"], None
     return getattr(fn, "program_key", (None, None))
 
 
@@ -408,7 +450,7 @@ def default_batch(problem_config, trials: int, budget_bytes: float = 2**28) -> i
 
 
 def check_samples(problem_config, fit_config: FitConfig, samples: Sequence[int]) -> None:
-    """Every sample count of a grid must determine the personal solve (a ValueError says which)."""
+    """Every fitted sample count of a grid must determine the personal solve (a ValueError says which)."""
     need = min_samples(problem_config.model, fit_config.rank, fit_config.personal)
     low = [n for n in samples if int(n) < need]
     if low:
@@ -416,6 +458,101 @@ def check_samples(problem_config, fit_config: FitConfig, samples: Sequence[int])
             f"samples {low} per user cannot determine a {fit_config.personal} rank-{fit_config.rank} personal part"
             f" in the {problem_config.model} model: use samples >= {need}"
         )
+
+
+class SampleGroup(NamedTuple):
+    """The sample counts of one compiled program."""
+
+    fitted: tuple[int, ...]  # the counts fitted, ascending, each once
+    generated: int  # samples per user drawn (the largest fitted count, or a caller's ``generate_samples``)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRequest:
+    """A trial run checked once and normalized (made by ``trial_request``): what the steps below it trust.
+
+    Its configurations are validated and its algorithm registered; its sample counts are integers
+    that determine the personal solve, sorted, de-duplicated and grouped into programs once. The
+    plan, the compiled programs and the worker processes take it as it is and check nothing again.
+    """
+
+    problem_config: ProblemConfig | SharedInputConfig  # validated; ``samples``: what the configuration says
+    fit_config: FitConfig  # validated, its algorithm registered
+    trials: int  # >= 1; trial t uses fold_in(key, first_trial + t)
+    fitted_samples: tuple[int, ...]  # counts fitted, in the order asked: the result's samples axis
+    scalar: bool  # one count asked for, as None or an int: the result has no samples axis
+    groups: tuple[SampleGroup, ...]  # one per compiled program, in ascending order of counts
+
+    @property
+    def distinct_samples(self) -> tuple[int, ...]:
+        """The fitted counts ascending, each once (the groups' counts in order)."""
+        return tuple(n for group in self.groups for n in group.fitted)
+
+    def plan(self, fn: Callable, batch: int | None = None) -> TrialPlan:
+        """Compile the request's programs for the per-problem function ``fn`` (``plan_trials``)."""
+        return _plan(self, fn, batch)
+
+    def run(
+        self,
+        key,
+        fn: Callable,
+        *,
+        noise: float | None = None,
+        batch: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        workers: int = 1,
+    ):
+        """Every trial with ``fn`` (see ``run_trials`` for the arguments and the result)."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        return _run(self, key, fn, noise, batch, on_batch, workers)
+
+
+def trial_request(
+    problem_config: ProblemConfig | SharedInputConfig,
+    fit_config: FitConfig,
+    trials: int,
+    *,
+    samples: int | Sequence[int] | None = None,
+    pad_ratio: float = float("inf"),
+    generate_samples: int | None = None,
+) -> TrialRequest:
+    """Check a trial run once and normalize it into a ``TrialRequest``; a ValueError says what to change.
+
+    Args:
+      problem_config, fit_config: validated here, the only time in the run.
+      trials: number of trials (>= 1).
+      samples: the fitted samples per user (``run_trials``'s ``samples``): ``None`` fits
+        ``problem_config.samples``, an int that many, a sequence every count of it.
+      pad_ratio: fitted counts within this ratio share one program (``sample_buckets``).
+      generate_samples: draw this many samples per user for every count (at least the largest;
+        one program for all), e.g. a sweep cell's ``pad_samples``; default the largest count of
+        each program's group.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    if not pad_ratio >= 1:
+        raise ValueError(f"pad_ratio must be >= 1, got {pad_ratio}")
+    problem_config.validate()
+    fit_config.validate()
+    resolve(fit_config)  # an unknown name fails here, with the list of known ones
+    scalar = samples is None or np.ndim(samples) == 0
+    asked = [problem_config.samples] if samples is None else [samples] if scalar else samples
+    fitted_samples = tuple(_sample_count(n) for n in asked)
+    if not fitted_samples:
+        raise ValueError("samples is an empty list: give at least one sample count")
+    check_samples(problem_config, fit_config, fitted_samples)
+    if generate_samples is not None and generate_samples < max(fitted_samples):
+        raise ValueError(f"generate_samples={generate_samples} is below the largest sample count {max(fitted_samples)}")
+    distinct = tuple(sorted(set(fitted_samples)))  # the one sort of the counts
+    if generate_samples is None:
+        groups = tuple(SampleGroup(counts, counts[-1]) for counts in sample_buckets(distinct, pad_ratio))
+    else:
+        groups = (SampleGroup(distinct, int(generate_samples)),)
+    fewest = min(group.generated for group in groups)
+    if fewest < problem_config.samples:  # a smaller problem is generated: it must be valid too
+        dataclasses.replace(problem_config, samples=fewest).validate()
+    return TrialRequest(problem_config, fit_config, trials, fitted_samples, scalar, groups)
 
 
 def run_trials(
@@ -437,12 +574,13 @@ def run_trials(
 
     Args:
       key: the experiment's PRNG key (trial t uses ``fold_in(key, t)``).
-      problem_config, fit_config: static configurations (validated here).
+      problem_config, fit_config: static configurations (validated here, once: ``trial_request``).
       trials: number of trials.
       method: a name in ``registry.METHODS`` (default CoLoRA with ``fit_config.algorithm``).
-      samples: ``None`` fits ``problem_config.samples`` per user; an int fits that many; a
-        sequence fits every count of it, each on the first n samples of the same trials
-        (common random numbers), adding a samples axis after the trials axis.
+      samples: the fitted samples per user. ``None`` fits ``problem_config.samples``; an int fits
+        that many; a sequence fits every count of it, each on the first n samples of the same
+        trials (common random numbers), adding a samples axis after the trials axis. Each program
+        generates the largest count of its group (``pad_ratio``).
       noise: noise standard deviation (default ``problem_config.noise``); traced, so every
         noise level shares one executable.
       batch: trials per compiled call (default ``default_batch``). The last batch is padded
@@ -477,32 +615,33 @@ def run_trials(
       >>> bool((out.evaluation.rel_error[:, 1] < 1e-3).all())
       True
     """
-    options = dict(method=method, samples=samples, batch=batch, pad_ratio=pad_ratio, fn=fn)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers > 1 and trials > 1:
-        _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio, fn)  # errors before any process
-        if fn is not None and not picklable(fn):
+    request = trial_request(problem_config, fit_config, trials, samples=samples, pad_ratio=pad_ratio)
+    return _run(request, key, fn or method_evaluator(method), noise, batch, on_batch, workers)
+
+
+def _run(request: TrialRequest, key, fn, noise, batch, on_batch, workers):
+    """A checked request's trials, in this process or (``workers > 1``) in worker processes."""
+    if workers > 1 and request.trials > 1:
+        if not picklable(fn):
             raise ValueError("fn cannot be sent to worker processes: use a module-level function, or workers=1")
-        return _in_workers(key, problem_config, fit_config, trials, workers, on_batch, noise, options)
-    return plan_trials(problem_config, fit_config, trials, **options).run(key, noise=noise, on_batch=on_batch)
+        return _in_workers(request, key, fn, noise, batch, on_batch, workers)
+    return _plan(request, fn, batch).run(key, noise=noise, on_batch=on_batch)
 
 
 class _Program(NamedTuple):
-    counts: list[int]  # the sample counts fitted with this program
-    generated: object  # the generated problem configuration (the largest count of the group)
+    fitted_samples: tuple[int, ...]  # the sample counts fitted with this program
+    generated_config: object  # the problem configuration it generates (``SampleGroup.generated`` samples)
     batch: int  # trials per call
     run: CompiledTrials  # the compiled generate and fit
 
 
 @dataclasses.dataclass(frozen=True)
 class TrialPlan:
-    """The compiled programs of a ``run_trials`` call (``plan_trials``); ``run`` executes them."""
+    """The compiled programs of a checked request (``plan_trials``); ``run`` executes them."""
 
-    problem_config: object
-    trials: int
-    grid: list[int]
-    scalar: bool  # one sample count asked for as None or an int: no samples axis
+    request: TrialRequest
     programs: list[_Program]
 
     def run(
@@ -514,34 +653,36 @@ class TrialPlan:
         first_trial: int = 0,
         on_data: Callable[[object], None] | None = None,
     ):
-        """Every trial at every sample count (see ``run_trials``).
+        """Every trial at every fitted sample count (see ``run_trials``).
 
         Trial ``t`` of the plan is trial ``first_trial + t`` of ``key`` (a worker's block of a
         larger run). ``on_data``, if given, sees each batch of generated problems (host arrays,
         trials in order), e.g. to hash the draws.
         """
-        level = self.problem_config.noise if noise is None else noise
-        by_count, done, total = {}, 0, len(self.grid) * self.trials
+        request = self.request
+        level = request.problem_config.noise if noise is None else noise
+        trials = request.trials
+        by_count, done, total = {}, 0, len(request.fitted_samples) * trials
         for program in self.programs:
-            size, parts = program.batch, {n: [] for n in program.counts}
-            for start in range(0, self.trials, size):  # each batch generated once, fitted at every count
+            size, parts = program.batch, {n: [] for n in program.fitted_samples}
+            for start in range(0, trials, size):  # each batch generated once, fitted at every count
                 keys = trial_keys(key, first_trial + start, first_trial + start + size)
-                problems = program.run.generate(keys, jnp.asarray(level, program.generated.dtype))
-                keep = min(size, self.trials - start)
+                problems = program.run.generate(keys, jnp.asarray(level, program.generated_config.dtype))
+                keep = min(size, trials - start)
                 if on_data is not None:
                     on_data(jax.tree.map(lambda a, keep=keep: np.asarray(a)[:keep], jax.device_get(problems)))
-                for n in program.counts:
+                for n in program.fitted_samples:
                     out = jax.device_get(program.run.fit(problems, keys, jnp.asarray(n, jnp.int32)))
                     parts[n].append(jax.tree.map(lambda a, keep=keep: a[:keep], out))
                     done += keep
                     if on_batch is not None:
-                        on_batch(done * self.trials // total)
+                        on_batch(done * trials // total)
                 del problems
-            for n in program.counts:
+            for n in program.fitted_samples:
                 by_count[n] = jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts[n])
-        if self.scalar:
-            return by_count[self.grid[0]]
-        return jax.tree.map(lambda *a: np.stack(a, axis=1), *(by_count[n] for n in self.grid))
+        if request.scalar:
+            return by_count[request.fitted_samples[0]]
+        return jax.tree.map(lambda *a: np.stack(a, axis=1), *(by_count[n] for n in request.fitted_samples))
 
 
 def plan_trials(
@@ -556,41 +697,27 @@ def plan_trials(
     fn: Callable | None = None,
     generate_samples: int | None = None,
 ) -> TrialPlan:
-    """Validate a ``run_trials`` call and compile its programs (one per ``sample_buckets`` group).
+    """Check a ``run_trials`` call and compile its programs (one per ``sample_buckets`` group).
 
-    ``generate_samples`` fixes how many samples per user are drawn (at least the largest count;
-    one program for all counts), e.g. a sweep cell's ``pad_samples``, so that a cell's result
-    does not depend on which other cells share its call.
+    ``samples`` are the fitted counts; ``generate_samples`` fixes how many samples per user are
+    drawn (at least the largest fitted count; one program for all counts), e.g. a sweep cell's
+    ``pad_samples``, so that a cell's result does not depend on which other cells share its call.
     """
-    grid, scalar, fn = _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio, fn)
-    if generate_samples is not None and generate_samples < max(grid):
-        raise ValueError(f"generate_samples={generate_samples} is below the largest sample count {max(grid)}")
+    request = trial_request(
+        problem_config, fit_config, trials, samples=samples, pad_ratio=pad_ratio, generate_samples=generate_samples
+    )
+    return _plan(request, fn or method_evaluator(method), batch)
+
+
+def _plan(request: TrialRequest, fn: Callable, batch: int | None) -> TrialPlan:
+    """The compiled programs of a checked request (nothing checked again, memory excepted)."""
     programs = []
-    buckets = [sorted(set(grid))] if generate_samples is not None else sample_buckets(grid, pad_ratio)
-    for counts in buckets:
-        generated = generated_config(problem_config, counts if generate_samples is None else [generate_samples])
+    for group in request.groups:
+        generated = generated_config(request.problem_config, group.generated)
         check_memory(generated)
-        size = default_batch(generated, trials) if batch is None else max(1, min(batch, trials))
-        programs.append(_Program(counts, generated, size, compiled_trials(generated, fit_config, size, fn=fn)))
-    return TrialPlan(problem_config, trials, grid, scalar, programs)
-
-
-def _checked_call(problem_config, fit_config, trials, method, samples, pad_ratio, fn):
-    """The sample grid, whether it was one count, and the per-problem function of a valid call."""
-    if trials < 1:
-        raise ValueError(f"trials must be >= 1, got {trials}")
-    if not pad_ratio >= 1:
-        raise ValueError(f"pad_ratio must be >= 1, got {pad_ratio}")
-    problem_config.validate()
-    fit_config.validate()
-    resolve(fit_config)  # an unknown name fails here, with the list of known ones
-    scalar = samples is None or np.ndim(samples) == 0
-    asked = [problem_config.samples] if samples is None else [samples] if scalar else samples
-    grid = [_sample_count(n) for n in asked]
-    if not grid:
-        raise ValueError("samples is an empty list: give at least one sample count")
-    check_samples(problem_config, fit_config, grid)
-    return grid, scalar, fn or method_evaluator(method)
+        size = default_batch(generated, request.trials) if batch is None else max(1, min(batch, request.trials))
+        programs.append(_Program(group.fitted, generated, size, _compiled(generated, request.fit_config, size, fn)))
+    return TrialPlan(request, programs)
 
 
 def _sample_count(n) -> int:
@@ -601,12 +728,15 @@ def _sample_count(n) -> int:
         raise ValueError(f"sample counts must be integers, got {n!r}: pass whole numbers of samples per user") from None
 
 
-def _in_workers(key, problem_config, fit_config, trials, workers, on_batch, noise, options):
-    """``run_trials`` over ``workers`` one-core processes, each a contiguous block of the trials."""
+def _in_workers(request: TrialRequest, key, fn, noise, batch, on_batch, workers):
+    """A checked request's trials over ``workers`` one-core processes, each a contiguous block."""
+    trials = request.trials
     blocks = max(1, min(workers, trials // 2))  # blocks of 2 or more trials: a vmap of 1 can round differently
     sizes = [trials // blocks + (i < trials % blocks) for i in range(blocks)]
     starts = np.cumsum([0] + sizes[:-1]).tolist()
-    items = [(key, start, size, problem_config, fit_config, noise, options) for start, size in zip(starts, sizes)]
+    items = [
+        (key, start, dataclasses.replace(request, trials=size), fn, batch, noise) for start, size in zip(starts, sizes)
+    ]
     parts, done = {}, 0
     for i, part in parallel_map(_trial_block, items, workers):
         parts[i] = part
@@ -617,6 +747,8 @@ def _in_workers(key, problem_config, fit_config, trials, workers, on_batch, nois
 
 
 def _trial_block(block):
-    """Trials ``start .. start + size - 1`` of a ``run_trials`` call (a worker's share)."""
-    key, start, size, problem_config, fit_config, noise, options = block
-    return plan_trials(problem_config, fit_config, size, **options).run(key, noise=noise, first_trial=start)
+    """Trials ``start .. start + size - 1`` of a checked request (a worker's share)."""
+    key, start, request, fn, batch, noise = block
+    if _is_method_evaluator(fn):  # this process's own copy, so that its blocks share their programs
+        fn = method_evaluator(fn.keywords["method"])
+    return _plan(request, fn, batch).run(key, noise=noise, first_trial=start)
