@@ -3,7 +3,7 @@
     .venv/bin/python -m colora_jax._src.bench.large_k_passes [--users 100000] [--d 32] [--rank 4] [--samples 16]
 
 The bench's roofline row (``colora bench``, figures/bench.json) times the whole iteration against
-the floor "read every user's data once". This splits the iteration (``altmin_body`` on the
+the floor "read every user's data once". This splits the iteration (``AltMin.step`` on the
 ``Design`` that ``fit`` builds) into its passes over the large arrays, each jitted alone, and
 gives each its bytes read and its effective bandwidth, next to alternative formulations of the
 same quantity (the same numbers up to float32 rounding, checked): where an alternative is
@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from colora_jax._src.estimators.altmin import altmin_body
+from colora_jax._src.estimators.altmin import AltMin
+from colora_jax._src.estimators.users import AllUsers
 from colora_jax._src.model import blocks
-from colora_jax._src.model.config import ProblemConfig
+from colora_jax._src.model.config import FitConfig, ProblemConfig
 from colora_jax._src.model.data import generate
 
 
@@ -40,7 +41,7 @@ def best_seconds(fn, *args, repeats=3) -> float:
 
 
 def main(argv=None) -> list[dict]:
-    """Time each pass of ``altmin_body`` over the large arrays alone; one record per pass."""
+    """Time each pass of ``AltMin.step`` over the large arrays alone; one record per pass."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--d", type=int, default=32)
@@ -104,9 +105,9 @@ def main(argv=None) -> list[dict]:
     row("sum of Y^2 (the square fused into the sum)", lambda Y: jnp.sum(jnp.square(Y).reshape(-1)), (des.Y,), raw)
     vcv = jax.jit(lambda C, V: blocks._mm(V.T[None], blocks._times(C, V)))(des.C, V)
     row("V^T C_i V from raw X (n < d)", lambda X: jnp.einsum("knr,kns->krs", X @ V, X @ V), (des.X,), raw, vcv)
-    whole = jax.jit(lambda dz, U, V: altmin_body(dz, U, V, False)[2])
+    whole = jax.jit(lambda dz, U, V: AltMin().step((U, V), None, FitConfig(rank=U.shape[1]), AllUsers(dz))[2])
     seconds = best_seconds(whole, des, U, V)
-    total = {"pass": "whole iteration (altmin_body)", "ms": seconds * 1e3, "read_bandwidth_GB_per_s": bandwidth / 1e9}
+    total = {"pass": "whole iteration (AltMin.step)", "ms": seconds * 1e3, "read_bandwidth_GB_per_s": bandwidth / 1e9}
     rows.append(total)
     print(json.dumps(total), flush=True)
     load = os.getloadavg()

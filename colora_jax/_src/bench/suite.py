@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from colora_jax._src.algorithms import fit
-from colora_jax._src.estimators.altmin import altmin_body
-from colora_jax._src.estimators.fitting import initialize
+from colora_jax._src.estimators.altmin import AltMin
+from colora_jax._src.estimators.users import AllUsers
 from colora_jax._src.experiments.trials import compiled_trials, generated_config, run_trials
 from colora_jax._src.model import blocks
 from colora_jax._src.model.config import FitConfig, ProblemConfig
@@ -120,11 +120,11 @@ def iteration_time(users: int, d: int, samples=16, rank=4, iters=(2, 12)) -> dic
 
     def setup(o):  # what fit does before its loop
         dz = blocks.design(o)
-        return dz, initialize(dz, FitConfig(rank=rank), None)
+        return dz, blocks.spectral_init(dz, rank)
 
     def run_steps(dz, start, n):  # the objective is carried, so XLA cannot drop its pass over the data
         def body(_, carry):
-            _, sse, nxt = altmin_body(dz, *carry[0], False, None)
+            _, sse, nxt = AltMin().step(carry[0], None, FitConfig(rank=rank), AllUsers(dz))
             return nxt, sse
 
         return jax.lax.fori_loop(0, n, body, (start, jnp.zeros((), start[0].dtype)))
