@@ -410,11 +410,12 @@ def _one_program(problem, key, fit_config):
     return cj.fit_and_evaluate(problem, key, fit_config, method="colora")
 
 
-@pytest.mark.parametrize("algorithm", ["varpro-restarts"])
+@pytest.mark.parametrize("algorithm", ["varpro", "varpro-restarts"])
 def test_hard_trials_rerun_apart_equal_every_trial_run_whole(algorithm, x64):
-    """``run_trials`` fits varpro's first stage (no continuation) on every trial and the algorithm
-    itself only on the trials where that fit is not exact (trials.SplitFit): the same results as
-    the algorithm on every trial in one program. Near the threshold, so both kinds occur."""
+    """``run_trials`` fits varpro's first stage (no continuation) on every trial and its second
+    stage (the continued fit; the restarts) only on the trials where that fit is not exact
+    (trials.SplitFit): the same results as the estimator on every trial in one program. Near the
+    threshold, so both kinds occur."""
     pc = cj.ProblemConfig(model="sensing", users=6, d_out=8, d_in=8, rank=2, samples=12, test_samples=0, x64=True)
     fc = cj.FitConfig(rank=2, iters=40, algorithm=algorithm)
     split = cj.run_trials(jax.random.key(0), pc, fc, 8)

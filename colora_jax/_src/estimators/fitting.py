@@ -463,11 +463,13 @@ class Estimator:
         return self
 
     @property
-    def first_stage(self) -> "Estimator | None":
-        """An estimator whose fit this one returns unchanged wherever that fit is exact (or None).
+    def stages(self) -> "tuple[Estimator, Estimator] | None":
+        """``(first, second)`` such that this estimator's fit is ``first``'s where that one is exact
+        (at the stopping floor), else the lower final objective of ``first``'s and ``second``'s (``first``
+        on a tie); None when the fit does not split so.
 
-        The trial driver then runs the first stage on every trial and this estimator only on
-        the others, in a smaller batch (``trials.SplitFit``).
+        The trial driver then runs ``first`` on every trial and ``second`` only on the others, in a
+        smaller batch (``trials.SplitFit``): a trial that needs more work does not hold the batch.
         """
         return None
 

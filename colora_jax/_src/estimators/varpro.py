@@ -152,11 +152,14 @@ class VarPro(Estimator):
     validate = check  # VarProOptions(...).validate() before 0.2
 
     @property
-    def first_stage(self):
-        """With restarts until exact: the plain fit, returned unchanged wherever it is exact."""
-        if self.restarts and self.restart_rule == "until-exact" and self.continuation == "fallback":
-            return dataclasses.replace(self, continuation="never", restarts=0, restart_rule="all")
-        return None
+    def stages(self):
+        """The plain fit first: the fallback keeps it where it is exact, else the better of it and the
+        continued fit (``continuation="always"``); restarts until exact keep the lower of it and their own."""
+        if self.continuation != "fallback" or (self.restarts and self.restart_rule != "until-exact"):
+            return None
+        plain = dataclasses.replace(self, continuation="never", restarts=0, restart_rule="all")
+        second = self if self.restarts else dataclasses.replace(self, continuation="always")
+        return plain, second
 
     def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
         """The fit (and its fallback, restarts) over ``users``; inputs trusted.

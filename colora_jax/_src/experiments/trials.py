@@ -267,25 +267,25 @@ def _exact_fits(train: Observations, fitted_samples, final_objective) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class SplitFit:
-    """A trial program's fit in two parts, for an algorithm with a ``first_stage`` (``registry``).
+    """A trial program's fit in two stages, for an estimator with ``stages`` (``Estimator.stages``).
 
     The first stage's fit runs on every trial of the batch; the trials where it is exact (its
     final objective at the stopping floor: a data-only test, never the truth) keep it, since the
-    algorithm returns that fit unchanged there. Only the other trials are fitted again with the
-    algorithm itself, in a batch of the next power of two (at least 2, at most ``batch``; padded
-    by repeating a trial), so a trial that needs a long continuation or restarts does not hold
-    every trial of the batch. The result is the algorithm's on every trial, up to the rounding
-    of a different batch size (tested).
+    estimator returns that fit unchanged there. Only the other trials are fitted with the second
+    stage, in a batch of the next power of two (at least 2, at most ``batch``; padded by repeating
+    a trial), and keep the lower final objective of the two fits (the first on a tie). So a trial
+    that needs a long continuation or restarts does not hold every trial of the batch. The result
+    is the estimator's on every trial, up to the rounding of a different program (tested).
     """
 
     first: Callable  # compiled (problems, keys, fitted_samples) -> results of the first stage, at ``batch``
-    hard: Callable[[int], Callable]  # size -> compiled fit of the algorithm itself for ``size`` trials
+    hard: Callable[[int], Callable]  # size -> compiled fit of the second stage for ``size`` trials
     batch: int
 
     def __call__(self, problems, keys, fitted_samples):
         """The algorithm's results on every trial of the batch (host arrays)."""
         out = jax.device_get(self.first(problems, keys, fitted_samples))
-        final = np.take_along_axis(out.trace.objective, np.asarray(out.trace.iterations)[:, None], axis=1)[:, 0]
+        final = _final_objective(out.trace)
         hard = np.flatnonzero(~np.asarray(_exact_fits(problems.train, fitted_samples, final)))
         if hard.size == 0:
             return out
@@ -296,8 +296,15 @@ class SplitFit:
             rows = np.resize(part, size)
             picked = jax.tree.map(lambda a, rows=rows: a[rows], (problems, keys))
             again = jax.device_get(self.hard(size)(*picked, fitted_samples))
-            merged = jax.tree.map(lambda a, b, part=part: _put(a, part, b[: part.size]), merged, again)
+            again = jax.tree.map(lambda a, n=part.size: a[:n], again)
+            keep = _final_objective(again.trace) < final[part]  # False for NaN: the first fit stays
+            merged = jax.tree.map(lambda a, b, keep=keep: _put(a, part[keep], b[keep]), merged, again)
         return merged
+
+
+def _final_objective(trace) -> np.ndarray:
+    """Each trial's objective at its last iteration (host arrays)."""
+    return np.take_along_axis(np.asarray(trace.objective), np.asarray(trace.iterations)[:, None], axis=1)[:, 0]
 
 
 def _put(a, rows, values):
@@ -306,11 +313,11 @@ def _put(a, rows, values):
     return a
 
 
-def _first_stage(fit_config: FitConfig, fn):
-    """The first-stage algorithm of a CoLoRA trial program, or None (no split)."""
+def _stages(fit_config: FitConfig, fn):
+    """The two stages of a CoLoRA trial program's estimator, or None (one program)."""
     if not (_is_method_evaluator(fn) and fn.keywords["method"] == "colora"):
         return None  # another method, or a sharded or caller's function: one program
-    return resolve(fit_config).first_stage
+    return resolve(fit_config).stages
 
 
 def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Callable | None = None) -> CompiledTrials:
@@ -329,11 +336,12 @@ def compiled_trials(problem_config, fit_config: FitConfig, batch: int, *, fn: Ca
 
 def _compiled(problem_config, fit_config: FitConfig, batch: int, fn: Callable) -> CompiledTrials:
     """``compiled_trials`` of validated configurations (a ``TrialRequest``'s)."""
-    first = _first_stage(fit_config, fn)
-    if first is None or batch < 2:
+    stages = _stages(fit_config, fn)
+    if stages is None or batch < 2:
         return _compiled_trials(problem_config, fit_config, batch, fn)
-    staged = _compiled_trials(problem_config, dataclasses.replace(fit_config, algorithm=first), batch, fn)
-    hard = functools.partial(_compiled_fit, problem_config, fit_config, fn=fn)
+    first, second = (dataclasses.replace(fit_config, algorithm=stage) for stage in stages)
+    staged = _compiled_trials(problem_config, first, batch, fn)
+    hard = functools.partial(_compiled_fit, problem_config, second, fn=fn)
     return CompiledTrials(staged.generate, SplitFit(staged.fit, hard, batch))
 
 
