@@ -267,7 +267,7 @@ def _exact_fits(train: Observations, fitted_samples, final_objective) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class SplitFit:
-    """A trial program's fit in two parts, for an algorithm with a ``first_stage`` (``registry``).
+    """A trial program's fit in two parts, for an estimator whose ``Estimator.first_stage`` is not None.
 
     The first stage's fit runs on every trial of the batch; the trials where it is exact (its
     final objective at the stopping floor: a data-only test, never the truth) keep it, since the
