@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import colora_jax as cj  # noqa: E402
 from colora_jax import (  # noqa: E402
-    VarProOptions,
+    VarPro,
     code_version,
     fit_varpro,
     statistics,  # noqa: E402
@@ -53,7 +53,7 @@ METHODS: dict[str, dict | None] = {
     "varpro-always": {"continuation": "always"},  # the continuation before every fit
     "varpro-gp": {"jacobian": "golub-pereyra"},  # full Golub-Pereyra Jacobian (continuation as a fallback)
     "varpro-gp-plain": {"jacobian": "golub-pereyra", "continuation": "never"},
-    "varpro-slow": {"ridge_decay": 0.96},  # twice as many continuation iterations
+    "varpro-slow": {"continuation_decay": 0.96},  # twice as many continuation iterations
     "varpro-restarts4": {"restarts": 4},  # the spectral path and 4 from random starts; lowest objective wins
 }
 
@@ -266,7 +266,7 @@ def cost(args) -> None:
             wall, cpu, (est, trace) = _best_of(run, clean.train, clean.truth)
             it = int(trace.iterations)
             # the continuation's length when it runs ("fallback": only if the plain fit does not interpolate)
-            opts = None if options is None else VarProOptions(**options)
+            opts = None if options is None else VarPro(**options)
             cont = 0 if opts is None or opts.continuation == "never" else opts.continuation_iterations
             when = "" if opts is None or opts.continuation != "fallback" else " if needed"
             rec = dict(

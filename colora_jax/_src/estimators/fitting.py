@@ -464,11 +464,10 @@ class Estimator:
 
     @property
     def stages(self) -> "tuple[Estimator, Estimator] | None":
-        """``(first, second)`` such that this estimator's fit is ``first``'s where that one is exact
-        (at the stopping floor), else the lower final objective of ``first``'s and ``second``'s (``first``
-        on a tie); None when the fit does not split so.
+        """``(first, second)``: this fit is ``first``'s where exact, else the lower of ``first``'s and ``second``'s.
 
-        The trial driver then runs ``first`` on every trial and ``second`` only on the others, in a
+        Exact: at the stopping floor; the lower: by final objective (``first`` on a tie); None when
+        the fit does not split so. The trial driver then runs ``first`` on every trial and ``second`` only on the others, in a
         smaller batch (``trials.SplitFit``): a trial that needs more work does not hold the batch.
         """
         return None

@@ -2,12 +2,13 @@
 
 A mesh with one axis, ``'users'``, splits the users (the leading axis of ``X``, ``Y`` and of
 the per-user parts of the truth) evenly across devices. Inside ``jax.shard_map`` each device
-runs the personal step for the users it holds and forms its partial sums of the pooled U/V
-normal equations,
+runs the estimator on the users it holds and forms its partial sums over them (for AltMin, the
+pooled U/V normal equations),
 
     G = sum_devices sum_{i on device} G_i,      h = sum_devices sum_{i on device} h_i,
 
-which ``blocks.pool`` adds across the mesh (``lax.psum``, the only collective). U, V and the
+which ``Users.sum`` (``AllUsers(design, "users")``) adds across the mesh with ``blocks.pool``
+(``lax.psum``, the only collective). U, V and the
 trace are replicated; the personal ``S`` comes back sharded like the users. Results equal the
 single-device ``fit`` up to the order of floating-point summation.
 

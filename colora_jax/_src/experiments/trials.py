@@ -298,7 +298,7 @@ class SplitFit:
             again = jax.device_get(self.hard(size)(*picked, fitted_samples))
             again = jax.tree.map(lambda a, n=part.size: a[:n], again)
             keep = _final_objective(again.trace) < final[part]  # False for NaN: the first fit stays
-            merged = jax.tree.map(lambda a, b, keep=keep: _put(a, part[keep], b[keep]), merged, again)
+            merged = jax.tree.map(lambda a, b, rows=part[keep], keep=keep: _put(a, rows, b[keep]), merged, again)
         return merged
 
 

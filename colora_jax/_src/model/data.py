@@ -282,7 +282,7 @@ def generate(key: PRNGKeyArray, config: ProblemConfig, *, noise=None, first_user
       noise: override of ``config.noise`` that may be traced (one compiled program serves a
         sweep over noise levels).
       first_user: generate users ``first_user .. first_user + config.users - 1`` of the
-        problem's users (one chunk; ``streaming.generate_chunks``); may be traced.
+        problem's users (one chunk; ``chunks.generate_chunks``); may be traced.
 
     One compiled program per configuration (``jax.jit``; traced into the caller's program when
     called inside a transformation).
