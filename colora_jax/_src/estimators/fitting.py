@@ -467,8 +467,9 @@ class Estimator:
         """``(first, second)``: this fit is ``first``'s where exact, else the lower of ``first``'s and ``second``'s.
 
         Exact: at the stopping floor; the lower: by final objective (``first`` on a tie); None when
-        the fit does not split so. The trial driver then runs ``first`` on every trial and ``second`` only on the others, in a
-        smaller batch (``trials.SplitFit``): a trial that needs more work does not hold the batch.
+        the fit does not split so. The trial driver then runs ``first`` on every trial and ``second``
+        only on the others, in a smaller batch (``trials.SplitFit``): a trial that needs more work
+        does not hold the batch.
         """
         return None
 
