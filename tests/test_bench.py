@@ -88,3 +88,18 @@ def test_information_limit_rows_resume_and_no_estimator_beats_the_count(tmp_path
     assert main(["bench", "--quick", "--sections", "information_limit", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "information_limit.json").read_text())["rows"][0]["grid"] == row["grid"]
     assert "| sensing | altmin | " in capsys.readouterr().out
+
+
+def test_estimator_cost_ratios_are_per_repeat_against_the_first_estimator(monkeypatch):
+    """Every ratio is an estimator's run over the first estimator's in the same repeat; runs are warm."""
+    from colora_jax._src.bench import estimator_cost as ec
+
+    config = ec.Config(cells=((4, 8),), estimators=("altmin", "altgd"), d_out=4, d_in=4, trials=2, iters=3, repeats=3)
+    result = ec.run(config)
+    rows = result["cells"][0]["estimators"]
+    base = rows["altmin"]["run_seconds"]
+    ratios = [r / b for r, b in zip(rows["altgd"]["run_seconds"], base)]
+    assert rows["altmin"]["ratio_median"] == 1.0 and len(base) == 3
+    assert rows["altgd"]["ratio_min"] == min(ratios) and rows["altgd"]["ratio_max"] == max(ratios)
+    assert all(0 <= row["success"] <= 1 and row["compile_seconds"] > row["run_min"] for row in rows.values())
+    assert len(ec.markdown({**result, "code_version": "x"}).splitlines()) == 2 + 2 + 2

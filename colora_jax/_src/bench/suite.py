@@ -237,7 +237,16 @@ def _stage(name: str) -> None:
     print(f"[colora bench {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
 
 
-SECTIONS = ("latency", "versus_numpy", "cores", "iteration", "roofline", "device_scaling", "streaming")
+SECTIONS = (
+    "latency",
+    "versus_numpy",
+    "cores",
+    "iteration",
+    "roofline",
+    "device_scaling",
+    "streaming",
+    "estimator_cost",
+)
 # asked for by name only (``--sections information_limit``): hours at full size, not part of the default run
 OPTIONAL_SECTIONS = ("information_limit",)
 
@@ -282,6 +291,11 @@ def run(quick: bool, sections=SECTIONS) -> dict:
         users = 2_000 if quick else 1_000_000
         _stage(f"streamed regression, k={users} (child process)")
         out["streaming"] = streaming(users, 4 if quick else 100)
+    if "estimator_cost" in sections:
+        from colora_jax._src.bench import estimator_cost
+
+        _stage("estimator cost against AltMin near 1.3 m*: compile and run apart, interleaved repeats")
+        out["estimator_cost"] = estimator_cost.run(estimator_cost.QUICK if quick else estimator_cost.Config(), _stage)
     if "information_limit" in sections:
         from colora_jax._src.bench import information_limit as il
 
