@@ -54,14 +54,6 @@ def test_float64_noiseless_recovery_reaches_1e_10(model, x64):
     assert float(cj.relative_error(est.W, p.truth.W)) <= 1e-10
 
 
-@pytest.mark.parametrize("algorithm", ["altgd", "adam"])
-def test_gradient_variants_recover(algorithm):
-    p = problem("sensing", 4)
-    fc = cj.FitConfig(algorithm=algorithm, iters=400 if algorithm == "altgd" else 1500, learning_rate=3e-3)
-    est, trace = run_fit(fc, p)
-    assert float(cj.relative_error(est.W, p.truth.W)) < 1e-3
-
-
 def test_joint_training_takes_any_optax_optimizer():
     import optax
 

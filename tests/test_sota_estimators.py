@@ -1,24 +1,10 @@
 """GNMR and ScaledGD adapted to ``U S_i V^T``: planted truth recovered, one GNMR step against a dense
 minimum-norm Gauss-Newton step, ScaledGD's gauge equivariance and its rate against the condition
-number, the documented stopping (not monotone), batched and sharded equal to the plain fit, errors.
-
-Run as a script (``python tests/test_sota_estimators.py devices N``) it is its own subprocess worker
-for the sharded test: XLA_FLAGS must be set before jax is imported.
+number, reachable from ``run_trials``, errors. The claims every estimator shares (declared not monotone,
+batched = looped, sharded = single device, in chunks = in memory) are tests/test_estimators.py's.
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-if __name__ == "__main__":  # before jax is imported (the sharded worker); importing the tests changes nothing
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={int(sys.argv[2])}"
-    )
-    os.environ["JAX_PLATFORMS"] = "cpu"
-
-import json  # noqa: E402
-import subprocess  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -169,78 +155,12 @@ def test_scaledgd_rate_does_not_follow_the_condition_number(model):
 # ----------------------------------------------------------------------------- stopping, batching
 
 
-@pytest.mark.parametrize("algorithm", SOTA)
-def test_not_monotone_so_only_the_budget_or_the_floor_stops(algorithm):
-    """Documented exception to the monotone objective: full Gauss-Newton steps (GNMR) and fixed
-    scaled steps (ScaledGD) may raise f, so ``tol`` is not a stopping rule; with noise (floor out
-    of reach) the fit runs its whole budget, and ``converged`` is False."""
-    with jax.enable_x64(True):
-        p = planted("sensing", 5, noise=0.05)
-        _, trace = cj.fit(p.train, cj.FitConfig(rank=2, algorithm=algorithm, iters=12, tol=0.5))
-        assert int(trace.iterations) == 12 and not bool(trace.converged)
-        assert final(trace, "objective") < float(trace.objective[0])
-
-
-@pytest.mark.parametrize("algorithm", SOTA)
-def test_batched_equals_looped(algorithm):
-    with jax.enable_x64(True):
-        problems = [planted("regression", s, samples=12, noise=0.01) for s in range(3)]
-        fc = cj.FitConfig(rank=2, algorithm=algorithm, iters=15)
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *[q.train for q in problems])
-        est_b, tr_b = jax.jit(jax.vmap(lambda o: cj.fit(o, fc)))(stacked)
-        for i, q in enumerate(problems):
-            est, tr = cj.fit(q.train, fc)
-            assert int(tr_b.iterations[i]) == int(tr.iterations)
-            np.testing.assert_allclose(cj.Estimate(est_b.U[i], est_b.V[i], est_b.S[i]).W, est.W, rtol=0, atol=1e-11)
-            np.testing.assert_allclose(tr_b.objective[i], tr.objective, rtol=1e-9)
-
-
 def test_reachable_from_run_trials():
     with jax.enable_x64(True):
         pc = cj.ProblemConfig(model="sensing", users=6, d_out=4, d_in=5, rank=2, samples=60, x64=True)
         for algorithm in SOTA:
             out = cj.run_trials(jax.random.key(0), pc, cj.FitConfig(rank=2, algorithm=algorithm, iters=300), trials=2)
             assert np.all(out.evaluation.rel_error <= 1e-10), algorithm
-
-
-# ----------------------------------------------------------------------------- sharded
-
-
-SHARDED_PROBLEM = dict(model="sensing", users=8, d_out=5, d_in=4, rank=2, samples=30, noise=0.05, x64=True)
-
-
-def _sharded_differences(devices):
-    jax.config.update("jax_enable_x64", True)
-    p = cj.generate(jax.random.key(3), cj.ProblemConfig(**SHARDED_PROBLEM))
-    out = {}
-    for algorithm in SOTA:
-        fc = cj.FitConfig(rank=2, algorithm=algorithm, iters=8)
-        ref, ref_tr = jax.jit(lambda o, t, fc=fc: cj.fit(o, fc, truth=t))(p.train, p.truth)
-        mesh = cj.users_mesh(devices)
-        run = jax.jit(lambda o, t, fc=fc, mesh=mesh: cj.fit_sharded(o, fc, mesh=mesh, truth=t))
-        est, tr = run(cj.shard_users(p.train, mesh), p.truth)
-        out[algorithm] = {
-            "W": float(jnp.max(jnp.abs(est.W - ref.W))),
-            "objective": float(jnp.max(jnp.abs(tr.objective - ref_tr.objective) / ref_tr.objective)),
-            "iterations": [int(tr.iterations), int(ref_tr.iterations)],
-            "S_sharded": len(est.S.sharding.device_set) == devices,
-        }
-    return out
-
-
-@pytest.fixture(scope="module")
-def sharded():
-    out = subprocess.run([sys.executable, __file__, "devices", "4"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("algorithm", SOTA)
-def test_sharded_equals_single_device(sharded, algorithm):
-    d = sharded[algorithm]  # 4 devices, 2 users each
-    assert d["S_sharded"]
-    assert d["iterations"][0] == d["iterations"][1]
-    assert d["W"] < 1e-10 and d["objective"] < 1e-10, d
 
 
 # ----------------------------------------------------------------------------- errors, registry
@@ -264,7 +184,3 @@ def test_registered_and_listed():
     assert set(SOTA) <= set(cj.ALGORITHMS)
     with jax.enable_x64(True), pytest.raises(ValueError, match="gnmr, scaledgd"):  # planted() is float64
         cj.fit(planted("regression").train, cj.FitConfig(algorithm="gauss-newton"))
-
-
-if __name__ == "__main__":
-    print(json.dumps(_sharded_differences(int(sys.argv[2]))))
