@@ -32,7 +32,7 @@ from flax import nnx  # noqa: E402
 
 from colora_jax import nnx as cn  # noqa: E402
 
-CONFIG = cn.DecoderConfig(vocab=64, seq_len=8, width=32, depth=2, heads=8, kv_heads=4, head_dim=4, mlp_hidden=64)
+CONFIG = cn.DecoderConfig(vocab=64, seq_len=8, width=32, depth=1, heads=8, kv_heads=4, head_dim=4, mlp_hidden=64)
 TARGETS = ("query", "value", "out", "up", "down")  # Einsum, Einsum, LinearGeneral, Linear, Linear
 USERS, RANK, BATCH = 16, 2, 16
 ADAPTER = nnx.Any(cn.SharedParam, cn.PersonalParam)

@@ -120,14 +120,25 @@ def _recover_in_a_new_process(cache_dir, *extra):
     return proc
 
 
-def test_a_second_identical_run_loads_every_program_from_the_compile_cache(tmp_path):
+@pytest.fixture(scope="module")
+def cold_and_warm(tmp_path_factory):
+    """A run into an empty cache and a second identical one, shared by the tests of this group
+    (the cache's keys depend on its path, so it cannot be copied); a test may damage the cache
+    only after both ran."""
+    cache = tmp_path_factory.mktemp("recover") / "cache"
+    first = _recover_in_a_new_process(cache)
+    second = _recover_in_a_new_process(cache)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:]
+    return cache, first, second
+
+
+@pytest.mark.xdist_group("recover_cold_and_warm")  # one worker: the two runs are shared
+def test_a_second_identical_run_loads_every_program_from_the_compile_cache(cold_and_warm):
     """The trial program is stored whole (neither traced nor looked up again), the small ones in
     JAX's cache: a second run compiles nothing and gives the same numbers bit for bit."""
-    first = _recover_in_a_new_process(tmp_path / "cache")
-    second = _recover_in_a_new_process(tmp_path / "cache")
-    assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:]
+    cache, first, second = cold_and_warm
     a, b = json.loads(first.stdout)["compile_cache"], json.loads(second.stdout)["compile_cache"]
-    assert a["misses"] > 0 and a["dir"] == str(tmp_path / "cache")
+    assert a["misses"] > 0 and a["dir"] == str(cache)
     assert a["executables_saved"] == 2 and a["executables_loaded"] == 0, a  # the generator and the fit
     assert b["executables_loaded"] == 2 and b["executables_saved"] == 0, b
     assert b["misses"] == 0 and b["hits"] == a["requests"], (a, b)  # the trial program never goes to JAX's
@@ -165,12 +176,11 @@ def test_an_unusable_cache_directory_degrades_to_compiling_with_one_warning(tmp_
     assert proc.stderr.count("compile cache") == 1 and "Traceback" not in proc.stderr
 
 
-def test_corrupt_cache_entries_are_recompiled_not_fatal(tmp_path):
+@pytest.mark.xdist_group("recover_cold_and_warm")
+def test_corrupt_cache_entries_are_recompiled_not_fatal(cold_and_warm):
     """Every entry garbled, JAX's and the stored trial program alike: one warning line each, the
     programs compiled afresh, the same numbers."""
-    cache = tmp_path / "cache"
-    first = _recover_in_a_new_process(cache)
-    assert first.returncode == 0
+    cache, first, _ = cold_and_warm
     entries = [entry for entry in cache.rglob("*") if entry.is_file() and not entry.name.startswith(".")]
     assert any(entry.parent.name == "colora_executables" for entry in entries)
     for entry in entries:
