@@ -28,7 +28,8 @@ import pytest  # noqa: E402
 
 import colora_jax as cj  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("x64")  # every claim below is checked in float64
+# every claim below is checked in float64; one worker runs the module (its fixtures fit every estimator once)
+pytestmark = [pytest.mark.usefixtures("x64"), pytest.mark.xdist_group("estimators")]
 
 NAMES = list(cj.ALGORITHMS)
 # k = 6 users, 5 x 4, rank 2, n = 30: well above m* = 8.7, so every estimator recovers every trial

@@ -96,6 +96,24 @@ def _watch(read_fd: int, finished: threading.Event) -> None:
         end_now()
 
 
+def _quiet_interrupts(hook):
+    """An unraisable-exception hook that drops the KeyboardInterrupt of our SIGINT (raised in a callback).
+
+    The handler raises in whatever Python code runs, which may be a callback whose exceptions
+    cannot propagate (a ``__del__``, XLA's garbage-collection hook): Python would print them,
+    but the interrupt is remembered (``interrupted``) and reported once by the command.
+    """
+    if getattr(hook, "quiets_interrupts", False):
+        return hook
+
+    def quiet(unraisable):
+        if not (_state["interrupted"] and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            hook(unraisable)
+
+    quiet.quiets_interrupts = True
+    return quiet
+
+
 def start():
     """Begin a command: SIGINT raises KeyboardInterrupt (once), and is watched from a thread.
 
@@ -107,6 +125,7 @@ def start():
     previous = _install(interrupting)
     if previous is None:
         return None
+    sys.unraisablehook = _quiet_interrupts(sys.unraisablehook)
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)  # the C handler must never wait on it
     old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
@@ -121,6 +140,8 @@ def finish(started, *, process_ends: bool) -> None:
     interpreter's shutdown), and an interrupted command's grace still runs (a shutdown that hangs is
     cut short); else the caller's handler and wake-up descriptor are put back.
     """
+    if process_ends and _state["interrupted"]:
+        end_now()  # the command's finally blocks ran: the interpreter's shutdown has nothing left to do
     if started is None:
         return
     previous, old_wakeup, write_fd = started
