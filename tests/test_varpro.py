@@ -137,7 +137,7 @@ def _restart_fits(p, fc, seed, restarts):
     return [float(t.objective[int(t.iterations)]) for _, t in fits]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [4, 9])  # seeds whose default fit is not exact: restarts run
 def test_restarts_until_exact_pick_the_lowest_objective_of_the_fits_run(seed, x64):
     """``restart_rule="until-exact"`` runs the plain fit, then restarts in order until one reaches
     the stopping floor; it returns the lowest final objective of the fits it ran. ``"all"`` returns
@@ -147,6 +147,7 @@ def test_restarts_until_exact_pick_the_lowest_objective_of_the_fits_run(seed, x6
     finals = _restart_fits(p, fc, seed, 3)
     floor = float(fitting.stopping_floor(jnp.sum(jnp.square(p.train.Y)) / p.train.Y.size))
     ran = next((j + 1 for j, f in enumerate(finals) if f <= floor), len(finals))
+    assert ran > 1  # the claim is exercised: the first fit is not exact
     for rule, expected in (("until-exact", min(finals[:ran])), ("all", min(finals))):
         _, trace = run_fit(fc, p.train, p.truth, seed=seed, restarts=3, restart_rule=rule)
         # fits at the floor are all exact: their objectives are rounding, which a program may order differently

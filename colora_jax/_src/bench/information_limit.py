@@ -148,7 +148,7 @@ def run(config: Config, results: str | None = None, progress: bool = True) -> di
     are skipped and repaired, each row is forced to disk as it finishes, infinities are written as
     null (``to_jsonable``).
     """
-    done = {k: r["result"] for k, r in read_results(results).items()} if results else {}
+    done = dict(read_results(results)) if results else {}
     rows = []
     # estimator by estimator (both models), so an interrupted table has whole rows of the cheap ones
     specs = [(m, e, k) for e in config.estimators for m in config.models for k in config.users]
@@ -157,11 +157,12 @@ def run(config: Config, results: str | None = None, progress: bool = True) -> di
         if key not in done:
             if progress:
                 print(f"[{i + 1}/{len(specs)}] {model} {estimator} k={k}", file=sys.stderr, flush=True)
-            done[key] = to_jsonable(compute_row(config, model, estimator, k))
+            done[key] = {"key": key, "result": to_jsonable(compute_row(config, model, estimator, k))}
+            done[key]["code_version"] = code_version()
             if results:
                 os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
-                append_result(results, {"key": key, "result": done[key], "code_version": code_version()})
-        rows.append(done[key])
+                append_result(results, done[key])
+        rows.append({**done[key]["result"], "code_version": done[key].get("code_version")})
     return {"config": dataclasses.asdict(config), "rows": rows}
 
 
@@ -192,7 +193,11 @@ def markdown(table: dict) -> str:
             ms = "/".join("-" if r is None else f"{1e3 * r['seconds_per_trial']:.1f}" for r in rows)
             cells = " | ".join("not run" if r is None else _interval(r) for r in rows)
             lines.append(f"| {model} | {estimator} | {cells} | {ms} |")
-    return "\n".join(lines)
+    versions: dict = {}
+    for row in table["rows"]:
+        versions[row.get("code_version")] = versions.get(row.get("code_version"), 0) + 1
+    computed = ", ".join(f"{v} ({n} rows)" for v, n in versions.items())
+    return "\n".join(lines) + f"\n\n(rows computed at code {computed})"
 
 
 def main(argv=None) -> None:
