@@ -9,7 +9,7 @@ falls on all alike. Reported per estimator: the median run time, its spread (min
 process CPU time, the success rate; per repeat and estimator, the ratio of its run time to
 AltMin's in that repeat (median and range): the figure the cost target is stated in.
 
-    python -m colora_jax._src.bench.estimator_cost [--quick] [--out PATH] [--markdown]
+    python -m colora_jax._src.bench.estimator_cost [--quick] [--out PATH]   # JSON, then the table
 """
 
 from __future__ import annotations
@@ -98,21 +98,6 @@ def run(config: Config, progress=None) -> dict:
     return out
 
 
-def lines(result: dict) -> list[str]:
-    """One readable line per cell and estimator."""
-    base = result["config"]["estimators"][0]
-    text = []
-    for cell in result["cells"]:
-        for name, row in cell["estimators"].items():
-            text.append(
-                f"k={cell['users']} n={cell['samples']} ({cell['n_over_m_star']:.2f} m*) {name}:"
-                f" success {row['success']:.3f}, compile {row['compile_seconds']:.1f} s, run median"
-                f" {row['run_median']:.2f} s [{row['run_min']:.2f}, {row['run_max']:.2f}],"
-                f" {row['ratio_median']:.2f}x {base} [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]"
-            )
-    return text
-
-
 def markdown(result: dict) -> str:
     """The result as a markdown table: one line per cell and estimator."""
     base = result["config"]["estimators"][0]
@@ -131,11 +116,10 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    """The command line: measure (or read ``--from``), print JSON and the readable lines, optionally write."""
+    """The command line: measure, print the JSON and the table, optionally write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds")
     parser.add_argument("--out", default=None, help="write the result as JSON here")
-    parser.add_argument("--markdown", action="store_true", help="print the markdown table")
     args = parser.parse_args(argv)
     result = run(QUICK if args.quick else Config(), lambda s: print(s, file=sys.stderr, flush=True))
     result["code_version"] = code_version()
@@ -143,7 +127,7 @@ def main(argv=None) -> None:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     print(json.dumps(result))
-    print(markdown(result) if args.markdown else "\n".join(lines(result)))
+    print(markdown(result))
 
 
 if __name__ == "__main__":
