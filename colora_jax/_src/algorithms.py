@@ -144,12 +144,14 @@ def fit(
     Args:
       observations: the users' training data (``Observations``; ``counts`` selects a prefix
         of each user's samples).
-      config: static settings: ``algorithm`` (a name in ``ALGORITHMS``: altmin, altgd,
-        adam, varpro, centered, gnmr, scaledgd), rank, personal part, iterations, tolerance, initialization.
-      key: PRNG key, needed only for ``init="random"``.
+      config: static settings: ``algorithm`` (a name in ``ALGORITHMS``: altmin, altgd, adam,
+        varpro, centered, gnmr, scaledgd, ...; or an ``Estimator`` object with its options),
+        rank, personal part, iterations, tolerance, initialization.
+      key: PRNG key, needed for ``init="random"`` and for estimators that draw (restarts).
       truth: optional ground truth; when given, the trace records distances to it.
       optimizer: for ``algorithm="adam"``: any optax transformation (default
-        ``optax.adam(config.learning_rate)``); it minimizes the mean squared residual.
+        ``optax.adam(config.learning_rate)``); it minimizes the mean squared residual. Any
+        other estimator refuses it (ValueError).
       axis_name: mesh axis over which users are sharded (inside ``shard_map``); the pooled
         sums become ``psum``s over it. ``None`` for a single device.
 
