@@ -13,7 +13,7 @@ Each row (model, estimator, k) is one compiled ``run_trials`` program over the w
 (the first ``n`` samples of the same trials), appended to a JSON-lines file as soon as it is done:
 an interrupted run resumes from the rows already there.
 
-    python -m colora_jax._src.bench.information_limit [--smoke] [--results PATH] [--markdown]
+    python -m colora_jax._src.bench.information_limit [--smoke] [--results PATH] [--out PATH] [--markdown] [--finished]
 
 ``colora bench --sections information_limit`` runs the smoke configuration (``--quick``) or the
 full one.
@@ -141,12 +141,13 @@ def compute_row(config: Config, model: str, estimator: str, k: int) -> dict:
     }
 
 
-def run(config: Config, results: str | None = None, progress: bool = True) -> dict:
+def run(config: Config, results: str | None = None, progress: bool = True, compute: bool = True) -> dict:
     """Every row of the table; rows already in ``results`` (JSON lines) are read back, not recomputed.
 
     The file is a sweep results file (``sweep.read_results`` / ``append_result``): torn last lines
     are skipped and repaired, each row is forced to disk as it finishes, infinities are written as
-    null (``to_jsonable``).
+    null (``to_jsonable``). ``compute=False`` only reads: the table then holds the finished rows and
+    says how many of all it has (``partial``).
     """
     done = dict(read_results(results)) if results else {}
     rows = []
@@ -154,6 +155,8 @@ def run(config: Config, results: str | None = None, progress: bool = True) -> di
     specs = [(m, e, k) for e in config.estimators for m in config.models for k in config.users]
     for i, (model, estimator, k) in enumerate(specs):
         key = row_key(config, model, estimator, k)
+        if key not in done and not compute:
+            continue
         if key not in done:
             if progress:
                 print(f"[{i + 1}/{len(specs)}] {model} {estimator} k={k}", file=sys.stderr, flush=True)
@@ -163,7 +166,10 @@ def run(config: Config, results: str | None = None, progress: bool = True) -> di
                 os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
                 append_result(results, done[key])
         rows.append({**done[key]["result"], "code_version": done[key].get("code_version")})
-    return {"config": dataclasses.asdict(config), "rows": rows}
+    table = {"config": dataclasses.asdict(config), "rows": rows}
+    if len(rows) < len(specs):
+        table["partial"] = f"{len(rows)} of {len(specs)} rows: the others were not run"
+    return table
 
 
 def _finite(value) -> bool:
@@ -207,10 +213,11 @@ def main(argv=None) -> None:
     parser.add_argument("--results", default=None, help="JSON-lines file of finished rows (resumable)")
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     parser.add_argument("--markdown", action="store_true", help="print the markdown table")
+    parser.add_argument("--finished", action="store_true", help="only the rows already in --results: compute none")
     args = parser.parse_args(argv)
     config = SMOKE if args.smoke else Config()
     results = args.results or os.path.join("results", "information_limit" + ("_smoke" if args.smoke else "") + ".jsonl")
-    table = run(config, results)
+    table = run(config, results, compute=not args.finished)
     table["code_version"] = code_version()
     if args.out:
         with open(args.out, "w") as f:
