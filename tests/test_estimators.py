@@ -75,21 +75,17 @@ def test_recovers_the_planted_matrices(fits, planted, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_objective_never_increases_or_is_declared_not_monotone(fits, name):
+def test_objective_never_increases_or_is_declared_not_monotone(fits, planted, name):
     estimator = cj.resolve(fit_config(name))
-    for _, trace in fits[name]:
+    for (_, trace), p in zip(fits[name], planted):
         t = int(trace.iterations)
         f = np.asarray(trace.objective[: t + 1])
         assert np.all(np.isfinite(f)) and np.all(np.isnan(np.asarray(trace.objective[t + 1 :])))
         if estimator.monotone:
             assert np.all(np.diff(f) <= 1e-12 * f[:-1] + 1e-300), (name, f)
         else:  # no relative-decrease stop: only the budget or the floor
-            floor = (10 * np.finfo(np.float64).eps) ** 2 * float(np.mean(np.square(fits_data_y(name))))
+            floor = (10 * np.finfo(np.float64).eps) ** 2 * float(np.mean(np.square(p.train.Y)))
             assert t == fit_config(name).iters or f[-1] <= floor, (name, t, f[-1])
-
-
-def fits_data_y(name):
-    return problems((0,))[0].train.Y
 
 
 def short_config(name: str) -> cj.FitConfig:
