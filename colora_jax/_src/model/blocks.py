@@ -143,7 +143,7 @@ def personal_step(d: Design, U, V, diag: bool) -> Float[Array, "k r r"]:
 def factor_normal(P: Float[Array, "k n d s"], Y: Float[Array, "k n"], M: Float[Array, "k r s"]):
     """Sensing: these users' (unpooled) ``(F^T F, F^T y)``, the normal equations of ``pooled_factor``."""
     d, r = P.shape[2], M.shape[1]  # M may be rectangular (r x s) when a factor is the identity
-    # F_ij = P_ij M_i^T as a fused product-and-sum over s (an einsum runs one tiny GEMM per user on CPU: 2.7x slower)
+    # F_ij = P_ij M_i^T as a fused product-and-sum over s (an einsum runs one tiny GEMM per user on CPU)
     F = jnp.sum(P[:, :, :, None, :] * M[:, None, None, :, :], axis=-1).reshape(-1, d * r)
     return F.T @ F, F.T @ Y.reshape(-1)
 
@@ -284,7 +284,7 @@ def spectral_moments(d: Design):
     """These users' (unpooled) ``sum_i W_i_hat W_i_hat^T`` and ``sum_i W_i_hat^T W_i_hat``."""
     if d.model == "regression":  # W_i_hat = Bt_i / n_i
         Bt = d.Bt * _per_user_scale(d, 1)
-        B = jnp.swapaxes(Bt, 1, 2)  # one copy; einsum("koi,kpi->op") on Bt was 6x slower (k = 1e5)
+        B = jnp.swapaxes(Bt, 1, 2)  # one copy: an einsum("koi,kpi->op") on Bt transposes per user, far slower
         return _sum_tn(B, B), _sum_tn(Bt, Bt)
     W = moment_estimates(d)
     return jnp.einsum("koi,kpi->op", W, W), jnp.einsum("koi,koj->ij", W, W)
