@@ -56,15 +56,19 @@ def planted():
     return problems()
 
 
-@pytest.fixture(scope="module")
-def fits(planted):
+def fit_every_estimator(planted, config_of):
     """Every estimator's fit of each problem, one by one (one compiled program per estimator)."""
     out = {}
     with jax.enable_x64(True):
         for name in NAMES:
-            run = jax.jit(lambda o, t, k, fc=fit_config(name): cj.fit(o, fc, truth=t, key=k))
+            run = jax.jit(lambda o, t, k, fc=config_of(name): cj.fit(o, fc, truth=t, key=k))
             out[name] = [run(p.train, p.truth, jax.random.key(9)) for p in planted]
     return out
+
+
+@pytest.fixture(scope="module")
+def fits(planted):
+    return fit_every_estimator(planted, fit_config)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -95,13 +99,8 @@ def short_config(name: str) -> cj.FitConfig:
 
 @pytest.fixture(scope="module")
 def short_fits(planted):
-    """Every estimator's short fit of each problem, one by one (the reference of the execution modes)."""
-    out = {}
-    with jax.enable_x64(True):
-        for name in NAMES:
-            run = jax.jit(lambda o, t, k, fc=short_config(name): cj.fit(o, fc, truth=t, key=k))
-            out[name] = [run(p.train, p.truth, jax.random.key(9)) for p in planted]
-    return out
+    """The reference of the execution modes: every estimator's short fit, one problem at a time."""
+    return fit_every_estimator(planted, short_config)
 
 
 def assert_same_fit(got, want, name, atol_W=TOLERANCE, W=None):
