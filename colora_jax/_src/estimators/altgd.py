@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V
 from colora_jax._src.model import blocks
-from colora_jax._src.model.config import check_real
+from colora_jax._src.model.config import check_positive
 
 
 def _lambda_max(M):
@@ -31,7 +31,7 @@ class AltGD(Estimator):
 
     def check(self, config):
         """``step_size`` a finite number > 0."""
-        check_step_size("AltGD", self.step_size)
+        check_positive("AltGD", "step_size", self.step_size)
 
     def configured(self, config):
         """``FitConfig.step_size`` as this step size."""
@@ -60,10 +60,3 @@ class AltGD(Estimator):
         V2 = V - (self.step_size / _lambda_max(NV)) * gV
         V2, _ = normalize_V(V2, S2, diag)
         return Estimate(U, V, S), sse, (U2, V2)
-
-
-def check_step_size(owner: str, step_size) -> None:
-    """ValueError unless ``step_size`` is a finite number > 0."""
-    check_real(owner, "step_size", step_size)
-    if not step_size > 0:
-        raise ValueError(f"{owner}.step_size must be > 0, got {step_size}")

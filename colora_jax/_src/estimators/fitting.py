@@ -433,6 +433,19 @@ def metrics_of(users: Users, objective, estimate: Estimate, truth) -> Metrics:
     return record(objective, U=estimate.U, V=estimate.V, truth_U=truth_U, truth_V=truth_V)
 
 
+def personal_start(s: Setup, config: FitConfig, users: Users):
+    """``(U, V, S)`` at the start, for the estimators that move all three (GNMR, ScaledGD).
+
+    Every ``S_i`` is the exact personal solve at ``(s.U, s.V)``; then the gauge is normalized
+    (``normalize_U``, ``normalize_V``), which changes no user's matrix.
+    """
+    diag = config.personal == "diag"
+    _, S = users.sum(lambda d, _: (None, blocks.personal_step(d, s.U, s.V, diag)))
+    U, S = normalize_U(s.U, S, diag)
+    V, S = normalize_V(s.V, S, diag)
+    return U, V, S
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimator:
     """An estimator of the CoLoRA model ``W_i = U S_i V^T``: a frozen object carrying its own options.

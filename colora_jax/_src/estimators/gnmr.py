@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from colora_jax._src.estimators import varpro
-from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V
+from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V, personal_start
 from colora_jax._src.estimators.users import Users
 from colora_jax._src.model import blocks
 from colora_jax._src.model.linalg import psd_solve
@@ -143,11 +143,7 @@ class GNMR(Estimator):
 
     def start(self, s, config, users):
         """The normalized spectral start, every ``S_i`` the exact personal solve there."""
-        diag = config.personal == "diag"
-        _, S = users.sum(lambda d, _: (None, blocks.personal_step(d, s.U, s.V, diag)))
-        U, S = normalize_U(s.U, S, diag)
-        V, S = normalize_V(s.V, S, diag)
-        return U, V, S
+        return personal_start(s, config, users)
 
     def step(self, params, s, config, users):
         """One GNMR iteration from ``(U, V, S)``: the current iterate, its objective, the next ``(U, V, S)``."""

@@ -16,7 +16,7 @@ import optax
 
 from colora_jax._src.estimators.fitting import Estimate, Estimator
 from colora_jax._src.model import blocks
-from colora_jax._src.model.config import check_real
+from colora_jax._src.model.config import check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +30,7 @@ class Adam(Estimator):
 
     def check(self, config):
         """``learning_rate`` a finite number > 0."""
-        check_real("Adam", "learning_rate", self.learning_rate)
-        if not self.learning_rate > 0:
-            raise ValueError(f"Adam.learning_rate must be > 0, got {self.learning_rate}")
+        check_positive("Adam", "learning_rate", self.learning_rate)
 
     def configured(self, config):
         """``FitConfig.learning_rate`` as this learning rate."""

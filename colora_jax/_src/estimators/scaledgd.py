@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from colora_jax._src.estimators import varpro
-from colora_jax._src.estimators.altgd import check_step_size
-from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V
+from colora_jax._src.estimators.fitting import Estimate, Estimator, normalize_U, normalize_V, personal_start
 from colora_jax._src.model import blocks
+from colora_jax._src.model.config import check_positive
 from colora_jax._src.model.linalg import psd_solve
 
 
@@ -55,7 +55,7 @@ class ScaledGD(Estimator):
 
     def check(self, config):
         """``step_size`` a finite number > 0."""
-        check_step_size("ScaledGD", self.step_size)
+        check_positive("ScaledGD", "step_size", self.step_size)
 
     def configured(self, config):
         """``FitConfig.step_size`` as eta."""
@@ -63,11 +63,8 @@ class ScaledGD(Estimator):
 
     def start(self, s, config, users):
         """The normalized spectral start, every ``S_i`` the exact personal solve there, and each user's Gram scale."""
-        diag = config.personal == "diag"
-        _, (S, lam) = users.sum(lambda d, _: (None, (blocks.personal_step(d, s.U, s.V, diag), varpro.ridge_scale(d))))
-        U, S = normalize_U(s.U, S, diag)
-        V, S = normalize_V(s.V, S, diag)
-        return U, V, S, lam
+        _, lam = users.sum(lambda d, _: (None, varpro.ridge_scale(d)))
+        return (*personal_start(s, config, users), lam)
 
     def step(self, params, s, config, users):
         """One ScaledGD iteration from ``(U, V, S)`` (``lam``: each user's Gram scale)."""

@@ -73,7 +73,7 @@ from colora_jax._src.estimators.fitting import (
 )
 from colora_jax._src.estimators.users import AllUsers, Users
 from colora_jax._src.model import blocks
-from colora_jax._src.model.config import FitConfig, check_integer, check_real, choice
+from colora_jax._src.model.config import FitConfig, check_integer, check_positive, check_real, choice
 from colora_jax._src.model.data import GroundTruth, Observations
 from colora_jax._src.model.linalg import psd_solve, qr_positive
 
@@ -134,12 +134,11 @@ class VarPro(Estimator):
         choice("continuation", self.continuation, CONTINUATIONS)
         choice("jacobian", self.jacobian, JACOBIANS)
         choice("restart_rule", self.restart_rule, RESTART_RULES)
-        for name in ("damping", "continuation_start", "continuation_stop", "continuation_decay"):
+        for name in ("continuation_start", "continuation_stop", "continuation_decay"):
             check_real("VarPro", name, getattr(self, name))
+        check_positive("VarPro", "damping", self.damping)
         check_integer("VarPro", "max_tries", self.max_tries, 1)
         check_integer("VarPro", "restarts", self.restarts, 0)
-        if not self.damping > 0:
-            raise ValueError(f"damping must be > 0, got {self.damping}")
         if not 0 < self.continuation_stop <= self.continuation_start:
             raise ValueError(
                 "need 0 < continuation_stop <= continuation_start,"

@@ -51,6 +51,13 @@ def check_real(owner: str, name: str, value) -> None:
         raise ValueError(f"{owner}.{name} must be finite, got {value}")
 
 
+def check_positive(owner: str, name: str, value) -> None:
+    """Raise ValueError unless field ``name`` of ``owner`` is a finite real number ``> 0``."""
+    check_real(owner, name, value)
+    if not value > 0:
+        raise ValueError(f"{owner}.{name} must be > 0, got {value}")
+
+
 def effective_precision(config) -> str:
     """The floating-point type a problem configuration generates and is fitted in.
 
