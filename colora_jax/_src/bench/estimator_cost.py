@@ -63,8 +63,8 @@ def measure_cell(config: Config, users: int, samples: int, progress=None) -> dic
         compile_seconds = time.perf_counter() - start
         evaluation, _ = plans[name].run(key)  # warm-up: a split estimator compiles its hard-trial programs here
         rel = np.asarray(evaluation.rel_error, float)
-        rows[name] = {"compile_seconds": compile_seconds, "run_seconds": [], "cpu_seconds": [], "success": None}
-        rows[name]["success"] = float(np.mean(rel <= config.success))
+        success = float(np.mean(rel <= config.success))
+        rows[name] = {"compile_seconds": compile_seconds, "run_seconds": [], "cpu_seconds": [], "success": success}
     for repeat in range(config.repeats):
         for name in config.estimators:
             wall, cpu = time.perf_counter(), time.process_time()

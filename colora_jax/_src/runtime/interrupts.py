@@ -103,14 +103,11 @@ def _quiet_interrupts(hook):
     cannot propagate (a ``__del__``, XLA's garbage-collection hook): Python would print them,
     but the interrupt is remembered (``interrupted``) and reported once by the command.
     """
-    if getattr(hook, "quiets_interrupts", False):
-        return hook
 
     def quiet(unraisable):
         if not (_state["interrupted"] and isinstance(unraisable.exc_value, KeyboardInterrupt)):
             hook(unraisable)
 
-    quiet.quiets_interrupts = True
     return quiet
 
 
@@ -125,12 +122,13 @@ def start():
     previous = _install(interrupting)
     if previous is None:
         return None
-    sys.unraisablehook = _quiet_interrupts(sys.unraisablehook)
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_interrupts(old_hook)
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)  # the C handler must never wait on it
     old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     threading.Thread(target=_watch, args=(read_fd, finished), name="colora-interrupt", daemon=True).start()
-    return previous, old_wakeup, write_fd
+    return previous, old_wakeup, write_fd, old_hook
 
 
 def finish(started, *, process_ends: bool) -> None:
@@ -138,13 +136,13 @@ def finish(started, *, process_ends: bool) -> None:
 
     When the process ends with it, a SIGINT from now on ends it at once (no traceback from the
     interpreter's shutdown), and an interrupted command's grace still runs (a shutdown that hangs is
-    cut short); else the caller's handler and wake-up descriptor are put back.
+    cut short); else the caller's handler, wake-up descriptor and unraisable hook are put back.
     """
     if process_ends and _state["interrupted"]:
         end_now()  # the command's finally blocks ran: the interpreter's shutdown has nothing left to do
     if started is None:
         return
-    previous, old_wakeup, write_fd = started
+    previous, old_wakeup, write_fd, old_hook = started
     if process_ends:
         _install(end_now)
         if not _state["interrupted"]:
@@ -152,6 +150,7 @@ def finish(started, *, process_ends: bool) -> None:
         return
     _state["finished"].set()
     signal.set_wakeup_fd(old_wakeup)
+    sys.unraisablehook = old_hook
     _install(previous)
     os.close(write_fd)  # the watch thread sees end-of-file and ends
 
