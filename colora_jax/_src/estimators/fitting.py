@@ -271,7 +271,7 @@ def _zeros_like_shape(shape: jax.ShapeDtypeStruct):
     return jax.lax.pcast(zeros, vma, to="varying") if vma else zeros
 
 
-def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True):
+def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True, stopped=None):
     """The iteration loop of every estimator, inside ``lax.while_loop``: one copy of each step.
 
     Args:
@@ -288,6 +288,8 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
       floor: stop once the objective is ``<= floor``.
       monotone: whether each iteration cannot increase the objective (exact block steps); only
         then does ``tol`` stop the loop.
+      stopped: an estimator's own stopping rule instead of ``tol``'s: ``params -> bool``, read on
+        what the t-th call started from; True stops the loop after it (as ``tol`` would).
 
     Returns:
       ``(current, history, iterations, converged)``: the last ``current``; ``history`` a
@@ -308,7 +310,9 @@ def run_loop(body, params, iters: int, tol: float, floor, monotone: bool = True)
         hist = Metrics(*(h.at[it].set(v) for h, v in zip(hist, m)))
         f = m.objective
         stop = f <= floor
-        if monotone:
+        if stopped is not None:
+            stop = stop | stopped(p)
+        elif monotone:
             stop = stop | ((it > 0) & (f_prev - f <= tol * f_prev))
         return it + 1, nxt, hist, f, stop | (it >= iters), stop & honest, current
 

@@ -97,8 +97,8 @@ class VarPro(Estimator):
     damping: float = 1e-3  # initial LM damping mu, relative to the largest diagonal entry of the normal matrix
     max_tries: int = 10  # damped steps tried in one iteration (mu grows 2x, 4x, 8x, ...) before it gives up
     continuation: str = "fallback"  # ridge continuation (see ``continuation``): "always" before the fit; "never";
-    #   "fallback": only when the plain fit from the start does not reach the stopping floor (an exact fit),
-    #   then the lower final objective of the two fits wins
+    #   "fallback": the continued fit first, then, only where it does not reach the stopping floor (an exact
+    #   fit), the plain fit from the start; the lower final objective of the two fits wins
     continuation_start: float = 10.0  # first ridge on the personal parts, relative to each user's Gram scale
     continuation_stop: float = 0.1  # last ridge of the continuation; the fit proper (no ridge) follows
     continuation_decay: float = 0.92  # the ridge's factor per iteration (one LM iteration per ridge)
@@ -152,13 +152,13 @@ class VarPro(Estimator):
 
     @property
     def stages(self):
-        """The plain fit first: the fallback keeps it where it is exact, else the better of it and the
-        continued fit (``continuation="always"``); restarts until exact keep the lower of it and their own."""
+        """The continued fit first: the fallback keeps it where it is exact, else the better of it and
+        the plain fit; restarts until exact keep the lower of it and their own."""
         if self.continuation != "fallback" or (self.restarts and self.restart_rule != "until-exact"):
             return None
-        plain = dataclasses.replace(self, continuation="never", restarts=0, restart_rule="all")
-        second = self if self.restarts else dataclasses.replace(self, continuation="always")
-        return plain, second
+        continued = dataclasses.replace(self, continuation="always", restarts=0, restart_rule="all")
+        second = self if self.restarts else dataclasses.replace(self, continuation="never")
+        return continued, second
 
     def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
         """The fit (and its fallback, restarts) over ``users``; inputs trusted.
@@ -555,17 +555,39 @@ def damped_step(h: Horizontal, mu):
     (for ``f = ||r||^2``).
     """
     A = h.N + h.scale * (mu * h.Ph + h.Pg)
-    delta = h.Ph @ psd_solve(0.5 * (A + A.T), h.g)
+    delta = h.Ph @ psd_solve(0.5 * (A + A.T), h.g, substitute=True)
     return delta, 2 * delta @ h.g - delta @ (h.N @ delta)
 
 
-class _Tries(NamedTuple):
-    tries: Array  # attempts made in this iteration
-    mu: Array  # damping, relative to the scale c
-    nu: Array  # Nielsen's growth factor
-    point: Point  # the accepted point (the old one until a step is accepted)
-    accepted: Array
-    hopeless: Array  # the model's predicted decrease fell below the rounding of f
+class Attempt(NamedTuple):
+    """A damped step tried from a point: where the search stands after it."""
+
+    point: Point  # the new point if the step was accepted, else the old one
+    mu: Array  # damping for the next attempt, relative to the scale c
+    nu: Array  # Nielsen's growth factor: 2 after an accepted step, doubled by each rejection
+    accepted: Array  # the step lowered the objective
+    hopeless: Array  # rejected, and the model's predicted decrease fell below the rounding of f
+
+
+def lm_attempt(evaluate_at: Callable[[Array, Array], Point], h: Horizontal, pt: Point, mu, nu, diag: bool) -> Attempt:
+    """One damped Gauss-Newton step from ``pt`` (``h``: the system built there), kept only if it
+    lowers the objective; the damping then follows Nielsen's gain-ratio rule."""
+    d_out, r = pt.U.shape
+    delta, predicted = damped_step(h, mu)
+    dU, dV = delta[: d_out * r].reshape(pt.U.shape), delta[d_out * r :].reshape(pt.V.shape)
+    new = evaluate_at(*retract(pt.U + dU, pt.V + dV, diag))
+    rho = (pt.sse - new.sse) / predicted
+    ok = new.sse < pt.sse  # False for NaN
+    mu_next = jnp.where(ok, mu * jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3), mu * nu).astype(mu.dtype)
+    nu_next = jnp.where(ok, 2.0, 2 * nu).astype(nu.dtype)
+    point = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, pt)
+    rounding = 16 * jnp.finfo(pt.sse.dtype).eps * pt.sse
+    return Attempt(point, mu_next, nu_next, ok, ~ok & (predicted <= rounding))
+
+
+def lm_system(N, g, pt: Point, diag: bool) -> Horizontal:
+    """The Gauss-Newton system at ``pt`` restricted to the horizontal space."""
+    return horizontal(N, g, gauge_projector(pt.U, pt.V, diag))
 
 
 def lm_iteration(
@@ -576,31 +598,26 @@ def lm_iteration(
     Tries damped Gauss-Newton steps ``(P_h (N + mu c I) P_h + c P_g) delta = P_h g``, raising
     the damping by Nielsen's rule until one lowers the objective, ``max_tries`` are spent, or
     the predicted decrease is below the rounding of the objective (the point is then returned
-    unchanged). ``active=False`` makes no attempt (a fit already stopped, batched under vmap).
+    unchanged). ``active=False`` makes no attempt (batched under vmap). The ridge continuation
+    takes one such iteration per ridge; the fit proper takes one attempt per iteration (``_lm_fit``).
 
     Returns:
       ``(point, mu, accepted)``: the new (or unchanged) point, the damping for the next
       iteration, and whether a step was taken.
     """
-    d_out, r = pt.U.shape
-    h = horizontal(N, g, gauge_projector(pt.U, pt.V, diag))
-    rounding = 16 * jnp.finfo(N.dtype).eps * pt.sse
-
-    def attempt(t: _Tries) -> _Tries:
-        delta, predicted = damped_step(h, t.mu)
-        dU, dV = delta[: d_out * r].reshape(pt.U.shape), delta[d_out * r :].reshape(pt.V.shape)
-        new = evaluate_at(*retract(pt.U + dU, pt.V + dV, diag))
-        rho = (pt.sse - new.sse) / predicted
-        ok = new.sse < pt.sse  # False for NaN
-        mu = jnp.where(ok, t.mu * jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3), t.mu * t.nu)
-        nu = jnp.where(ok, 2.0, 2 * t.nu).astype(t.nu.dtype)
-        point = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, pt)
-        return _Tries(t.tries + 1, mu.astype(t.mu.dtype), nu, point, ok, ~ok & (predicted <= rounding))
-
+    h = lm_system(N, g, pt, diag)
     false = jnp.asarray(False)
-    start = _Tries(jnp.asarray(0), mu, jnp.asarray(2.0, mu.dtype), pt, false, false)
-    going = lambda t: active & (t.tries < max_tries) & ~t.accepted & ~t.hopeless
-    done = jax.lax.while_loop(going, attempt, start)
+
+    def going(carry):
+        tries, a = carry
+        return active & (tries < max_tries) & ~a.accepted & ~a.hopeless
+
+    def attempt(carry):
+        tries, a = carry
+        return tries + 1, lm_attempt(evaluate_at, h, a.point, a.mu, a.nu, diag)
+
+    start = (jnp.asarray(0), Attempt(pt, mu, jnp.asarray(2.0, mu.dtype), false, false))
+    _, done = jax.lax.while_loop(going, attempt, start)
     # with no decrease possible, keep mu where it was (a later iteration from here starts the same)
     return done.point, jnp.where(done.accepted, done.mu, mu), done.accepted
 
@@ -608,7 +625,7 @@ def lm_iteration(
 # ----------------------------------------------------------------------------- the driver
 
 
-def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, skip=False):
+def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro):
     """Ridge continuation: one LM iteration on ``phi_alpha(U, V) = min_S f + sum_i alpha lambda_i ||S_i||^2``
     for each ``alpha = continuation_start * continuation_decay^t >= continuation_stop``
     (``lambda_i = ridge_scale_i``, each user's Gram scale).
@@ -623,7 +640,6 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, skip=F
       evaluate_at: ``(U, V, alpha) -> Point`` with the ridge ``alpha``.
       normal: ``Point -> (N, g)`` pooled over users.
       U, V: the start; mu: the initial damping; diag: diagonal personal parts; opts: the estimator.
-      skip: a (traced) flag: no iteration at all (a ``while_loop``, so a batch skips when all do).
 
     Returns:
       ``(U, V, mu)`` at the end of the path.
@@ -637,7 +653,7 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, skip=F
         pt, mu, _ = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries)
         return t + 1, pt.U, pt.V, mu
 
-    going = lambda carry: (carry[0] < opts.continuation_iterations) & ~jnp.asarray(skip)
+    going = lambda carry: carry[0] < opts.continuation_iterations
     _, U, V, mu = jax.lax.while_loop(going, stage, (jnp.asarray(0), U, V, mu))
     return U, V, mu
 
@@ -653,20 +669,38 @@ class _Fit(NamedTuple):
         return self.history.objective[self.iterations]
 
 
-def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: VarPro, diag: bool, floor):
-    """LM iterations from ``(U, V)`` under ``fitting.run_loop`` (the shared stopping rules and trace).
+class _Search(NamedTuple):
+    """The fit proper's loop state: where the next attempt starts, and whether to stop here."""
 
-    The loop's parameters are ``(point, mu, stuck)``: after an iteration that found no decrease,
-    the next one makes no attempt, its objective repeats and the relative-decrease rule stops.
+    point: Point
+    mu: Array
+    nu: Array
+    rejected: Array  # attempts rejected in a row
+    done: Array  # the attempt that led here ended the fit (see ``_lm_fit``)
+
+
+def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: VarPro, diag: bool, floor):
+    """Levenberg-Marquardt from ``(U, V)`` under ``fitting.run_loop``, one attempt per iteration.
+
+    An iteration builds the normal equations at the current point and tries one damped step; a
+    rejected step leaves the point (its objective repeats in the trace) and raises the damping
+    for the next iteration. So under ``vmap`` no trial waits inside an iteration for another
+    trial's retries, and a rejection costs an iteration of the budget. The fit stops once an
+    accepted step's relative decrease is ``<= config.tol``, after ``max_tries`` rejections in a
+    row, or when a rejected step's predicted decrease is below the rounding of the objective.
     """
     ev = lambda U_, V_: evaluate_at(U_, V_, None)
 
-    def body(state):
-        pt, mu, stuck = state
-        nxt, mu_next, accepted = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries, active=~stuck)
-        return pt, metrics(pt), (nxt, mu_next, ~accepted)
+    def body(search: _Search):
+        pt = search.point
+        a = lm_attempt(ev, lm_system(*normal(pt), pt, diag), pt, search.mu, search.nu, diag)
+        rejected = jnp.where(a.accepted, 0, search.rejected + 1)
+        small = a.accepted & (pt.sse - a.point.sse <= config.tol * pt.sse)
+        done = small | a.hopeless | (rejected >= opts.max_tries)
+        return pt, metrics(pt), _Search(a.point, a.mu, a.nu, rejected, done)
 
-    return _Fit(*run_loop(body, (ev(U, V), mu, jnp.asarray(False)), config.iters, config.tol, floor))
+    start = _Search(ev(U, V), mu, jnp.asarray(2.0, mu.dtype), jnp.asarray(0), jnp.asarray(False))
+    return _Fit(*run_loop(body, start, config.iters, config.tol, floor, stopped=lambda search: search.done))
 
 
 def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: VarPro, diag: bool, floor) -> _Fit:
@@ -678,12 +712,10 @@ def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: VarPr
         return fit(U, V, mu)
     if opts.continuation == "always":
         return fit(*continuation(evaluate_at, normal, U, V, mu, diag, opts))
-    first = fit(U, V, mu)
-    exact = first.final_objective <= floor  # the plain fit interpolates the data: nothing to fall back for
-    Uc, Vc, mu_c = continuation(evaluate_at, normal, U, V, mu, diag, opts, skip=exact)
-    # when exact, the second fit starts where the first ended and stops at once (at the floor)
-    Uc, Vc = jnp.where(exact, first.point.U, Uc), jnp.where(exact, first.point.V, Vc)
-    second = fit(Uc, Vc, mu_c)
+    first = fit(*continuation(evaluate_at, normal, U, V, mu, diag, opts))
+    exact = first.final_objective <= floor  # the continued fit interpolates the data: nothing to fall back for
+    # when exact, the plain fit starts where the first ended and stops at once (at the floor)
+    second = fit(jnp.where(exact, first.point.U, U), jnp.where(exact, first.point.V, V), mu)
     keep_first = exact | (first.final_objective <= second.final_objective)
     return jax.tree.map(lambda a, b: jnp.where(keep_first, a, b), first, second)
 

@@ -7,7 +7,9 @@ from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float
 
 
-def psd_solve(G: Float[Array, "p p"], H: Float[Array, "p ..."], refine: int = 2) -> Float[Array, "p ..."]:
+def psd_solve(
+    G: Float[Array, "p p"], H: Float[Array, "p ..."], refine: int = 2, substitute: bool = False
+) -> Float[Array, "p ..."]:
     """Solve ``G X = H`` for a symmetric positive semi-definite normal matrix ``G = F^T F``.
 
     A Cholesky factorization ``L L^T`` of ``G + diag(delta)`` with the tiny ridge
@@ -31,14 +33,21 @@ def psd_solve(G: Float[Array, "p p"], H: Float[Array, "p ..."], refine: int = 2)
     squares problems with column scales over many decades, rank-deficient or not, its objective
     matches ``lstsq`` to rounding in float64 (an ``eigh`` pseudo-inverse with a relative cutoff
     does not); a hypothesis test (``test_psd_solve_is_an_exact_least_squares_solve``) keeps it so.
+
+    ``substitute=True`` applies the factor by a pair of triangular solves per step instead: the
+    cheaper choice for one right-hand side of a larger system (a Levenberg-Marquardt step), the
+    same numerics up to rounding.
     """
     p = G.shape[-1]
     finfo = jnp.finfo(G.dtype)
     delta = 10 * p * finfo.eps * jnp.diagonal(G) + finfo.tiny
     L = jnp.linalg.cholesky(G + jnp.diag(delta))
-    L_inv = solve_triangular(L, jnp.eye(p, dtype=G.dtype), lower=True)
     rhs = H.reshape(p, -1)
-    solve = lambda b: _matmul_small(L_inv.T, _matmul_small(L_inv, b))
+    if substitute:
+        solve = lambda b: solve_triangular(L, solve_triangular(L, b, lower=True), lower=True, trans=1)
+    else:
+        L_inv = solve_triangular(L, jnp.eye(p, dtype=G.dtype), lower=True)
+        solve = lambda b: _matmul_small(L_inv.T, _matmul_small(L_inv, b))
     X = solve(rhs)
     for _ in range(refine):
         X = X + solve(rhs - _matmul_small(G, X))
