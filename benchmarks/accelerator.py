@@ -88,9 +88,10 @@ def linear(smoke: bool) -> dict:
     out["versus_numpy"] = [suite.versus_numpy(n, trials, numpy_trials) for n in ((16,) if smoke else (16, 80))]
     ks = (64,) if smoke else (1_000, 10_000, 100_000)
     out["iteration_vs_users"] = [suite.iteration_time(k, 8 if smoke else 32) for k in ks]
-    out["iteration_vs_d"] = [
-        suite.iteration_time(ks[0] if smoke else 10_000, d) for d in ((8,) if smoke else (16, 32, 64))
-    ]
+    if smoke:  # the d sweep's one point (k = 64, d = 8) is the users sweep's: measured once
+        out["iteration_vs_d"] = out["iteration_vs_users"][:1]
+    else:
+        out["iteration_vs_d"] = [suite.iteration_time(10_000, d) for d in (16, 32, 64)]
     bandwidth = suite.read_bandwidth(2**22 if smoke else 2**30)
     flop_rate = suite.matmul_throughput(256 if smoke else 8192)
     out["roofline"] = suite.roofline(out["iteration_vs_users"][-1], bandwidth, flop_rate)

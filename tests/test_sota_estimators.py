@@ -77,26 +77,40 @@ def test_gnmr_step_is_the_dense_minimum_norm_gauss_newton_step(model, personal):
     with jax.enable_x64(True):
         diag = personal == "diag"
         p = planted(model, 1, users=4, samples=16 if model == "sensing" else 6, personal=personal)
-        d = blocks.design(p.train)
-        U, V = blocks.spectral_init(d, 2)
-        S = blocks.personal_step(d, U, V, diag)
-        noise = 0.2 * jax.random.normal(jax.random.key(5), S.shape, S.dtype)
-        S = S + (jax.vmap(jnp.diag)(jax.vmap(jnp.diagonal)(noise)) if diag else noise)
         pick = (lambda s: jax.vmap(jnp.diagonal)(s)) if diag else (lambda s: s)
         unpick = (lambda s: jax.vmap(jnp.diag)(s)) if diag else (lambda s: s)
-        flat, unravel = ravel_pytree((U, V, pick(S)))
-
-        def predictions(z):
-            U_, V_, s_ = unravel(z)
-            return (d.Y - blocks.residuals(d, U_, V_, unpick(s_))).ravel()
-
-        J = jax.jacfwd(predictions)(flat)
-        step = jnp.linalg.lstsq(J, d.Y.ravel() - predictions(flat), rcond=1e-10)[0]
-        dU, dV, ds = unravel(step)
-        W_ref = cj.Estimate(U + dU, V + dV, S + unpick(ds)).W
         config = cj.FitConfig(rank=2, personal=personal)
-        _, _, (U2, V2, S2) = cj.GNMR().step((U, V, S), None, config, cj.AllUsers(d))
-        assert float(jnp.max(jnp.abs(cj.Estimate(U2, V2, S2).W - W_ref))) <= 1e-10 * float(jnp.max(jnp.abs(W_ref)))
+
+        # each side is one compiled program (run op by op, the step alone compiles dozens)
+        @jax.jit
+        def start(d):
+            U, V = blocks.spectral_init(d, 2)
+            S = blocks.personal_step(d, U, V, diag)
+            noise = 0.2 * jax.random.normal(jax.random.key(5), S.shape, S.dtype)
+            return U, V, S + unpick(pick(noise))
+
+        @jax.jit
+        def dense_step(d, U, V, S):
+            flat, unravel = ravel_pytree((U, V, pick(S)))
+
+            def predictions(z):
+                U_, V_, s_ = unravel(z)
+                return (d.Y - blocks.residuals(d, U_, V_, unpick(s_))).ravel()
+
+            J = jax.jacfwd(predictions)(flat)
+            step = jnp.linalg.lstsq(J, d.Y.ravel() - predictions(flat), rcond=1e-10)[0]
+            dU, dV, ds = unravel(step)
+            return cj.Estimate(U + dU, V + dV, S + unpick(ds)).W
+
+        @jax.jit
+        def gnmr_step(d, U, V, S):
+            _, _, (U2, V2, S2) = cj.GNMR().step((U, V, S), None, config, cj.AllUsers(d))
+            return cj.Estimate(U2, V2, S2).W
+
+        d = blocks.design(p.train)
+        U, V, S = start(d)
+        W, W_ref = gnmr_step(d, U, V, S), dense_step(d, U, V, S)
+        assert float(jnp.max(jnp.abs(W - W_ref))) <= 1e-10 * float(jnp.max(jnp.abs(W_ref)))
 
 
 def test_gnmr_converges_quadratically():
@@ -129,10 +143,14 @@ def test_scaledgd_step_is_gauge_equivariant(model):
         A = jnp.array([[2.0, 0.5], [-0.3, 0.7]])
         B = jnp.array([[0.4, 0.0], [1.0, 3.0]])
         S_g = jnp.linalg.solve(A, S) @ jnp.linalg.inv(B).T
-        lam, users, config = varpro.ridge_scale(d), cj.AllUsers(d), cj.FitConfig(rank=2)
-        nxt = cj.ScaledGD(step_size=0.5).step((U, V, S, lam), None, config, users)[2]
-        nxt_g = cj.ScaledGD(step_size=0.5).step((U @ A, V @ B, S_g, lam), None, config, users)[2]
-        W, W_g = cj.Estimate(*nxt[:3]).W, cj.Estimate(*nxt_g[:3]).W
+        lam, config = varpro.ridge_scale(d), cj.FitConfig(rank=2)
+
+        @jax.jit  # one compiled program for both representations
+        def next_W(d, U, V, S):
+            nxt = cj.ScaledGD(step_size=0.5).step((U, V, S, lam), None, config, cj.AllUsers(d))[2]
+            return cj.Estimate(*nxt[:3]).W
+
+        W, W_g = next_W(d, U, V, S), next_W(d, U @ A, V @ B, S_g)
         assert float(jnp.max(jnp.abs(W - W_g))) <= 1e-12 * float(jnp.max(jnp.abs(W)))
         assert float(jnp.max(jnp.abs(W - cj.Estimate(U, V, S).W))) > 1e-3  # the step moved
 
