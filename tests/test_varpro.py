@@ -110,7 +110,7 @@ def test_random_initialization_recovers(model):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fallback_is_the_better_of_the_plain_and_the_continued_fit(seed, x64):
     """Near the sample threshold (sensing, k = 6, d = 8: m* = 6.7, n = 9): "fallback" returns
-    the plain fit when it interpolates the data, else the lower objective of plain and continued."""
+    the continued fit when it interpolates the data, else the lower objective of continued and plain."""
     p = problem("sensing", seed, x64=True, shape=(6, 8, 8), samples=9)
     fc = cj.FitConfig(iters=40)
     final = {}
@@ -121,15 +121,15 @@ def test_fallback_is_the_better_of_the_plain_and_the_continued_fit(seed, x64):
     # reaching it agree to the floor, not to the bit (their GEMMs may round differently)
     floor = float((10 * jnp.finfo(jnp.float64).eps) ** 2 * jnp.mean(jnp.square(p.train.Y)))
     assert final["fallback"] <= min(final["never"], final["always"]) + floor
-    if final["never"] > floor:  # the plain fit did not interpolate: the continuation was tried
-        assert final["fallback"] <= final["always"] + floor
+    if final["always"] > floor:  # the continued fit did not interpolate: the plain fit was tried
+        assert final["fallback"] <= final["never"] + floor
 
 
 NEAR = dict(shape=(6, 8, 8), samples=9)  # sensing, k = 6, d = 8: m* = 6.7, n = 9 (1.34 m*): some starts fail
 
 
 def _restart_fits(p, fc, seed, restarts):
-    """Each fit ``restarts`` runs on its own: the plain fit, then one from each keyed random start."""
+    """Each fit ``restarts`` runs on its own: the default fit, then one from each keyed random start."""
     keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1), restarts)
     rand = dataclasses.replace(fc, init="random")
     fits = [run_fit(fc, p.train, p.truth, seed=seed)]
@@ -137,9 +137,9 @@ def _restart_fits(p, fc, seed, restarts):
     return [float(t.objective[int(t.iterations)]) for _, t in fits]
 
 
-@pytest.mark.parametrize("seed", [4, 9])  # seeds whose default fit is not exact: restarts run
+@pytest.mark.parametrize("seed", [4])  # a seed whose default fit is not exact: restarts run
 def test_restarts_until_exact_pick_the_lowest_objective_of_the_fits_run(seed, x64):
-    """``restart_rule="until-exact"`` runs the plain fit, then restarts in order until one reaches
+    """``restart_rule="until-exact"`` runs the default fit, then restarts in order until one reaches
     the stopping floor; it returns the lowest final objective of the fits it ran. ``"all"`` returns
     the lowest of every fit."""
     p = problem("sensing", seed, x64=True, **NEAR)
@@ -156,7 +156,7 @@ def test_restarts_until_exact_pick_the_lowest_objective_of_the_fits_run(seed, x6
 
 
 def test_restarts_until_exact_leave_an_exact_first_fit_unchanged(x64):
-    """Where the plain fit is exact (about 2 m*), "until-exact" runs no restart: the default's result."""
+    """Where the default fit is exact (about 2 m*), "until-exact" runs no restart: the default's result."""
     p = problem("sensing", 0, x64=True)
     fc = cj.FitConfig(iters=40)
     plain = run_fit(fc, p.train, p.truth)
@@ -392,20 +392,6 @@ def test_batched_equals_looped_with_restarts_until_exact(x64):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
 
-def test_batched_equals_looped(x64):
-    cfg = cj.ProblemConfig(model="sensing", users=8, d_out=6, d_in=5, rank=2, samples=12, noise=0.1, x64=True)
-    keys = jax.random.split(jax.random.key(0), 3)
-    problems = jax.jit(jax.vmap(lambda k: cj.generate(k, cfg)))(keys)
-    fit = lambda o, t: varpro.fit_varpro(o, SMALL_FIT, truth=t, **SHORT_PATH)
-    batched = jax.jit(jax.vmap(fit))(problems.train, problems.truth)
-    one = jax.jit(fit)
-    for i in range(3):
-        at_i = lambda tree, i=i: jax.tree.map(lambda a: a[i], tree)
-        looped = one(*at_i((problems.train, problems.truth)))
-        for got, want in zip(jax.tree.leaves(at_i(batched)), jax.tree.leaves(looped)):
-            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
-
-
 def _one_program(problem, key, fit_config):
     """A caller's per-problem function: ``run_trials`` runs it as one program (no split)."""
     return cj.fit_and_evaluate(problem, key, fit_config, method="colora")
@@ -413,17 +399,17 @@ def _one_program(problem, key, fit_config):
 
 @pytest.mark.parametrize("algorithm", ["varpro", "varpro-restarts"])
 def test_hard_trials_rerun_apart_equal_every_trial_run_whole(algorithm, x64):
-    """``run_trials`` fits varpro's first stage (no continuation) on every trial and its second
-    stage (the continued fit; the restarts) only on the trials where that fit is not exact
+    """``run_trials`` fits varpro's first stage (the continued fit) on every trial and its second
+    stage (the plain fit; the restarts) only on the trials where that fit is not exact
     (trials.SplitFit): the same results as the estimator on every trial in one program. Near the
     threshold, so both kinds occur."""
-    pc = cj.ProblemConfig(model="sensing", users=6, d_out=8, d_in=8, rank=2, samples=12, test_samples=0, x64=True)
+    pc = cj.ProblemConfig(model="sensing", users=6, d_out=8, d_in=8, rank=2, samples=10, test_samples=0, x64=True)
     fc = cj.FitConfig(rank=2, iters=40, algorithm=algorithm)
     split = cj.run_trials(jax.random.key(0), pc, fc, 8)
     whole = cj.run_trials(jax.random.key(0), pc, fc, 8, fn=_one_program)
-    plain = cj.run_trials(jax.random.key(0), pc, dataclasses.replace(fc, algorithm="varpro-plain"), 8)
-    hard = plain.evaluation.rel_error > 1e-6
-    assert 0 < hard.sum() < 8, plain.evaluation.rel_error  # both kinds of trial occur
+    first = dataclasses.replace(fc, algorithm=cj.VarPro(continuation="always"))
+    hard = cj.run_trials(jax.random.key(0), pc, first, 8).evaluation.rel_error > 1e-6
+    assert 0 < hard.sum() < 8, hard  # both kinds of trial occur
     for got, want in zip(jax.tree.leaves(split), jax.tree.leaves(whole)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 

@@ -68,7 +68,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm(
             "varpro-plain",
             VarPro(continuation="never"),
-            "varpro without the ridge continuation (the first fit of varpro's fallback)",
+            "varpro without the ridge continuation (the fallback's second fit, where the continued one is not exact)",
         ),
         Algorithm(
             "varpro-restarts",
