@@ -39,7 +39,9 @@ orthogonal projector onto the gauge directions and ``P_h = I - P_g``, the step s
 ``P_h N P_h``), which is positive definite for every ``mu > 0`` and has a horizontal solution.
 The factors are then re-orthonormalized (QR; column normalization when diagonal), which
 leaves ``phi`` unchanged. LM damping ``mu`` follows Nielsen's gain-ratio rule; a step is
-accepted only if it lowers the objective, so the objective never increases.
+accepted only if it lowers the objective, so the objective never increases. The fit proper
+makes one attempt per iteration (a rejection costs an iteration and keeps the point), so under
+``vmap`` no trial waits inside an iteration while another retries.
 
 Regression model: with the per-user statistics ``C_i = X_i^T X_i``, ``B_i = X_i^T Y_i`` the
 Kaufman matrix for a full personal part separates exactly into
@@ -95,7 +97,8 @@ class VarPro(Estimator):
 
     jacobian: str = "kaufman"  # reduced-residual Jacobian: "kaufman" (approximation) or "golub-pereyra" (full)
     damping: float = 1e-3  # initial LM damping mu, relative to the largest diagonal entry of the normal matrix
-    max_tries: int = 10  # damped steps tried in one iteration (mu grows 2x, 4x, 8x, ...) before it gives up
+    max_tries: int = 10  # rejected damped steps in a row (mu grows 2x, 4x, 8x, ...) before the fit gives up
+    #   (in the continuation: tried at one ridge before it moves on)
     continuation: str = "fallback"  # ridge continuation (see ``continuation``): "always" before the fit; "never";
     #   "fallback": the continued fit first, then, only where it does not reach the stopping floor (an exact
     #   fit), the plain fit from the start; the lower final objective of the two fits wins
@@ -759,8 +762,9 @@ def fit_varpro(
     ``VarPro(**options).fit`` on the observations, checked as ``fit`` checks them (without
     ``fit``'s rescaling of data far from order one). Same contract as ``fit``: ``config`` gives
     the rank, personal part, iteration budget ``iters``, tolerance ``tol`` and initialization; an
-    iteration is one accepted Levenberg-Marquardt step, after which every ``S_i`` is the exact
-    personal solve. The objective never increases.
+    iteration is one Levenberg-Marquardt attempt: a step that lowers the objective is taken (every
+    ``S_i`` is then the exact personal solve), any other leaves the point and raises the damping.
+    The objective never increases.
 
     Args:
       observations: the users' training data (``counts`` selects a prefix of each user's samples).
