@@ -1,6 +1,6 @@
 """The registered ``varpro`` in trial programs: split in two stages against one program, same trials.
 
-``run_trials`` splits ``varpro`` (``Estimator.stages``: the plain fit on every trial, the continued
+``run_trials`` splits ``varpro`` (``Estimator.stages``: the continued fit on every trial, the plain
 fit only where it is not exact); a caller's per-problem function runs it as one program. For each
 cell (sensing, d = 20, r = 2, 40 trials, near 1.3 m*) both are compiled, run once (the split's
 hard-trial programs compile there), then run ``--repeats`` times interleaved; printed: the run
