@@ -593,16 +593,14 @@ def lm_system(N, g, pt: Point, diag: bool) -> Horizontal:
     return horizontal(N, g, gauge_projector(pt.U, pt.V, diag))
 
 
-def lm_iteration(
-    evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int, active=True
-):
+def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int):
     """One Levenberg-Marquardt iteration on the shared factors from ``pt`` (objective ``pt.sse``).
 
     Tries damped Gauss-Newton steps ``(P_h (N + mu c I) P_h + c P_g) delta = P_h g``, raising
     the damping by Nielsen's rule until one lowers the objective, ``max_tries`` are spent, or
     the predicted decrease is below the rounding of the objective (the point is then returned
-    unchanged). ``active=False`` makes no attempt (batched under vmap). The ridge continuation
-    takes one such iteration per ridge; the fit proper takes one attempt per iteration (``_lm_fit``).
+    unchanged). The ridge continuation takes one such iteration per ridge; the fit proper takes
+    one attempt per iteration (``_lm_fit``).
 
     Returns:
       ``(point, mu, accepted)``: the new (or unchanged) point, the damping for the next
@@ -613,7 +611,7 @@ def lm_iteration(
 
     def going(carry):
         tries, a = carry
-        return active & (tries < max_tries) & ~a.accepted & ~a.hopeless
+        return (tries < max_tries) & ~a.accepted & ~a.hopeless
 
     def attempt(carry):
         tries, a = carry
