@@ -22,6 +22,7 @@ full one.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -160,8 +161,8 @@ def run(config: Config, results: str | None = None, progress: bool = True, compu
         if key not in done:
             if progress:
                 print(f"[{i + 1}/{len(specs)}] {model} {estimator} k={k}", file=sys.stderr, flush=True)
-            done[key] = {"key": key, "result": to_jsonable(compute_row(config, model, estimator, k))}
-            done[key]["code_version"] = code_version()
+            row = to_jsonable(compute_row(config, model, estimator, k))
+            done[key] = {"key": key, "result": row, "code_version": code_version()}
             if results:
                 os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
                 append_result(results, done[key])
@@ -199,9 +200,7 @@ def markdown(table: dict) -> str:
             ms = "/".join("-" if r is None else f"{1e3 * r['seconds_per_trial']:.1f}" for r in rows)
             cells = " | ".join("not run" if r is None else _interval(r) for r in rows)
             lines.append(f"| {model} | {estimator} | {cells} | {ms} |")
-    versions: dict = {}
-    for row in table["rows"]:
-        versions[row.get("code_version")] = versions.get(row.get("code_version"), 0) + 1
+    versions = collections.Counter(row.get("code_version") for row in table["rows"])
     computed = ", ".join(f"{v} ({n} rows)" for v, n in versions.items())
     return "\n".join(lines) + f"\n\n(rows computed at code {computed})"
 
