@@ -150,9 +150,10 @@ def test_restarts_until_exact_pick_the_lowest_objective_of_the_fits_run(seed, x6
     assert ran > 1  # the claim is exercised: the first fit is not exact
     for rule, expected in (("until-exact", min(finals[:ran])), ("all", min(finals))):
         _, trace = run_fit(fc, p.train, p.truth, seed=seed, restarts=3, restart_rule=rule)
-        # fits at the floor are all exact: their objectives are rounding, which a program may order differently
+        # fits at the floor are all exact: their objectives are rounding, which a program may order differently;
+        # a fit stopped mid-crawl (``stall``) is not at a stationary point, so rounding shows in its objective
         got = float(trace.objective[int(trace.iterations)])
-        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=floor, err_msg=rule)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=floor, err_msg=rule)
 
 
 def test_restarts_until_exact_leave_an_exact_first_fit_unchanged(x64):
@@ -336,7 +337,7 @@ def _one_step(obs, diag, mu):
     U, V = varpro.retract(*blocks.spectral_init(d, 2), diag)
     pt = varpro.evaluate_point(d, U, V, diag)
     N, g = varpro.normal_equations(d, pt, diag, False)
-    h = varpro.horizontal(N, g, varpro.gauge_projector(U, V, diag))
+    h = varpro.horizontal(N, g, varpro.gauge_basis(U, V, diag))
     delta, predicted = varpro.damped_step(h, mu)
     new, _, accepted = varpro.lm_iteration(
         lambda U_, V_: varpro.evaluate_point(d, U_, V_, diag), N, g, pt, mu, diag, 10
@@ -397,12 +398,15 @@ def _one_program(problem, key, fit_config):
     return cj.fit_and_evaluate(problem, key, fit_config, method="colora")
 
 
-@pytest.mark.parametrize("algorithm", ["varpro", "varpro-restarts"])
+@pytest.mark.parametrize(
+    "algorithm", [cj.VarPro(continuation="fallback"), "varpro-restarts"], ids=["fallback", "restarts"]
+)
 def test_hard_trials_rerun_apart_equal_every_trial_run_whole(algorithm, x64):
-    """``run_trials`` fits varpro's first stage (the continued fit) on every trial and its second
-    stage (the plain fit; the restarts) only on the trials where that fit is not exact
+    """``run_trials`` fits the first stage (the continued fit) on every trial and the second
+    (the fallback's plain fit; the restarts) only on the trials where that fit is not exact
     (trials.SplitFit): the same results as the estimator on every trial in one program. Near the
     threshold, so both kinds occur."""
+    assert cj.resolve(cj.FitConfig(algorithm=algorithm)).stages is not None  # the split is exercised
     pc = cj.ProblemConfig(model="sensing", users=6, d_out=8, d_in=8, rank=2, samples=10, test_samples=0, x64=True)
     fc = cj.FitConfig(rank=2, iters=40, algorithm=algorithm)
     split = cj.run_trials(jax.random.key(0), pc, fc, 8)
@@ -456,10 +460,13 @@ def _sharded_differences(devices: int) -> dict:
         body = functools.partial(fit, axis=sharding.AXIS)
         run = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(sharding.AXIS),), out_specs=outs))
         est, trace = run(sharding.shard_users(prob.train, mesh))
+        ran = slice(0, int(ref_trace.iterations) + 1)  # NaN past the last iteration
         out[model] = {
             "U": float(np.max(np.abs(est.U - ref.U))),
             "S": float(np.max(np.abs(est.S - ref.S))),
-            "objective": float(np.max(np.abs(trace.objective - ref_trace.objective) / ref_trace.objective)),
+            "objective": float(
+                np.max(np.abs(trace.objective[ran] - ref_trace.objective[ran]) / ref_trace.objective[ran])
+            ),
             "iterations": [int(trace.iterations), int(ref_trace.iterations)],
             "S_sharded": len(est.S.sharding.device_set) == devices,
         }

@@ -68,7 +68,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm(
             "varpro-plain",
             VarPro(continuation="never"),
-            "varpro without the ridge continuation (the fallback's second fit, where the continued one is not exact)",
+            "varpro without the ridge continuation (Levenberg-Marquardt from the spectral start)",
         ),
         Algorithm(
             "varpro-restarts",

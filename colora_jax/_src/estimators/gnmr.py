@@ -160,7 +160,7 @@ class GNMR(Estimator):
             return (sse, N, g), None
 
         (sse, N, g), _ = users.sum(linearize, S)
-        h = varpro.horizontal(N, g, varpro.gauge_projector(U, V, diag))
+        h = varpro.horizontal(N, g, varpro.gauge_basis(U, V, diag))
         delta, _ = varpro.damped_step(h, jnp.zeros((), U.dtype))
         n_u = U.size
         dU, dV = delta[:n_u].reshape(U.shape), delta[n_u:].reshape(V.shape)

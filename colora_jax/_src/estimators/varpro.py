@@ -99,12 +99,14 @@ class VarPro(Estimator):
     damping: float = 1e-3  # initial LM damping mu, relative to the largest diagonal entry of the normal matrix
     max_tries: int = 10  # rejected damped steps in a row (mu grows 2x, 4x, 8x, ...) before the fit gives up
     #   (in the continuation: tried at one ridge before it moves on)
-    continuation: str = "fallback"  # ridge continuation (see ``continuation``): "always" before the fit; "never";
+    continuation: str = "always"  # ridge continuation (see ``continuation``): "always" before the fit; "never";
     #   "fallback": the continued fit first, then, only where it does not reach the stopping floor (an exact
     #   fit), the plain fit from the start; the lower final objective of the two fits wins
     continuation_start: float = 10.0  # first ridge on the personal parts, relative to each user's Gram scale
     continuation_stop: float = 0.1  # last ridge of the continuation; the fit proper (no ridge) follows
     continuation_decay: float = 0.92  # the ridge's factor per iteration (one LM iteration per ridge)
+    stall: int = 5  # after a continuation, the fit proper stops once this many iterations have not halved
+    #   its objective (see ``_lm_fit``); 0: never (the fit then runs to tol, the floor or the budget)
     restarts: int = 0  # extra fits from random orthonormal starts (needs a key); the lowest final objective wins
     restart_rule: str = "all"  # "all": every restart runs; "until-exact": restarts run one after another only
     #   while no fit so far reaches the stopping floor (an exact fit: on noiseless data a fit above it is a
@@ -141,6 +143,7 @@ class VarPro(Estimator):
             check_real("VarPro", name, getattr(self, name))
         check_positive("VarPro", "damping", self.damping)
         check_integer("VarPro", "max_tries", self.max_tries, 1)
+        check_integer("VarPro", "stall", self.stall, 0)
         check_integer("VarPro", "restarts", self.restarts, 0)
         if not 0 < self.continuation_stop <= self.continuation_start:
             raise ValueError(
@@ -155,13 +158,18 @@ class VarPro(Estimator):
 
     @property
     def stages(self):
-        """The continued fit first: the fallback keeps it where it is exact, else the better of it and
-        the plain fit; restarts until exact keep the lower of it and their own."""
-        if self.continuation != "fallback" or (self.restarts and self.restart_rule != "until-exact"):
+        """The first fit on every trial, then a second only where it is not exact: the fallback's
+        plain fit (the better of the two is kept), or the restarts until exact (the lower of the
+        first fit and their own)."""
+        if self.restarts:
+            return (
+                (dataclasses.replace(self, restarts=0, restart_rule="all"), self)
+                if self.restart_rule == "until-exact"
+                else None
+            )
+        if self.continuation != "fallback":
             return None
-        continued = dataclasses.replace(self, continuation="always", restarts=0, restart_rule="all")
-        second = self if self.restarts else dataclasses.replace(self, continuation="never")
-        return continued, second
+        return dataclasses.replace(self, continuation="always"), dataclasses.replace(self, continuation="never")
 
     def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
         """The fit (and its fallback, restarts) over ``users``; inputs trusted.
@@ -507,23 +515,28 @@ def normal_equations(d: blocks.Design, pt: Point, diag: bool, golub_pereyra: boo
 # ----------------------------------------------------------------------------- gauge and step
 
 
-def gauge_projector(U, V, diag: bool) -> Float[Array, "p p"]:
-    """Orthogonal projector onto the gauge directions ``(U A, V B)`` in ``theta`` coordinates
-    (``A``, ``B`` any ``r x r``, or diagonal when the personal part is diagonal)."""
+def gauge_basis(U, V, diag: bool) -> Float[Array, "p m"]:
+    """Orthonormal columns spanning the gauge directions ``(U A, V B)`` in ``theta`` coordinates
+    (``A``, ``B`` any ``r x r``: ``m = 2 r^2``; diagonal when the personal part is: ``m = 2 r``)."""
     r = U.shape[1]
-    if diag:  # column a moves along u_a only: blocks u_a u_a^T / |u_a|^2 on (., a), (., a)
+    eye = jnp.eye(r, dtype=U.dtype)
 
-        def side(F):
-            Fn = F / jnp.sum(jnp.square(F), axis=0, keepdims=True)
-            return jnp.einsum("oa,pa,ab->oapb", F, Fn, jnp.eye(r, dtype=F.dtype)).reshape(F.size, F.size)
-    else:  # span(U) (x) R^r: P_U (x) I_r
+    def side(F):
+        if diag:  # column a moves along u_a only
+            Fn = F / jnp.linalg.norm(F, axis=0, keepdims=True)
+            return jnp.einsum("oa,ab->oab", Fn, eye).reshape(F.size, r)
+        return jnp.kron(qr_positive(F)[0], eye)  # span(U) (x) R^r
 
-        def side(F):
-            return jnp.kron(F @ jnp.linalg.solve(F.T @ F, F.T), jnp.eye(r, dtype=F.dtype))
+    QU, QV = side(U), side(V)
+    return jnp.block(
+        [[QU, jnp.zeros((QU.shape[0], QV.shape[1]), U.dtype)], [jnp.zeros((QV.shape[0], QU.shape[1]), U.dtype), QV]]
+    )
 
-    PU, PV = side(U), side(V)
-    zeros = jnp.zeros((PU.shape[0], PV.shape[0]), U.dtype)
-    return jnp.block([[PU, zeros], [zeros.T, PV]])
+
+def gauge_projector(U, V, diag: bool) -> Float[Array, "p p"]:
+    """Orthogonal projector ``P_g`` onto the gauge directions (``gauge_basis`` times its transpose)."""
+    Q = gauge_basis(U, V, diag)
+    return Q @ Q.T
 
 
 def retract(U, V, diag: bool):
@@ -534,19 +547,25 @@ def retract(U, V, diag: bool):
 
 
 class Horizontal(NamedTuple):
-    """The Gauss-Newton system restricted to the horizontal space (``P_h = I - P_g``)."""
+    """The Gauss-Newton system restricted to the horizontal space (``P_h = I - P_g``, ``P_g = Q Q^T``)."""
 
     N: Float[Array, "p p"]  # P_h N P_h
     g: Float[Array, " p"]  # P_h g
-    Ph: Float[Array, "p p"]
-    Pg: Float[Array, "p p"]
+    Q: Float[Array, "p m"]  # orthonormal basis of the gauge directions
     scale: Float[Array, ""]  # c, the largest diagonal entry of P_h N P_h
 
+    @property
+    def Pg(self) -> Float[Array, "p p"]:  # noqa: N802 (the math's name)
+        """The projector onto the gauge directions."""
+        return self.Q @ self.Q.T
 
-def horizontal(N: Float[Array, "p p"], g: Float[Array, " p"], Pg: Float[Array, "p p"]) -> Horizontal:
-    Ph = jnp.eye(Pg.shape[0], dtype=Pg.dtype) - Pg
-    Nh = Ph @ N @ Ph
-    return Horizontal(Nh, Ph @ g, Ph, Pg, jnp.max(jnp.diagonal(Nh)) + jnp.finfo(N.dtype).tiny)
+
+def horizontal(N: Float[Array, "p p"], g: Float[Array, " p"], Q: Float[Array, "p m"]) -> Horizontal:
+    """``P_h N P_h`` and ``P_h g`` from the gauge basis ``Q`` (``m`` columns, ``m << p``): products with
+    ``Q`` only, about ``4 p^2 m`` operations instead of two ``p x p`` products."""
+    NQ = N @ Q
+    Nh = N - Q @ NQ.T - NQ @ Q.T + Q @ ((Q.T @ NQ) @ Q.T)
+    return Horizontal(Nh, g - Q @ (Q.T @ g), Q, jnp.max(jnp.diagonal(Nh)) + jnp.finfo(N.dtype).tiny)
 
 
 def damped_step(h: Horizontal, mu):
@@ -557,8 +576,10 @@ def damped_step(h: Horizontal, mu):
     ``||delta|| <= ||P_h g|| / (mu c)``. The predicted decrease is ``2 delta^T g - delta^T N delta``
     (for ``f = ||r||^2``).
     """
-    A = h.N + h.scale * (mu * h.Ph + h.Pg)
-    delta = h.Ph @ psd_solve(0.5 * (A + A.T), h.g, substitute=True)
+    p = h.N.shape[0]
+    A = h.N + h.scale * (mu * jnp.eye(p, dtype=h.N.dtype) + (1 - mu) * h.Pg)
+    x = psd_solve(0.5 * (A + A.T), h.g, substitute=True)
+    delta = x - h.Q @ (h.Q.T @ x)
     return delta, 2 * delta @ h.g - delta @ (h.N @ delta)
 
 
@@ -590,7 +611,7 @@ def lm_attempt(evaluate_at: Callable[[Array, Array], Point], h: Horizontal, pt: 
 
 def lm_system(N, g, pt: Point, diag: bool) -> Horizontal:
     """The Gauss-Newton system at ``pt`` restricted to the horizontal space."""
-    return horizontal(N, g, gauge_projector(pt.U, pt.V, diag))
+    return horizontal(N, g, gauge_basis(pt.U, pt.V, diag))
 
 
 def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int):
@@ -678,9 +699,10 @@ class _Search(NamedTuple):
     nu: Array
     rejected: Array  # attempts rejected in a row
     done: Array  # the attempt that led here ended the fit (see ``_lm_fit``)
+    recent: Array | tuple  # the objectives of the last ``stall`` points, oldest first (``()`` without the rule)
 
 
-def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: VarPro, diag: bool, floor):
+def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: VarPro, diag: bool, floor, stall: int):
     """Levenberg-Marquardt from ``(U, V)`` under ``fitting.run_loop``, one attempt per iteration.
 
     An iteration builds the normal equations at the current point and tries one damped step; a
@@ -689,6 +711,12 @@ def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: Var
     trial's retries, and a rejection costs an iteration of the budget. The fit stops once an
     accepted step's relative decrease is ``<= config.tol``, after ``max_tries`` rejections in a
     row, or when a rejected step's predicted decrease is below the rounding of the objective.
+
+    With ``stall > 0`` it also stops once the last ``stall`` iterations have not halved the
+    objective. After the ridge continuation a fit either converges at once (Gauss-Newton on an
+    interpolating point: the objective falls by orders of magnitude per iteration) or crawls
+    near a spurious stationary point for the rest of the budget; under ``vmap`` the crawlers
+    would hold the whole batch (measured: docs/varpro.md, "When a fit stops").
     """
     ev = lambda U_, V_: evaluate_at(U_, V_, None)
 
@@ -698,9 +726,15 @@ def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: Var
         rejected = jnp.where(a.accepted, 0, search.rejected + 1)
         small = a.accepted & (pt.sse - a.point.sse <= config.tol * pt.sse)
         done = small | a.hopeless | (rejected >= opts.max_tries)
-        return pt, metrics(pt), _Search(a.point, a.mu, a.nu, rejected, done)
+        recent = search.recent
+        if stall:  # recent[0]: the objective ``stall`` iterations before the new point (inf before the start)
+            done = done | (a.point.sse >= 0.5 * recent[0])
+            recent = jnp.concatenate([recent[1:], a.point.sse[None]])
+        return pt, metrics(pt), _Search(a.point, a.mu, a.nu, rejected, done, recent)
 
-    start = _Search(ev(U, V), mu, jnp.asarray(2.0, mu.dtype), jnp.asarray(0), jnp.asarray(False))
+    pt0 = ev(U, V)
+    recent = jnp.concatenate([jnp.full((stall - 1,), jnp.inf, pt0.sse.dtype), pt0.sse[None]]) if stall else ()
+    start = _Search(pt0, mu, jnp.asarray(2.0, mu.dtype), jnp.asarray(0), jnp.asarray(False), recent)
     return _Fit(*run_loop(body, start, config.iters, config.tol, floor, stopped=lambda search: search.done))
 
 
@@ -708,15 +742,17 @@ def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: VarPr
     """One fit from the start ``(U, V)``, with the ridge continuation as ``opts.continuation`` says."""
     U, V = retract(U, V, diag)
     mu = jnp.asarray(opts.damping, U.dtype)
-    fit = lambda U_, V_, mu_: _lm_fit(evaluate_at, normal, metrics, U_, V_, mu_, config, opts, diag, floor)
+    fit = lambda U_, V_, mu_, stall: _lm_fit(
+        evaluate_at, normal, metrics, U_, V_, mu_, config, opts, diag, floor, stall
+    )
     if opts.continuation == "never":
-        return fit(U, V, mu)
+        return fit(U, V, mu, 0)
+    first = fit(*continuation(evaluate_at, normal, U, V, mu, diag, opts), opts.stall)
     if opts.continuation == "always":
-        return fit(*continuation(evaluate_at, normal, U, V, mu, diag, opts))
-    first = fit(*continuation(evaluate_at, normal, U, V, mu, diag, opts))
+        return first
     exact = first.final_objective <= floor  # the continued fit interpolates the data: nothing to fall back for
     # when exact, the plain fit starts where the first ended and stops at once (at the floor)
-    second = fit(jnp.where(exact, first.point.U, U), jnp.where(exact, first.point.V, V), mu)
+    second = fit(jnp.where(exact, first.point.U, U), jnp.where(exact, first.point.V, V), mu, 0)
     keep_first = exact | (first.final_objective <= second.final_objective)
     return jax.tree.map(lambda a, b: jnp.where(keep_first, a, b), first, second)
 
