@@ -808,16 +808,17 @@ def fit_varpro(
       optimizer: not taken (a Gauss-Newton method); must be None.
       axis_name: mesh axis over which users are sharded (inside ``shard_map``), else ``None``.
       **options: fields of ``VarPro`` (``jacobian``, ``damping``, ``max_tries``, ``continuation``,
-        ``continuation_start``, ``continuation_stop``, ``continuation_decay``, ``restarts``,
-        ``restart_rule``).
+        ``continuation_start``, ``continuation_stop``, ``continuation_decay``, ``stall``,
+        ``restarts``, ``restart_rule``).
 
     Returns:
       ``(Estimate, Trace)`` as ``fit``: trace index 0 is the start of the returned fit (the
       initialization, or the end of the ridge continuation when that fit won), the objective is
       the mean squared residual per used sample, entries past ``iterations`` are NaN. Iteration
       stops after ``config.iters`` iterations, once the objective's relative decrease is
-      ``<= config.tol`` (including when no damped step decreases it), or at the floor
-      ``(10 eps)^2`` times the mean squared measurement.
+      ``<= config.tol`` (including when no damped step decreases it), at the floor
+      ``(10 eps)^2`` times the mean squared measurement, or (after a continuation) once
+      ``stall`` iterations have not halved the objective.
 
     Example:
       >>> import jax, colora_jax as cj
