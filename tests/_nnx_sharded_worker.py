@@ -220,4 +220,7 @@ def main():
 
 
 if __name__ == "__main__":
+    import colora_jax
+
+    colora_jax.enable_compile_cache()  # the suite's cache (the user's cache dir, or $COLORA_JAX_CACHE_DIR)
     main()

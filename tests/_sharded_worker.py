@@ -105,6 +105,7 @@ def distributed(process_id, processes, port, path):
 
 
 if __name__ == "__main__":
+    cj.enable_compile_cache()  # the suite's cache (the user's cache dir, or $COLORA_JAX_CACHE_DIR), as in-process
     jax.config.update("jax_enable_x64", True)
     if MODE == "devices":
         compare_devices(LOCAL_DEVICES)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import colora_jax as cj
-from colora_jax._src.bench import reference, suite  # the benchmark's internals are what is tested here
+from colora_jax._src.bench import latency, reference, suite  # the benchmark's internals are what is tested here
 from colora_jax.cli import main
 
 
@@ -35,7 +35,11 @@ def test_roofline_is_the_larger_of_the_bytes_and_flops_floors():
 
 
 @pytest.mark.slow
-def test_bench_quick_writes_json_with_latency_and_the_numpy_comparison(tmp_path, capsys):
+def test_bench_quick_writes_json_with_latency_and_the_numpy_comparison(tmp_path, capsys, monkeypatch):
+    # the latency section's cold and warm processes on a small recover (its numbers are not checked
+    # here; test_cli_recover's cold and warm runs state what the cache does for this command)
+    small = ["--users", "4", "--d-out", "5", "--d-in", "4", "--rank", "2", "--samples", "12", "--trials", "2"]
+    monkeypatch.setattr(latency, "RECOVER", [*latency.RECOVER[:5], *small, "--json"])
     assert main(["bench", "--quick", "--sections", "latency,versus_numpy,cores", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["device"]["device_kind"] and len(result["versus_numpy"]) == 1

@@ -210,4 +210,5 @@ def test_a_name_or_an_object_resolves_to_the_same_fit(planted):
 
 
 if __name__ == "__main__":
+    cj.enable_compile_cache()  # the suite's cache (the user's cache dir, or $COLORA_JAX_CACHE_DIR), as in-process
     print(json.dumps(_sharded_fits()))
