@@ -63,7 +63,7 @@ def run_fit(fc, obs, truth=None, seed=0, **options):
 @pytest.mark.usefixtures("strict_numerics")
 @pytest.mark.parametrize("model", ["regression", "sensing"])
 @pytest.mark.parametrize("personal", ["full", "diag"])
-@settings(max_examples=3)
+@settings(max_examples=3, derandomize=True)  # a fixed draw: recovery holds with high probability, not on every draw
 @given(seed=st.integers(0, 2**31 - 1))
 def test_recovers_planted_truth(model, personal, seed):
     p = problem(model, seed, personal)
