@@ -157,10 +157,12 @@ def test_restarts_until_exact_pick_the_lowest_objective_of_the_fits_run(seed, x6
 
 
 def test_stall_only_truncates_the_continued_fit(x64):
-    """After the continuation the fit proper stops once the last ``stall`` (5) iterations have not
-    halved its objective, and only then: its trace is the one without the rule up to that point,
-    and a fit that reaches the stopping floor without the rule ends there with it too."""
-    fc = cj.FitConfig(iters=40)
+    """After the continuation the fit proper stops once the last ``stall`` iterations have lowered
+    its objective by less than ``stall_decrease`` of it, and only then: its trace is the one
+    without the rule up to that point, and a fit that reaches the stopping floor without the rule
+    ends there with it too."""
+    fc, rule = cj.FitConfig(iters=40), cj.VarPro()
+    w, keep = rule.stall, 1 - rule.stall_decrease
     stopped = exact = 0
     for seed in range(6):
         p = problem("sensing", seed, x64=True, **NEAR)
@@ -169,15 +171,15 @@ def test_stall_only_truncates_the_continued_fit(x64):
         i, j = int(ruled.iterations), int(free.iterations)
         f = np.asarray(ruled.objective[: i + 1])
         np.testing.assert_allclose(f, free.objective[: i + 1], rtol=1e-9, atol=1e-12 * f[0])  # two programs: rounding
-        halved = [t for t in range(5, i + 1) if f[t] >= 0.5 * f[t - 5]]
+        slow = [t for t in range(w, i + 1) if f[t] >= keep * f[t - w]]
         if float(free.objective[j]) <= floor:
             exact += 1
             assert i == j and float(ruled.objective[i]) <= floor
         if i < j:  # only the rule ends it early, at the first iteration where it applies
             stopped += 1
-            assert halved == [i]
+            assert slow == [i]
         else:
-            assert halved in ([], [i])
+            assert slow in ([], [i])
     assert stopped and exact  # both kinds occur near the threshold
 
 

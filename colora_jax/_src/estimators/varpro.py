@@ -105,8 +105,9 @@ class VarPro(Estimator):
     continuation_start: float = 10.0  # first ridge on the personal parts, relative to each user's Gram scale
     continuation_stop: float = 0.1  # last ridge of the continuation; the fit proper (no ridge) follows
     continuation_decay: float = 0.92  # the ridge's factor per iteration (one LM iteration per ridge)
-    stall: int = 5  # after a continuation, the fit proper stops once this many iterations have not halved
-    #   its objective (see ``_lm_fit``); 0: never (the fit then runs to tol, the floor or the budget)
+    stall: int = 10  # after a continuation, the fit proper stops once this many iterations have lowered its
+    #   objective by less than ``stall_decrease`` of its value (see ``_lm_fit``); 0: never (tol, floor or budget)
+    stall_decrease: float = 0.1
     restarts: int = 0  # extra fits from random orthonormal starts (needs a key); the lowest final objective wins
     restart_rule: str = "all"  # "all": every restart runs; "until-exact": restarts run one after another only
     #   while no fit so far reaches the stopping floor (an exact fit: on noiseless data a fit above it is a
@@ -144,6 +145,8 @@ class VarPro(Estimator):
         check_positive("VarPro", "damping", self.damping)
         check_integer("VarPro", "max_tries", self.max_tries, 1)
         check_integer("VarPro", "stall", self.stall, 0)
+        if not 0 < self.stall_decrease < 1:
+            raise ValueError(f"stall_decrease must lie in (0, 1), got {self.stall_decrease}")
         check_integer("VarPro", "restarts", self.restarts, 0)
         if not 0 < self.continuation_stop <= self.continuation_start:
             raise ValueError(
@@ -712,11 +715,12 @@ def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: Var
     accepted step's relative decrease is ``<= config.tol``, after ``max_tries`` rejections in a
     row, or when a rejected step's predicted decrease is below the rounding of the objective.
 
-    With ``stall > 0`` it also stops once the last ``stall`` iterations have not halved the
-    objective. After the ridge continuation a fit either converges at once (Gauss-Newton on an
-    interpolating point: the objective falls by orders of magnitude per iteration) or crawls
-    near a spurious stationary point for the rest of the budget; under ``vmap`` the crawlers
-    would hold the whole batch (measured: docs/varpro.md, "When a fit stops").
+    With ``stall > 0`` it also stops once the last ``stall`` iterations have lowered the objective
+    by less than ``opts.stall_decrease`` of its value. After the ridge continuation a fit that
+    recovers converges (by orders of magnitude per iteration well above the sample threshold,
+    steadily near it), while one that does not crawls near a spurious stationary point, a few
+    percent per iteration or less, for the rest of the budget; under ``vmap`` the crawlers would
+    hold the whole batch (measured: docs/varpro.md, "When a fit stops").
     """
     ev = lambda U_, V_: evaluate_at(U_, V_, None)
 
@@ -728,7 +732,7 @@ def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: Var
         done = small | a.hopeless | (rejected >= opts.max_tries)
         recent = search.recent
         if stall:  # recent[0]: the objective ``stall`` iterations before the new point (inf before the start)
-            done = done | (a.point.sse >= 0.5 * recent[0])
+            done = done | (a.point.sse >= (1 - opts.stall_decrease) * recent[0])
             recent = jnp.concatenate([recent[1:], a.point.sse[None]])
         return pt, metrics(pt), _Search(a.point, a.mu, a.nu, rejected, done, recent)
 
@@ -809,7 +813,7 @@ def fit_varpro(
       axis_name: mesh axis over which users are sharded (inside ``shard_map``), else ``None``.
       **options: fields of ``VarPro`` (``jacobian``, ``damping``, ``max_tries``, ``continuation``,
         ``continuation_start``, ``continuation_stop``, ``continuation_decay``, ``stall``,
-        ``restarts``, ``restart_rule``).
+        ``stall_decrease``, ``restarts``, ``restart_rule``).
 
     Returns:
       ``(Estimate, Trace)`` as ``fit``: trace index 0 is the start of the returned fit (the
@@ -818,7 +822,7 @@ def fit_varpro(
       stops after ``config.iters`` iterations, once the objective's relative decrease is
       ``<= config.tol`` (including when no damped step decreases it), at the floor
       ``(10 eps)^2`` times the mean squared measurement, or (after a continuation) once
-      ``stall`` iterations have not halved the objective.
+      ``stall`` iterations have lowered the objective by less than ``stall_decrease`` of it.
 
     Example:
       >>> import jax, colora_jax as cj
