@@ -170,7 +170,7 @@ def test_stall_only_truncates_the_continued_fit(x64):
         (_, ruled), (_, free) = run_fit(fc, p.train), run_fit(fc, p.train, stall=0)
         i, j = int(ruled.iterations), int(free.iterations)
         f = np.asarray(ruled.objective[: i + 1])
-        np.testing.assert_allclose(f, free.objective[: i + 1], rtol=1e-9, atol=1e-12 * f[0])  # two programs: rounding
+        np.testing.assert_allclose(f, free.objective[: i + 1], rtol=1e-6, atol=1e-12 * f[0])  # two programs: rounding
         slow = [t for t in range(w, i + 1) if f[t] >= keep * f[t - w]]
         if float(free.objective[j]) <= floor:
             exact += 1
@@ -189,8 +189,8 @@ def test_restarts_until_exact_leave_an_exact_first_fit_unchanged(x64):
     fc = cj.FitConfig(iters=40)
     plain = run_fit(fc, p.train, p.truth)
     restarted = run_fit(fc, p.train, p.truth, restarts=3, restart_rule="until-exact")
-    for got, want in zip(jax.tree.leaves(restarted), jax.tree.leaves(plain)):
-        np.testing.assert_array_equal(got, want)
+    for got, want in zip(jax.tree.leaves(restarted), jax.tree.leaves(plain)):  # two programs: rounding apart
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_registered_varpro_restarts_is_fit_varpro_with_restarts(x64):
@@ -365,7 +365,7 @@ def _one_step(obs, diag, mu):
     pt = varpro.evaluate_point(d, U, V, diag)
     N, g = varpro.normal_equations(d, pt, diag, False)
     h = varpro.horizontal(N, g, varpro.gauge_basis(U, V, diag))
-    delta, predicted = varpro.damped_step(h, mu)
+    delta, predicted = varpro.damped_step(h, mu, refine=0)  # as the Levenberg-Marquardt attempts take it
     new, _, accepted = varpro.lm_iteration(
         lambda U_, V_: varpro.evaluate_point(d, U_, V_, diag), N, g, pt, mu, diag, 10
     )

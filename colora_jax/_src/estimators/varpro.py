@@ -571,17 +571,20 @@ def horizontal(N: Float[Array, "p p"], g: Float[Array, " p"], Q: Float[Array, "p
     return Horizontal(Nh, g - Q @ (Q.T @ g), Q, jnp.max(jnp.diagonal(Nh)) + jnp.finfo(N.dtype).tiny)
 
 
-def damped_step(h: Horizontal, mu):
+def damped_step(h: Horizontal, mu, refine: int = 2):
     """The horizontal Levenberg-Marquardt step and the decrease of ``f`` its Gauss-Newton model predicts.
 
     Solves ``(P_h N P_h + c (mu P_h + P_g)) delta = P_h g``: positive definite for ``mu > 0``
     whatever ``N`` (singular along the gauge, or zero), with ``P_g delta = 0`` and
     ``||delta|| <= ||P_h g|| / (mu c)``. The predicted decrease is ``2 delta^T g - delta^T N delta``
-    (for ``f = ||r||^2``).
+    (for ``f = ||r||^2``). ``refine``: ``psd_solve``'s refinement steps. The Levenberg-Marquardt
+    attempts take none: without them the solve adds a damping of ``10 p eps`` relative to each
+    diagonal entry, and a trial step is kept only if it lowers the objective anyway (GNMR's
+    undamped step keeps them).
     """
     p = h.N.shape[0]
     A = h.N + h.scale * (mu * jnp.eye(p, dtype=h.N.dtype) + (1 - mu) * h.Pg)
-    x = psd_solve(0.5 * (A + A.T), h.g, substitute=True)
+    x = psd_solve(0.5 * (A + A.T), h.g, refine=refine, substitute=True)
     delta = x - h.Q @ (h.Q.T @ x)
     return delta, 2 * delta @ h.g - delta @ (h.N @ delta)
 
@@ -600,7 +603,7 @@ def lm_attempt(evaluate_at: Callable[[Array, Array], Point], h: Horizontal, pt: 
     """One damped Gauss-Newton step from ``pt`` (``h``: the system built there), kept only if it
     lowers the objective; the damping then follows Nielsen's gain-ratio rule."""
     d_out, r = pt.U.shape
-    delta, predicted = damped_step(h, mu)
+    delta, predicted = damped_step(h, mu, refine=0)
     dU, dV = delta[: d_out * r].reshape(pt.U.shape), delta[d_out * r :].reshape(pt.V.shape)
     new = evaluate_at(*retract(pt.U + dU, pt.V + dV, diag))
     rho = (pt.sse - new.sse) / predicted
