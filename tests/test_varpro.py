@@ -107,7 +107,7 @@ def test_random_initialization_recovers(model):
     assert float(cj.relative_error(est.W, p.truth.W)) < 1e-3
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 4])  # the continued fit exact (0), not exact (4): both branches
 def test_fallback_is_the_better_of_the_plain_and_the_continued_fit(seed, x64):
     """Near the sample threshold (sensing, k = 6, d = 8: m* = 6.7, n = 9): "fallback" returns
     the continued fit when it interpolates the data, else the lower objective of continued and plain."""
@@ -117,12 +117,14 @@ def test_fallback_is_the_better_of_the_plain_and_the_continued_fit(seed, x64):
     for mode in ("never", "always", "fallback"):
         _, trace = run_fit(fc, p.train, p.truth, continuation=mode)
         final[mode] = float(trace.objective[int(trace.iterations)])
-    # the fits stop at the first iterate below the stopping floor, so two programs (fallback, always)
-    # reaching it agree to the floor, not to the bit (their GEMMs may round differently)
+    # two programs (fallback, always) agree to rounding, not to the bit (their GEMMs may round
+    # differently): to the floor where the fits are exact, relatively where a stall stopped them
     floor = float((10 * jnp.finfo(jnp.float64).eps) ** 2 * jnp.mean(jnp.square(p.train.Y)))
-    assert final["fallback"] <= min(final["never"], final["always"]) + floor
+    slack = lambda f: f * (1 + 1e-6) + floor
+    assert final["fallback"] <= slack(min(final["never"], final["always"]))
+    assert (final["always"] > floor) == (seed == 4)  # the branch this seed is for
     if final["always"] > floor:  # the continued fit did not interpolate: the plain fit was tried
-        assert final["fallback"] <= final["never"] + floor
+        assert final["fallback"] <= slack(final["never"])
 
 
 NEAR = dict(shape=(6, 8, 8), samples=9)  # sensing, k = 6, d = 8: m* = 6.7, n = 9 (1.34 m*): some starts fail

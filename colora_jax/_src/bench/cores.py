@@ -9,10 +9,11 @@ compiles, then times a second run), three ways:
 * ``processes``: one one-core process per core at once, the trials split between them (what
   ``workers.parallel_map`` does for the proof scripts and the phase grid).
 
-Each child compiles and runs once, says so, and times its second run when every child of its
-way is ready (so that the one-core processes run at the same time, not one while another still
-compiles); it reports its wall and CPU seconds. This prints one JSON line (trials per second of
-each way, and the speed-ups over one core), then a readable line on stderr. Nothing is asserted.
+Each child compiles (or loads from the compile cache) and runs once, says so, and times its
+second run when every child of its way is ready (so that the one-core processes run at the same
+time, not one while another still compiles); it reports its wall and CPU seconds. This prints one
+JSON line (trials per second of each way, and the speed-ups over one core), then a readable line on
+stderr. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ CHILD, READY = "--child", "ready"
 
 def _child(samples: int, trials: int, core: int | None) -> dict:
     """Run ``trials`` trials twice in this process (on ``core`` alone, or every core); time the second."""
+    from colora_jax._src.runtime.caches import enable_compile_cache
     from colora_jax._src.runtime.cpu_threads import limit_cpu_threads
 
     if core is not None:
         limit_cpu_threads(1, offset=core)
+    enable_compile_cache()  # the untimed first run compiles or loads; only the second run is timed
     import jax
 
     from colora_jax._src.experiments.trials import run_trials
