@@ -540,6 +540,8 @@ def test_bad_input_says_what_to_change():
         varpro.fit_varpro(p.train, continuation=True)
     with pytest.raises(ValueError, match="continuation_decay"):
         varpro.fit_varpro(p.train, continuation_decay=1.5)
+    with pytest.raises(ValueError, match="stall_decrease must lie in"):
+        varpro.fit_varpro(p.train, stall_decrease=1.0)
     with pytest.warns(DeprecationWarning, match="ridge_decay"):  # the name before 0.2 still works
         varpro.fit_varpro(p.train, cj.FitConfig(iters=1), ridge_decay=0.9)
     with pytest.raises(TypeError):

@@ -41,7 +41,9 @@ The factors are then re-orthonormalized (QR; column normalization when diagonal)
 leaves ``phi`` unchanged. LM damping ``mu`` follows Nielsen's gain-ratio rule; a step is
 accepted only if it lowers the objective, so the objective never increases. The fit proper
 makes one attempt per iteration (a rejection costs an iteration and keeps the point), so under
-``vmap`` no trial waits inside an iteration while another retries.
+``vmap`` no trial waits inside an iteration while another retries; after the ridge continuation it
+also stops once its progress stalls (``VarPro.stall``), so a fit crawling near a spurious
+stationary point does not hold the batch either.
 
 Regression model: with the per-user statistics ``C_i = X_i^T X_i``, ``B_i = X_i^T Y_i`` the
 Kaufman matrix for a full personal part separates exactly into
@@ -107,7 +109,7 @@ class VarPro(Estimator):
     continuation_decay: float = 0.92  # the ridge's factor per iteration (one LM iteration per ridge)
     stall: int = 10  # after a continuation, the fit proper stops once this many iterations have lowered its
     #   objective by less than ``stall_decrease`` of its value (see ``_lm_fit``); 0: never (tol, floor or budget)
-    stall_decrease: float = 0.1
+    stall_decrease: float = 0.1  # the fraction of the objective the last ``stall`` iterations must remove
     restarts: int = 0  # extra fits from random orthonormal starts (needs a key); the lowest final objective wins
     restart_rule: str = "all"  # "all": every restart runs; "until-exact": restarts run one after another only
     #   while no fit so far reaches the stopping floor (an exact fit: on noiseless data a fit above it is a
