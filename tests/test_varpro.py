@@ -335,7 +335,8 @@ def _autodiff_case(obs, U, V, diag, ridge):
     J_k, J_gp, grad = _reference(obs, U, V, diag, lam)
     pt = varpro.evaluate_point(d, U, V, diag, ridge=None if ridge is None else lam)
     N, g = zip(*(varpro.normal_equations(d, pt, diag, gp) for gp in (False, True)))
-    return N, g, J_k, J_gp, grad, varpro.gauge_projector(U, V, diag)
+    Q = varpro.gauge_basis(U, V, diag)
+    return N, g, J_k, J_gp, grad, Q @ Q.T  # the projector onto the gauge directions
 
 
 # ----------------------------------------------------------------------------- gauge, degenerate cases

@@ -142,21 +142,20 @@ class VarPro(Estimator):
         choice("continuation", self.continuation, CONTINUATIONS)
         choice("jacobian", self.jacobian, JACOBIANS)
         choice("restart_rule", self.restart_rule, RESTART_RULES)
-        for name in ("continuation_start", "continuation_stop", "continuation_decay"):
+        for name in ("continuation_start", "continuation_stop", "continuation_decay", "stall_decrease"):
             check_real("VarPro", name, getattr(self, name))
         check_positive("VarPro", "damping", self.damping)
         check_integer("VarPro", "max_tries", self.max_tries, 1)
         check_integer("VarPro", "stall", self.stall, 0)
-        if not 0 < self.stall_decrease < 1:
-            raise ValueError(f"stall_decrease must lie in (0, 1), got {self.stall_decrease}")
         check_integer("VarPro", "restarts", self.restarts, 0)
         if not 0 < self.continuation_stop <= self.continuation_start:
             raise ValueError(
                 "need 0 < continuation_stop <= continuation_start,"
                 f" got {self.continuation_stop}, {self.continuation_start}"
             )
-        if not 0 < self.continuation_decay < 1:
-            raise ValueError(f"continuation_decay must lie in (0, 1), got {self.continuation_decay}")
+        for name in ("continuation_decay", "stall_decrease"):  # factors strictly between 0 and 1
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
         return self
 
     validate = check  # VarProOptions(...).validate() before 0.2
@@ -536,12 +535,6 @@ def gauge_basis(U, V, diag: bool) -> Float[Array, "p m"]:
     return jnp.block(
         [[QU, jnp.zeros((QU.shape[0], QV.shape[1]), U.dtype)], [jnp.zeros((QV.shape[0], QU.shape[1]), U.dtype), QV]]
     )
-
-
-def gauge_projector(U, V, diag: bool) -> Float[Array, "p p"]:
-    """Orthogonal projector ``P_g`` onto the gauge directions (``gauge_basis`` times its transpose)."""
-    Q = gauge_basis(U, V, diag)
-    return Q @ Q.T
 
 
 def retract(U, V, diag: bool):
