@@ -1,6 +1,7 @@
 """Many trials as one compiled vmapped call: batched equals looped, and no recompilation."""
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import colora_jax as cj
+from colora_jax._src.experiments import trials as trials_module
 from colora_jax._src.experiments.trials import default_batch, trial_bytes
 
 pytestmark = pytest.mark.usefixtures("strict_numerics")
@@ -129,3 +131,67 @@ def test_a_worker_run_refuses_bad_input_before_starting_a_process():
         cj.run_trials(jax.random.key(0), PC, FC, 2, workers=2, fn=lambda p, k, c: None)
     with pytest.raises(ValueError, match="samples \\[1\\] per user"):
         cj.run_trials(jax.random.key(0), PC, FC, 2, workers=2, samples=[1, 12])
+
+
+class _Trace(NamedTuple):
+    objective: np.ndarray  # (B, 1): each fit's final objective
+    iterations: np.ndarray  # (B,): zeros
+
+
+class _Fit(NamedTuple):
+    trace: _Trace
+    round: np.ndarray  # (B,): which fit this is (0 the first stage, j the j-th round)
+
+
+def test_split_fit_reruns_only_the_inexact_trials_and_keeps_the_sequential_choice():
+    """``SplitFit`` over stand-in programs whose final objectives are set per (trial, round): each
+    round is called with exactly the trials no fit so far has made exact (in batches of a power
+    of two, at least 2, at most the batch), and every trial ends with the fit that running the
+    rounds one after another would keep (the lowest objective until one is exact, the earlier on
+    a tie, never a NaN): restarts until exact, re-batched after each."""
+    exact, B = 0.0, 8
+    table = np.array(
+        [  # first stage, rounds 1-4
+            [exact, 1.0, 1.0, 1.0, 1.0],  # exact at once: no round
+            [5.0, 3.0, exact, 2.0, exact],  # exact at round 2: rounds 3, 4 not run
+            [5.0, 4.0, 6.0, 3.0, 3.5],  # never exact: round 3's fit
+            [5.0, np.nan, 5.0, 4.0, 4.0],  # a NaN never wins; ties keep the earlier (round 3)
+            [2.0, exact, 9.0, 9.0, 9.0],
+            [7.0, 8.0, 9.0, 6.0, exact],
+            [1.0, 1.0, 1.0, 1.0, 1.0],  # ties throughout: the first stage's fit stays
+            [exact, exact, exact, exact, exact],
+        ]
+    )
+    pc = cj.ProblemConfig(model="sensing", users=2, d_out=3, d_in=3, rank=1, samples=4, test_samples=0)
+    problems = jax.jit(jax.vmap(lambda k: cj.generate(k, pc)))(jax.random.split(jax.random.key(0), B))
+    calls = []
+
+    def fake(trials, round_):
+        return _Fit(_Trace(table[trials, round_][:, None], np.zeros(len(trials), int)), np.full(len(trials), round_))
+
+    def then(size):
+        def run(problems_, trials, fitted_samples, round_):
+            assert len(trials) == size == jax.tree.leaves(problems_)[0].shape[0]
+            calls.append((int(round_), size, sorted(set(trials.tolist()))))
+            return fake(trials, int(round_))
+
+        return run
+
+    split = trials_module.SplitFit(lambda p, t, n: fake(t, 0), then, batch=B, rounds=4)
+    got = split(problems, np.arange(B), 4)
+
+    want_round, inexact = [], {1: [], 2: [], 3: [], 4: []}
+    for t in range(B):
+        best, src = table[t, 0], 0
+        for j in range(1, 5):
+            if best <= exact:
+                break
+            inexact[j].append(t)
+            if table[t, j] < best:
+                best, src = table[t, j], j
+        want_round.append(src)
+    np.testing.assert_array_equal(got.round, want_round)
+    np.testing.assert_array_equal(got.trace.objective[:, 0], table[np.arange(B), want_round])
+    assert [(j, trials_) for j, _, trials_ in calls] == [(j, inexact[j]) for j in (1, 2, 3, 4)]
+    for _, size, trials_ in calls:
+        assert size == max(2, 1 << (len(trials_) - 1).bit_length()) <= B

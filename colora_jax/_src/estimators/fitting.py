@@ -450,6 +450,29 @@ def personal_start(s: Setup, config: FitConfig, users: Users):
     return U, V, S
 
 
+class Stages(NamedTuple):
+    """How the trial driver splits a fit (``Estimator.stages``, run by ``trials.SplitFit``).
+
+    ``first`` is fitted on every trial. Then, round after round, ``then`` is fitted only on the
+    trials that no fit so far has made exact (its final objective at the stopping floor), and
+    each keeps the lowest final objective of its fits (the earlier on a tie).
+    """
+
+    first: Estimator
+    then: Estimator
+    restarts: int = 0  # 0: one round of ``then`` from the configured start; else this many rounds,
+    #   round j from the j-th keyed random start (``restart_key``: the estimator's in-program restarts)
+
+
+def restart_keys(key: PRNGKeyArray, restarts: int) -> PRNGKeyArray:
+    """The keys of an estimator's ``restarts`` random starts drawn from its fit key ``key``.
+
+    Restart ``j`` (1-based) starts from ``initialize`` with ``init="random"`` and key ``[j - 1]``,
+    inside one program and in the trial driver's rounds (``Stages.restarts``) alike.
+    """
+    return jax.random.split(jax.random.fold_in(key, 1), restarts)
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimator:
     """An estimator of the CoLoRA model ``W_i = U S_i V^T``: a frozen object carrying its own options.
@@ -480,13 +503,12 @@ class Estimator:
         return self
 
     @property
-    def stages(self) -> "tuple[Estimator, Estimator] | None":
-        """``(first, second)``: this fit is ``first``'s where exact, else the lower of ``first``'s and ``second``'s.
+    def stages(self) -> Stages | None:
+        """How this fit splits into a first fit and rounds on the trials it leaves inexact (``Stages``).
 
-        Exact: at the stopping floor; the lower: by final objective (``first`` on a tie); None when
-        the fit does not split so. The trial driver then runs ``first`` on every trial and ``second``
-        only on the others, in a smaller batch (``trials.SplitFit``): a trial that needs more work
-        does not hold the batch.
+        None when it does not split so. The trial driver then runs ``first`` on every trial and
+        each round only on the trials still inexact, in smaller batches (``trials.SplitFit``): a
+        trial that needs more work does not hold the batch.
         """
         return None
 

@@ -68,10 +68,12 @@ from jaxtyping import Array, Float
 from colora_jax._src.estimators.fitting import (
     Estimate,
     Estimator,
+    Stages,
     check_fit,
     initialize,
     make_trace,
     metrics_of,
+    restart_keys,
     run_loop,
     setup,
 )
@@ -161,19 +163,18 @@ class VarPro(Estimator):
     validate = check  # VarProOptions(...).validate() before 0.2
 
     @property
-    def stages(self):
-        """The first fit on every trial, then a second only where it is not exact: the fallback's
-        plain fit (the better of the two is kept), or the restarts until exact (the lower of the
-        first fit and their own)."""
+    def stages(self) -> Stages | None:
+        """The first fit (no restarts; the continued fit) on every trial, then only where it is not
+        exact: the restarts until exact, one round each (the lowest final objective of the fits
+        run), or the fallback's plain fit (the better of the two)."""
         if self.restarts:
-            return (
-                (dataclasses.replace(self, restarts=0, restart_rule="all"), self)
-                if self.restart_rule == "until-exact"
-                else None
-            )
+            if self.restart_rule != "until-exact":
+                return None
+            plain = dataclasses.replace(self, restarts=0, restart_rule="all")
+            return Stages(plain, plain, restarts=self.restarts)
         if self.continuation != "fallback":
             return None
-        return dataclasses.replace(self, continuation="always"), dataclasses.replace(self, continuation="never")
+        return Stages(dataclasses.replace(self, continuation="always"), dataclasses.replace(self, continuation="never"))
 
     def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
         """The fit (and its fallback, restarts) over ``users``; inputs trusted.
@@ -214,8 +215,7 @@ class VarPro(Estimator):
             pt, history, iterations, done = run(s.U, s.V)
         else:
             random_init = dataclasses.replace(config, init="random")
-            keys = jax.random.split(jax.random.fold_in(key, 1), self.restarts)
-            Us, Vs = jax.vmap(lambda kk: initialize(users, random_init, kk))(keys)
+            Us, Vs = jax.vmap(lambda kk: initialize(users, random_init, kk))(restart_keys(key, self.restarts))
             if self.restart_rule == "all":
                 runs = jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))
                 best = jnp.argmin(jax.vmap(lambda f: f.final_objective)(runs))

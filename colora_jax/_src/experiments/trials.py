@@ -37,7 +37,7 @@ from jaxtyping import Array, Float
 
 from colora_jax._src import registry
 from colora_jax._src.algorithms import resolve
-from colora_jax._src.estimators.fitting import Trace, stopping_floor
+from colora_jax._src.estimators.fitting import Trace, restart_keys, stopping_floor
 from colora_jax._src.methods import fit_method, fit_method_unchecked
 from colora_jax._src.model.config import FitConfig, ProblemConfig, min_samples
 from colora_jax._src.model.data import GroundTruth, Observations, Problem, predict
@@ -187,11 +187,17 @@ def _generate_one(key, problem_config, noise):
     return generate_problem(jax.random.split(key)[0], problem_config, noise=noise)
 
 
-def _fit_one(problem, key, fit_config, fn, fitted_samples):
-    """``fn`` on the first ``fitted_samples`` of each user's generated samples (None: all of them)."""
+def _fit_one(problem, key, fit_config, fn, fitted_samples, restart=None, restarts: int = 0):
+    """``fn`` on the first ``fitted_samples`` of each user's generated samples (None: all of them).
+
+    With ``restarts``, the fit key is that of the fit's restart ``restart`` (``restart_keys``).
+    """
     if fitted_samples is not None:
         problem = dataclasses.replace(problem, train=problem.train.with_counts(fitted_samples))
-    return fn(problem, jax.random.split(key)[1], fit_config)
+    fit_key = jax.random.split(key)[1]
+    if restarts:
+        fit_key = restart_keys(fit_key, restarts)[restart - 1]
+    return fn(problem, fit_key, fit_config)
 
 
 def _generate_at(keys, noise, *, problem_config):
@@ -199,12 +205,12 @@ def _generate_at(keys, noise, *, problem_config):
     return jax.vmap(lambda k: _generate_one(k, problem_config, noise))(keys)
 
 
-def _fit_at(problems, keys, fitted_samples, *, fit_config, fn):
+def _fit_at(problems, keys, fitted_samples, restart=None, *, fit_config, fn, restarts: int = 0):
     """``(B,) problems -> results (B, ...)``, each fitted on the first ``fitted_samples`` of every user's.
 
-    The count is traced: one program for every n.
+    The count is traced: one program for every n (and the ``restart``, with ``restarts``).
     """
-    return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, fitted_samples))(problems, keys)
+    return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, fitted_samples, restart, restarts))(problems, keys)
 
 
 def sample_buckets(distinct_samples: Sequence[int], pad_ratio: float) -> list[tuple[int, ...]]:
@@ -251,54 +257,59 @@ class CompiledTrials(NamedTuple):
 
 
 @jax.jit
-def _exact_fits(train: Observations, fitted_samples, final_objective) -> Array:
-    """Whether each trial's fit on its first ``fitted_samples`` samples ended at the stopping floor.
+def _floors(train: Observations, fitted_samples) -> Array:
+    """Each trial's stopping floor on its first ``fitted_samples`` samples, as the estimators stop.
 
-    The floor is ``fitting.stopping_floor`` of its mean squared measurement, as the estimators
-    stop: a test of the data only.
+    ``fitting.stopping_floor`` of the mean squared measurement: a fit whose final objective is at
+    it is exact (a test of the data only).
     """
 
-    def one(obs, objective):
+    def one(obs):
         used = obs.with_counts(fitted_samples).masked()
-        return objective <= stopping_floor(jnp.sum(jnp.square(used.Y)) / jnp.sum(used.sample_counts()))
+        return stopping_floor(jnp.sum(jnp.square(used.Y)) / jnp.sum(used.sample_counts()).astype(used.Y.dtype))
 
-    return jax.vmap(one)(train, final_objective)
+    return jax.vmap(one)(train)
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitFit:
-    """A trial program's fit in two stages, for an estimator with ``stages`` (``Estimator.stages``).
+    """A trial program's fit in stages, for an estimator with ``stages`` (``fitting.Stages``).
 
     The first stage's fit runs on every trial of the batch; the trials where it is exact (its
     final objective at the stopping floor: a data-only test, never the truth) keep it, since the
-    estimator returns that fit unchanged there. Only the other trials are fitted with the second
-    stage, in a batch of the next power of two (at least 2, at most ``batch``; padded by repeating
-    a trial), and keep the lower final objective of the two fits (the first on a tie). So a trial
-    that needs a long continuation or restarts does not hold every trial of the batch. The result
-    is the estimator's on every trial, up to the rounding of a different program (tested).
+    estimator returns that fit unchanged there. Then each round fits the second stage only on the
+    trials that are still inexact, in a batch of the next power of two (at least 2, at most
+    ``batch``; padded by repeating a trial), and each trial keeps the lowest final objective of
+    its fits (the earlier on a tie). Round j of a restarting estimator fits from its j-th restart's
+    start, so the rounds are its restarts until exact, re-batched after each. So a trial that
+    needs a long continuation or restarts holds neither the batch nor the other hard trials. The
+    result is the estimator's on every trial, up to the rounding of a different program (tested).
     """
 
     first: Callable  # compiled (problems, keys, fitted_samples) -> results of the first stage, at ``batch``
-    hard: Callable[[int], Callable]  # size -> compiled fit of the second stage for ``size`` trials
+    then: Callable[[int], Callable]  # size -> compiled (problems, keys, fitted_samples, round) -> results
     batch: int
+    rounds: int  # rounds of the second stage (its restarts; 1 without)
 
     def __call__(self, problems, keys, fitted_samples):
         """The algorithm's results on every trial of the batch (host arrays)."""
-        out = jax.device_get(self.first(problems, keys, fitted_samples))
-        final = _final_objective(out.trace)
-        hard = np.flatnonzero(~np.asarray(_exact_fits(problems.train, fitted_samples, final)))
-        if hard.size == 0:
-            return out
-        size = min(self.batch, max(2, 1 << int(hard.size - 1).bit_length()))
-        merged = out
-        for start in range(0, hard.size, size):
-            part = hard[start : start + size]
-            rows = np.resize(part, size)
-            picked = jax.tree.map(lambda a, rows=rows: a[rows], (problems, keys))
-            again = jax.device_get(self.hard(size)(*picked, fitted_samples))
-            again = jax.tree.map(lambda a, n=part.size: a[:n], again)
-            keep = _final_objective(again.trace) < final[part]  # False for NaN: the first fit stays
-            merged = jax.tree.map(lambda a, b, rows=part[keep], keep=keep: _put(a, rows, b[keep]), merged, again)
+        merged = jax.device_get(self.first(problems, keys, fitted_samples))
+        final = _final_objective(merged.trace)
+        floors = np.asarray(_floors(problems.train, fitted_samples))
+        for round_ in range(1, self.rounds + 1):
+            hard = np.flatnonzero(~(final <= floors))  # NaN is not exact
+            if hard.size == 0:
+                break
+            size = min(self.batch, max(2, 1 << int(hard.size - 1).bit_length()))
+            for start in range(0, hard.size, size):
+                part = hard[start : start + size]
+                picked = jax.tree.map(lambda a, rows=np.resize(part, size): a[rows], (problems, keys))
+                again = jax.device_get(self.then(size)(*picked, fitted_samples, np.int32(round_)))
+                again = jax.tree.map(lambda a, n=part.size: a[:n], again)
+                objective = _final_objective(again.trace)
+                keep = objective < final[part]  # False for NaN: the earlier fit stays
+                merged = jax.tree.map(lambda a, b, rows=part[keep], keep=keep: _put(a, rows, b[keep]), merged, again)
+                final[part[keep]] = objective[keep]
         return merged
 
 
@@ -314,7 +325,7 @@ def _put(a, rows, values):
 
 
 def _stages(fit_config: FitConfig, fn):
-    """The two stages of a CoLoRA trial program's estimator, or None (one program)."""
+    """The stages of a CoLoRA trial program's estimator (``fitting.Stages``), or None (one program)."""
     if not (_is_method_evaluator(fn) and fn.keywords["method"] == "colora"):
         return None  # another method, or a sharded or caller's function: one program
     return resolve(fit_config).stages
@@ -339,14 +350,12 @@ def _compiled(problem_config, fit_config: FitConfig, batch: int, fn: Callable) -
     stages = _stages(fit_config, fn)
     if stages is None or batch < 2:
         return _compiled_trials(problem_config, fit_config, batch, fn)
-    first, second = (dataclasses.replace(fit_config, algorithm=stage) for stage in stages)
-    staged = _compiled_trials(problem_config, first, batch, fn)
-    hard = functools.partial(_compiled_fit, problem_config, second, fn=fn)
-    return CompiledTrials(staged.generate, SplitFit(staged.fit, hard, batch))
-
-
-def _compiled_fit(problem_config, fit_config, size: int, *, fn):
-    return _compiled_trials(problem_config, fit_config, size, fn).fit
+    staged = _compiled_trials(problem_config, dataclasses.replace(fit_config, algorithm=stages.first), batch, fn)
+    then = dataclasses.replace(fit_config, algorithm=stages.then)
+    if stages.restarts:
+        then = dataclasses.replace(then, init="random")  # round j: from restart j's random start
+    rounds = functools.partial(_compiled_round, problem_config, then, restarts=stages.restarts, fn=fn)
+    return CompiledTrials(staged.generate, SplitFit(staged.fit, rounds, batch, max(1, stages.restarts)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -363,6 +372,23 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
         return CompiledTrials(generate, lower().compile())
     parts = (problem_config, fit_config, batch, method, keys.dtype, fitted_samples.dtype, noise.dtype)
     return CompiledTrials(generate, caches.load_or_compile("trials", parts, lower, placement))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_round(problem_config, fit_config, size: int, *, restarts: int, fn):
+    """The compiled fit of a split's second stage for ``size`` trials: ``(problems, keys, fitted_samples, round)``.
+
+    With ``restarts``, round j fits each trial from its j-th restart's start (``restart_keys`` of
+    its fit key, ``init="random"`` in ``fit_config``); without, the round is not read.
+    """
+    keys, noise = _example_arguments(problem_config, size)
+    fitted_samples = jnp.asarray(problem_config.samples, jnp.int32)
+    fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn, restarts=restarts))
+    problems = jax.eval_shape(_generator(problem_config), keys, noise)
+    lower = lambda: fit.lower(problems, keys, fitted_samples, jnp.int32(1))
+    method, placement = _program_key(fn)
+    parts = (problem_config, fit_config, size, method, "round", restarts, keys.dtype, noise.dtype)
+    return caches.load_or_compile("trials", parts, lower, placement)
 
 
 def _example_arguments(problem_config, batch: int):
