@@ -144,19 +144,20 @@ class _Fit(NamedTuple):
 
 
 def test_split_fit_reruns_only_the_inexact_trials_and_keeps_the_sequential_choice():
-    """``SplitFit`` over stand-in programs whose final objectives are set per (trial, round): each
-    round is called with exactly the trials no fit so far has made exact (in batches of a power
-    of two, at least 2, at most the batch), and every trial ends with the fit that running the
-    rounds one after another would keep (the lowest objective until one is exact, the earlier on
-    a tie, never a NaN): restarts until exact, re-batched after each."""
-    exact, B = 0.0, 8
+    """``SplitFit`` over stand-in programs whose final objectives are set per (trial, restart):
+    each round runs only trials no fit so far has made exact (a batch of the next power of two
+    of their count, at least 2, at most the batch), each trial's next restart and, in lanes to
+    spare, its later ones; and every trial ends with the fit that running its restarts one after
+    another would keep (the lowest objective until one is exact, the earlier on a tie, never a
+    NaN): restarts until exact, re-batched after each round."""
+    exact, B, R = 0.0, 8, 4
     table = np.array(
-        [  # first stage, rounds 1-4
-            [exact, 1.0, 1.0, 1.0, 1.0],  # exact at once: no round
-            [5.0, 3.0, exact, 2.0, exact],  # exact at round 2: rounds 3, 4 not run
-            [5.0, 4.0, 6.0, 3.0, 3.5],  # never exact: round 3's fit
-            [5.0, np.nan, 5.0, 4.0, 4.0],  # a NaN never wins; ties keep the earlier (round 3)
-            [2.0, exact, 9.0, 9.0, 9.0],
+        [  # first stage, restarts 1-4
+            [exact, 1.0, 1.0, 1.0, 1.0],  # exact at once: no restart
+            [5.0, 3.0, exact, 2.0, exact],  # exact at restart 2: restarts 3, 4 not taken
+            [5.0, 4.0, 4.0, 6.0, 4.5],  # never exact: restart 1's fit (a tie with restart 2, run in the same lanes)
+            [5.0, np.nan, 5.0, 4.0, 4.0],  # a NaN never wins; ties keep the earlier (restart 3)
+            [2.0, exact, 9.0, 0.5, 9.0],  # restart 3 is lower but comes after an exact one
             [7.0, 8.0, 9.0, 6.0, exact],
             [1.0, 1.0, 1.0, 1.0, 1.0],  # ties throughout: the first stage's fit stays
             [exact, exact, exact, exact, exact],
@@ -166,32 +167,40 @@ def test_split_fit_reruns_only_the_inexact_trials_and_keeps_the_sequential_choic
     problems = jax.jit(jax.vmap(lambda k: cj.generate(k, pc)))(jax.random.split(jax.random.key(0), B))
     calls = []
 
-    def fake(trials, round_):
-        return _Fit(_Trace(table[trials, round_][:, None], np.zeros(len(trials), int)), np.full(len(trials), round_))
+    def fake(trials, restarts):
+        return _Fit(_Trace(table[trials, restarts][:, None], np.zeros(len(trials), int)), restarts)
 
     def then(size):
-        def run(problems_, trials, fitted_samples, round_):
-            assert len(trials) == size == jax.tree.leaves(problems_)[0].shape[0]
-            calls.append((int(round_), size, sorted(set(trials.tolist()))))
-            return fake(trials, int(round_))
+        def run(problems_, trials, fitted_samples, restarts):
+            assert len(trials) == len(restarts) == size == jax.tree.leaves(problems_)[0].shape[0]
+            calls.append((size, sorted(set(zip(trials.tolist(), restarts.tolist())))))
+            return fake(trials, restarts)
 
         return run
 
-    split = trials_module.SplitFit(lambda p, t, n: fake(t, 0), then, batch=B, rounds=4)
+    split = trials_module.SplitFit(lambda p, t, n: fake(t, np.zeros(B, int)), then, batch=B, rounds=R)
     got = split(problems, np.arange(B), 4)
 
-    want_round, inexact = [], {1: [], 2: [], 3: [], 4: []}
+    want, run = [], {t: [] for t in range(B)}  # the restart kept; the restarts run one after another
     for t in range(B):
-        best, src = table[t, 0], 0
-        for j in range(1, 5):
+        best, kept = table[t, 0], 0
+        for j in range(1, R + 1):
             if best <= exact:
                 break
-            inexact[j].append(t)
+            run[t].append(j)
             if table[t, j] < best:
-                best, src = table[t, j], j
-        want_round.append(src)
-    np.testing.assert_array_equal(got.round, want_round)
-    np.testing.assert_array_equal(got.trace.objective[:, 0], table[np.arange(B), want_round])
-    assert [(j, trials_) for j, _, trials_ in calls] == [(j, inexact[j]) for j in (1, 2, 3, 4)]
-    for _, size, trials_ in calls:
+                best, kept = table[t, j], j
+        want.append(kept)
+    np.testing.assert_array_equal(got.round, want)
+    np.testing.assert_array_equal(got.trace.objective[:, 0], table[np.arange(B), want])
+    done = {t: 0 for t in range(B)}  # restarts run so far
+    for size, lanes in calls:
+        trials_ = sorted({t for t, _ in lanes})
+        assert all(set(run[t]) - set(range(1, done[t] + 1)) for t in trials_), "only trials still inexact"
         assert size == max(2, 1 << (len(trials_) - 1).bit_length()) <= B
+        assert len(lanes) == min(size, sum(R - done[t] for t in trials_)), "spare lanes run later restarts"
+        for t in trials_:
+            ran = sorted(j for u, j in lanes if u == t)
+            assert ran == list(range(done[t] + 1, done[t] + 1 + len(ran))), "each trial's next restarts, in order"
+            done[t] += len(ran)
+    assert all(set(run[t]) <= set(range(1, done[t] + 1)) <= set(range(1, R + 1)) for t in range(B))

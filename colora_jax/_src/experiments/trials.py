@@ -208,9 +208,13 @@ def _generate_at(keys, noise, *, problem_config):
 def _fit_at(problems, keys, fitted_samples, restart=None, *, fit_config, fn, restarts: int = 0):
     """``(B,) problems -> results (B, ...)``, each fitted on the first ``fitted_samples`` of every user's.
 
-    The count is traced: one program for every n (and the ``restart``, with ``restarts``).
+    The count is traced: one program for every n. With ``restarts``, trial b is fitted from its
+    restart ``restart[b]`` (traced too).
     """
-    return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, fitted_samples, restart, restarts))(problems, keys)
+    if not restarts:
+        return jax.vmap(lambda p, k: _fit_one(p, k, fit_config, fn, fitted_samples))(problems, keys)
+    one = lambda p, k, j: _fit_one(p, k, fit_config, fn, fitted_samples, j, restarts)
+    return jax.vmap(one)(problems, keys, restart)
 
 
 def sample_buckets(distinct_samples: Sequence[int], pad_ratio: float) -> list[tuple[int, ...]]:
@@ -277,40 +281,55 @@ class SplitFit:
 
     The first stage's fit runs on every trial of the batch; the trials where it is exact (its
     final objective at the stopping floor: a data-only test, never the truth) keep it, since the
-    estimator returns that fit unchanged there. Then each round fits the second stage only on the
-    trials that are still inexact, in a batch of the next power of two (at least 2, at most
-    ``batch``; padded by repeating a trial), and each trial keeps the lowest final objective of
-    its fits (the earlier on a tie). Round j of a restarting estimator fits from its j-th restart's
-    start, so the rounds are its restarts until exact, re-batched after each. So a trial that
-    needs a long continuation or restarts holds neither the batch nor the other hard trials. The
-    result is the estimator's on every trial, up to the rounding of a different program (tested).
+    estimator returns that fit unchanged there. Then rounds of the second stage run only on the
+    trials still inexact, in a batch of the next power of two (at least 2, at most ``batch``).
+    Each lane of a round is one (trial, restart) pair: every inexact trial's next restart, and in
+    the lanes to spare the restarts after it, trial by trial in turn (run ahead, since on these
+    trials most restarts fail too), else a repeat. Each trial then takes its restarts in order as
+    the estimator would run them one after another: the lowest final objective (the earlier on a
+    tie) until one is exact, the ones after that discarded. So a trial that needs a long
+    continuation or many restarts holds neither the batch nor the other hard trials, and the result
+    is the estimator's on every trial, up to the rounding of a different program (tested).
     """
 
     first: Callable  # compiled (problems, keys, fitted_samples) -> results of the first stage, at ``batch``
-    then: Callable[[int], Callable]  # size -> compiled (problems, keys, fitted_samples, round) -> results
+    then: Callable[[int], Callable]  # size -> compiled (problems, keys, fitted_samples, restart per lane) -> results
     batch: int
-    rounds: int  # rounds of the second stage (its restarts; 1 without)
+    rounds: int  # restarts of the second stage (1 without restarts: its one fit)
 
     def __call__(self, problems, keys, fitted_samples):
         """The algorithm's results on every trial of the batch (host arrays)."""
         merged = jax.device_get(self.first(problems, keys, fitted_samples))
         final = _final_objective(merged.trace)
         floors = np.asarray(_floors(problems.train, fitted_samples))
-        for round_ in range(1, self.rounds + 1):
-            hard = np.flatnonzero(~(final <= floors))  # NaN is not exact
-            if hard.size == 0:
-                break
+        following = np.ones(final.shape, int)  # each trial's next restart
+        while (hard := np.flatnonzero(~(final <= floors) & (following <= self.rounds))).size:  # NaN is not exact
             size = min(self.batch, max(2, 1 << int(hard.size - 1).bit_length()))
             for start in range(0, hard.size, size):
-                part = hard[start : start + size]
-                picked = jax.tree.map(lambda a, rows=np.resize(part, size): a[rows], (problems, keys))
-                again = jax.device_get(self.then(size)(*picked, fitted_samples, np.int32(round_)))
-                again = jax.tree.map(lambda a, n=part.size: a[:n], again)
+                rows, restarts = self._lanes(hard[start : start + size], following, size)
+                picked = jax.tree.map(lambda a, rows=rows: a[rows], (problems, keys))
+                again = jax.device_get(self.then(size)(*picked, fitted_samples, restarts.astype(np.int32)))
                 objective = _final_objective(again.trace)
-                keep = objective < final[part]  # False for NaN: the earlier fit stays
-                merged = jax.tree.map(lambda a, b, rows=part[keep], keep=keep: _put(a, rows, b[keep]), merged, again)
-                final[part[keep]] = objective[keep]
+                taken = {}
+                for lane in np.lexsort((restarts, rows)):  # each trial's restarts in order
+                    t = rows[lane]
+                    if not final[t] <= floors[t] and objective[lane] < final[t]:  # False for NaN
+                        final[t], taken[t] = objective[lane], lane
+                    following[t] = max(following[t], restarts[lane] + 1)
+                if taken:
+                    to, lanes = np.array(list(taken)), np.array(list(taken.values()))
+                    merged = jax.tree.map(lambda a, b, to=to, lanes=lanes: _put(a, to, b[lanes]), merged, again)
         return merged
+
+    def _lanes(self, trials, following, size):
+        """``size`` lanes of (trial, restart): each trial's next, then later restarts in turn, then repeats."""
+        lanes = [(t, following[t]) for t in trials]
+        ahead = 1
+        while len(lanes) < size and ahead < self.rounds:
+            lanes += [(t, following[t] + ahead) for t in trials if following[t] + ahead <= self.rounds]
+            ahead += 1
+        lanes = (lanes[:size] + lanes * size)[:size]  # repeats (a repeated lane changes nothing)
+        return np.array([t for t, _ in lanes]), np.array([j for _, j in lanes])
 
 
 def _final_objective(trace) -> np.ndarray:
@@ -376,16 +395,16 @@ def _compiled_trials(problem_config, fit_config, batch, fn):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_round(problem_config, fit_config, size: int, *, restarts: int, fn):
-    """The compiled fit of a split's second stage for ``size`` trials: ``(problems, keys, fitted_samples, round)``.
+    """The compiled fit of a split's second stage for ``size`` trials: ``(problems, keys, fitted_samples, restart)``.
 
-    With ``restarts``, round j fits each trial from its j-th restart's start (``restart_keys`` of
-    its fit key, ``init="random"`` in ``fit_config``); without, the round is not read.
+    With ``restarts``, trial b is fitted from its restart ``restart[b]``'s start (``restart_keys``
+    of its fit key, ``init="random"`` in ``fit_config``); without, ``restart`` is not read.
     """
     keys, noise = _example_arguments(problem_config, size)
     fitted_samples = jnp.asarray(problem_config.samples, jnp.int32)
     fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn, restarts=restarts))
     problems = jax.eval_shape(_generator(problem_config), keys, noise)
-    lower = lambda: fit.lower(problems, keys, fitted_samples, jnp.int32(1))
+    lower = lambda: fit.lower(problems, keys, fitted_samples, jnp.ones(size, jnp.int32))
     method, placement = _program_key(fn)
     parts = (problem_config, fit_config, size, method, "round", restarts, keys.dtype, noise.dtype)
     return caches.load_or_compile("trials", parts, lower, placement)
