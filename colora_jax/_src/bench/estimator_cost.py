@@ -35,7 +35,7 @@ class Config:
     """Every knob of the comparison (``QUICK`` shrinks it to seconds)."""
 
     cells: tuple[tuple[int, int], ...] = ((100, 6), (20, 10), (5, 24))  # (k, n): 1.27, 1.32, 1.30 m*
-    estimators: tuple[str, ...] = ("altmin", "varpro", "gnmr")
+    estimators: tuple[str, ...] = ("altmin", "varpro", "varpro-restarts", "gnmr")
     d_out: int = 20
     d_in: int = 20
     rank: int = 2
