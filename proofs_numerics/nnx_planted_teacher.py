@@ -32,6 +32,7 @@ of record). Fits are appended one by one to ``results/nnx_planted_teacher.jsonl`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,10 @@ from colora_jax import statistics, subspace_distance
 from . import _common
 
 NAME = "nnx_planted_teacher"
+# One optax.adam per learning rate: the optimizer is part of the compiled training step's static
+# key, so a fresh (equal) one each fit would trace and lower that step again (same numbers).
+adam = functools.cache(optax.adam)
+
 TRAINED = ("colora", "local", "global", "fedavg-lora")  # fitted by colora_jax.nnx.fit_method, each tuned
 BASELINES = ("local", "global", "fedavg-lora", "base")
 
@@ -104,11 +109,11 @@ SMOKE = Config(
     test_samples=4,
     val_samples=4,
     samples_grid=(2,),
-    steps=20,
-    eval_every=10,
+    steps=10,
+    eval_every=5,
     lr_candidates=(1e-2,),
     learning_rate=(("colora", 1e-2), ("local", 1e-2), ("global", 1e-2), ("fedavg-lora", 1e-2)),
-    finetune_steps=10,
+    finetune_steps=5,
     local_steps=5,
     groups=2,
 )
@@ -167,7 +172,7 @@ def fit(config: Config, method: str, lr: float, seed: int, samples: int) -> dict
         base,
         planted.train,
         cn.logit_mse,
-        optax.adam(lr),
+        adam(lr),
         method_config(config, method),
         users=config.users,
         key=k_fit,

@@ -53,6 +53,7 @@ role holds is an error of the Config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -77,6 +78,10 @@ from . import _common
 
 NAME = "nnx_shakespeare"
 METHODS = ("base", "global", "colora")
+# One optax.adam per learning rate: the optimizer is part of the compiled training step's static
+# key, so a fresh (equal) one each fit would trace and lower that step again (same numbers).
+adam = functools.cache(optax.adam)
+
 TUNED = ("global", "colora")
 
 
@@ -125,15 +130,15 @@ SMOKE = Config(
     width=16,
     depth=1,
     heads=2,
-    pretrain_steps=20,
+    pretrain_steps=10,
     roles=3,
     chars_grid=(200, 400),
     test_chars=200,
     val_chars=150,
     batch_size=32,
-    min_steps=10,
-    max_steps=20,
-    eval_every=10,
+    min_steps=5,
+    max_steps=10,
+    eval_every=5,
     lr_candidates=(1e-2,),
     learning_rate=(("global", 1e-2), ("colora", 1e-2)),
 )
@@ -223,7 +228,7 @@ def pretrained_base(config: Config, vocab, pretrain, cache: str, progress: bool)
         base,
         *pretrain,
         cn.next_token_loss,
-        optax.adam(config.pretrain_lr),
+        adam(config.pretrain_lr),
         steps=config.pretrain_steps,
         batch_size=config.pretrain_batch,
         key=k_pre,
@@ -311,7 +316,7 @@ class Cell:
                 self.study.base,
                 self.train,
                 cn.next_token_loss,
-                optax.adam(lr),
+                adam(lr),
                 self.method_config(),
                 users=self.study.config.roles,
                 key=self.key,
