@@ -145,18 +145,18 @@ class _Fit(NamedTuple):
 
 def test_split_fit_reruns_only_the_inexact_trials_and_keeps_the_sequential_choice():
     """``SplitFit`` over stand-in programs whose final objectives are set per (trial, restart):
-    each round runs only trials no fit so far has made exact (a batch of the next power of two
-    of their count, at least 2, at most the batch), each trial's next restart and, in lanes to
-    spare, its later ones; and every trial ends with the fit that running its restarts one after
-    another would keep (the lowest objective until one is exact, the earlier on a tie, never a
-    NaN): restarts until exact, re-batched after each round."""
+    each round runs only trials no fit so far has made exact (the first in a batch of the next
+    power of two of their count, later ones in it or in a quarter of it), each trial's next
+    restart and, in lanes to spare, its later ones; and every trial ends with the fit that
+    running its restarts one after another would keep (the lowest objective until one is exact,
+    the earlier on a tie, never a NaN): restarts until exact, re-batched after each round."""
     exact, B, R = 0.0, 8, 4
     table = np.array(
         [  # first stage, restarts 1-4
             [exact, 1.0, 1.0, 1.0, 1.0],  # exact at once: no restart
             [5.0, 3.0, exact, 2.0, exact],  # exact at restart 2: restarts 3, 4 not taken
             [5.0, 4.0, 4.0, 6.0, 4.5],  # never exact: restart 1's fit (a tie with restart 2, run in the same lanes)
-            [5.0, np.nan, 5.0, 4.0, 4.0],  # a NaN never wins; ties keep the earlier (restart 3)
+            [5.0, np.nan, 5.0, exact, 4.0],  # a NaN never wins, a tie keeps the earlier; exact at restart 3
             [2.0, exact, 9.0, 0.5, 9.0],  # restart 3 is lower but comes after an exact one
             [7.0, 8.0, 9.0, 6.0, exact],
             [1.0, 1.0, 1.0, 1.0, 1.0],  # ties throughout: the first stage's fit stays
@@ -197,10 +197,12 @@ def test_split_fit_reruns_only_the_inexact_trials_and_keeps_the_sequential_choic
     for size, lanes in calls:
         trials_ = sorted({t for t, _ in lanes})
         assert all(set(run[t]) - set(range(1, done[t] + 1)) for t in trials_), "only trials still inexact"
-        assert size == max(2, 1 << (len(trials_) - 1).bit_length()) <= B
+        full = calls[0][0]  # the first round's batch: the next power of two of its trials, at most B
+        assert size == (full if len(trials_) > full // 4 else max(2, full // 4)), "two batch sizes"
         assert len(lanes) == min(size, sum(R - done[t] for t in trials_)), "spare lanes run later restarts"
         for t in trials_:
             ran = sorted(j for u, j in lanes if u == t)
             assert ran == list(range(done[t] + 1, done[t] + 1 + len(ran))), "each trial's next restarts, in order"
             done[t] += len(ran)
     assert all(set(run[t]) <= set(range(1, done[t] + 1)) <= set(range(1, R + 1)) for t in range(B))
+    assert calls[0][0] == 8 and {size for size, _ in calls} == {8, 2}, "both batch sizes occur"

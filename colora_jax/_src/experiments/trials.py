@@ -282,7 +282,9 @@ class SplitFit:
     The first stage's fit runs on every trial of the batch; the trials where it is exact (its
     final objective at the stopping floor: a data-only test, never the truth) keep it, since the
     estimator returns that fit unchanged there. Then rounds of the second stage run only on the
-    trials still inexact, in a batch of the next power of two (at least 2, at most ``batch``).
+    trials still inexact: the first round in a batch of the next power of two of their count (at
+    least 2, at most ``batch``), each later one in that batch or, once at most a quarter of it is
+    still inexact, in a quarter of it (at least 2): two compiled programs, not one per size.
     Each lane of a round is one (trial, restart) pair: every inexact trial's next restart, and in
     the lanes to spare the restarts after it, trial by trial in turn (run ahead, since on these
     trials most restarts fail too), else a repeat. Each trial then takes its restarts in order as
@@ -303,8 +305,10 @@ class SplitFit:
         final = _final_objective(merged.trace)
         floors = np.asarray(_floors(problems.train, fitted_samples))
         following = np.ones(final.shape, int)  # each trial's next restart
+        full = None  # the first round's batch; later rounds use it or a quarter of it (two programs)
         while (hard := np.flatnonzero(~(final <= floors) & (following <= self.rounds))).size:  # NaN is not exact
-            size = min(self.batch, max(2, 1 << int(hard.size - 1).bit_length()))
+            full = full or min(self.batch, max(2, 1 << int(hard.size - 1).bit_length()))
+            size = full if hard.size > full // 4 else max(2, full // 4)
             for start in range(0, hard.size, size):
                 rows, restarts = self._lanes(hard[start : start + size], following, size)
                 picked = jax.tree.map(lambda a, rows=rows: a[rows], (problems, keys))
