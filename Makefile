@@ -22,9 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m colora_jax.demo
 
-## The test suite (pytest + hypothesis), two workers.
+## The test suite (pytest + hypothesis), two workers, each file on one of them, longest first
+## (tests/conftest.py: LONGEST_FIRST).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q tests
 
 bench: $(STAMP)
 	$(BIN)/colora bench
