@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -111,6 +112,18 @@ def _confirmation_config(config):
     if any(changes[name] == getattr(config, name) for name in moved):
         raise ValueError(f"a confirmation seed of {type(config).__name__} equals its exploration seed: {changes}")
     return dataclasses.replace(config, **changes)
+
+
+@functools.cache
+def adam(learning_rate: float):
+    """One ``optax.adam`` per learning rate for the NNX scripts.
+
+    ``nnx.jit`` keys a compiled training step on its optimizer, so a fresh (equal) one at each fit
+    would trace and lower that step again (same numbers).
+    """
+    import optax
+
+    return optax.adam(learning_rate)
 
 
 def compile_cache() -> None:

@@ -32,7 +32,6 @@ of record). Fits are appended one by one to ``results/nnx_planted_teacher.jsonl`
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -44,7 +43,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import optax
 from flax import nnx
 
 from colora_jax import nnx as cn
@@ -53,10 +51,6 @@ from colora_jax import statistics, subspace_distance
 from . import _common
 
 NAME = "nnx_planted_teacher"
-# One optax.adam per learning rate: the optimizer is part of the compiled training step's static
-# key, so a fresh (equal) one each fit would trace and lower that step again (same numbers).
-adam = functools.cache(optax.adam)
-
 TRAINED = ("colora", "local", "global", "fedavg-lora")  # fitted by colora_jax.nnx.fit_method, each tuned
 BASELINES = ("local", "global", "fedavg-lora", "base")
 
@@ -172,7 +166,7 @@ def fit(config: Config, method: str, lr: float, seed: int, samples: int) -> dict
         base,
         planted.train,
         cn.logit_mse,
-        adam(lr),
+        _common.adam(lr),
         method_config(config, method),
         users=config.users,
         key=k_fit,

@@ -53,7 +53,6 @@ role holds is an error of the Config.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -67,7 +66,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import optax
 from flax import nnx
 
 from colora_jax import nnx as cn
@@ -78,10 +76,6 @@ from . import _common
 
 NAME = "nnx_shakespeare"
 METHODS = ("base", "global", "colora")
-# One optax.adam per learning rate: the optimizer is part of the compiled training step's static
-# key, so a fresh (equal) one each fit would trace and lower that step again (same numbers).
-adam = functools.cache(optax.adam)
-
 TUNED = ("global", "colora")
 
 
@@ -228,7 +222,7 @@ def pretrained_base(config: Config, vocab, pretrain, cache: str, progress: bool)
         base,
         *pretrain,
         cn.next_token_loss,
-        adam(config.pretrain_lr),
+        _common.adam(config.pretrain_lr),
         steps=config.pretrain_steps,
         batch_size=config.pretrain_batch,
         key=k_pre,
@@ -316,7 +310,7 @@ class Cell:
                 self.study.base,
                 self.train,
                 cn.next_token_loss,
-                adam(lr),
+                _common.adam(lr),
                 self.method_config(),
                 users=self.study.config.roles,
                 key=self.key,

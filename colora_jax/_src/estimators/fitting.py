@@ -461,7 +461,7 @@ class Stages(NamedTuple):
     first: Estimator
     then: Estimator
     restarts: int = 0  # 0: one round of ``then`` from the configured start; else this many rounds,
-    #   round j from the j-th keyed random start (``restart_key``: the estimator's in-program restarts)
+    #   round j from the j-th keyed random start (``restart_keys``: the estimator's in-program restarts)
 
 
 def restart_keys(key: PRNGKeyArray, restarts: int) -> PRNGKeyArray:

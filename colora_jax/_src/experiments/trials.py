@@ -384,17 +384,9 @@ def _compiled(problem_config, fit_config: FitConfig, batch: int, fn: Callable) -
 @functools.lru_cache(maxsize=64)
 def _compiled_trials(problem_config, fit_config, batch, fn):
     """The compiled program of validated configurations, one per (configs, batch, fn)."""
-    keys, noise = _example_arguments(problem_config, batch)
-    fitted_samples = jnp.asarray(problem_config.samples, jnp.int32)  # its shape and type; the value is traced
-    generate = _compiled_generator(problem_config, batch)
-    fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn))
-    problems = lambda: jax.eval_shape(_generator(problem_config), keys, noise)  # traced on a miss only
-    lower = lambda: fit.lower(problems(), keys, fitted_samples)
-    method, placement = _program_key(fn)
-    if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
-        return CompiledTrials(generate, lower().compile())
-    parts = (problem_config, fit_config, batch, method, keys.dtype, fitted_samples.dtype, noise.dtype)
-    return CompiledTrials(generate, caches.load_or_compile("trials", parts, lower, placement))
+    return CompiledTrials(
+        _compiled_generator(problem_config, batch), _compiled_fit(problem_config, fit_config, batch, fn)
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -404,13 +396,26 @@ def _compiled_round(problem_config, fit_config, size: int, *, restarts: int, fn)
     With ``restarts``, trial b is fitted from its restart ``restart[b]``'s start (``restart_keys``
     of its fit key, ``init="random"`` in ``fit_config``); without, ``restart`` is not read.
     """
-    keys, noise = _example_arguments(problem_config, size)
-    fitted_samples = jnp.asarray(problem_config.samples, jnp.int32)
-    fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn, restarts=restarts))
+    return _compiled_fit(problem_config, fit_config, size, fn, restarts)
+
+
+def _compiled_fit(problem_config, fit_config, batch: int, fn, restarts: int | None = None):
+    """The compiled ``(problems, keys, fitted_samples) -> results`` for ``batch`` trials.
+
+    With ``restarts`` (a round of a split, ``_compiled_round``) it also takes each trial's restart.
+    """
+    keys, noise = _example_arguments(problem_config, batch)
+    fitted_samples = jnp.asarray(problem_config.samples, jnp.int32)  # its shape and type; the value is traced
+    fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn, restarts=restarts or 0))
+    round_ = () if restarts is None else (jnp.ones(batch, jnp.int32),)
     problems = lambda: jax.eval_shape(_generator(problem_config), keys, noise)  # traced on a miss only
-    lower = lambda: fit.lower(problems(), keys, fitted_samples, jnp.ones(size, jnp.int32))
+    lower = lambda: fit.lower(problems(), keys, fitted_samples, *round_)
     method, placement = _program_key(fn)
-    parts = (problem_config, fit_config, size, method, "round", restarts, keys.dtype, noise.dtype)
+    if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
+        return lower().compile()
+    parts = (problem_config, fit_config, batch, method, keys.dtype, fitted_samples.dtype, noise.dtype)
+    if restarts is not None:
+        parts += ("round", restarts)
     return caches.load_or_compile("trials", parts, lower, placement)
 
 
