@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/varpro_robust.py --render   # the markdown table from the JSONL
 
 d_out = d_in = 20, r = 2, noiseless, float32, default ``FitConfig`` (as ``colora recover``), 40
-trials per cell, seed 0 (trial t: ``fold_in(key(0), t)``, the same problems for every algorithm).
+trials per cell and seed (default 0; trial t: ``fold_in(key(seed), t)``, the same problems for every
+algorithm). An algorithm is a registered name, or a name with some options replaced
+(``varpro/restarts=8/restart_rule=until-exact``: the registered ``varpro-restarts`` until this change).
 n = round(1.3 m*(k)), raised to ceil(m*) where that is larger (regression at k = 100).
 Success: stacked relative error <= 1e-3; the interval is Clopper-Pearson 95%
 (``colora_jax.statistics.binomial_interval``). Compile (``plan_trials``) and run timed apart;
@@ -15,6 +17,8 @@ to ``results/varpro/robust.jsonl`` with the load average and the code version.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import math
 import os
@@ -45,13 +49,35 @@ def one_program(problem, key, fit_config):
     return cj.fit_and_evaluate(problem, key, fit_config, method="colora")
 
 
+def estimator(spec: str):
+    """``NAME`` (a registered algorithm) or ``NAME/option=value/...``: its estimator with those fields replaced
+    (values read as Python literals, else as strings), e.g. ``varpro/restarts=8/restart_rule=until-exact``."""
+    name, *options = spec.split("/")
+    est = cj.resolve(cj.FitConfig(algorithm=name))
+    if not options:
+        return name
+    fields = {}
+    for option in options:
+        field, sep, value = option.partition("=")
+        if not sep:
+            raise ValueError(f"{spec!r}: write each option as field=value, got {option!r}")
+        known = [f.name for f in dataclasses.fields(est)]
+        if field not in known:
+            raise ValueError(f"{spec!r}: {name} has no option {field!r}; choose from {', '.join(known)}")
+        try:
+            fields[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            fields[field] = value
+    return dataclasses.replace(est, **fields).check()
+
+
 def cell(model: str, k: int, n: int | None, algorithm: str, trials: int, seed: int, repeats: int = 1) -> dict:
     n = samples_at(model, k) if n is None else n
     pc = cj.ProblemConfig(model=model, users=k, d_out=D, d_in=D, rank=R, samples=n)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     whole = algorithm.endswith(":whole")
-    fc = cj.FitConfig(rank=R, algorithm=algorithm.removesuffix(":whole"))
+    fc = cj.FitConfig(rank=R, algorithm=estimator(algorithm.removesuffix(":whole")))
     plan = plan_trials(pc, fc, trials, fn=one_program if whole else None)
     t1 = time.perf_counter()
     runs = []
@@ -105,10 +131,12 @@ def main() -> None:
     ap.add_argument("--users", default="20")
     ap.add_argument("--samples", type=int, default=None, help="n (default round(1.3 m*))")
     ap.add_argument(
-        "--algorithms", default="altmin,varpro,varpro-restarts", help="NAME or NAME:whole (one program, no split)"
+        "--algorithms",
+        default="altmin,varpro,varpro-restarts",
+        help="NAME, NAME/field=value/... (its options replaced) or either with :whole (one program, no split)",
     )
     ap.add_argument("--trials", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", default="0", help="one seed or several, comma-separated")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each plan (the last is reported as run_s)")
     ap.add_argument("--render", action="store_true")
@@ -116,13 +144,21 @@ def main() -> None:
     if args.render:
         print(render(args.out))
         return
+    algorithms = args.algorithms.split(",")
+    try:
+        seeds = [int(seed) for seed in args.seed.split(",")]
+        for algorithm in algorithms:
+            estimator(algorithm.removesuffix(":whole"))
+    except ValueError as err:
+        ap.error(str(err))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     for k in map(int, args.users.split(",")):
-        for algorithm in args.algorithms.split(","):
-            rec = cell(args.model, k, args.samples, algorithm, args.trials, args.seed, args.repeats)
-            print(json.dumps(rec), flush=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        for algorithm in algorithms:
+            for seed in seeds:
+                rec = cell(args.model, k, args.samples, algorithm, args.trials, seed, args.repeats)
+                print(json.dumps(rec), flush=True)
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ def test_a_name_or_an_object_resolves_to_the_same_fit(planted):
         default = cj.fit(p.train, cj.FitConfig(rank=2, algorithm="altgd", iters=5, tol=0.0))
     np.testing.assert_array_equal(by_name[0].W, by_object[0].W)
     assert float(jnp.max(jnp.abs(by_name[0].W - default[0].W))) > 0  # the option reached the estimator
-    assert cj.resolve(cj.FitConfig(algorithm="varpro-restarts")).stages[0] == cj.VarPro(continuation="always")
+    first = cj.VarPro(continuation_start=3.0, continuation_stop=0.2, stall=5, stall_decrease=0.5)
+    assert cj.resolve(cj.FitConfig(algorithm="varpro-restarts")).stages[0] == first
     with pytest.raises(ValueError, match="unknown algorithm 'newton': choose one of altmin"):
         cj.resolve(cj.FitConfig(algorithm="newton"))
     with pytest.raises(ValueError, match="a registered name .* or an Estimator"):

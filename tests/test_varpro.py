@@ -202,7 +202,15 @@ def test_registered_varpro_restarts_is_fit_varpro_with_restarts(x64):
     got = jax.jit(lambda o, t, k: cj.fit(o, dataclasses.replace(fc, algorithm="varpro-restarts"), truth=t, key=k))(
         p.train, p.truth, key
     )
-    want = jitted(fc, (("restart_rule", "until-exact"), ("restarts", varpro.ROBUST_RESTARTS)))(p.train, p.truth, key)
+    robust = (  # its documented options: the shorter continuation, the earlier stall, 16 restarts until exact
+        ("continuation_start", 3.0),
+        ("continuation_stop", 0.2),
+        ("restart_rule", "until-exact"),
+        ("restarts", 16),
+        ("stall", 5),
+        ("stall_decrease", 0.5),
+    )
+    want = jitted(fc, robust)(p.train, p.truth, key)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="key"):
@@ -441,7 +449,7 @@ def test_hard_trials_rerun_apart_equal_every_trial_run_whole(algorithm, x64):
     fc = cj.FitConfig(rank=2, iters=40, algorithm=algorithm)
     split = cj.run_trials(jax.random.key(0), pc, fc, 8)
     whole = cj.run_trials(jax.random.key(0), pc, fc, 8, fn=_one_program)
-    first = dataclasses.replace(fc, algorithm=cj.VarPro(continuation="always"))
+    first = dataclasses.replace(fc, algorithm=cj.resolve(fc).stages.first)
     hard = cj.run_trials(jax.random.key(0), pc, first, 8).evaluation.rel_error > 1e-6
     assert 0 < hard.sum() < 8, hard  # both kinds of trial occur
     for got, want in zip(jax.tree.leaves(split), jax.tree.leaves(whole)):

@@ -27,7 +27,7 @@ from colora_jax._src.estimators.gnmr import GNMR
 from colora_jax._src.estimators.joint import Adam
 from colora_jax._src.estimators.scaledgd import ScaledGD
 from colora_jax._src.estimators.users import AllUsers, UserChunks, stored_chunks
-from colora_jax._src.estimators.varpro import ROBUST_RESTARTS, VarPro
+from colora_jax._src.estimators.varpro import ROBUST, VarPro
 from colora_jax._src.model import blocks
 from colora_jax._src.model.config import FitConfig
 from colora_jax._src.model.data import GroundTruth, Observations
@@ -72,9 +72,10 @@ ALGORITHMS: dict[str, Algorithm] = {
         ),
         Algorithm(
             "varpro-restarts",
-            VarPro(restarts=ROBUST_RESTARTS, restart_rule="until-exact"),
-            "varpro, then keyed random restarts only while no fit is exact (on noiseless data a fit above"
-            " the stopping floor is a spurious stationary point); the lowest objective wins",
+            ROBUST,
+            "varpro with a shorter continuation and an earlier stall, then up to 16 keyed random restarts only"
+            " while no fit is exact (on noiseless data a fit above the stopping floor is a spurious stationary"
+            " point); the lowest objective wins",
         ),
         Algorithm(
             "centered",
