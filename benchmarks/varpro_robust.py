@@ -6,7 +6,7 @@
 d_out = d_in = 20, r = 2, noiseless, float32, default ``FitConfig`` (as ``colora recover``), 40
 trials per cell and seed (default 0; trial t: ``fold_in(key(seed), t)``, the same problems for every
 algorithm). An algorithm is a registered name, or a name with some options replaced
-(``varpro/restarts=8/restart_rule=until-exact``: the registered ``varpro-restarts`` until this change).
+(``varpro/restarts=8/restart_rule=until-exact``: the registered ``varpro-restarts`` before ba1d6b7).
 n = round(1.3 m*(k)), raised to ceil(m*) where that is larger (regression at k = 100).
 Success: stacked relative error <= 1e-3; the interval is Clopper-Pearson 95%
 (``colora_jax.statistics.binomial_interval``). Compile (``plan_trials``) and run timed apart;
@@ -56,12 +56,11 @@ def estimator(spec: str):
     est = cj.resolve(cj.FitConfig(algorithm=name))
     if not options:
         return name
-    fields = {}
+    fields, known = {}, [f.name for f in dataclasses.fields(est)]
     for option in options:
         field, sep, value = option.partition("=")
         if not sep:
             raise ValueError(f"{spec!r}: write each option as field=value, got {option!r}")
-        known = [f.name for f in dataclasses.fields(est)]
         if field not in known:
             raise ValueError(f"{spec!r}: {name} has no option {field!r}; choose from {', '.join(known)}")
         try:
