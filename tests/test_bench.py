@@ -107,3 +107,27 @@ def test_estimator_cost_ratios_are_per_repeat_against_the_first_estimator(monkey
     assert rows["altgd"]["ratio_min"] == min(ratios) and rows["altgd"]["ratio_max"] == max(ratios)
     assert all(0 <= row["success"] <= 1 and row["compile_seconds"] > row["run_min"] for row in rows.values())
     assert len(ec.markdown({**result, "code_version": "x"}).splitlines()) == 2 + 2 + 2
+
+
+def test_varpro_robust_reads_an_algorithm_with_its_options_replaced():
+    """``benchmarks/varpro_robust.py --algorithms NAME/field=value/...``: the registered estimator with
+    those fields replaced (how the docs reproduce the schedule before ba1d6b7); a bad option names the fix."""
+    from benchmarks.varpro_robust import estimator
+
+    assert estimator("varpro") == "varpro"
+    assert estimator("varpro/restarts=8/restart_rule=until-exact") == cj.VarPro(restarts=8, restart_rule="until-exact")
+    robust = cj.resolve(cj.FitConfig(algorithm="varpro-restarts"))
+    assert estimator("varpro-restarts/restarts=8/continuation_stop=0.1") == cj.VarPro(
+        restarts=8,
+        restart_rule="until-exact",
+        continuation_start=robust.continuation_start,
+        continuation_stop=0.1,
+        stall=robust.stall,
+        stall_decrease=robust.stall_decrease,
+    )
+    with pytest.raises(ValueError, match="varpro has no option 'nope'; choose from jacobian"):
+        estimator("varpro/nope=1")
+    with pytest.raises(ValueError, match="write each option as field=value"):
+        estimator("varpro/restarts")
+    with pytest.raises(ValueError, match="restarts must be an integer"):
+        estimator("varpro/restarts=x")
