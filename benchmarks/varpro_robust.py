@@ -50,8 +50,9 @@ def one_program(problem, key, fit_config):
 
 
 def estimator(spec: str):
-    """``NAME`` (a registered algorithm) or ``NAME/option=value/...``: its estimator with those fields replaced
-    (values read as Python literals, else as strings), e.g. ``varpro/restarts=8/restart_rule=until-exact``."""
+    """``FitConfig.algorithm`` for ``NAME`` (a registered algorithm: the name itself, checked) or
+    ``NAME/option=value/...`` (its estimator with those fields replaced; values read as Python literals,
+    else as strings), e.g. ``varpro/restarts=8/restart_rule=until-exact``."""
     name, *options = spec.split("/")
     est = cj.resolve(cj.FitConfig(algorithm=name))
     if not options:

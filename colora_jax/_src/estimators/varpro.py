@@ -837,12 +837,11 @@ def fit_varpro(
     return estimator.fit(AllUsers(blocks.design(observations), axis_name), config, key=key, truth=truth)
 
 
-ROBUST_RESTARTS = 16  # restarts of the registered "varpro-restarts"
 # The registered "varpro-restarts": a shorter continuation (ridges 3 -> 0.2: 33, against 56) and an earlier
 # stall (5 iterations, 50%), so a fit costs 52-63% of varpro's, then up to 16 restarts until one is
 # exact. Chosen on development seeds 1-3 at 1.3 m* (docs/varpro.md, "A cheaper fit, more restarts").
 ROBUST = VarPro(
-    restarts=ROBUST_RESTARTS,
+    restarts=16,
     restart_rule="until-exact",
     continuation_start=3.0,
     continuation_stop=0.2,
