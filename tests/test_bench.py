@@ -131,3 +131,36 @@ def test_varpro_robust_reads_an_algorithm_with_its_options_replaced():
         estimator("varpro/restarts")
     with pytest.raises(ValueError, match="restarts must be an integer"):
         estimator("varpro/restarts=x")
+
+
+def test_varpro_restart_paths_replays_the_estimators_rule_with_abandonment():
+    """``benchmarks/varpro_restart_paths.py --replay``: restarts in order until an exact one, at most
+    ``use``; under a rule a restart whose ``phi_alpha`` at a listed ridge exceeds the factor times the
+    first fit's stops there (costing the ridges it ran); the cost counts LM iterations."""
+    from benchmarks.varpro_restart_paths import parse_rule, replay
+
+    ridges, starts = 5, 4
+    path = np.tile(np.linspace(10.0, 6.0, ridges), (3, starts, 1))
+    iterations = np.full((3, starts), 3)
+    exact = np.zeros((3, starts), bool)
+    exact[0, 0] = exact[1, 2] = exact[1, 3] = True  # trial 0: the first fit; trial 1: restarts 2 and 3
+    path[1, 1, 2:] *= 1.5  # trial 1, restart 1: above the first fit's path from ridge 2 on
+    data = {"path": path, "iterations": iterations, "exact": exact, "recovered": exact.copy()}
+    first = 3 * (ridges + 3)
+
+    plain = replay(data, parse_rule("none"), use=3)  # trial 1 runs restarts 1, 2; trial 2 runs 1, 2, 3
+    assert plain == {
+        "recovered": 2,
+        "trials": 3,
+        "restarts_run": 5,
+        "abandoned": 0,
+        "restart_cost": 5 * 8,
+        "first_cost": first,
+    }
+    ruled = replay(data, parse_rule("1:1.2,3:1.2"), use=3)  # restart 1 of trial 1 stops at ridge 3
+    assert ruled == {**plain, "abandoned": 1, "restart_cost": 4 * 8 + 4}
+    assert replay(data, parse_rule("0:0.5"), use=2)["restart_cost"] == 4  # every restart stops at ridge 0
+    with pytest.raises(ValueError, match="STAGE:FACTOR"):
+        parse_rule("15")
+    with pytest.raises(ValueError, match=r"stage must lie in \[0, 5\)"):
+        replay(data, parse_rule("5:1.0"), use=1)

@@ -185,6 +185,34 @@ def test_stall_only_truncates_the_continued_fit(x64):
     assert stopped and exact  # both kinds occur near the threshold
 
 
+def test_continuation_path_never_increases_and_ends_where_the_fit_goes_on(x64):
+    """``continuation(path=True)`` records ``phi_alpha`` after each ridge's iteration. It never
+    increases: an iteration keeps its point or lowers ``phi_alpha`` at its ridge, and at a fixed
+    point ``phi_alpha`` falls with ``alpha`` (the ridge term is nonnegative). The path's end is the
+    continuation's without the record, and its last value the objective there."""
+    from colora_jax._src.estimators.users import AllUsers
+
+    p = problem("sensing", 1, x64=True, **NEAR)
+    est, config = cj.VarPro(), cj.FitConfig(iters=40)
+    users = AllUsers(blocks.design(p.train), None)
+    s = fitting.setup(users, config, jax.random.key(0), None)
+    evaluate_at, normal, _, diag = est.reduced(users, config, s)
+    U, V = varpro.retract(s.U, s.V, diag)
+    mu = jnp.asarray(est.damping, U.dtype)
+    run = jax.jit(
+        lambda path: varpro.continuation(evaluate_at, normal, U, V, mu, diag, est, path=path), static_argnums=0
+    )
+    (*end, path), plain = run(True), run(False)
+    path = np.asarray(path)
+    assert path.shape == (est.continuation_iterations,)
+    assert np.all(np.diff(path) <= 1e-12 * path[:-1]), np.diff(path).max()
+    assert path[-1] < 0.5 * path[0]  # it does descend
+    for got, want in zip(end, plain):  # two programs: rounding apart
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    last = est.continuation_start * est.continuation_decay ** (est.continuation_iterations - 1)
+    np.testing.assert_allclose(path[-1], evaluate_at(end[0], end[1], last).sse, rtol=1e-9)
+
+
 def test_restarts_until_exact_leave_an_exact_first_fit_unchanged(x64):
     """Where the default fit is exact (about 2 m*), "until-exact" runs no restart: the default's result."""
     p = problem("sensing", 0, x64=True)

@@ -176,15 +176,18 @@ class VarPro(Estimator):
             return None
         return Stages(dataclasses.replace(self, continuation="always"), dataclasses.replace(self, continuation="never"))
 
-    def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
-        """The fit (and its fallback, restarts) over ``users``; inputs trusted.
+    def reduced(self, users: Users, config: FitConfig, s, truth=None):
+        """The reduced problem over ``users`` from ``setup``'s ``s``: ``(evaluate_at, normal, metrics, diag)``.
+
+        ``evaluate_at(U, V, alpha)`` is the ``Point`` with every ``S_i`` eliminated (under the
+        ridge ``alpha`` times each user's Gram scale; None: none), ``normal(point)`` the pooled
+        normal equations there, ``metrics(point)`` the trace's metrics (against ``truth``).
 
         Every sum over users goes through ``users``. With every user in memory each user's pass
         over the data (``X_ij V`` and residuals, or ``C_i V``) is kept from the objective's
         evaluation for the next normal equations; in chunks it is recomputed chunk by chunk (one
         pass for the normal equations, one per Levenberg-Marquardt attempt).
         """
-        s = setup(users, config, key, start)
         diag, gp = config.personal == "diag", self.jacobian == "golub-pereyra"
         keep = users.in_memory
         scale = None if self.continuation == "never" else users.sum(lambda d, _: (None, ridge_scale(d)))[1]
@@ -210,6 +213,12 @@ class VarPro(Estimator):
             return users.sum(part, (pt.S, pt.ridge, pt.cache))[0]
 
         metrics = lambda q: metrics_of(users, q.sse / s.count, Estimate(q.U, q.V, q.S), truth)
+        return evaluate_at, normal, metrics, diag
+
+    def fit(self, users: Users, config: FitConfig, *, key=None, truth=None, start=None):
+        """The fit (and its fallback, restarts) over ``users`` (``reduced``); inputs trusted."""
+        s = setup(users, config, key, start)
+        evaluate_at, normal, metrics, diag = self.reduced(users, config, s, truth)
         run = lambda U, V: _fit_from(evaluate_at, normal, metrics, U, V, config, self, diag, s.floor)
         if not self.restarts:
             pt, history, iterations, done = run(s.U, s.V)
@@ -648,7 +657,7 @@ def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, 
 # ----------------------------------------------------------------------------- the driver
 
 
-def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro):
+def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, *, path: bool = False):
     """Ridge continuation: one LM iteration on ``phi_alpha(U, V) = min_S f + sum_i alpha lambda_i ||S_i||^2``
     for each ``alpha = continuation_start * continuation_decay^t >= continuation_stop``
     (``lambda_i = ridge_scale_i``, each user's Gram scale).
@@ -663,22 +672,24 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro):
       evaluate_at: ``(U, V, alpha) -> Point`` with the ridge ``alpha``.
       normal: ``Point -> (N, g)`` pooled over users.
       U, V: the start; mu: the initial damping; diag: diagonal personal parts; opts: the estimator.
+      path: also return ``phi_alpha`` after each ridge's iteration (for analysis; the fit never asks).
 
     Returns:
-      ``(U, V, mu)`` at the end of the path.
+      ``(U, V, mu)`` at the end of the path, and with ``path`` the objectives, one per ridge.
     """
     decay = jnp.asarray(opts.continuation_decay, U.dtype)
 
     def stage(carry):
-        t, U, V, mu = carry
+        t, U, V, mu, objectives = carry
         ev = lambda U_, V_: evaluate_at(U_, V_, opts.continuation_start * decay**t)
         pt = ev(U, V)
         pt, mu, _ = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries)
-        return t + 1, pt.U, pt.V, mu
+        return t + 1, pt.U, pt.V, mu, objectives if not path else objectives.at[t].set(pt.sse)
 
     going = lambda carry: carry[0] < opts.continuation_iterations
-    _, U, V, mu = jax.lax.while_loop(going, stage, (jnp.asarray(0), U, V, mu))
-    return U, V, mu
+    objectives = jnp.zeros(opts.continuation_iterations, U.dtype) if path else ()
+    _, U, V, mu, objectives = jax.lax.while_loop(going, stage, (jnp.asarray(0), U, V, mu, objectives))
+    return (U, V, mu, objectives) if path else (U, V, mu)
 
 
 class _Fit(NamedTuple):
