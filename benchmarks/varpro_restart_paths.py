@@ -5,7 +5,8 @@
 
 For each trial (the trial driver's problems: ``trial_keys(key(seed), 0, trials)``, d_out = d_in =
 20, r = 2, noiseless, float32, n = round(1.3 m*(k)) as in ``varpro_robust.py``), the registered
-``varpro-restarts`` schedule (``varpro.ROBUST``) runs its first fit from the spectral start and
+``varpro-restarts`` schedule (``varpro.ROBUST``; ``--schedule NAME/field=value/...`` another VarPro,
+as ``varpro_robust.py`` reads it) runs its first fit from the spectral start and
 ``--restarts`` fits from the keyed random starts it would restart from (``restart_keys`` of the
 trial's fit key), each to the end: the objective ``phi_alpha`` after every ridge of the
 continuation, the fit proper's iterations, whether the fit is exact (final objective at the
@@ -39,7 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import colora_jax as cj  # noqa: E402
-from benchmarks.varpro_robust import SUCCESS, D, R, samples_at  # noqa: E402
+from benchmarks.varpro_robust import SUCCESS, D, R, estimator, samples_at  # noqa: E402
 from colora_jax._src.estimators import varpro as vp  # noqa: E402
 from colora_jax._src.estimators.fitting import initialize, restart_keys, setup  # noqa: E402
 from colora_jax._src.estimators.users import AllUsers  # noqa: E402
@@ -49,10 +50,10 @@ from colora_jax._src.model import blocks  # noqa: E402
 OUT = "results/varpro/paths"
 
 
-def paths(model: str, k: int, n: int, seed: int, trials_: int, restarts: int) -> dict:
+def paths(model: str, k: int, n: int, seed: int, trials_: int, restarts: int, schedule: vp.VarPro = vp.ROBUST) -> dict:
     """Every start's continuation path and end, for ``trials_`` trials (host arrays, leading axes (trial, start))."""
     pc = cj.ProblemConfig(model=model, users=k, d_out=D, d_in=D, rank=R, samples=n)
-    est = dataclasses.replace(vp.ROBUST, restarts=0, restart_rule="all")
+    est = dataclasses.replace(schedule, restarts=0, restart_rule="all")
     config = cj.FitConfig(rank=R, algorithm=est)
     keys = trials.trial_keys(jax.random.key(seed), 0, trials_)
     problems = trials._compiled_generator(trials.generated_config(pc), trials_)(keys, jnp.zeros((), pc.dtype))
@@ -131,6 +132,11 @@ def main() -> int:
     p.add_argument("--seed", default="1,2,3", help="comma-separated seeds (0 is the official tables')")
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--restarts", type=int, default=32, help="restarts recorded per trial")
+    p.add_argument(
+        "--schedule",
+        default="varpro-restarts",
+        help="the fits' estimator: a registered VarPro, or NAME/field=value/... (as varpro_robust.py's --algorithms)",
+    )
     p.add_argument("--replay", action="store_true", help="replay rules on saved paths instead of recording")
     p.add_argument("--rules", nargs="*", default=["none", "15:1.0"], help="abandonment rules STAGE:FACTOR,...")
     p.add_argument("--use", type=int, default=vp.ROBUST.restarts, help="restarts the replayed estimator may run")
@@ -139,24 +145,31 @@ def main() -> int:
     try:
         seeds = [int(s) for s in args.seed.split(",")]
         rules = [parse_rule(r) for r in args.rules]
+        schedule = cj.resolve(cj.FitConfig(algorithm=estimator(args.schedule)))
+        if not isinstance(schedule, vp.VarPro) or schedule.continuation != "always":
+            raise ValueError(f"--schedule must be a VarPro with continuation='always', got {args.schedule!r}")
     except ValueError as e:
         p.error(str(e))
     for name in ("users", "trials", "restarts", "use"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     n = args.samples or samples_at(args.model, args.users)
-    cell = f"{args.model}_{args.users}_{n}"
+    cell = f"{args.model}_{args.users}_{n}" + (
+        "" if args.schedule == "varpro-restarts" else f"_{args.schedule.replace('/', '_')}"
+    )
     os.makedirs(args.out, exist_ok=True)
     if not args.replay:
         cj.limit_cpu_threads(default=1)
         for seed in seeds:
             start = time.perf_counter()
-            data = paths(args.model, args.users, n, seed, args.trials, args.restarts)
+            data = paths(args.model, args.users, n, seed, args.trials, args.restarts, schedule)
             np.savez(os.path.join(args.out, f"{cell}_{seed}.npz"), **data)
             hard = ~data["exact"][:, 0]
+            cost = data["path"].shape[2] + data["iterations"]
             print(
                 f"{cell} seed {seed}: first fit recovers {int(data['recovered'][:, 0].sum())}/{args.trials};"
                 f" {int(hard.sum())} inexact, whose restarts recover {data['recovered'][hard, 1:].mean():.3f}"
+                f" at {cost[hard, 1:].mean():.1f} LM iterations each (first fits: {cost[:, 0].mean():.1f})"
                 f" ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
@@ -164,8 +177,8 @@ def main() -> int:
     files = [os.path.join(args.out, f"{cell}_{seed}.npz") for seed in seeds]
     missing = [f for f in files if not os.path.exists(f)]
     if missing:
-        found = sorted(glob.glob(os.path.join(args.out, "*.npz")))
-        p.error(f"no saved paths {', '.join(missing)}: record them first (without --replay); found {found or 'none'}")
+        found = len(glob.glob(os.path.join(args.out, "*.npz")))
+        p.error(f"no saved paths {', '.join(missing)}: record them first (without --replay); {args.out} holds {found}")
     data = [dict(np.load(f)) for f in files]
     for text, rule in zip(args.rules, rules):
         try:
