@@ -396,25 +396,26 @@ def _compiled_round(problem_config, fit_config, size: int, *, restarts: int, fn)
     With ``restarts``, trial b is fitted from its restart ``restart[b]``'s start (``restart_keys``
     of its fit key, ``init="random"`` in ``fit_config``); without, ``restart`` is not read.
     """
-    return _compiled_fit(problem_config, fit_config, size, fn, restarts)
+    return _compiled_fit(problem_config, fit_config, size, fn, in_round=True, restarts=restarts)
 
 
-def _compiled_fit(problem_config, fit_config, batch: int, fn, restarts: int | None = None):
+def _compiled_fit(problem_config, fit_config, batch: int, fn, *, in_round: bool = False, restarts: int = 0):
     """The compiled ``(problems, keys, fitted_samples) -> results`` for ``batch`` trials.
 
-    With ``restarts`` (a round of a split, ``_compiled_round``) it also takes each trial's restart.
+    ``in_round`` (a round of a split, ``_compiled_round``): it also takes each trial's restart,
+    read when ``restarts`` (the fit from that restart's start), not read without (a fallback's fit).
     """
     keys, noise = _example_arguments(problem_config, batch)
     fitted_samples = jnp.asarray(problem_config.samples, jnp.int32)  # its shape and type; the value is traced
-    fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn, restarts=restarts or 0))
-    round_ = () if restarts is None else (jnp.ones(batch, jnp.int32),)
+    fit = jax.jit(functools.partial(_fit_at, fit_config=fit_config, fn=fn, restarts=restarts))
+    round_ = (jnp.ones(batch, jnp.int32),) if in_round else ()
     problems = lambda: jax.eval_shape(_generator(problem_config), keys, noise)  # traced on a miss only
     lower = lambda: fit.lower(problems(), keys, fitted_samples, *round_)
     method, placement = _program_key(fn)
     if method is None:  # a caller's function: no stable key, compiled here (JAX's cache still applies)
         return lower().compile()
     parts = (problem_config, fit_config, batch, method, keys.dtype, fitted_samples.dtype, noise.dtype)
-    if restarts is not None:
+    if in_round:
         parts += ("round", restarts)
     return caches.load_or_compile("trials", parts, lower, placement)
 
