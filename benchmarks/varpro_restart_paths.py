@@ -20,7 +20,10 @@ times the first fit's at that ridge (the first fit being inexact, its path is a 
 prints, per rule, the trials recovered and the restarts' cost relative to the first fits', in
 LM iterations (a ridge of the continuation or an iteration of the fit proper counts one; an
 abandoned restart costs the ridges it ran). Cost is counted, not timed: what a vmapped round would
-take depends on how the rounds are batched.
+take depends on how the rounds are batched. A trial counts as recovered when the fit that ends it
+exact recovers (the final objectives are not recorded, so a trial that no fit makes exact counts
+as not recovered, though the estimator's lowest-objective fit might be close; on these cells the
+counts equal ``varpro_robust.py``'s).
 """
 
 from __future__ import annotations
