@@ -15,7 +15,8 @@ fitted ``[W_1 ... W_k]``. With the process pinned to one core (``--cores 1``, as
 CPU: 18 of 18 runs hung here, of this program and of larger ones (VarPro fits, rank 3, 40
 trials), also with ``--xla_cpu_multi_thread_eigen=false`` or ``OMP_NUM_THREADS=1``. On two
 cores it completes in seconds (3.6 s), and on one core so does the same program with ``eigh``
-or ``qr`` in place of the SVD, or the SVD without the fit before it. The library's own programs compute no
+or ``qr`` in place of the SVD, or the SVD without the fit before it, or ``cj.principal_angles`` of
+the fitted ``U`` after the fit (its SVDs are of ``d x r`` and ``r x r`` matrices). The library's own programs compute no
 SVD after a fit (its subspace metrics use QR and ``eigh``), so this bites only a caller's
 program.
 
