@@ -70,10 +70,7 @@ def paths(model: str, k: int, n: int, seed: int, trials_: int, restarts: int, sc
         Us, Vs = jax.vmap(lambda kk: initialize(users, random_init, kk))(restart_keys(fit_key, restarts))
 
         def run(U, V):
-            U, V = vp.retract(U, V, diag)
-            mu = jnp.asarray(est.damping, U.dtype)
-            U, V, mu, path = vp.continuation(evaluate_at, normal, U, V, mu, diag, est, path=True)
-            f = vp._lm_fit(evaluate_at, normal, metrics, U, V, mu, config, est, diag, s.floor, est.stall)
+            f, path = vp._fit_from(evaluate_at, normal, metrics, U, V, config, est, diag, s.floor, path=True)
             return path, f.iterations, f.final_objective <= s.floor, f.history.rel_error[f.iterations] <= SUCCESS
 
         return jax.vmap(run)(jnp.concatenate([s.U[None], Us]), jnp.concatenate([s.V[None], Vs]))

@@ -211,6 +211,9 @@ def test_continuation_path_never_increases_and_ends_where_the_fit_goes_on(x64):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     last = est.continuation_start * est.continuation_decay ** (est.continuation_iterations - 1)
     np.testing.assert_allclose(path[-1], evaluate_at(end[0], end[1], last).sse, rtol=1e-9)
+    plain = dataclasses.replace(est, continuation="never")
+    with pytest.raises(ValueError, match="continuation path needs continuation='always', got 'never'"):
+        varpro._fit_from(evaluate_at, normal, None, U, V, config, plain, diag, s.floor, path=True)
 
 
 def test_restarts_until_exact_leave_an_exact_first_fit_unchanged(x64):

@@ -751,13 +751,22 @@ def _lm_fit(evaluate_at, normal, metrics, U, V, mu, config: FitConfig, opts: Var
     return _Fit(*run_loop(body, start, config.iters, config.tol, floor, stopped=lambda search: search.done))
 
 
-def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: VarPro, diag: bool, floor) -> _Fit:
-    """One fit from the start ``(U, V)``, with the ridge continuation as ``opts.continuation`` says."""
+def _fit_from(evaluate_at, normal, metrics, U, V, config: FitConfig, opts: VarPro, diag: bool, floor, *, path=False):
+    """One fit (a ``_Fit``) from the start ``(U, V)``, with the ridge continuation as ``opts.continuation`` says.
+
+    With ``path`` (for analysis; ``continuation="always"`` only): ``(fit, objectives)``, the
+    objectives of the continuation after each ridge (``continuation(path=True)``).
+    """
     U, V = retract(U, V, diag)
     mu = jnp.asarray(opts.damping, U.dtype)
     fit = lambda U_, V_, mu_, stall: _lm_fit(
         evaluate_at, normal, metrics, U_, V_, mu_, config, opts, diag, floor, stall
     )
+    if path:
+        if opts.continuation != "always":
+            raise ValueError(f"a fit's continuation path needs continuation='always', got {opts.continuation!r}")
+        *end, objectives = continuation(evaluate_at, normal, U, V, mu, diag, opts, path=True)
+        return fit(*end, opts.stall), objectives
     if opts.continuation == "never":
         return fit(U, V, mu, 0)
     first = fit(*continuation(evaluate_at, normal, U, V, mu, diag, opts), opts.stall)
