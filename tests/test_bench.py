@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -107,6 +108,35 @@ def test_estimator_cost_ratios_are_per_repeat_against_the_first_estimator(monkey
     assert rows["altgd"]["ratio_min"] == min(ratios) and rows["altgd"]["ratio_max"] == max(ratios)
     assert all(0 <= row["success"] <= 1 and row["compile_seconds"] > row["run_min"] for row in rows.values())
     assert len(ec.markdown({**result, "code_version": "x"}).splitlines()) == 2 + 2 + 2
+
+
+def test_estimator_cost_command_line_picks_seed_cells_estimators_and_names_a_bad_one(capsys):
+    """``--seed``, ``--cells K:N,...``, ``--estimators``, ``--repeats`` replace those fields of the
+    configuration; a malformed one exits 2 with one line that says what to write."""
+    import argparse
+
+    from colora_jax._src.bench import estimator_cost as ec
+
+    def configured(**given):
+        args = argparse.Namespace(**{"seed": None, "cells": None, "estimators": None, "repeats": None, **given})
+        return ec._configured(ec.Config(), args)
+
+    assert configured() == ec.Config()
+    config = configured(seed=3, cells="20:10,5:24", estimators="altmin,varpro-restarts", repeats=5)
+    assert config == dataclasses.replace(
+        ec.Config(), seed=3, cells=((20, 10), (5, 24)), estimators=("altmin", "varpro-restarts"), repeats=5
+    )
+    for given, message in [
+        ({"cells": "20-10"}, "--cells is K:N"),
+        ({"cells": "0:10"}, "--cells needs K >= 1 and N >= 1"),
+        ({"estimators": "altmin,nope"}, "unknown algorithm 'nope'"),
+        ({"repeats": 0}, "--repeats must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            configured(**given)
+    with pytest.raises(SystemExit) as exit_:
+        ec.main(["--cells", "20"])
+    assert exit_.value.code == 2 and "--cells is K:N" in capsys.readouterr().err
 
 
 def test_varpro_robust_reads_an_algorithm_with_its_options_replaced():

@@ -10,6 +10,7 @@ process CPU time, the success rate; per repeat and estimator, the ratio of its r
 AltMin's in that repeat (median and range): the figure the cost target is stated in.
 
     python -m colora_jax._src.bench.estimator_cost [--quick] [--out PATH]   # JSON, then the table
+    python -m colora_jax._src.bench.estimator_cost --seed 1 --cells 20:10,5:24 --estimators altmin,varpro-restarts
 """
 
 from __future__ import annotations
@@ -115,13 +116,48 @@ def markdown(result: dict) -> str:
     return "\n".join(rows) + f"\n\n(code {result.get('code_version', '-')}, {load})"
 
 
+def _configured(config: Config, args) -> Config:
+    """``config`` with the command line's ``--seed``, ``--cells``, ``--estimators``, ``--repeats`` (checked)."""
+    from colora_jax._src.algorithms import resolve
+
+    changes = {}
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        changes["repeats"] = args.repeats
+    if args.cells is not None:
+        try:
+            cells = tuple((int(k), int(n)) for k, n in (cell.split(":") for cell in args.cells.split(",")))
+        except ValueError:
+            raise ValueError(f"--cells is K:N[,K:N...] (users and samples per user), got {args.cells!r}") from None
+        if any(k < 1 or n < 1 for k, n in cells):
+            raise ValueError(f"--cells needs K >= 1 and N >= 1, got {args.cells!r}")
+        changes["cells"] = cells
+    if args.estimators is not None:
+        names = tuple(args.estimators.split(","))
+        for name in names:
+            resolve(FitConfig(algorithm=name))  # a ValueError naming the registered ones
+        changes["estimators"] = names
+    return dataclasses.replace(config, **changes)
+
+
 def main(argv=None) -> None:
     """The command line: measure, print the JSON and the table, optionally write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds")
     parser.add_argument("--out", default=None, help="write the result as JSON here")
+    parser.add_argument("--seed", type=int, help=f"the trials' seed (default {Config.seed}: the official table's)")
+    parser.add_argument("--cells", help="K:N,... users and samples per user (default: the issue's three cells)")
+    parser.add_argument("--estimators", help="NAME,... (registered); ratios are to the first (default: altmin,...)")
+    parser.add_argument("--repeats", type=int, help=f"warm runs of each (default {Config.repeats})")
     args = parser.parse_args(argv)
-    result = run(QUICK if args.quick else Config(), lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        config = _configured(QUICK if args.quick else Config(), args)
+    except ValueError as e:
+        parser.error(str(e))
+    result = run(config, lambda s: print(s, file=sys.stderr, flush=True))
     result["code_version"] = code_version()
     if args.out:
         with open(args.out, "w") as f:
