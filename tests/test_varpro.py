@@ -216,6 +216,26 @@ def test_continuation_path_never_increases_and_ends_where_the_fit_goes_on(x64):
         varpro._fit_from(evaluate_at, normal, None, U, V, config, plain, diag, s.floor, path=True)
 
 
+@pytest.mark.parametrize("model", ["sensing", "regression"])
+def test_a_ridge_evaluated_at_a_kept_point_is_the_ridge_evaluated_afresh(model):
+    """``evaluate_at(U, V, alpha, at=point)`` (how the continuation starts each ridge where the last
+    ended) reuses the point's pass over the data: the same personal parts, objective and cache, bit
+    for bit, as evaluating afresh."""
+    from colora_jax._src.estimators.users import AllUsers
+
+    p = problem(model, 1, **NEAR)
+    est, config = cj.VarPro(), cj.FitConfig()
+    users = AllUsers(blocks.design(p.train), None)
+    s = fitting.setup(users, config, jax.random.key(0), None)
+    evaluate_at = est.reduced(users, config, s)[0]
+    last = jax.jit(lambda U, V: evaluate_at(U, V, 3.0))(s.U, s.V)
+    fresh = jax.jit(lambda U, V: evaluate_at(U, V, 2.5))(s.U, s.V)
+    kept = jax.jit(lambda U, V, at: evaluate_at(U, V, 2.5, at))(s.U, s.V, last)
+    for got, want in zip(jax.tree.leaves(kept), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(kept.S, last.S)  # the new ridge's personal parts, not the kept ones
+
+
 def test_restarts_until_exact_leave_an_exact_first_fit_unchanged(x64):
     """Where the default fit is exact (about 2 m*), "until-exact" runs no restart: the default's result."""
     p = problem("sensing", 0, x64=True)

@@ -179,9 +179,10 @@ class VarPro(Estimator):
     def reduced(self, users: Users, config: FitConfig, s, truth=None):
         """The reduced problem over ``users`` from ``setup``'s ``s``: ``(evaluate_at, normal, metrics, diag)``.
 
-        ``evaluate_at(U, V, alpha)`` is the ``Point`` with every ``S_i`` eliminated (under the
-        ridge ``alpha`` times each user's Gram scale; None: none), ``normal(point)`` the pooled
-        normal equations there, ``metrics(point)`` the trace's metrics (against ``truth``).
+        ``evaluate_at(U, V, alpha, at=None)`` is the ``Point`` with every ``S_i`` eliminated (under
+        the ridge ``alpha`` times each user's Gram scale; None: none), reusing the pass over the data
+        of ``at``, a point at the same ``U``, ``V``, when given; ``normal(point)`` the pooled normal
+        equations there, ``metrics(point)`` the trace's metrics (against ``truth``).
 
         Every sum over users goes through ``users``. With every user in memory each user's pass
         over the data (``X_ij V`` and residuals, or ``C_i V``) is kept from the objective's
@@ -192,12 +193,14 @@ class VarPro(Estimator):
         keep = users.in_memory
         scale = None if self.continuation == "never" else users.sum(lambda d, _: (None, ridge_scale(d)))[1]
 
-        def evaluate_at(U, V, alpha):
-            def part(d, scale_):
-                q = evaluate_point(d, U, V, diag, ridge=None if alpha is None else alpha * scale_)
+        def evaluate_at(U, V, alpha, at=None):
+            def part(d, per_user):
+                scale_, cache = per_user
+                q = evaluate_point(d, U, V, diag, ridge=None if alpha is None else alpha * scale_, cache=cache)
                 return q.sse, (q.S, q.ridge, q.cache if keep else ())
 
-            sse, (S, lam, cache) = users.sum(part, scale)
+            reuse = keep and at is not None  # ``at``: a point at these U, V whose pass over the data is kept
+            sse, (S, lam, cache) = users.sum(part, (scale, at.cache if reuse else None))
             return Point(U, V, S, sse, lam, cache)
 
         def normal(pt):
@@ -344,13 +347,17 @@ def _solve_ridged(H, rhs, ridge):
     return small_psd_solve(_ridged(H, ridge), rhs)
 
 
-def evaluate_point(d: blocks.Design, U, V, diag: bool, axis_name=None, S=None, ridge=None) -> Point:
+def evaluate_point(d: blocks.Design, U, V, diag: bool, axis_name=None, S=None, ridge=None, cache=None) -> Point:
     """Personal solves at ``(U, V)`` (unless ``S`` is given) and the objective there, in one pass
     over the data (regression: over the statistics, then the raw residuals).
 
     With ``ridge=None`` the personal parts are the exact minimizers (the blocks' personal step);
     with ``ridge = lambda`` (one value per user, e.g. ``alpha * ridge_scale(d)``) they minimize
     ``||y_i - A_i(U S_i V^T)||^2 + lambda_i ||S_i||_F^2``, and ``sse`` includes the penalty.
+    ``cache``: sensing, a ``Point.cache`` at the same ``V``, whose ``X_ij V`` is reused (the ridge
+    continuation's next ridge starts where the last ended): the same numbers, one pass over the data
+    fewer. Regression recomputes its products with the statistics (``d x d`` per user, cheap; reused,
+    they would round differently, as XLA fuses them here).
     """
     lam = ridge
     r = U.shape[1]
@@ -368,7 +375,7 @@ def evaluate_point(d: blocks.Design, U, V, diag: bool, axis_name=None, S=None, r
         sse = blocks.sum_squares(d, U, V, S, axis_name)
         cache = (CV, VCV, BtV)
     else:
-        XV = d.X @ V
+        XV = d.X @ V if cache is None else cache[0]
         core = blocks.sensing_core(XV, U)
         if S is None and lam is None:
             S = blocks.personal_from_core(d, core, diag)
@@ -669,7 +676,7 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, *, pat
     while ``alpha`` falls ends near a minimizer of ``phi`` itself (measured: docs/varpro.md).
 
     Args:
-      evaluate_at: ``(U, V, alpha) -> Point`` with the ridge ``alpha``.
+      evaluate_at: ``(U, V, alpha, at=None) -> Point`` with the ridge ``alpha`` (``VarPro.reduced``).
       normal: ``Point -> (N, g)`` pooled over users.
       U, V: the start; mu: the initial damping; diag: diagonal personal parts; opts: the estimator.
       path: also return ``phi_alpha`` after each ridge's iteration (for analysis; the fit never asks).
@@ -680,16 +687,17 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, *, pat
     decay = jnp.asarray(opts.continuation_decay, U.dtype)
 
     def stage(carry):
-        t, U, V, mu, objectives = carry
-        ev = lambda U_, V_: evaluate_at(U_, V_, opts.continuation_start * decay**t)
-        pt = ev(U, V)
+        t, last, mu, objectives = carry
+        ev = lambda U_, V_, at=None: evaluate_at(U_, V_, opts.continuation_start * decay**t, at)
+        pt = ev(last.U, last.V, last)  # the new ridge where the last one ended, its pass over the data reused
         pt, mu, _ = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries)
-        return t + 1, pt.U, pt.V, mu, objectives if not path else objectives.at[t].set(pt.sse)
+        return t + 1, pt, mu, objectives if not path else objectives.at[t].set(pt.sse)
 
     going = lambda carry: carry[0] < opts.continuation_iterations
     objectives = jnp.zeros(opts.continuation_iterations, U.dtype) if path else ()
-    _, U, V, mu, objectives = jax.lax.while_loop(going, stage, (jnp.asarray(0), U, V, mu, objectives))
-    return (U, V, mu, objectives) if path else (U, V, mu)
+    start = evaluate_at(U, V, opts.continuation_start)
+    _, pt, mu, objectives = jax.lax.while_loop(going, stage, (jnp.asarray(0), start, mu, objectives))
+    return (pt.U, pt.V, mu, objectives) if path else (pt.U, pt.V, mu)
 
 
 class _Fit(NamedTuple):
