@@ -207,8 +207,10 @@ def test_continuation_path_never_increases_and_ends_where_the_fit_goes_on(x64):
     assert path.shape == (est.continuation_iterations,)
     assert np.all(np.diff(path) <= 1e-12 * path[:-1]), np.diff(path).max()
     assert path[-1] < 0.5 * path[0]  # it does descend
-    for got, want in zip(end, plain):  # two programs: rounding apart
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    # two programs: rounding apart; the damping passes through gain ratios of differences of nearly
+    # equal objectives, which magnify rounding by the inverse of the relative decrease
+    for got, want, rtol in zip(end, plain, (1e-9, 1e-9, 1e-6)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-12)
     last = est.continuation_start * est.continuation_decay ** (est.continuation_iterations - 1)
     np.testing.assert_allclose(path[-1], evaluate_at(end[0], end[1], last).sse, rtol=1e-9)
     plain = dataclasses.replace(est, continuation="never")
@@ -428,10 +430,66 @@ def _one_step(obs, diag, mu):
     N, g = varpro.normal_equations(d, pt, diag, False)
     h = varpro.horizontal(N, g, varpro.gauge_basis(U, V, diag))
     delta, predicted = varpro.damped_step(h, mu, refine=0)  # as the Levenberg-Marquardt attempts take it
-    new, _, accepted = varpro.lm_iteration(
-        lambda U_, V_: varpro.evaluate_point(d, U_, V_, diag), N, g, pt, mu, diag, 10
-    )
+    new, _, accepted = _lm_iteration(lambda U_, V_: varpro.evaluate_point(d, U_, V_, diag), h, pt, mu, diag, 10)
     return delta, predicted, h, pt.sse, new, accepted
+
+
+def _lm_iteration(evaluate_at, h, pt, mu, diag, max_tries):
+    """One Levenberg-Marquardt iteration written out: damped steps from the system ``h`` built at
+    ``pt`` until one is accepted, ``max_tries`` are spent, or none can lower the objective. Returns
+    the point, the damping for the next iteration (the accepted step's, else ``mu``), accepted."""
+
+    def going(carry):
+        tries, a = carry
+        return (tries < max_tries) & ~a.accepted & ~a.hopeless
+
+    def attempt(carry):
+        tries, a = carry
+        return tries + 1, varpro.lm_attempt(evaluate_at, h, a.point, a.mu, a.nu, diag)
+
+    false = jnp.asarray(False)
+    _, a = jax.lax.while_loop(going, attempt, (0, varpro.Attempt(pt, mu, jnp.asarray(2.0, mu.dtype), false, false)))
+    return a.point, jnp.where(a.accepted, a.mu, mu), a.accepted
+
+
+def test_continuation_runs_one_iteration_per_ridge_whatever_the_batch(x64):
+    """The continuation's single loop of attempts (``continuation``) is ridge after ridge of one
+    Levenberg-Marquardt iteration each (``_lm_iteration``, written out here), on every trial of a
+    vmapped batch as on each alone: the same end, damping and path (float64; two programs, whose
+    rounding the 56 ridges' steps magnify), though the trials' retries fall at different ridges."""
+    from colora_jax._src.estimators.users import AllUsers
+
+    p = problem("sensing", 1, x64=True, shape=(20, 20, 20), samples=10)  # 1.3 m*: attempts are rejected
+    est, config = cj.VarPro(), cj.FitConfig()
+    users = AllUsers(blocks.design(p.train), None)
+    s = fitting.setup(users, config, jax.random.key(0), None)
+    evaluate_at, normal, _, diag = est.reduced(users, config, s)
+    mu = jnp.asarray(est.damping, s.U.dtype)
+
+    def written_out(U, V):
+        U, V = varpro.retract(U, V, diag)
+        path, m = [], mu
+        for t in range(est.continuation_iterations):
+            ev = lambda U_, V_, t=t: evaluate_at(U_, V_, est.continuation_start * est.continuation_decay**t)
+            pt = ev(U, V)
+            pt, m, _ = _lm_iteration(ev, varpro.lm_system(*normal(pt), pt, diag), pt, m, diag, est.max_tries)
+            U, V = pt.U, pt.V
+            path.append(pt.sse)
+        return U, V, m, jnp.stack(path)
+
+    def looped(U, V):
+        U, V = varpro.retract(U, V, diag)
+        return varpro.continuation(evaluate_at, normal, U, V, mu, diag, est, path=True)
+
+    starts = jax.vmap(lambda k: fitting.initialize(users, dataclasses.replace(config, init="random"), k))(
+        jax.random.split(jax.random.key(1), 4)
+    )
+    batched = jax.jit(jax.vmap(looped))(*starts)
+    for i in range(4):
+        want = jax.jit(written_out)(starts[0][i], starts[1][i])
+        # measured 1e-8 apart; a wrong ridge or count of tries puts them 0.01-50 apart
+        for got, wanted in zip((a[i] for a in batched), want):
+            np.testing.assert_allclose(got, wanted, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("case", ["square_output_factor", "exactly_determined", "rank_deficient_design"])

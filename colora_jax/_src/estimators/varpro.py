@@ -631,37 +631,20 @@ def lm_system(N, g, pt: Point, diag: bool) -> Horizontal:
     return horizontal(N, g, gauge_basis(pt.U, pt.V, diag))
 
 
-def lm_iteration(evaluate_at: Callable[[Array, Array], Point], N, g, pt: Point, mu, diag: bool, max_tries: int):
-    """One Levenberg-Marquardt iteration on the shared factors from ``pt`` (objective ``pt.sse``).
-
-    Tries damped Gauss-Newton steps ``(P_h (N + mu c I) P_h + c P_g) delta = P_h g``, raising
-    the damping by Nielsen's rule until one lowers the objective, ``max_tries`` are spent, or
-    the predicted decrease is below the rounding of the objective (the point is then returned
-    unchanged). The ridge continuation takes one such iteration per ridge; the fit proper takes
-    one attempt per iteration (``_lm_fit``).
-
-    Returns:
-      ``(point, mu, accepted)``: the new (or unchanged) point, the damping for the next
-      iteration, and whether a step was taken.
-    """
-    h = lm_system(N, g, pt, diag)
-    false = jnp.asarray(False)
-
-    def going(carry):
-        tries, a = carry
-        return (tries < max_tries) & ~a.accepted & ~a.hopeless
-
-    def attempt(carry):
-        tries, a = carry
-        return tries + 1, lm_attempt(evaluate_at, h, a.point, a.mu, a.nu, diag)
-
-    start = (jnp.asarray(0), Attempt(pt, mu, jnp.asarray(2.0, mu.dtype), false, false))
-    _, done = jax.lax.while_loop(going, attempt, start)
-    # with no decrease possible, keep mu where it was (a later iteration from here starts the same)
-    return done.point, jnp.where(done.accepted, done.mu, mu), done.accepted
-
-
 # ----------------------------------------------------------------------------- the driver
+
+
+class _Ridge(NamedTuple):
+    """The continuation's loop state: one Levenberg-Marquardt attempt per turn of the loop."""
+
+    t: Array  # the ridge
+    tries: Array  # attempts made at this ridge
+    point: Point  # where the next attempt starts, evaluated under ridge t
+    h: Horizontal  # the system built at the ridge's point (kept while its attempts are rejected)
+    mu: Array  # damping of the next attempt
+    nu: Array  # Nielsen's growth factor
+    mu_ridge: Array  # damping at the ridge's start (kept when no attempt there is accepted)
+    objectives: Array | tuple  # phi_alpha after each ridge (``path``), else ()
 
 
 def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, *, path: bool = False):
@@ -675,6 +658,15 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, *, pat
     ill-conditioned personal solves create near the sample threshold. Following its minimizer
     while ``alpha`` falls ends near a minimizer of ``phi`` itself (measured: docs/varpro.md).
 
+    A ridge's iteration builds the Gauss-Newton system at its point once and tries damped steps
+    from it (``lm_attempt``, Nielsen's rule raising the damping) until one lowers ``phi_alpha``,
+    ``max_tries`` are spent, or no decrease is possible; the next ridge starts with the damping of
+    the accepted step (else the ridge's own). The attempts run one per turn of a single loop, a
+    trial moving to the next ridge as soon as its iteration ends: under ``vmap`` no trial waits at
+    a ridge for another's retries (the batch runs as many turns as its trial with the most
+    attempts in all, not the sum over ridges of each ridge's most). The system is built in a
+    ``lax.cond`` (under ``vmap``: for every trial, kept where one retries).
+
     Args:
       evaluate_at: ``(U, V, alpha, at=None) -> Point`` with the ridge ``alpha`` (``VarPro.reduced``).
       normal: ``Point -> (N, g)`` pooled over users.
@@ -685,19 +677,43 @@ def continuation(evaluate_at, normal, U, V, mu, diag: bool, opts: VarPro, *, pat
       ``(U, V, mu)`` at the end of the path, and with ``path`` the objectives, one per ridge.
     """
     decay = jnp.asarray(opts.continuation_decay, U.dtype)
+    ridges = opts.continuation_iterations
+    alpha = lambda t: opts.continuation_start * decay**t
+    system = lambda pt: lm_system(*normal(pt), pt, diag)
 
-    def stage(carry):
-        t, last, mu, objectives = carry
-        ev = lambda U_, V_, at=None: evaluate_at(U_, V_, opts.continuation_start * decay**t, at)
-        pt = ev(last.U, last.V, last)  # the new ridge where the last one ended, its pass over the data reused
-        pt, mu, _ = lm_iteration(ev, *normal(pt), pt, mu, diag, opts.max_tries)
-        return t + 1, pt, mu, objectives if not path else objectives.at[t].set(pt.sse)
+    def attempt(c: _Ridge) -> _Ridge:
+        a = lm_attempt(lambda U_, V_: evaluate_at(U_, V_, alpha(c.t)), c.h, c.point, c.mu, c.nu, diag)
+        tries = c.tries + 1
+        done = a.accepted | a.hopeless | (tries >= opts.max_tries)  # this ridge's iteration ends
+        mu_next = jnp.where(a.accepted, a.mu, c.mu_ridge)
 
-    going = lambda carry: carry[0] < opts.continuation_iterations
-    objectives = jnp.zeros(opts.continuation_iterations, U.dtype) if path else ()
-    start = evaluate_at(U, V, opts.continuation_start)
-    _, pt, mu, objectives = jax.lax.while_loop(going, stage, (jnp.asarray(0), start, mu, objectives))
-    return (pt.U, pt.V, mu, objectives) if path else (pt.U, pt.V, mu)
+        def next_ridge(_):  # the next ridge where this one ended, its pass over the data reused
+            pt = evaluate_at(a.point.U, a.point.V, alpha(c.t + 1), a.point)
+            return pt, system(pt)
+
+        point, h = jax.lax.cond(done & (c.t + 1 < ridges), next_ridge, lambda _: (a.point, c.h), None)
+        objectives = c.objectives
+        if path:
+            objectives = jnp.where(done, objectives.at[c.t].set(a.point.sse), objectives)
+        nu2 = jnp.asarray(2.0, c.nu.dtype)
+        return _Ridge(
+            jnp.where(done, c.t + 1, c.t),
+            jnp.where(done, 0, tries),
+            point,
+            h,
+            jnp.where(done, mu_next, a.mu).astype(c.mu.dtype),
+            jnp.where(done, nu2, a.nu).astype(c.nu.dtype),
+            jnp.where(done, mu_next, c.mu_ridge).astype(c.mu.dtype),
+            objectives,
+        )
+
+    pt = evaluate_at(U, V, alpha(0))
+    objectives = jnp.zeros(ridges, U.dtype) if path else ()
+    nu = jnp.asarray(2.0, mu.dtype)
+    start = _Ridge(jnp.asarray(0), jnp.asarray(0), pt, system(pt), mu, nu, mu, objectives)
+    end = jax.lax.while_loop(lambda c: c.t < ridges, attempt, start)
+    U, V = end.point.U, end.point.V
+    return (U, V, end.mu_ridge, end.objectives) if path else (U, V, end.mu_ridge)
 
 
 class _Fit(NamedTuple):
