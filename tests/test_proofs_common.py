@@ -5,6 +5,7 @@ import importlib
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -123,7 +124,11 @@ def test_a_confirmation_from_another_version_or_configuration_is_refused(tmp_pat
 
 @pytest.mark.parametrize("name", [name for name, sweeps in SCRIPTS if sweeps])
 def test_every_linear_script_registers_fresh_confirmation_seeds(name):
-    module = importlib.import_module(f"proofs_numerics.{name}")
+    x64 = jax.config.read("jax_enable_x64")
+    try:
+        module = importlib.import_module(f"proofs_numerics.{name}")
+    finally:  # convergence turns float64 on when imported: the files after this one in the worker keep the default
+        jax.config.update("jax_enable_x64", x64)
     for config in (module.Config(), module.SMOKE):
         confirmed = _common.configure(config, argparse.Namespace(confirm=True))
         assert confirmed.seed == config.confirmation_seed != config.seed
