@@ -26,6 +26,7 @@ import time
 import jax
 import numpy as np
 
+from colora_jax._src.algorithms import resolve
 from colora_jax._src.experiments.trials import plan_trials
 from colora_jax._src.model.config import FitConfig, ProblemConfig, degrees_of_freedom
 from colora_jax._src.runtime.provenance import code_version
@@ -118,8 +119,6 @@ def markdown(result: dict) -> str:
 
 def _configured(config: Config, args) -> Config:
     """``config`` with the command line's ``--seed``, ``--cells``, ``--estimators``, ``--repeats`` (checked)."""
-    from colora_jax._src.algorithms import resolve
-
     changes = {}
     if args.seed is not None:
         changes["seed"] = args.seed

@@ -180,9 +180,10 @@ class VarPro(Estimator):
         """The reduced problem over ``users`` from ``setup``'s ``s``: ``(evaluate_at, normal, metrics, diag)``.
 
         ``evaluate_at(U, V, alpha, at=None)`` is the ``Point`` with every ``S_i`` eliminated (under
-        the ridge ``alpha`` times each user's Gram scale; None: none), reusing the pass over the data
-        of ``at``, a point at the same ``U``, ``V``, when given; ``normal(point)`` the pooled normal
-        equations there, ``metrics(point)`` the trace's metrics (against ``truth``).
+        the ridge ``alpha`` times each user's Gram scale; None: none), reusing the ``X_ij V`` of ``at``,
+        a point at the same ``U``, ``V``, when given (sensing; ``evaluate_point``'s ``cache``);
+        ``normal(point)`` the pooled normal equations there, ``metrics(point)`` the trace's metrics
+        (against ``truth``).
 
         Every sum over users goes through ``users``. With every user in memory each user's pass
         over the data (``X_ij V`` and residuals, or ``C_i V``) is kept from the objective's
@@ -199,7 +200,7 @@ class VarPro(Estimator):
                 q = evaluate_point(d, U, V, diag, ridge=None if alpha is None else alpha * scale_, cache=cache)
                 return q.sse, (q.S, q.ridge, q.cache if keep else ())
 
-            reuse = keep and at is not None  # ``at``: a point at these U, V whose pass over the data is kept
+            reuse = keep and at is not None  # ``at``: a point at these U, V whose cache is kept
             sse, (S, lam, cache) = users.sum(part, (scale, at.cache if reuse else None))
             return Point(U, V, S, sse, lam, cache)
 
